@@ -1,0 +1,141 @@
+"""Every file-name pattern of inclinet, in one place.
+
+Functions return POSIX paths relative to a run's data directory (the logical file names
+of the workflow); stages themselves take explicit paths on their command lines.
+The layout follows the original IncliNET (``compressed/``, ``samples/``, ``augmented/``,
+``models/``), with npz shards replacing per-image JPEGs after the resize stage.
+"""
+
+import re
+
+BANDS = ("g", "r", "i", "gri")
+GRAY_BANDS = ("g", "r", "i")
+DEFAULT_ROOT = "d25x2_rot"
+TASKS = ("regression", "binary")
+MODELS = ("model4", "model5", "model6")
+
+RAW_PATTERN = re.compile(r"^pgc(?P<pgc>\d+)_(?P<root>.+)_(?P<band>g|r|i|gri)\.(?P<ext>png|sdss\.jpg|jpg)$")
+
+
+def band_tag(band):
+    """The band as it appears in derived file names: ``gri`` becomes ``RGB``."""
+    return "RGB" if band == "gri" else band
+
+
+def filter_code(band):
+    """One-byte filter code of augmented batches: ``c`` for colour, else the band."""
+    return "c" if band == "gri" else band
+
+
+# -- raw inputs -------------------------------------------------------------------------
+
+def raw_image_names(pgc, band, root=DEFAULT_ROOT):
+    """Candidate raw file names of one galaxy in one band, preferred first."""
+    stem = f"pgc{int(pgc)}_{root}_{band}"
+    if band == "gri":
+        return [f"{stem}.sdss.jpg", f"{stem}.jpg"]
+    return [f"{stem}.png"]
+
+
+def raw_image(pgc, band, root=DEFAULT_ROOT, folder="galaxies"):
+    """The primary raw file (what the synthetic universe writes)."""
+    return f"{folder}/{raw_image_names(pgc, band, root)[0]}"
+
+
+# -- preparation stages -----------------------------------------------------------------
+
+def size_tag(size):
+    return f"{int(size)}x{int(size)}"
+
+
+def prep_part(size, band, index, count):
+    return f"resized/{size_tag(size)}_{band_tag(band)}/part{index:04d}of{count:04d}.npz"
+
+
+def report_for(path):
+    """The skip report that accompanies an output file or folder."""
+    path = str(path).rstrip("/")
+    if path.endswith(".npz"):
+        path = path[: -len(".npz")]
+    return f"{path}.report.csv"
+
+
+def compressed(size, band):
+    return f"compressed/{size_tag(size)}_{band_tag(band)}.npz"
+
+
+def sample(size, band, kind, index=0):
+    """``kind`` is ``train`` or ``test`` (regression) or ``binary_train``/``binary_test``."""
+    if kind.startswith("binary"):
+        return f"samples/{band_tag(band)}_{size_tag(size)}_{kind}.npz"
+    return f"samples/{band_tag(band)}_{size_tag(size)}_{kind}_{index:03d}.npz"
+
+
+def split_summary(size):
+    return f"samples/{size_tag(size)}_split.json"
+
+
+def uset(subset):
+    """Name of a training subset: ``Uset_000`` .. ``Uset_00m``, or ``Binary``."""
+    return "Binary" if subset == "binary" else f"Uset_{int(subset):03d}"
+
+
+def augmented_dir(subset):
+    return f"augmented/{uset(subset)}_npz"
+
+
+def augmented_batch(size, subset, batch):
+    """Batch numbers are 1-based, as in the original."""
+    return f"{augmented_dir(subset)}/{size_tag(size)}_train_aug_{batch:02d}.npz"
+
+
+# -- training and evaluation ------------------------------------------------------------
+
+def model_stem(model, subset):
+    """``models/Uset_001_model5`` or ``models/Binary_model4``."""
+    return f"models/{uset(subset)}_{model}"
+
+
+def trained_model(model, subset):
+    return model_stem(model, subset) + ".keras"
+
+
+def training_checkpoint(model, subset):
+    return model_stem(model, subset) + ".ckpt.keras"
+
+
+def training_metrics(model, subset):
+    return model_stem(model, subset) + ".metrics.json"
+
+
+def training_plot(model, subset):
+    return model_stem(model, subset) + ".metrics.png"
+
+
+def member_name(model, subset):
+    """Name of an ensemble member as the original API spells it.
+
+    ``model4`` (full set), ``model41``..``model4m`` (subsamples), ``model4-binary``.
+    """
+    if subset == "binary":
+        return f"{model}-binary"
+    return model if int(subset) == 0 else f"{model}{int(subset)}"
+
+
+EVALUATION_FILES = (
+    "evaluation/predictions.csv",
+    "evaluation/metrics.json",
+    "evaluation/report.html",
+    "evaluation/predicted_vs_true.png",
+    "evaluation/residuals.png",
+    "evaluation/outliers.png",
+    "evaluation/confusion.png",
+)
+
+
+def bundle_manifest(bundle="bundle"):
+    return f"{bundle}/manifest.json"
+
+
+def bundle_member(name, bundle="bundle"):
+    return f"{bundle}/{name}.keras"
