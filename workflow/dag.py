@@ -1,0 +1,492 @@
+"""The inclinet DAG: jobs with their files and resources, built from flags, as JobSpecs or a Pegasus workflow.
+
+One list of :class:`JobSpec` is the single description of a run. The local and SLURM
+engines execute it directly; :func:`to_pegasus` turns the very same list into a
+``Pegasus.api.Workflow`` whose edges Pegasus infers from the declared files. Building it
+never imports TensorFlow. Every file argument is a logical file name (LFN): a POSIX path
+relative to the run's data directory, spelled by :mod:`inclinet.naming`.
+
+Job graph::
+
+    [synth-catalog, synth x K] -> prep (band x chunk) -> compress (band) -> split
+        -> augment (training subset) -> train (model x subset) -> evaluate (+ bundle)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inclinet import naming
+from inclinet.errors import ConfigError, InputError, invalid
+from inclinet.io import atomic_write_json
+
+STAGES = ("synth", "prep", "compress", "split", "augment", "train", "evaluate")
+
+#: Logical folder of the raw inputs: ``raw/catalog.csv`` and ``raw/galaxies/<image>``.
+RAW_DIR = "raw"
+RAW_CATALOG = f"{RAW_DIR}/catalog.csv"
+RAW_GALAXIES = f"{RAW_DIR}/galaxies"
+EVALUATION_DIR = "evaluation"
+BUNDLE_DIR = "bundle"
+
+
+@dataclass
+class JobSpec:
+    """One job of the DAG, as every engine sees it.
+
+    ``args`` are passed verbatim to ``executable``; file arguments in them are LFNs and
+    every job runs with the run's data directory as its working directory.
+    """
+
+    id: str
+    stage: str
+    executable: str
+    args: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    cores: int = 1
+    memory_mb: int = 2000
+    runtime_s: int = 600
+    gpus: int = 0
+    checkpoint: str | None = None
+    retries: int = 2
+    parents: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cores: int
+    memory_mb: int
+    runtime_s: int
+    gpus: int = 0
+
+
+#: Per-stage resource requests. Training and evaluation ask for 2 cores: TensorFlow runs
+#: several threads, and on a small machine two such jobs at once would only thrash.
+STAGE_RESOURCES = {
+    "synth": Resources(1, 2000, 1200),
+    "prep": Resources(1, 2000, 1200),
+    "compress": Resources(1, 4000, 600),
+    "split": Resources(1, 4000, 600),
+    "augment": Resources(1, 4000, 3600),
+    "train": Resources(2, 16000, 4 * 3600, gpus=1),
+    "evaluate": Resources(2, 16000, 3600, gpus=1),
+}
+
+#: A training job is stopped at checkpoint time (SIGTERM), saves its checkpoint and is
+#: retried from it; it therefore needs one extra retry per checkpoint interval.
+CHECKPOINT_TIME_MIN = 50
+MAX_WALLTIME_MIN = 60
+
+
+@dataclass
+class WorkflowConfig:
+    """The science settings of one run (what run_workflow.py's build flags set)."""
+
+    synthetic: int = 0
+    data_path: str | None = None
+    catalog: str | None = None
+    bands: tuple = naming.BANDS
+    size: int = 128
+    synthetic_size: int = 512
+    galaxies_per_job: int = 500
+    subsamples: int = 3
+    models: tuple = naming.MODELS
+    tasks: tuple = naming.TASKS
+    epochs: int = 10
+    batch_size: int = 64
+    n_batches: int = 5
+    per_bin: int = 100
+    views: int = 8
+    seed: int = 0
+    retries: int = 2
+    root: str = naming.DEFAULT_ROOT
+    name: str = "inclinet"
+
+    def validate(self):
+        """Raise :class:`ConfigError` for flags that cannot make a DAG."""
+        if self.synthetic:
+            if self.synthetic < 0:
+                raise invalid("--synthetic", self.synthetic, "a positive number of galaxies")
+            if self.data_path or self.catalog:
+                raise ConfigError("--synthetic draws its own data: give it without --data-path/--catalog")
+        elif not (self.data_path and self.catalog):
+            raise ConfigError("give --synthetic N, or both --data-path DIR and --catalog CSV (or use --demo)")
+        for name, values, allowed in (
+            ("--bands", self.bands, naming.BANDS),
+            ("--models", self.models, naming.MODELS),
+            ("--tasks", self.tasks, naming.TASKS),
+        ):
+            if not values:
+                raise invalid(name, ",".join(values), "a non-empty list of " + ", ".join(allowed))
+            for value in values:
+                if value not in allowed:
+                    raise invalid(name, value, "one of " + ", ".join(allowed))
+            if len(set(values)) != len(values):
+                raise invalid(name, ",".join(values), "a list without repeats")
+        for name, value, low in (
+            ("--size", self.size, 8),
+            ("--synthetic-size", self.synthetic_size, 8),
+            ("--galaxies-per-job", self.galaxies_per_job, 1),
+            ("--subsamples", self.subsamples, 0),
+            ("--epochs", self.epochs, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--n-batches", self.n_batches, 1),
+            ("--per-bin", self.per_bin, 1),
+            ("--views", self.views, 1),
+            ("--retries", self.retries, 0),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise invalid(name, value, f"an integer >= {low}")
+        if "model5" in self.models and self.size < 76:
+            raise invalid("--models", "model5", "left out for --size below 76 (its convolutions need >= 76 px)")
+        return self
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        for key in ("bands", "models", "tasks"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("bands", "models", "tasks"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+# -- counting ---------------------------------------------------------------------------
+
+def n_chunks(n_galaxies, galaxies_per_job):
+    """Number of jobs a list of ``n_galaxies`` is cut into (at least one)."""
+    return max(1, math.ceil(n_galaxies / galaxies_per_job))
+
+
+def training_subsets(config):
+    """The training subsets in DAG order: ``0..m`` for regression, then ``"binary"``."""
+    subsets = []
+    if "regression" in config.tasks:
+        subsets.extend(range(config.subsamples + 1))
+    if "binary" in config.tasks:
+        subsets.append("binary")
+    return subsets
+
+
+def expected_job_counts(config, n_galaxies):
+    """Jobs per stage for ``n_galaxies`` catalog rows: the formula the DAG follows."""
+    chunks = n_chunks(n_galaxies, config.galaxies_per_job)
+    subsets = len(training_subsets(config))
+    return {
+        "synth": (1 + chunks) if config.synthetic else 0,
+        "prep": len(config.bands) * chunks,
+        "compress": len(config.bands),
+        "split": 1,
+        "augment": subsets,
+        "train": subsets * len(config.models),
+        "evaluate": 1,
+    }
+
+
+# -- building ---------------------------------------------------------------------------
+
+def _resources(stage):
+    return dataclasses.asdict(STAGE_RESOURCES[stage])
+
+
+def _job(job_id, stage, args, inputs, outputs, config, **extra):
+    spec = JobSpec(
+        id=job_id,
+        stage=stage,
+        executable=f"inclinet-{stage}",
+        args=[str(a) for a in args],
+        inputs=list(dict.fromkeys(inputs)),
+        outputs=list(dict.fromkeys(outputs)),
+        retries=config.retries,
+        **_resources(stage),
+    )
+    for key, value in extra.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def _synthetic_ids(config):
+    from inclinet.stages.synth import galaxy_ids  # cheap: draws ids, renders nothing
+
+    return [int(pgc) for pgc in galaxy_ids(config.synthetic, config.seed)]
+
+
+def _catalog_ids(config):
+    from inclinet.catalog import read_catalog
+
+    path = Path(config.catalog)
+    if not path.is_file():
+        raise InputError(f"{path}: catalog not found; give --catalog the path of the catalog CSV")
+    return [int(galaxy.pgc) for galaxy in read_catalog(path)]
+
+
+def _raw_image_for(config, pgc, band, missing):
+    """The LFN of the raw image a prep job will read, or None (recorded as missing)."""
+    if config.synthetic:
+        return f"{RAW_GALAXIES}/{naming.raw_image_names(pgc, band, config.root)[0]}"
+    folder = Path(config.data_path)
+    for name in naming.raw_image_names(pgc, band, config.root):
+        if (folder / name).is_file():
+            return f"{RAW_GALAXIES}/{name}"
+    if missing is not None:
+        missing.append((pgc, band, str(folder / naming.raw_image_names(pgc, band, config.root)[0])))
+    return None
+
+
+def build_jobs(config, *, missing=None):
+    """All jobs of the run, parents before children.
+
+    ``config`` is a :class:`WorkflowConfig`. For real data the catalog is read and each
+    prep job declares exactly the images its chunk reads; images that are not on disk are
+    appended to ``missing`` as ``(pgc, band, expected_path)`` instead of being declared
+    (prep records them in its skip report).
+    """
+    config.validate()
+    jobs = []
+    if config.synthetic:
+        ids = _synthetic_ids(config)
+        jobs.extend(_synth_jobs(config, ids))
+    else:
+        ids = _catalog_ids(config)
+        if not ids:
+            raise InputError(f"{config.catalog}: the catalog has no rows")
+    chunks = n_chunks(len(ids), config.galaxies_per_job)
+    from inclinet._helpers import shard_range
+
+    compressed = []
+    for band in config.bands:
+        parts = []
+        for index in range(1, chunks + 1):
+            out = naming.prep_part(config.size, band, index, chunks)
+            images = []
+            for row in shard_range(len(ids), index, chunks):
+                lfn = _raw_image_for(config, ids[row], band, missing)
+                if lfn is not None:
+                    images.append(lfn)
+            args = ["-p", RAW_GALAXIES, "-c", RAW_CATALOG, "-b", band, "-s", config.size, "-r", config.root,
+                    "--shard", f"{index}/{chunks}", "-o", out, "--report", naming.report_for(out)]
+            jobs.append(_job(f"prep_{naming.band_tag(band)}_{index:04d}", "prep", args,
+                             [RAW_CATALOG, *images], [out, naming.report_for(out)], config))
+            parts.append(out)
+        out = naming.compressed(config.size, band)
+        jobs.append(_job(f"compress_{naming.band_tag(band)}", "compress",
+                         ["-i", *parts, "-o", out, "--report", naming.report_for(out)],
+                         parts, [out, naming.report_for(out)], config))
+        compressed.append(out)
+
+    samples = _sample_files(config)
+    split_outputs = [lfn for files in samples.values() for lfn in files] + [naming.split_summary(config.size)]
+    jobs.append(_job("split", "split", ["-i", *compressed, "-o", "samples", "-s", config.size,
+                                        "-n", config.subsamples, "--seed", config.seed],
+                     compressed, split_outputs, config))
+
+    models = []
+    for subset in training_subsets(config):
+        task = "binary" if subset == "binary" else "regression"
+        train_kind = "binary_train" if subset == "binary" else "train"
+        val_kind = "binary_test" if subset == "binary" else "test"
+        train_samples = [naming.sample(config.size, b, train_kind, 0 if subset == "binary" else subset)
+                         for b in config.bands]
+        validation = [naming.sample(config.size, b, val_kind, 0) for b in config.bands]
+        batches = [naming.augmented_batch(config.size, subset, b) for b in range(1, config.n_batches + 1)]
+        jobs.append(_job(f"augment_{naming.uset(subset)}", "augment",
+                         ["-i", *train_samples, "-o", naming.augmented_dir(subset), "-s", config.size,
+                          "--task", task, "-b", config.n_batches, "-z", config.per_bin, "--seed", config.seed],
+                         train_samples, batches, config))
+        for model in config.models:
+            outputs = [naming.trained_model(model, subset), naming.training_metrics(model, subset),
+                       naming.training_plot(model, subset)]
+            checkpoint = naming.training_checkpoint(model, subset)
+            args = ["--model", model, "--task", task, "--train", *batches, "--validation", *validation,
+                    "--output", outputs[0], "--checkpoint", checkpoint, "--metrics", outputs[1],
+                    "--plot", outputs[2], "--epochs", config.epochs, "--batch-size", config.batch_size,
+                    "--seed", config.seed]
+            # One retry per checkpoint interval of the expected runtime, on top of the user's.
+            retries = config.retries + math.ceil(STAGE_RESOURCES["train"].runtime_s / 60 / CHECKPOINT_TIME_MIN)
+            jobs.append(_job(f"train_{naming.uset(subset)}_{model}", "train", args, batches + validation,
+                             outputs, config, checkpoint=checkpoint, retries=retries))
+            models.append(outputs[0])
+
+    jobs.append(_evaluate_job(config, models))
+    infer_parents(jobs)
+    return jobs
+
+
+def _synth_jobs(config, ids):
+    chunks = n_chunks(len(ids), config.galaxies_per_job)
+    common = ["--n-galaxies", config.synthetic, "--output", RAW_DIR, "--size", config.synthetic_size,
+              "--seed", config.seed]
+    jobs = [_job("synth_catalog", "synth", [*common, "--catalog-only"], [], [RAW_CATALOG], config)]
+    from inclinet._helpers import shard_range
+
+    for index in range(1, chunks + 1):
+        images = [f"{RAW_GALAXIES}/{naming.raw_image_names(ids[row], band, config.root)[0]}"
+                  for row in shard_range(len(ids), index, chunks) for band in config.bands]
+        jobs.append(_job(f"synth_{index:04d}", "synth", [*common, "--no-catalog", "--shard", f"{index}/{chunks}"],
+                         [], images, config))
+    return jobs
+
+
+def _sample_files(config):
+    """Files split writes, per band."""
+    files = {}
+    for band in config.bands:
+        names = [naming.sample(config.size, band, "test", 0)]
+        names += [naming.sample(config.size, band, "train", j) for j in range(config.subsamples + 1)]
+        names += [naming.sample(config.size, band, "binary_train"), naming.sample(config.size, band, "binary_test")]
+        files[band] = names
+    return files
+
+
+def _evaluate_job(config, models):
+    args = ["--models", *models]
+    inputs = list(models)
+    if "regression" in config.tasks:
+        tests = [naming.sample(config.size, b, "test", 0) for b in config.bands]
+        args += ["--test", *tests]
+        inputs += tests
+    if "binary" in config.tasks:
+        tests = [naming.sample(config.size, b, "binary_test") for b in config.bands]
+        args += ["--binary-test", *tests]
+        inputs += tests
+    args += ["--output-dir", EVALUATION_DIR, "--bundle-dir", BUNDLE_DIR, "--views", config.views,
+             "--seed", config.seed]
+    members = []
+    for subset in training_subsets(config):
+        for model in config.models:
+            members.append(naming.bundle_member(naming.member_name(model, subset), BUNDLE_DIR))
+    outputs = list(naming.EVALUATION_FILES) + [naming.bundle_manifest(BUNDLE_DIR)] + members
+    return _job("evaluate", "evaluate", args, inputs, outputs, config)
+
+
+def infer_parents(jobs):
+    """Set every job's ``parents`` from who produces its inputs; check the graph.
+
+    Raises :class:`ConfigError` when two jobs write the same file or a job reads a file
+    written by a later job (the list must be in topological order).
+    """
+    producer = {}
+    for job in jobs:
+        for lfn in job.outputs + ([job.checkpoint] if job.checkpoint else []):
+            if lfn in producer:
+                raise ConfigError(f"file {lfn} is written by both {producer[lfn]} and {job.id}")
+            producer[lfn] = job.id
+    position = {job.id: i for i, job in enumerate(jobs)}
+    if len(position) != len(jobs):
+        raise ConfigError("job ids must be unique")
+    for job in jobs:
+        parents = []
+        for lfn in job.inputs:
+            parent = producer.get(lfn)
+            if parent is None or parent in parents:
+                continue
+            if position[parent] >= position[job.id]:
+                raise ConfigError(f"job {job.id} reads {lfn} from later job {parent}")
+            parents.append(parent)
+        job.parents = parents
+    return jobs
+
+
+def raw_inputs(jobs):
+    """LFNs that jobs read but no job writes: what the replica catalog must provide."""
+    produced = {lfn for job in jobs for lfn in job.outputs}
+    seen = {}
+    for job in jobs:
+        for lfn in job.inputs:
+            if lfn not in produced:
+                seen[lfn] = None
+    return list(seen)
+
+
+def final_outputs(jobs):
+    """Products worth keeping after the run: models, metrics, evaluation and bundle."""
+    return [lfn for job in jobs if job.stage in ("train", "evaluate") for lfn in job.outputs]
+
+
+def descendants(jobs, job_id):
+    """Ids of every job that (transitively) depends on ``job_id``."""
+    children = {}
+    for job in jobs:
+        for parent in job.parents:
+            children.setdefault(parent, []).append(job.id)
+    found, stack = set(), [job_id]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+# -- persistence ------------------------------------------------------------------------
+
+JOBS_FILE = "jobs.json"
+
+
+def save_jobs(run_dir, jobs):
+    """Write ``RUN/jobs.json`` atomically."""
+    atomic_write_json(Path(run_dir) / JOBS_FILE, {"format_version": 1, "jobs": [dataclasses.asdict(j) for j in jobs]})
+
+
+def load_jobs(run_dir):
+    """Read ``RUN/jobs.json`` back into JobSpecs."""
+    path = Path(run_dir) / JOBS_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found; is {run_dir} a run directory made by run_workflow.py?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [JobSpec(**job) for job in data["jobs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable job list ({exc}); rebuild the run with run_workflow.py") from None
+
+
+# -- Pegasus ----------------------------------------------------------------------------
+
+def to_pegasus(jobs, config):
+    """The same jobs as a ``Pegasus.api.Workflow`` (edges inferred from the files).
+
+    Intermediate files are neither staged out nor registered; models, metrics,
+    evaluation and the bundle are. Training jobs carry gpus/cores/memory/runtime
+    profiles, a checkpoint file with ``checkpoint_time``/``max_walltime`` and their retries.
+    """
+    from Pegasus.api import File, Job, Workflow
+
+    keep = set(final_outputs(jobs))
+    files = {}
+
+    def file_of(lfn):
+        if lfn not in files:
+            files[lfn] = File(lfn)
+        return files[lfn]
+
+    workflow = Workflow(config.name, infer_dependencies=True)
+    for spec in jobs:
+        job = Job(spec.executable, _id=spec.id, node_label=spec.stage)
+        job.add_args(*[file_of(a) if a in files or a in spec.inputs or a in spec.outputs else a for a in spec.args])
+        if spec.inputs:
+            job.add_inputs(*[file_of(lfn) for lfn in spec.inputs])
+        for lfn in spec.outputs:
+            final = lfn in keep
+            job.add_outputs(file_of(lfn), stage_out=final, register_replica=final)
+        job.add_pegasus_profile(cores=spec.cores, memory=f"{spec.memory_mb} MB", runtime=str(spec.runtime_s))
+        if spec.gpus:
+            job.add_pegasus_profile(gpus=spec.gpus)
+        job.add_dagman_profile(retry=str(spec.retries))
+        if spec.checkpoint:
+            job.add_checkpoint(file_of(spec.checkpoint), stage_out=True, register_replica=False)
+            job.add_pegasus_profile(checkpoint_time=CHECKPOINT_TIME_MIN, max_walltime=MAX_WALLTIME_MIN)
+        if spec.gpus:
+            job.add_pegasus_profile(tag="gpu")
+        workflow.add_jobs(job)
+    return workflow

@@ -1,0 +1,187 @@
+"""What every engine shares: the run directory layout, job command lines, output checks, raw-input links."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from inclinet.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+RUN_FILE = "run.json"
+DATA_DIR = "data"
+LOGS_DIR = "logs"
+STATE_DIR = "state"
+
+
+def data_dir(run_dir):
+    """``RUN/data``: the working directory of every job."""
+    return Path(run_dir) / DATA_DIR
+
+
+def log_path(run_dir, job):
+    """``RUN/logs/<job-id>.log``: stdout and stderr of a job (all attempts)."""
+    return Path(run_dir) / LOGS_DIR / f"{_job_id(job)}.log"
+
+
+def state_dir(run_dir):
+    return Path(run_dir) / STATE_DIR
+
+
+def _job_id(job):
+    return job if isinstance(job, str) else job.id
+
+
+def resolve_executable(name):
+    """Absolute command prefix for an ``inclinet-*`` executable.
+
+    The console script beside ``sys.executable`` (the same virtualenv) first, then the
+    repository's ``bin/`` script run with ``sys.executable``, then ``PATH``.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    script = REPO_ROOT / "bin" / name
+    if script.is_file():
+        return [sys.executable, str(script)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    raise InputError(f"executable {name} not found beside {sys.executable}, in {REPO_ROOT / 'bin'} or on PATH; "
+                     "install inclinet (scripts/bootstrap.sh)")
+
+
+def job_command(job, run_dir=None):
+    """The argv of a job with its executable resolved to an absolute path."""
+    return resolve_executable(job.executable) + list(job.args)
+
+
+def read_run_info(run_dir):
+    """``RUN/run.json`` as a dict (flags, config and engine of the run)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found; is {run_dir} a run directory made by run_workflow.py?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); rebuild the run with run_workflow.py") from None
+
+
+# -- outputs ----------------------------------------------------------------------------
+
+def file_intact(path):
+    """True when ``path`` exists and, for npz/keras/json, opens as such."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return False
+        suffix = path.suffix
+        if suffix in (".npz", ".keras"):
+            # The zip central directory sits at the end: a truncated file fails here.
+            with zipfile.ZipFile(path) as archive:
+                return bool(archive.namelist()) or suffix == ".npz"
+        if suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+            return True
+        return path.stat().st_size > 0 or suffix == ".csv"
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def outputs_intact(job, run_dir):
+    """True when every declared output of ``job`` exists under ``RUN/data`` and opens."""
+    base = data_dir(run_dir)
+    return all(file_intact(base / lfn) for lfn in job.outputs)
+
+
+# -- raw inputs -------------------------------------------------------------------------
+
+def _pfn_path(pfn):
+    if pfn.startswith("file://"):
+        return Path(unquote(urlparse(pfn).path))
+    if "://" in pfn:
+        return None
+    return Path(pfn)
+
+
+def _regex_pfn(pattern, pfn, lfn):
+    match = re.fullmatch(pattern, lfn)
+    if not match:
+        return None
+    groups = [match.group(0), *match.groups()]
+    return re.sub(r"\[(\d+)\]", lambda m: groups[int(m.group(1))] or "", pfn)
+
+
+def load_replicas(path):
+    """Replica entries of a Pegasus ``replicas.yml`` as ``(exact, regex)`` lists of (lfn, pfn, site)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return [], []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({exc}); fix the replica catalog") from None
+    exact, regex = [], []
+    for entry in data.get("replicas", []):
+        for pfn in entry.get("pfns", []):
+            item = (entry["lfn"], pfn["pfn"], pfn.get("site", "local"))
+            (regex if entry.get("regex") else exact).append(item)
+    return exact, regex
+
+
+def resolve_replica(lfn, exact, regex, site="local"):
+    """Local path of ``lfn`` from replica entries (exact entries first), or None."""
+    for entry_lfn, pfn, entry_site in exact:
+        if entry_lfn == lfn and entry_site == site:
+            return _pfn_path(pfn)
+    for pattern, pfn, entry_site in regex:
+        if entry_site == site:
+            resolved = _regex_pfn(pattern, pfn, lfn)
+            if resolved is not None:
+                return _pfn_path(resolved)
+    return None
+
+
+def prepare_data_dir(run_dir, jobs):
+    """Create ``RUN/data`` and link every raw input there under its LFN.
+
+    Raw inputs are the files jobs read that no job writes; their locations come from
+    ``RUN/replicas.yml`` (site ``local``). Raises :class:`InputError` listing the inputs
+    that the replica catalog does not locate or that do not exist.
+    """
+    from workflow.dag import raw_inputs
+
+    base = data_dir(run_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / LOGS_DIR).mkdir(exist_ok=True)
+    state_dir(run_dir).mkdir(exist_ok=True)
+    exact, regex = load_replicas(Path(run_dir) / "replicas.yml")
+    problems = []
+    for lfn in raw_inputs(jobs):
+        target = resolve_replica(lfn, exact, regex)
+        if target is None:
+            problems.append(f"{lfn} (no replica entry for site local)")
+            continue
+        if not target.exists():
+            problems.append(f"{lfn} -> {target} (file not found)")
+            continue
+        link = base / lfn
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and Path(os.readlink(link)) == target.resolve():
+                continue
+            link.unlink()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target.resolve(), link)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise InputError(f"raw inputs not available: {shown}; add them to replicas.yml or fix --data-path/--catalog")
+    return base
