@@ -1,0 +1,610 @@
+"""inclinet-train: train one model x flavour x task on augmented npz batches, resumable from a checkpoint.
+
+One epoch is one pass over every ``--train`` batch file, streamed through ``tf.data``
+(file order and rows permuted per epoch from ``--seed``; one file in memory at a time,
+prefetched while the model trains). Validation runs after every epoch on a fixed set
+built from the ``--validation`` samples: every colour image plus as many gray images
+(pooled g, r, i, seeded shuffle), half of the gray ones inverted, as the original's
+section 2.6 but without random augmentation.
+
+Checkpointing: after every epoch (and on SIGTERM) the declared ``--checkpoint`` file is
+replaced atomically. It is one zip holding ``model.keras`` (weights and optimizer state),
+``best.weights.h5`` (best epoch so far) and ``state.json`` (next epoch and step, history,
+early-stopping state). Run again with the same arguments and training resumes from it.
+
+Exit codes: 0 done, 1 runtime failure, 2 bad input/flags, **3 interrupted by SIGTERM
+(checkpoint saved; rerun the same command to resume)**.
+"""
+
+import argparse
+import json
+import logging
+import math
+import signal
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from inclinet import models as inclinet_models
+from inclinet._helpers import derive_seed, require_positive, rng_for
+from inclinet.cli import add_common_arguments, run_main
+from inclinet.errors import ConfigError, InputError, StageError, invalid
+from inclinet.io import atomic_path, atomic_write_json, check_outputs, load_npz
+
+logger = logging.getLogger(__name__)
+
+EXIT_INTERRUPTED = 3
+CHECKPOINT_FORMAT = 1
+_MODEL_MEMBER = "model.keras"
+_BEST_MEMBER = "best.weights.h5"
+_STATE_MEMBER = "state.json"
+
+
+class TrainingInterrupted(StageError):
+    """SIGTERM arrived: the checkpoint is saved and a rerun resumes (exit code 3)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+# -- input files --------------------------------------------------------------------------
+
+def _npy_header(archive, key, path):
+    name = f"{key}.npy"
+    try:
+        with archive.open(name) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    except KeyError:
+        raise InputError(f"{path}: missing array {key}; was it written by inclinet-augment?") from None
+    return shape, dtype
+
+
+def inspect_batch_file(path, task):
+    """Check a training batch file cheaply (headers + labels) -> (n_rows, image_size)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: training batch not found; run inclinet-augment first")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            shape, dtype = _npy_header(archive, "images", path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable npz ({exc}); delete it and re-run inclinet-augment") from None
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 or dtype != np.uint8:
+        raise InputError(f"{path}: images must be uint8 (N, S, S, 3), found {dtype} {shape}")
+    labels = load_npz(path, required=("labels",))["labels"]
+    if len(labels) != shape[0]:
+        raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels")
+    _check_labels(labels, task, path)
+    return int(shape[0]), int(shape[1])
+
+
+def _check_labels(labels, task, path):
+    labels = np.asarray(labels)
+    if task == "regression":
+        bad = (labels < inclinet_models.INCLINATION_MIN) | (labels > inclinet_models.INCLINATION_MAX)
+        what = "inclinations 45..90"
+    else:
+        bad = (labels != 0) & (labels != 1)
+        what = "binary labels 0/1"
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path}: row {row} has label {labels[row]}; a {task} file must hold {what} "
+            "(was it made for the other task?)"
+        )
+
+
+def _targets(labels, task):
+    if task == "regression":
+        return inclinet_models.inclination_to_target(labels)
+    return np.asarray(labels, dtype=np.int32)
+
+
+def build_validation_set(paths, task, seed):
+    """The fixed validation set: (images uint8, labels) as described in the module docstring."""
+    colour, gray = [], []
+    for path in paths:
+        arrays = load_npz(path, required=("images", "labels", "pgcIDs", "band"))
+        _check_labels(arrays["labels"], task, path)
+        band = str(arrays["band"])
+        (colour if band == "gri" else gray).append((arrays["images"], arrays["labels"]))
+    if not colour and not gray:
+        raise InputError("no validation samples given; pass the test_000 (or binary_test) file of every band")
+
+    def stack(parts):
+        if not parts:
+            return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    colour_images, colour_labels = stack(colour)
+    gray_images, gray_labels = stack(gray)
+    if len(gray_images):
+        order = rng_for(seed, "validation", "gray").permutation(len(gray_images))
+        keep = order[: len(colour_images)] if len(colour_images) else order
+        gray_images, gray_labels = gray_images[keep].copy(), gray_labels[keep]
+        n_inverted = len(gray_images) // 2
+        gray_images[:n_inverted] = 255 - gray_images[:n_inverted]
+    if len(colour_images) and len(gray_images) and colour_images.shape[1:] != gray_images.shape[1:]:
+        raise InputError("validation samples have different image sizes; pass the files of one size")
+    parts = [(i, lab) for i, lab in ((colour_images, colour_labels), (gray_images, gray_labels)) if len(i)]
+    images, labels = stack(parts)
+    order = rng_for(seed, "validation", "order").permutation(len(images))
+    return images[order], labels[order]
+
+
+class BatchStream:
+    """Deterministic per-epoch batches from the training files, one file in memory at a time."""
+
+    def __init__(self, paths, task, batch_size, seed):
+        self.paths = [Path(p) for p in paths]
+        self.task = task
+        self.seed = seed
+        self.rows = []
+        sizes = set()
+        for path in self.paths:
+            n_rows, size = inspect_batch_file(path, task)
+            self.rows.append(n_rows)
+            sizes.add(size)
+        if len(sizes) != 1:
+            raise InputError(f"training batches have different image sizes {sorted(sizes)}; pass one size")
+        self.image_size = sizes.pop()
+        self.n_images = sum(self.rows)
+        if self.n_images == 0:
+            raise InputError("the training batches hold no images")
+        self.batch_size = min(int(batch_size), self.n_images)
+        self.steps_per_epoch = self.n_images // self.batch_size
+
+    def batches(self, epoch, start_step=0):
+        """Yield (scaled images, targets) for the steps ``start_step..steps_per_epoch-1`` of ``epoch``."""
+        rng = rng_for(self.seed, "train-order", epoch)
+        file_order = rng.permutation(len(self.paths))
+        row_orders = [rng.permutation(self.rows[i]) for i in range(len(self.paths))]
+        first_row = start_step * self.batch_size
+        step, seen = start_step, 0
+        left_images = np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        left_labels = np.zeros((0,), np.int32)
+        for index in file_order:
+            if seen + self.rows[index] <= first_row:
+                seen += self.rows[index]
+                continue
+            arrays = load_npz(self.paths[index], required=("images", "labels"))
+            order = row_orders[index][max(0, first_row - seen) :]
+            seen += self.rows[index]
+            images = np.concatenate([left_images, arrays["images"][order]])
+            labels = np.concatenate([left_labels, arrays["labels"][order]])
+            n_full = len(labels) // self.batch_size
+            for batch in range(n_full):
+                if step >= self.steps_per_epoch:
+                    return
+                rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+                yield inclinet_models.scale_pixels(images[rows]), _targets(labels[rows], self.task)
+                step += 1
+            left_images, left_labels = images[n_full * self.batch_size :], labels[n_full * self.batch_size :]
+
+    def dataset(self, epoch, start_step=0):
+        """A ``tf.data.Dataset`` over :meth:`batches`, prefetched while the model trains."""
+        import tensorflow as tf
+
+        size = self.image_size
+        label_spec = (
+            tf.TensorSpec((None,), tf.float32) if self.task == "regression" else tf.TensorSpec((None,), tf.int32)
+        )
+        dataset = tf.data.Dataset.from_generator(
+            lambda: self.batches(epoch, start_step),
+            output_signature=(tf.TensorSpec((None, size, size, 3), tf.float32), label_spec),
+        )
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# -- checkpoint ---------------------------------------------------------------------------
+
+def save_checkpoint(path, model, state, best_weights=None):
+    """Write the checkpoint zip atomically (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="inclinet-ckpt-") as work:
+        work = Path(work)
+        model.save(work / _MODEL_MEMBER)
+        members = [(work / _MODEL_MEMBER, _MODEL_MEMBER)]
+        if best_weights is not None:
+            current = model.get_weights()
+            model.set_weights(best_weights)
+            model.save_weights(work / _BEST_MEMBER)
+            model.set_weights(current)
+            members.append((work / _BEST_MEMBER, _BEST_MEMBER))
+        with atomic_path(path) as tmp:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+                for source, name in members:
+                    archive.write(source, name)
+                archive.writestr(_STATE_MEMBER, json.dumps(state, indent=1))
+
+
+def load_checkpoint(path):
+    """Read a checkpoint -> (model with optimizer state, state dict, best weights or None)."""
+    keras = inclinet_models.import_keras()
+    try:
+        with tempfile.TemporaryDirectory(prefix="inclinet-ckpt-") as work:
+            work = Path(work)
+            with zipfile.ZipFile(path) as archive:
+                state = json.loads(archive.read(_STATE_MEMBER))
+                archive.extract(_MODEL_MEMBER, work)
+                has_best = _BEST_MEMBER in archive.namelist()
+                if has_best:
+                    archive.extract(_BEST_MEMBER, work)
+            model = keras.models.load_model(work / _MODEL_MEMBER, compile=True)
+            best = None
+            if has_best:
+                current = model.get_weights()
+                model.load_weights(work / _BEST_MEMBER)
+                best = model.get_weights()
+                model.set_weights(current)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise InputError(
+            f"{path}: unreadable training checkpoint ({exc}); delete it to start training from scratch"
+        ) from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}; delete it")
+    return model, state, best
+
+
+# -- training -----------------------------------------------------------------------------
+
+class _StopFlag:
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+        logger.warning("signal %d received: stopping after the current step and saving the checkpoint", signum)
+
+
+def _make_callback(keras, flag, counter):
+    class StepWatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            counter["steps"] += 1
+            counter["logs"] = dict(logs or {})
+            if flag.requested:
+                self.model.stop_training = True
+
+    return StepWatch()
+
+
+def _compile(keras, model, task, learning_rate):
+    if task == "regression":
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
+    else:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+
+
+def _float_logs(logs):
+    return {key: float(value) for key, value in logs.items()}
+
+
+def _merge_partial(partial, logs, steps_total):
+    """Combine the running means of a resumed epoch's two parts, weighted by their steps."""
+    if not partial:
+        return logs
+    done = partial["steps"]
+    merged = {}
+    for key, value in logs.items():
+        before = partial["logs"].get(key, value)
+        merged[key] = (before * done + value * (steps_total - done)) / steps_total
+    return merged
+
+
+def _epoch_record(epoch, train_logs, val_logs, task, seconds, images):
+    record = {"epoch": epoch + 1}
+    record.update({key: float(value) for key, value in train_logs.items()})
+    record.update({f"val_{key}": float(value) for key, value in val_logs.items()})
+    if task == "regression":
+        half = inclinet_models.INCLINATION_HALF_RANGE
+        for prefix in ("", "val_"):
+            if f"{prefix}loss" in record:
+                record[f"{prefix}rms_deg"] = math.sqrt(max(record[f"{prefix}loss"], 0.0)) * half
+            if f"{prefix}mae" in record:
+                record[f"{prefix}mae_deg"] = record[f"{prefix}mae"] * half
+    record["seconds"] = seconds
+    record["images_per_second"] = images / seconds if seconds > 0 else None
+    return record
+
+
+def write_plot(path, history, task, title):
+    """Loss and MAE (degrees) or accuracy per epoch, training and validation, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    second = ("mae_deg", "MAE [deg]") if task == "regression" else ("accuracy", "accuracy")
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for axis, (key, label) in zip(axes, (("loss", "loss"), second)):
+        for prefix, style in (("", "o-"), ("val_", "s--")):
+            values = [r.get(prefix + key, float("nan")) for r in history]
+            axis.plot(epochs, values, style, label=("validation " if prefix else "training ") + label)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80)
+    plt.close(figure)
+
+
+def run(
+    *,
+    model,
+    task,
+    train,
+    validation,
+    output,
+    checkpoint,
+    metrics,
+    plot,
+    epochs=10,
+    batch_size=64,
+    early_stopping=None,
+    learning_rate=1e-3,
+    seed=0,
+):
+    """Train ``model`` for ``task`` and write ``output`` (.keras), ``metrics`` (JSON) and ``plot`` (PNG).
+
+    Resumes from ``checkpoint`` when it exists and was written with the same settings.
+    Raises :class:`TrainingInterrupted` (exit code 3) after saving the checkpoint when a
+    SIGTERM arrives. Returns the metrics dictionary.
+    """
+    if model not in inclinet_models.MODEL_NAMES:
+        raise invalid("--model", model, "one of " + ", ".join(inclinet_models.MODEL_NAMES))
+    if task not in inclinet_models.TASKS:
+        raise invalid("--task", task, "one of " + ", ".join(inclinet_models.TASKS))
+    require_positive("--epochs", epochs)
+    require_positive("--batch-size", batch_size)
+    require_positive("--learning-rate", learning_rate)
+    if early_stopping is not None:
+        require_positive("--early-stopping", early_stopping)
+    if not train:
+        raise ConfigError("invalid --train: nothing given; must be one or more augmented batch files")
+    start_time = time.perf_counter()
+    stream = BatchStream(train, task, batch_size, seed)
+    needed = inclinet_models.minimum_input_size(model)
+    if stream.image_size < needed:
+        raise ConfigError(
+            f"invalid input size: {stream.image_size} px for {model}; must be at least {needed} px; "
+            "use a larger --size or model4/model6 for small images"
+        )
+    val_images, val_labels = build_validation_set(validation, task, seed)
+    if val_images.shape[1] != stream.image_size:
+        raise InputError(
+            f"validation images are {val_images.shape[1]} px but training batches {stream.image_size} px"
+        )
+    signature = {
+        "model": model,
+        "task": task,
+        "train": [str(p) for p in train],
+        "batch_size": stream.batch_size,
+        "image_size": stream.image_size,
+        "seed": int(seed),
+    }
+
+    keras = inclinet_models.import_keras()
+    checkpoint = Path(checkpoint)
+    best_weights = None
+    if checkpoint.exists():
+        net, state, best_weights = load_checkpoint(checkpoint)
+        if state["signature"] != signature:
+            raise ConfigError(
+                f"invalid --checkpoint: {str(checkpoint)!r} was written by a run with other settings "
+                f"({state['signature']}); must match this run, or delete it to start from scratch"
+            )
+        logger.info(
+            "resuming from %s at epoch %d step %d (optimizer step %d)",
+            checkpoint, state["epoch"] + 1, state["step"], int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
+        )
+    else:
+        keras.utils.set_random_seed(derive_seed(seed, "train", model, task))
+        net = inclinet_models.build_model(model, input_size=stream.image_size, task=task)
+        _compile(keras, net, task, learning_rate)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "signature": signature,
+            "epoch": 0,
+            "step": 0,
+            "partial": None,
+            "history": [],
+            "best_epoch": None,
+            "best_val_loss": None,
+            "wait": 0,
+            "stopped_early": False,
+            "train_seconds": 0.0,
+        }
+    state["resumed"] = state.get("resumed", 0) + (1 if checkpoint.exists() else 0)
+
+    flag = _StopFlag()
+    previous_handler = None
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, flag)
+    except ValueError:  # not the main thread: no signal handling, checkpoints still every epoch
+        previous_handler = None
+    val_x = inclinet_models.scale_pixels(val_images)
+    val_y = _targets(val_labels, task)
+    try:
+        while state["epoch"] < epochs and not state["stopped_early"]:
+            epoch, start_step = state["epoch"], state["step"]
+            counter = {"steps": 0, "logs": {}}
+            epoch_start = time.perf_counter()
+            remaining = stream.steps_per_epoch - start_step
+            if remaining > 0:
+                net.fit(
+                    stream.dataset(epoch, start_step),
+                    epochs=1,
+                    steps_per_epoch=remaining,
+                    callbacks=[_make_callback(keras, flag, counter)],
+                    shuffle=False,
+                    verbose=0,
+                )
+            seconds = time.perf_counter() - epoch_start
+            state["train_seconds"] += seconds
+            if flag.requested and start_step + counter["steps"] < stream.steps_per_epoch:
+                done = start_step + counter["steps"]
+                partial_logs = _merge_partial(state["partial"], _float_logs(counter["logs"]), done) if done else {}
+                state.update(step=done, partial={"steps": done, "logs": partial_logs} if done else None)
+                save_checkpoint(checkpoint, net, state, best_weights)
+                raise TrainingInterrupted(
+                    f"interrupted by SIGTERM at epoch {epoch + 1} step {done}/{stream.steps_per_epoch}; "
+                    f"checkpoint saved to {checkpoint}; run the same command again to resume"
+                )
+            train_logs = _merge_partial(state["partial"], _float_logs(counter["logs"]), stream.steps_per_epoch)
+            val_logs = net.evaluate(val_x, val_y, batch_size=stream.batch_size, verbose=0, return_dict=True)
+            record = _epoch_record(epoch, train_logs, val_logs, task, seconds, remaining * stream.batch_size)
+            state["history"].append(record)
+            val_loss = record["val_loss"]
+            if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+                state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
+                best_weights = net.get_weights()
+            else:
+                state["wait"] += 1
+                if early_stopping is not None and state["wait"] >= early_stopping:
+                    state["stopped_early"] = True
+            state.update(epoch=epoch + 1, step=0, partial=None)
+            save_checkpoint(checkpoint, net, state, best_weights)
+            _log_epoch(record, task, epochs)
+            if flag.requested and state["epoch"] < epochs and not state["stopped_early"]:
+                raise TrainingInterrupted(
+                    f"interrupted by SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint}; "
+                    "run the same command again to resume"
+                )
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    if early_stopping is not None and best_weights is not None:
+        net.set_weights(best_weights)
+    with atomic_path(output) as tmp:
+        net.save(tmp)
+    history = state["history"]
+    images_trained = sum(
+        (r["images_per_second"] or 0) * r["seconds"] for r in history
+    )
+    result = {
+        "model": model,
+        "task": task,
+        "image_size": stream.image_size,
+        "train_files": [str(p) for p in train],
+        "train_images_per_epoch": stream.steps_per_epoch * stream.batch_size,
+        "validation_images": int(len(val_images)),
+        "batch_size": stream.batch_size,
+        "learning_rate": float(learning_rate),
+        "epochs_requested": int(epochs),
+        "epochs_run": len(history),
+        "early_stopping": early_stopping,
+        "stopped_early": state["stopped_early"],
+        "best_epoch": state["best_epoch"],
+        "weights": "best epoch" if early_stopping is not None else "last epoch",
+        "resumed": state["resumed"],
+        "parameters": int(net.count_params()),
+        "train_seconds": state["train_seconds"],
+        "images_per_second": images_trained / state["train_seconds"] if state["train_seconds"] else None,
+        "seed": int(seed),
+        "versions": versions(),
+        "history": history,
+    }
+    atomic_write_json(metrics, result)
+    write_plot(plot, history, task, f"{Path(output).stem}: {model} {task}")
+    check_outputs([output, metrics, plot, checkpoint])
+    last = history[-1] if history else {}
+    quality = (
+        f"val MAE {last.get('val_mae_deg', float('nan')):.2f} deg"
+        if task == "regression"
+        else f"val accuracy {last.get('val_accuracy', float('nan')):.3f}"
+    )
+    logger.info(
+        "train: %s %s, %d epoch(s) of %d images (best epoch %s), %s, %.0f images/s, %.1f s, seed %d",
+        model, task, len(history), result["train_images_per_epoch"], state["best_epoch"], quality,
+        result["images_per_second"] or 0.0, time.perf_counter() - start_time, seed,
+    )
+    return result
+
+
+def _log_epoch(record, task, epochs):
+    if task == "regression":
+        logger.info(
+            "epoch %d/%d: loss %.4f, MAE %.2f deg, val loss %.4f, val MAE %.2f deg, %.0f images/s",
+            record["epoch"], epochs, record.get("loss", float("nan")), record.get("mae_deg", float("nan")),
+            record["val_loss"], record.get("val_mae_deg", float("nan")), record["images_per_second"] or 0.0,
+        )
+    else:
+        logger.info(
+            "epoch %d/%d: loss %.4f, accuracy %.3f, val loss %.4f, val accuracy %.3f, %.0f images/s",
+            record["epoch"], epochs, record.get("loss", float("nan")), record.get("accuracy", float("nan")),
+            record["val_loss"], record.get("val_accuracy", float("nan")), record["images_per_second"] or 0.0,
+        )
+
+
+def versions():
+    """Versions of the libraries a trained model depends on."""
+    import importlib.metadata as metadata
+
+    found = {"python": sys.version.split()[0]}
+    for package in ("inclinet", "keras", "tensorflow", "tensorflow-cpu", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, choices=inclinet_models.MODEL_NAMES, help="architecture")
+    parser.add_argument("--task", required=True, choices=inclinet_models.TASKS, help="regression or binary")
+    parser.add_argument("--train", nargs="+", required=True, metavar="BATCH.npz", help="augmented batch files")
+    parser.add_argument(
+        "--validation", nargs="+", required=True, metavar="SAMPLE.npz",
+        help="held-out samples of every band (test_000 or binary_test)",
+    )
+    parser.add_argument("--output", required=True, metavar="MODEL.keras", help="trained model")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file (resumed if present)")
+    parser.add_argument("--metrics", required=True, metavar="METRICS.json", help="per-epoch metrics")
+    parser.add_argument("--plot", required=True, metavar="METRICS.png", help="plot of the metrics")
+    parser.add_argument("--epochs", type=int, default=10, help="epoch budget (default 10)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument(
+        "--early-stopping", type=int, default=None, metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better validation loss and keep the best weights",
+    )
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    add_common_arguments(parser)
+    return parser
+
+
+def _run_args(args):
+    run(
+        model=args.model, task=args.task, train=args.train, validation=args.validation, output=args.output,
+        checkpoint=args.checkpoint, metrics=args.metrics, plot=args.plot, epochs=args.epochs,
+        batch_size=args.batch_size, early_stopping=args.early_stopping, learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="inclinet-train",
+        description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 interrupted (checkpoint saved; rerun to resume).",
+    )
+    add_arguments(parser)
+    return run_main(parser, _run_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
