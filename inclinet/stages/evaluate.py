@@ -1,0 +1,693 @@
+"""inclinet-evaluate: score every trained model and their ensembles on the test split, and publish the bundle.
+
+The join job of the workflow. Per model and per band (g, r, i, colour and all): RMS, MAE,
+signed bias of delta = true - predicted, the original's linear bias fit (m, b) on rows
+with |delta| < 10 and the corrected RMS of i_pc = (i_p + b) / (1 - m), and residuals by
+5-degree bin. Ensembles: mean and median per model family and over all members, with the
+per-galaxy population standard deviation as the uncertainty. Predictions average the
+regression outputs over ``--views`` exact rotations/flips (1 and 2 views are reported
+too). The classical axial-ratio inclination of the same images is the peer every table
+shows. Binary (accept/reject) members get precision, recall, accuracy (positive =
+reject) and ROC AUC on the binary test split.
+
+Writes ``naming.EVALUATION_FILES`` under ``--output-dir`` and the model bundle
+(``manifest.json`` + ``<member>.keras``) under ``--bundle-dir``.
+"""
+
+import argparse
+import csv
+import html
+import io
+import logging
+import math
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inclinet import models as inclinet_models
+from inclinet import naming
+from inclinet.cli import add_common_arguments, run_main
+from inclinet.errors import ConfigError, InputError, invalid
+from inclinet.io import atomic_path, atomic_write_json, atomic_write_text, check_outputs, load_npz
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION = 1
+FIT_WINDOW = 10.0
+BIN_EDGES = tuple(range(45, 95, 5))
+FAMILY_GROUPS = {"model4": "Group_0", "model5": "Group_1", "model6": "Group_2"}
+BAND_NAMES = {"gri": "colour", "g": "g", "r": "r", "i": "i"}
+N_OUTLIERS = 12
+_MODEL_FILE = re.compile(r"^(?:Uset_(?P<subset>\d{3})|(?P<binary>Binary))_(?P<model>model[0-9]+)\.keras$")
+
+
+# -- members ------------------------------------------------------------------------------
+
+def parse_model_file(path):
+    """``Uset_001_model5.keras`` -> ("model5", 1); ``Binary_model4.keras`` -> ("model4", "binary")."""
+    match = _MODEL_FILE.match(Path(path).name)
+    if not match or match["model"] not in inclinet_models.MODEL_NAMES:
+        raise InputError(
+            f"{path}: cannot tell the member from the file name; trained models are named "
+            "Uset_<jjj>_<model>.keras or Binary_<model>.keras (naming.trained_model)"
+        )
+    subset = "binary" if match["binary"] else int(match["subset"])
+    return match["model"], subset
+
+
+def describe_members(paths):
+    """Member records sorted as the API lists them: regression by family and subset, then binary."""
+    members = []
+    for path in paths:
+        model, subset = parse_model_file(path)
+        task = "binary" if subset == "binary" else "regression"
+        members.append({
+            "name": naming.member_name(model, subset),
+            "model": model,
+            "task": task,
+            "subset": subset,
+            "path": Path(path),
+        })
+    names = [m["name"] for m in members]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"invalid --models: member(s) {', '.join(duplicates)} given twice; must be unique")
+    members.sort(key=lambda m: (m["task"] == "binary", m["model"], -1 if m["subset"] == "binary" else m["subset"]))
+    return members
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+def summary(values):
+    """Mean, median and population standard deviation of ``values`` (the API's summary)."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"mean": None, "median": None, "stdev": None}
+    return {
+        "mean": statistics.fmean(values),
+        "median": float(statistics.median(values)),
+        "stdev": statistics.pstdev(values),
+    }
+
+
+def _finite(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def bias_fit(truth, predicted, window=FIT_WINDOW):
+    """The original's linear bias model: delta = m * truth + b fitted on rows with |delta| < window."""
+    truth = np.asarray(truth, dtype=np.float64)
+    delta = truth - np.asarray(predicted, dtype=np.float64)
+    use = np.isfinite(delta) & (np.abs(delta) < window)
+    if use.sum() < 2 or np.ptp(truth[use]) == 0:
+        return {"m": 0.0, "b": 0.0, "n_fit": int(use.sum())}
+    slope, intercept = np.polyfit(truth[use], delta[use], 1)
+    return {"m": float(slope), "b": float(intercept), "n_fit": int(use.sum())}
+
+
+def apply_calibration(predicted, fit):
+    """i_pc = (i_p + b) / (1 - m)."""
+    return (np.asarray(predicted, dtype=np.float64) + fit["b"]) / (1.0 - fit["m"])
+
+
+def regression_metrics(truth, predicted):
+    """RMS, MAE, bias, linear bias fit with corrected RMS/MAE, and 5-degree bins."""
+    truth = np.asarray(truth, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    valid = np.isfinite(predicted)
+    truth_v, predicted_v = truth[valid], predicted[valid]
+    delta = truth_v - predicted_v
+    result = {"n": int(valid.sum()), "n_missing": int((~valid).sum())}
+    if not len(delta):
+        return result
+    fit = bias_fit(truth_v, predicted_v)
+    corrected = truth_v - apply_calibration(predicted_v, fit)
+    result.update(
+        rms=float(np.sqrt(np.mean(delta**2))),
+        mae=float(np.mean(np.abs(delta))),
+        bias=float(np.mean(delta)),
+        fit=fit,
+        rms_corrected=float(np.sqrt(np.mean(corrected**2))),
+        mae_corrected=float(np.mean(np.abs(corrected))),
+        outliers_over_10=int((np.abs(delta) > 10).sum()),
+    )
+    bins = []
+    for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
+        inside = (truth_v > low) & (truth_v <= high) if low > BIN_EDGES[0] else (truth_v >= low) & (truth_v <= high)
+        part = delta[inside]
+        bins.append({
+            "bin": f"{low}-{high}",
+            "n": int(len(part)),
+            "bias": _finite(part.mean()) if len(part) else None,
+            "rms": _finite(np.sqrt(np.mean(part**2))) if len(part) else None,
+            "mae": _finite(np.mean(np.abs(part))) if len(part) else None,
+        })
+    result["bins"] = bins
+    return result
+
+
+def roc_auc(labels, scores):
+    """Area under the ROC curve (probability a positive outranks a negative; ties count half)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    start = 0
+    while start < len(scores):
+        stop = start
+        while stop + 1 < len(scores) and sorted_scores[stop + 1] == sorted_scores[start]:
+            stop += 1
+        ranks[order[start : stop + 1]] = 0.5 * (start + stop) + 1
+        start = stop + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(labels, reject_probability, votes=None):
+    """Precision, recall, accuracy (positive = reject, threshold 0.5), ROC AUC and confusion counts."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(reject_probability, dtype=np.float64)
+    predicted = (scores > 0.5) if votes is None else np.asarray(votes, dtype=bool)
+    tp = int((predicted & labels).sum())
+    fp = int((predicted & ~labels).sum())
+    fn = int((~predicted & labels).sum())
+    tn = int((~predicted & ~labels).sum())
+    return {
+        "n": int(len(labels)),
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "accuracy": (tp + tn) / len(labels) if len(labels) else None,
+        "auc": roc_auc(labels, scores),
+        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+    }
+
+
+# -- data ---------------------------------------------------------------------------------
+
+def load_test_files(paths, *, binary):
+    """Read sample files -> list of {band, images, labels, pgc, path}; checks labels and sizes."""
+    sets = []
+    for path in paths:
+        arrays = load_npz(path, required=("images", "labels", "pgcIDs", "band"))
+        band = str(arrays["band"])
+        if band not in BAND_NAMES:
+            raise InputError(f"{path}: unknown band {band!r}; must be one of g, r, i, gri")
+        labels = np.asarray(arrays["labels"])
+        if binary:
+            bad = (labels != 0) & (labels != 1)
+        else:
+            bad = (labels < inclinet_models.INCLINATION_MIN) | (labels > inclinet_models.INCLINATION_MAX)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            expected = "binary labels 0/1 (binary_test)" if binary else "inclinations 45..90 (test_000)"
+            raise InputError(f"{path}: row {row} has label {labels[row]}; must hold {expected}")
+        images = arrays["images"]
+        if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+            raise InputError(f"{path}: images must be (N, S, S, 3), found {images.shape}")
+        if any(s["band"] == band for s in sets):
+            raise InputError(f"{path}: a second test file for band {band}; pass one file per band")
+        sets.append({
+            "band": band, "images": images, "labels": labels.astype(np.int32),
+            "pgc": np.asarray(arrays["pgcIDs"]).astype(np.int64), "path": Path(path),
+        })
+    sizes = {s["images"].shape[1] for s in sets}
+    if len(sizes) > 1:
+        raise InputError(f"test files have different image sizes {sorted(sizes)}; pass files of one size")
+    order = {band: i for i, band in enumerate(BAND_NAMES)}
+    sets.sort(key=lambda s: order[s["band"]])
+    return sets
+
+
+def peer_inclinations(images):
+    """Classical axial-ratio inclinations (q0 = 0.2), clipped to 45..90 like the CNN; NaN if unmeasurable."""
+    from inclinet.axial import classical_inclination
+
+    result = np.full(len(images), np.nan)
+    for index, image in enumerate(images):
+        try:
+            result[index] = classical_inclination(image, q0=0.2)
+        except (InputError, ValueError):
+            continue
+    return np.clip(result, inclinet_models.INCLINATION_MIN, inclinet_models.INCLINATION_MAX)
+
+
+# -- the job ------------------------------------------------------------------------------
+
+def _view_counts(views):
+    return [n for n in inclinet_models.TTA_VIEW_COUNTS if n <= views and n in (1, 2, views)]
+
+
+def _load_models(members):
+    keras = inclinet_models.import_keras()
+    loaded = {}
+    for member in members:
+        try:
+            loaded[member["name"]] = keras.models.load_model(member["path"], compile=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{member['path']}: not a readable Keras model ({exc}); re-run its training job") from None
+    return loaded
+
+
+def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=8, seed=0, batch_size=256):
+    """Evaluate ``models`` on ``test`` (and binary members on ``binary_test``); write the report and bundle.
+
+    Returns the metrics dictionary that is also written to ``metrics.json``.
+    """
+    start = time.perf_counter()
+    if views not in inclinet_models.TTA_VIEW_COUNTS:
+        raise invalid("--views", views, "one of " + ", ".join(map(str, inclinet_models.TTA_VIEW_COUNTS)))
+    if not models:
+        raise ConfigError("invalid --models: nothing given; must be one or more trained .keras files")
+    members = describe_members(models)
+    regression = [m for m in members if m["task"] == "regression"]
+    binary = [m for m in members if m["task"] == "binary"]
+    if not regression:
+        raise ConfigError("invalid --models: no regression member (Uset_<jjj>_<model>.keras); must give at least one")
+    if binary and not binary_test:
+        raise ConfigError("invalid --binary-test: nothing given; must be the binary_test files when binary models are")
+    test_sets = load_test_files(test, binary=False)
+    if not test_sets:
+        raise ConfigError("invalid --test: nothing given; must be the test_000 sample of every band")
+    binary_sets = load_test_files(binary_test, binary=True) if binary else []
+    if binary_test and not binary:
+        logger.warning("--binary-test given without binary models: ignored")
+    size = test_sets[0]["images"].shape[1]
+    if binary_sets and binary_sets[0]["images"].shape[1] != size:
+        raise InputError("binary test images and regression test images have different sizes")
+
+    networks = _load_models(members)
+    for member in members:
+        expected = tuple(networks[member["name"]].input_shape[1:])
+        if expected != (size, size, 3):
+            raise InputError(f"{member['path']}: model expects inputs {expected}, test images are {size}x{size}x3")
+
+    view_counts = _view_counts(views)
+    rows = _regression_predictions(regression, networks, test_sets, views, view_counts, batch_size)
+    families = sorted({m["model"] for m in regression})
+    names = [m["name"] for m in regression]
+    columns = _ensemble_columns(rows, names, families, regression)
+
+    metrics = {
+        "views": views,
+        "seed": int(seed),
+        "members": [{k: m[k] for k in ("name", "model", "task", "subset")} for m in members],
+        "n_test": {BAND_NAMES[s["band"]]: int(len(s["labels"])) for s in test_sets},
+        "regression": {},
+        "tta": {},
+        "binary": {},
+    }
+    bands = ["all"] + [BAND_NAMES[s["band"]] for s in test_sets]
+    band_of_row = rows["band_name"]
+    for column in names + list(columns["order"]) + ["peer"]:
+        values = columns["values"].get(column, rows.get(column))
+        metrics["regression"][column] = {
+            band: regression_metrics(rows["truth"][_select(band_of_row, band)], values[_select(band_of_row, band)])
+            for band in bands
+        }
+    for n_views in view_counts:
+        per_view = rows["views"][n_views]
+        ensemble = np.mean(np.stack([per_view[name] for name in names]), axis=0)
+        metrics["tta"][str(n_views)] = {
+            "ensemble_mean": {
+                band: _short(regression_metrics(rows["truth"][_select(band_of_row, band)],
+                                                ensemble[_select(band_of_row, band)]))
+                for band in bands
+            },
+            "members": {
+                name: _short(regression_metrics(rows["truth"], per_view[name])) for name in names
+            },
+        }
+    binary_rows = None
+    if binary:
+        binary_rows = _binary_predictions(binary, networks, binary_sets, views, batch_size)
+        metrics["binary"] = _binary_metrics(binary_rows, [m["name"] for m in binary])
+
+    output_dir, bundle_dir = Path(output_dir), Path(bundle_dir)
+    paths = {Path(name).name: output_dir / Path(name).name for name in naming.EVALUATION_FILES}
+    _write_predictions(paths["predictions.csv"], rows, names, columns)
+    atomic_write_json(paths["metrics.json"], metrics)
+    _write_plots(paths, rows, columns, metrics, test_sets, binary_rows)
+    _write_html(paths["report.html"], metrics, names, columns["order"], view_counts)
+    manifest = write_bundle(bundle_dir, members, input_size=size, metrics=metrics, seed=seed, views=views)
+    check_outputs(list(paths.values()) + [bundle_dir / "manifest.json"])
+    overall = metrics["regression"]["ensemble_mean"]["all"]
+    peer = metrics["regression"]["peer"]["all"]
+    logger.info(
+        "evaluate: %d member(s) (%d binary) on %d test image(s) in %d band(s), %d view(s): ensemble RMS %.2f "
+        "MAE %.2f deg, peer RMS %s deg; bundle %s; %.1f s, seed %d",
+        len(members), len(binary), len(rows["truth"]), len(test_sets), views, overall.get("rms", float("nan")),
+        overall.get("mae", float("nan")), f"{peer['rms']:.2f}" if "rms" in peer else "n/a", bundle_dir,
+        time.perf_counter() - start, seed,
+    )
+    metrics["bundle"] = manifest
+    return metrics
+
+
+def _select(band_of_row, band):
+    return np.ones(len(band_of_row), bool) if band == "all" else band_of_row == band
+
+
+def _short(metrics):
+    return {key: metrics.get(key) for key in ("n", "rms", "mae", "bias")}
+
+
+def _regression_predictions(members, networks, test_sets, views, view_counts, batch_size):
+    rows = {
+        "pgc": np.concatenate([s["pgc"] for s in test_sets]),
+        "band": np.concatenate([np.full(len(s["labels"]), s["band"]) for s in test_sets]),
+        "band_name": np.concatenate([np.full(len(s["labels"]), BAND_NAMES[s["band"]]) for s in test_sets]),
+        "truth": np.concatenate([s["labels"] for s in test_sets]).astype(np.float64),
+        "images": [(s, i) for s in test_sets for i in range(len(s["labels"]))],
+        "views": {n: {} for n in view_counts},
+    }
+    for member in members:
+        per_band_views = []
+        for test_set in test_sets:
+            _, per_view = inclinet_models.predict_views(
+                networks[member["name"]], test_set["images"], views, batch_size=batch_size
+            )
+            per_band_views.append(per_view[:, :, 0])
+        per_view = np.concatenate(per_band_views, axis=1)
+        for n_views in view_counts:
+            rows["views"][n_views][member["name"]] = inclinet_models.target_to_inclination(
+                per_view[:n_views].mean(axis=0)
+            )
+        rows[member["name"]] = rows["views"][views][member["name"]]
+        logger.info("evaluated %s on %d images x %d views", member["name"], per_view.shape[1], views)
+    rows["peer"] = np.concatenate([peer_inclinations(s["images"]) for s in test_sets])
+    return rows
+
+
+def _ensemble_columns(rows, names, families, members):
+    stack = np.stack([rows[name] for name in names])
+    values = {
+        "ensemble_mean": stack.mean(axis=0),
+        "ensemble_median": np.median(stack, axis=0),
+        "ensemble_std": stack.std(axis=0),
+    }
+    for family in families:
+        family_stack = np.stack([rows[m["name"]] for m in members if m["model"] == family])
+        values[f"{family}_mean"] = family_stack.mean(axis=0)
+        values[f"{family}_median"] = np.median(family_stack, axis=0)
+    order = ["ensemble_mean", "ensemble_median"] + [f"{f}_{k}" for f in families for k in ("mean", "median")]
+    return {"values": values, "order": order}
+
+
+def _binary_predictions(members, networks, binary_sets, views, batch_size):
+    rows = {
+        "pgc": np.concatenate([s["pgc"] for s in binary_sets]),
+        "band_name": np.concatenate([np.full(len(s["labels"]), BAND_NAMES[s["band"]]) for s in binary_sets]),
+        "truth": np.concatenate([s["labels"] for s in binary_sets]),
+    }
+    for member in members:
+        probabilities = []
+        for binary_set in binary_sets:
+            mean, _ = inclinet_models.predict_views(
+                networks[member["name"]], binary_set["images"], views, batch_size=batch_size
+            )
+            probabilities.append(mean[:, 1])
+        rows[member["name"]] = np.concatenate(probabilities)
+    return rows
+
+
+def _binary_metrics(rows, names):
+    result = {}
+    bands = ["all"] + sorted(set(rows["band_name"]))
+    for name in names:
+        result[name] = {
+            band: binary_metrics(rows["truth"][_select(rows["band_name"], band)],
+                                 rows[name][_select(rows["band_name"], band)])
+            for band in bands
+        }
+    probabilities = np.stack([rows[name] for name in names])
+    votes = probabilities > 0.5
+    result["ensemble_mean"] = {"all": binary_metrics(rows["truth"], probabilities.mean(axis=0),
+                                                      votes=votes.mean(axis=0) > 0.5)}
+    result["ensemble_median"] = {"all": binary_metrics(rows["truth"], np.median(probabilities, axis=0),
+                                                        votes=np.median(votes, axis=0) > 0.5)}
+    return result
+
+
+# -- outputs ------------------------------------------------------------------------------
+
+def _write_predictions(path, rows, names, columns):
+    header = ["pgc", "band", "truth"] + names + list(columns["order"]) + ["ensemble_std", "peer"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    values = {**{name: rows[name] for name in names}, **columns["values"], "peer": rows["peer"]}
+    for index in range(len(rows["truth"])):
+        writer.writerow(
+            [int(rows["pgc"][index]), str(rows["band"][index]), int(rows["truth"][index])]
+            + [_csv_number(values[column][index]) for column in header[3:]]
+        )
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _csv_number(value):
+    return "" if not np.isfinite(value) else f"{float(value):.4f}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def _save(figure, path):
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80)
+    plt.close(figure)
+
+
+def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
+    plt = _pyplot()
+    truth = rows["truth"]
+    ensemble = columns["values"]["ensemble_mean"]
+    peer = rows["peer"]
+    band_names = rows["band_name"]
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
+    for axis, values, title in ((axes[0], ensemble, "CNN ensemble (mean)"), (axes[1], peer, "axial-ratio peer")):
+        for band in sorted(set(band_names)):
+            keep = band_names == band
+            axis.plot(truth[keep], values[keep], ".", alpha=0.6, label=band)
+        axis.plot([45, 90], [45, 90], "k-", lw=1)
+        rms = metrics["regression"]["ensemble_mean" if values is ensemble else "peer"]["all"].get("rms")
+        axis.set_title(f"{title}: RMS {rms:.2f} deg" if rms is not None else title)
+        axis.set_xlabel("true inclination [deg]")
+        axis.set_xlim(44, 91)
+        axis.set_ylim(44, 91)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0].set_ylabel("predicted inclination [deg]")
+    _save(figure, paths["predicted_vs_true.png"])
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    delta = truth - ensemble
+    axis.plot(truth, delta, ".", alpha=0.5, label="true - ensemble mean")
+    fit = metrics["regression"]["ensemble_mean"]["all"].get("fit", {"m": 0.0, "b": 0.0})
+    line_x = np.array([45.0, 90.0])
+    axis.plot(line_x, fit["m"] * line_x + fit["b"], "r-", label=f"bias fit m={fit['m']:.3f} b={fit['b']:.2f}")
+    axis.axhline(0, color="k", lw=1)
+    axis.axhspan(-FIT_WINDOW, FIT_WINDOW, color="0.9", zorder=0, label=f"|delta| < {FIT_WINDOW:g} (fit window)")
+    axis.set_xlabel("true inclination [deg]")
+    axis.set_ylabel("true - predicted [deg]")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    _save(figure, paths["residuals.png"])
+
+    worst = np.argsort(-np.abs(delta), kind="mergesort")[:N_OUTLIERS]
+    columns_n = 4
+    n_rows = max(1, math.ceil(len(worst) / columns_n))
+    figure, axes = plt.subplots(n_rows, columns_n, figsize=(3 * columns_n, 3.3 * n_rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, index in zip(axes.ravel(), worst):
+        test_set, row = rows["images"][index]
+        axis.imshow(test_set["images"][row])
+        peer_text = f"{peer[index]:.0f}" if np.isfinite(peer[index]) else "n/a"
+        axis.set_title(
+            f"pgc{rows['pgc'][index]} {band_names[index]}\ntrue {truth[index]:.0f}, CNN {ensemble[index]:.1f}, "
+            f"peer {peer_text}",
+            fontsize=8,
+        )
+    figure.suptitle(f"{len(worst)} worst galaxies by |true - ensemble mean|")
+    figure.tight_layout()
+    _save(figure, paths["outliers.png"])
+
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    if binary_rows is None:
+        axis.axis("off")
+        axis.text(0.5, 0.5, "no binary (accept/reject) models\nwere evaluated", ha="center", va="center", fontsize=12)
+    else:
+        counts = metrics["binary"]["ensemble_mean"]["all"]["confusion"]
+        matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
+        axis.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            axis.text(j, i, str(value), ha="center", va="center", fontsize=14)
+        axis.set_xticks([0, 1], ["accept", "reject"])
+        axis.set_yticks([0, 1], ["accept", "reject"])
+        axis.set_xlabel("predicted (ensemble mean vote)")
+        axis.set_ylabel("true")
+        axis.set_title("binary confusion matrix")
+    _save(figure, paths["confusion.png"])
+
+
+def _fmt(value, digits=2):
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _write_html(path, metrics, names, ensemble_order, view_counts):
+    regression = metrics["regression"]
+    bands = list(next(iter(regression.values())).keys())
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>inclinet evaluation</title>",
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #aaa;padding:2px 6px;text-align:right}</style></head><body>",
+        "<h1>inclinet evaluation</h1>",
+        f"<p>{len(names)} regression member(s), {metrics['views']} test-time view(s), seed {metrics['seed']}; "
+        f"test images per band: {html.escape(str(metrics['n_test']))}. delta = true - predicted (deg).</p>",
+        "<h2>RMS / MAE / bias by band</h2><table><tr><th>column</th>",
+    ]
+    parts += [f"<th>RMS {b}</th><th>MAE {b}</th>" for b in bands]
+    parts.append("<th>bias</th><th>m</th><th>b</th><th>RMS corrected</th></tr>")
+    for column in names + list(ensemble_order) + ["peer"]:
+        entry = regression[column]
+        cells = "".join(f"<td>{_fmt(entry[b].get('rms'))}</td><td>{_fmt(entry[b].get('mae'))}</td>" for b in bands)
+        fit = entry["all"].get("fit", {})
+        parts.append(
+            f"<tr><th>{html.escape(column)}</th>{cells}<td>{_fmt(entry['all'].get('bias'))}</td>"
+            f"<td>{_fmt(fit.get('m'), 4)}</td><td>{_fmt(fit.get('b'))}</td>"
+            f"<td>{_fmt(entry['all'].get('rms_corrected'))}</td></tr>"
+        )
+    parts.append("</table><h2>Test-time augmentation (ensemble mean, all bands)</h2><table><tr><th>views</th>"
+                 "<th>RMS</th><th>MAE</th></tr>")
+    for n_views in view_counts:
+        entry = metrics["tta"][str(n_views)]["ensemble_mean"]["all"]
+        parts.append(f"<tr><td>{n_views}</td><td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>")
+    parts.append("</table><h2>Residuals of the ensemble mean by 5-degree bin</h2><table>"
+                 "<tr><th>bin</th><th>N</th><th>bias</th><th>RMS</th><th>MAE</th></tr>")
+    for entry in regression["ensemble_mean"]["all"].get("bins", []):
+        parts.append(
+            f"<tr><td>{entry['bin']}</td><td>{entry['n']}</td><td>{_fmt(entry['bias'])}</td>"
+            f"<td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>"
+        )
+    parts.append("</table>")
+    if metrics["binary"]:
+        parts.append("<h2>Binary (positive = reject)</h2><table><tr><th>member</th><th>precision</th>"
+                     "<th>recall</th><th>accuracy</th><th>AUC</th></tr>")
+        for name, entry in metrics["binary"].items():
+            entry = entry["all"]
+            parts.append(
+                f"<tr><th>{html.escape(name)}</th><td>{_fmt(entry['precision'], 3)}</td>"
+                f"<td>{_fmt(entry['recall'], 3)}</td><td>{_fmt(entry['accuracy'], 3)}</td>"
+                f"<td>{_fmt(entry['auc'], 3)}</td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append("<p>No binary models were evaluated.</p>")
+    for image, caption in (
+        ("predicted_vs_true.png", "Predicted vs true"),
+        ("residuals.png", "Residuals with the linear bias fit"),
+        ("outliers.png", "Outlier gallery"),
+        ("confusion.png", "Binary confusion matrix"),
+    ):
+        parts.append(f"<h2>{caption}</h2><img src='{image}' alt='{caption}'>")
+    parts.append("</body></html>\n")
+    atomic_write_text(path, "\n".join(parts))
+
+
+def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views=8):
+    """Copy every member to ``bundle_dir/<name>.keras`` and write ``manifest.json`` last.
+
+    ``members`` are records with ``name``, ``model``, ``task``, ``subset`` and ``path``
+    (see :func:`describe_members`). Returns the manifest.
+    """
+    from inclinet.stages.train import versions
+
+    bundle_dir = Path(bundle_dir)
+    entries = []
+    for member in members:
+        file_name = Path(naming.bundle_member(member["name"], "bundle")).name
+        with atomic_path(bundle_dir / file_name) as tmp:
+            shutil.copyfile(member["path"], tmp)
+        entries.append({
+            "name": member["name"], "file": file_name, "model": member["model"],
+            "task": member["task"], "subset": member["subset"],
+        })
+    groups = {}
+    for entry in entries:
+        group = "binary" if entry["task"] == "binary" else FAMILY_GROUPS[entry["model"]]
+        groups.setdefault(group, []).append(entry["name"])
+    calibration, summary_metrics = {}, {}
+    if metrics:
+        for column, per_band in metrics["regression"].items():
+            overall = per_band["all"]
+            if "fit" in overall:
+                calibration[column] = overall["fit"]
+            summary_metrics[column] = {k: overall.get(k) for k in ("n", "rms", "mae", "bias", "rms_corrected")}
+        for column, per_band in metrics.get("binary", {}).items():
+            summary_metrics[column] = {k: per_band["all"].get(k) for k in ("n", "precision", "recall", "accuracy", "auc")}
+    manifest = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "members": entries,
+        "groups": {key: groups[key] for key in ("Group_0", "Group_1", "Group_2", "binary") if key in groups},
+        "input_size": int(input_size),
+        "pixel_scaling": inclinet_models.PIXEL_SCALING,
+        "label_scaling": inclinet_models.LABEL_SCALING,
+        "calibration": {
+            "formula": "i_pc = (i_p + b) / (1 - m), fitted on |true - predicted| < 10; reported, not applied",
+            "fits": calibration,
+        },
+        "metrics": summary_metrics,
+        "versions": versions(),
+        "seed": int(seed),
+        "views": int(views),
+    }
+    atomic_write_json(bundle_dir / "manifest.json", manifest)
+    return manifest
+
+
+def add_arguments(parser):
+    parser.add_argument("--models", nargs="+", required=True, metavar="MODEL.keras",
+                        help="trained models named Uset_<jjj>_<model>.keras or Binary_<model>.keras")
+    parser.add_argument("--test", nargs="+", required=True, metavar="SAMPLE.npz",
+                        help="test_000 sample of every band (inclination labels)")
+    parser.add_argument("--binary-test", nargs="+", default=[], metavar="SAMPLE.npz",
+                        help="binary_test sample of every band (needed with binary models)")
+    parser.add_argument("--output-dir", required=True, help="folder for the evaluation files")
+    parser.add_argument("--bundle-dir", required=True, help="folder for the model bundle")
+    parser.add_argument("--views", type=int, default=8, choices=inclinet_models.TTA_VIEW_COUNTS,
+                        help="test-time views: rotations by 90 deg and flips (default 8)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per prediction call (default 256)")
+    add_common_arguments(parser)
+    return parser
+
+
+def _run_args(args):
+    run(models=args.models, test=args.test, binary_test=args.binary_test, output_dir=args.output_dir,
+        bundle_dir=args.bundle_dir, views=args.views, seed=args.seed, batch_size=args.batch_size)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="inclinet-evaluate", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_main(parser, _run_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
