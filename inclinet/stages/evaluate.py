@@ -641,7 +641,8 @@ def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views
                 calibration[column] = overall["fit"]
             summary_metrics[column] = {k: overall.get(k) for k in ("n", "rms", "mae", "bias", "rms_corrected")}
         for column, per_band in metrics.get("binary", {}).items():
-            summary_metrics[column] = {k: per_band["all"].get(k) for k in ("n", "precision", "recall", "accuracy", "auc")}
+            keys = ("n", "precision", "recall", "accuracy", "auc")
+            summary_metrics[column] = {k: per_band["all"].get(k) for k in keys}
     manifest = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "members": entries,

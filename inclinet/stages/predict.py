@@ -1,0 +1,231 @@
+"""inclinet-predict: inclinations and rejection likelihoods of galaxy images from a model bundle.
+
+Prints one JSON object per image, as the original web API's ``/api/file`` answer::
+
+    {"status": "success", "filename": ...,
+     "inclinations": {"Group_0": {"model4": 72.0, "model41": ...}, "Group_1": {...}, "Group_2": {...},
+                      "summary": {"mean": ..., "median": ..., "stdev": ...}},
+     "rejection_likelihood": {"model4-binary": 12.3, ..., "summary": {...}}}
+
+Regression values are degrees rounded to integers (half to even, as ``np.round``), the
+binary values are P(reject) in percent, unrounded; ``stdev`` is the population standard
+deviation. Groups (and ``rejection_likelihood``) appear only for members in the bundle.
+Images may be PNG, JPEG or GIF, gray or colour, of any size: they are padded to a square
+with black and resized to the bundle's input size. A file that cannot be read gets
+``{"status": "failed", "filename": ..., "message": ...}`` while the others are still
+predicted, and the command exits 2 at the end.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inclinet import models as inclinet_models
+from inclinet.cli import add_common_arguments, run_main
+from inclinet.errors import ConfigError, InputError
+from inclinet.io import atomic_write_text
+from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
+CHUNK = 256
+GROUP_ORDER = ("Group_0", "Group_1", "Group_2")
+
+
+class Bundle:
+    """A loaded model bundle: its manifest and Keras models (loaded on first use)."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        manifest_path = self.directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise InputError(f"{manifest_path}: bundle manifest not found; run inclinet-evaluate to build the bundle")
+        try:
+            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{manifest_path}: unreadable manifest ({exc}); rebuild the bundle") from None
+        missing = [k for k in ("format_version", "members", "groups", "input_size", "views") if k not in self.manifest]
+        if missing:
+            raise InputError(f"{manifest_path}: manifest lacks {', '.join(missing)}; rebuild the bundle")
+        if self.manifest["format_version"] != BUNDLE_FORMAT_VERSION:
+            raise InputError(
+                f"{manifest_path}: bundle format {self.manifest['format_version']} is not {BUNDLE_FORMAT_VERSION}; "
+                "rebuild the bundle with this version of inclinet"
+            )
+        self.input_size = int(self.manifest["input_size"])
+        self.views = int(self.manifest["views"])
+        self.members = {m["name"]: m for m in self.manifest["members"]}
+        for member in self.members.values():
+            if not (self.directory / member["file"]).is_file():
+                raise InputError(f"{self.directory / member['file']}: bundle member missing; rebuild the bundle")
+        self._networks = {}
+
+    def network(self, name):
+        if name not in self._networks:
+            keras = inclinet_models.import_keras()
+            path = self.directory / self.members[name]["file"]
+            try:
+                self._networks[name] = keras.models.load_model(path, compile=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: not a readable Keras model ({exc}); rebuild the bundle") from None
+        return self._networks[name]
+
+    def regression_groups(self):
+        groups = self.manifest["groups"]
+        return [(group, groups[group]) for group in GROUP_ORDER if groups.get(group)]
+
+    def binary_members(self):
+        return list(self.manifest["groups"].get("binary", []))
+
+    def predict(self, images):
+        """API answers (without status/filename) for uint8 images (N, S, S, 3) at the bundle's size."""
+        images = np.asarray(images)
+        outputs = {}
+        for _, names in self.regression_groups():
+            for name in names:
+                outputs[name] = self._run(name, images)[:, 0]
+        for name in self.binary_members():
+            outputs[name] = self._run(name, images)[:, 1]
+        answers = []
+        for index in range(len(images)):
+            inclinations = {}
+            values = []
+            for group, names in self.regression_groups():
+                inclinations[group] = {}
+                for name in names:
+                    degrees = float(np.round(inclinet_models.target_to_inclination(outputs[name][index])))
+                    inclinations[group][name] = degrees
+                    values.append(degrees)
+            inclinations["summary"] = summary(values)
+            answer = {"inclinations": inclinations}
+            if self.binary_members():
+                rejection = {name: float(100.0 * outputs[name][index]) for name in self.binary_members()}
+                rejection["summary"] = summary(list(rejection.values()))
+                answer["rejection_likelihood"] = rejection
+            answers.append(answer)
+        return answers
+
+    def _run(self, name, images):
+        mean, _ = inclinet_models.predict_views(self.network(name), images, self.views)
+        return mean
+
+
+def prepare_image(path, size):
+    """Load an image, pad it to a square with black and resize it to ``size`` px (uint8 S x S x 3)."""
+    from inclinet.images import load_image, pad_to_square, resize_square
+
+    return resize_square(pad_to_square(load_image(path), 0), size)
+
+
+def collect_inputs(inputs=(), *, catalog=None, data_path=None):
+    """Expand images and folders (PNG/JPEG/GIF files, sorted) and catalog galaxies -> [(path, extra)]."""
+    items = []
+    for entry in inputs:
+        entry = Path(entry)
+        if entry.is_dir():
+            files = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                logger.warning("%s: no PNG/JPEG/GIF files in this folder", entry)
+            items.extend((p, {}) for p in files)
+        else:
+            items.append((entry, {}))
+    if catalog is not None:
+        from inclinet.catalog import find_raw_image, read_catalog
+
+        if data_path is None:
+            raise ConfigError("invalid --data-path: None; must be the folder of the catalog's images with --catalog")
+        for galaxy in read_catalog(catalog):
+            found = find_raw_image(data_path, galaxy.pgc, "gri")
+            items.append((found, {"pgc": int(galaxy.pgc)}) if found else (None, {"pgc": int(galaxy.pgc)}))
+    return items
+
+
+def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=None):
+    """Predict every input; write JSON lines to ``output`` (or ``stream``); return the answers.
+
+    Each answer is a dict with ``status`` ``success`` or ``failed``; failed inputs do not
+    stop the others.
+    """
+    start = time.perf_counter()
+    loaded = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    items = collect_inputs(inputs, catalog=catalog, data_path=data_path)
+    if not items:
+        raise ConfigError("invalid inputs: nothing to predict; must give images, folders or --catalog/--data-path")
+    answers = [None] * len(items)
+    pending = []
+    for index, (path, extra) in enumerate(items):
+        if path is None:
+            answers[index] = {
+                "status": "failed", "filename": None, **extra,
+                "message": f"no colour image of pgc {extra['pgc']} under {data_path}",
+            }
+            continue
+        try:
+            image = prepare_image(path, loaded.input_size)
+        except InputError as exc:
+            answers[index] = {"status": "failed", "filename": str(path), **extra, "message": str(exc)}
+            logger.warning("%s", exc)
+            continue
+        pending.append((index, image))
+        if len(pending) == CHUNK:
+            _predict_chunk(loaded, pending, items, answers)
+            pending = []
+    if pending:
+        _predict_chunk(loaded, pending, items, answers)
+    lines = "".join(json.dumps(answer) + "\n" for answer in answers)
+    if output is not None:
+        atomic_write_text(output, lines)
+    else:
+        (stream or sys.stdout).write(lines)
+    failed = sum(answer["status"] != "success" for answer in answers)
+    logger.info(
+        "predict: %d image(s), %d predicted, %d failed, %d member(s), %d view(s), %.1f s",
+        len(answers), len(answers) - failed, failed, len(loaded.members), loaded.views, time.perf_counter() - start,
+    )
+    return answers
+
+
+def _predict_chunk(loaded, pending, items, answers):
+    predictions = loaded.predict(np.stack([image for _, image in pending]))
+    for (index, _), prediction in zip(pending, predictions):
+        path, extra = items[index]
+        answers[index] = {"status": "success", "filename": str(path), **extra, **prediction}
+
+
+def add_arguments(parser):
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE|FOLDER", help="image files or folders of them")
+    parser.add_argument("--bundle", required=True, metavar="DIR", help="model bundle (manifest.json + members)")
+    parser.add_argument("--catalog", metavar="C", help="predict the colour images of this catalog's galaxies")
+    parser.add_argument("--data-path", metavar="D", help="folder of the catalog's raw images")
+    parser.add_argument("--output", metavar="FILE.jsonl", help="write the JSON lines here instead of stdout")
+    add_common_arguments(parser, seed=False)
+    return parser
+
+
+def _run_args(args):
+    if args.catalog is None and args.data_path is not None:
+        raise ConfigError("invalid --data-path: given without --catalog; must come with --catalog")
+    answers = run(bundle=args.bundle, inputs=args.inputs, catalog=args.catalog, data_path=args.data_path,
+                  output=args.output)
+    failed = [a for a in answers if a["status"] != "success"]
+    if failed:
+        raise InputError(
+            f"{len(failed)} of {len(answers)} input(s) could not be predicted (first: "
+            f"{failed[0]['message']})"
+        )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="inclinet-predict", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_main(parser, _run_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
