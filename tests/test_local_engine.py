@@ -1,0 +1,163 @@
+"""The local engine through its real code: failures, status, resume, SIGKILL of the runner, end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from inclinet.io import atomic_write_json
+from workflow import dag
+from workflow.cli import main
+from workflow.engines import local
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A job that sleeps, refuses to run while the file named in its 2nd argument is missing
+# (when given), then writes its outputs.
+JOB_CODE = (
+    "import os, sys, time\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "if sys.argv[2] != '-' and not os.path.exists(sys.argv[2]):\n"
+    "    print('missing', sys.argv[2]); sys.exit(3)\n"
+    "for out in sys.argv[3:]:\n"
+    "    open(out, 'w').write('ok')\n"
+)
+
+
+def fake_job(job_id, inputs=(), *, sleep=0.0, needs="-", retries=0):
+    outputs = [f"{job_id}.txt"]
+    return dag.JobSpec(id=job_id, stage=job_id.rstrip("0123456789"), executable=sys.executable,
+                       args=["-c", JOB_CODE, str(sleep), needs, *outputs], inputs=list(inputs),
+                       outputs=outputs, retries=retries)
+
+
+def make_run(run_dir, jobs, *, max_parallel=2, retries=0):
+    dag.infer_parents(jobs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dag.save_jobs(run_dir, jobs)
+    atomic_write_json(run_dir / "run.json", {"engine": "local", "config": {"retries": retries},
+                                             "engine_args": {"max_parallel": max_parallel}})
+    return run_dir
+
+
+def attempts_in_log(run_dir, job_id):
+    return (run_dir / "logs" / f"{job_id}.log").read_text().count(f"=== {job_id} attempt")
+
+
+def states(run_dir):
+    return {p.name[:-5]: json.loads(p.read_text())["state"] for p in (run_dir / "state").glob("*.json")
+            if not p.name.endswith(".rc.json") and p.name != "runner.json"}
+
+
+def test_failed_job_stops_only_its_descendants_then_resume_completes(tmp_path, capsys):
+    # a -> b(fails until fix.txt exists) -> d ; c independent ; e <- a, c
+    jobs = [fake_job("a"), fake_job("b", ["a.txt"], needs="fix.txt", retries=1), fake_job("c"),
+            fake_job("d", ["b.txt"]), fake_job("e", ["a.txt", "c.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs, retries=1)
+    assert main(["resume", str(run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED b" in out and "b.log" in out
+    assert states(run_dir) == {"a": "done", "b": "failed", "c": "done", "d": "blocked", "e": "done"}
+    assert attempts_in_log(run_dir, "b") == 2  # one retry
+    assert not (run_dir / "logs" / "d.log").exists()
+
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    header, counts = out.splitlines()[:2]
+    assert header.split()[:6] == ["UNRDY", "READY", "RUN", "DONE", "FAIL", "%DONE"]
+    assert counts.split()[:6] == ["1", "0", "0", "3", "1", "60.0"] and "Failure" in counts
+    assert "b.log" in out and "blocked" in out
+
+    (run_dir / "data" / "fix.txt").write_text("fixed")
+    assert main(["resume", str(run_dir)]) == 0
+    assert set(states(run_dir).values()) == {"done"}
+    assert {j: attempts_in_log(run_dir, j) for j in "acde"} == {"a": 1, "c": 1, "d": 1, "e": 1}
+    assert attempts_in_log(run_dir, "b") == 3
+    assert main(["status", str(run_dir)]) == 0
+    assert "100.0 Success" in capsys.readouterr().out
+
+
+def test_done_job_with_damaged_output_runs_again(tmp_path):
+    jobs = [fake_job("a"), fake_job("b", ["a.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    assert main(["resume", str(run_dir)]) == 0
+    (run_dir / "data" / "b.txt").unlink()
+    assert main(["resume", str(run_dir)]) == 0
+    assert attempts_in_log(run_dir, "a") == 1 and attempts_in_log(run_dir, "b") == 2
+
+
+def _wait_for(predicate, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_of_runner_then_resume_reruns_no_finished_job(tmp_path):
+    # A chain a1 -> a2 -> ... -> a6 plus a slow independent job that outlives the runner.
+    chain = []
+    for index in range(1, 7):
+        chain.append(fake_job(f"a{index}", [f"a{index - 1}.txt"] if index > 1 else [], sleep=0.3))
+    slow = fake_job("slow", sleep=2.0)
+    run_dir = make_run(tmp_path / "run", [slow, *chain], max_parallel=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: states(run_dir).get("a3") == "done" and states(run_dir).get("slow") == "running")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    before = {job_id: json.loads((run_dir / "state" / f"{job_id}.json").read_text())
+              for job_id, state in states(run_dir).items() if state == "done"}
+    assert {"a1", "a2", "a3"} <= set(before)
+    assert states(run_dir)["slow"] == "running"  # recorded by the dead runner; its job lives on
+
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert set(states(run_dir).values()) == {"done"}
+    for job_id, record in before.items():
+        after = json.loads((run_dir / "state" / f"{job_id}.json").read_text())
+        assert after["started"] == record["started"], job_id
+        assert attempts_in_log(run_dir, job_id) == 1, job_id
+    # The job that was running when the runner died was waited for, not started again.
+    assert attempts_in_log(run_dir, "slow") == 1
+
+
+def test_sigterm_to_runner_stops_jobs_and_resume_finishes(tmp_path):
+    jobs = [fake_job("a", sleep=30.0), fake_job("b", ["a.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: states(run_dir).get("a") == "running")
+    pid = json.loads((run_dir / "state" / "a.json").read_text())["pid"]
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not local._alive(pid, None)
+    assert states(run_dir)["a"] == "pending"
+    # Make the job quick and resume.
+    jobs[0].args[2] = "0"
+    dag.save_jobs(run_dir, jobs)
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert attempts_in_log(run_dir, "a") == 2
+
+
+def test_parallelism_respects_declared_cores(tmp_path):
+    jobs = [fake_job(f"w{i}", sleep=0.3) for i in range(4)]
+    jobs[0].cores = 2
+    run_dir = make_run(tmp_path / "run", jobs, max_parallel=2)
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    spans = {}
+    for job in jobs:
+        record = json.loads((run_dir / "state" / f"{job.id}.json").read_text())
+        spans[job.id] = (record["started"], record["ended"])
+    # w0 takes both cores: nothing else overlaps it.
+    for other in ("w1", "w2", "w3"):
+        assert spans[other][1] <= spans["w0"][0] or spans[other][0] >= spans["w0"][1]

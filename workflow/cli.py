@@ -1,0 +1,266 @@
+"""run_workflow.py / inclinet-workflow: build the DAG from flags, write the run directory, hand it to an engine.
+
+Usage::
+
+    run_workflow.py [BUILD FLAGS] [--engine local|pegasus|slurm] [--output-dir RUN] [--dry-run]
+    run_workflow.py --demo                 # the embedded default, on the local engine
+    run_workflow.py status RUN             # counts by state, percent done, per-job table
+    run_workflow.py resume RUN             # re-run failed and unfinished jobs only
+    run_workflow.py cancel RUN             # stop the jobs of a run
+
+Building never imports TensorFlow; every run directory gets ``run.json``, ``jobs.json``
+and the five Pegasus files (``workflow.yml``, ``sites.yml``, ``replicas.yml``,
+``transformations.yml``, ``pegasus.properties``) whatever the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from inclinet import naming
+from inclinet.cli import add_common_arguments, run_main
+from inclinet.errors import ConfigError, InputError
+from inclinet.io import atomic_write_json
+from workflow import catalogs, dag
+from workflow.engines import ENGINES
+from workflow.engines import load as load_engine
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("status", "resume", "cancel")
+
+#: The embedded default (--demo): a few hundred synthetic galaxies through the whole DAG
+#: on the local engine in well under 15 minutes on 2 cores. model5 is left out because
+#: its convolutions need >= 76 px images; 64 px keeps training fast on a CPU.
+DEMO = {
+    "synthetic": 300,
+    "synthetic_size": 128,
+    "size": 64,
+    "galaxies_per_job": 100,
+    "subsamples": 1,
+    "models": ("model4", "model6"),
+    "tasks": ("regression", "binary"),
+    "epochs": 3,
+    "batch_size": 32,
+    "n_batches": 2,
+    "per_bin": 20,
+    "views": 4,
+}
+DEMO_OUTPUT_DIR = "demo-run"
+
+
+def _csv_list(text):
+    return tuple(item.strip() for item in str(text).split(",") if item.strip())
+
+
+def add_build_arguments(parser):
+    data = parser.add_argument_group("data (choose --synthetic N, or --data-path with --catalog)")
+    data.add_argument("--synthetic", type=int, metavar="N", help="draw N synthetic galaxies as the first jobs")
+    data.add_argument("--data-path", help="folder of the raw images pgc<id>_d25x2_rot_<band>.{png,sdss.jpg}")
+    data.add_argument("--catalog", help="catalog file (pipe-separated original or CSV) of the raw images")
+    data.add_argument("--synthetic-size", type=int, help="pixel size of rendered synthetic raw images (512)")
+    data.add_argument("--demo", action="store_true",
+                      help="the embedded default: 300 synthetic galaxies, 64 px, model4+model6, local engine")
+
+    science = parser.add_argument_group("science settings")
+    science.add_argument("--bands", type=_csv_list, help="comma list of g,r,i,gri (default all four)")
+    science.add_argument("--size", type=int, help="image size the networks see, in pixels (128)")
+    science.add_argument("--galaxies-per-job", type=int, help="catalog rows per synth/prep job (500)")
+    science.add_argument("--subsamples", type=int, help="regression subsamples m besides the full set (3)")
+    science.add_argument("--models", type=_csv_list, help="comma list of model4,model5,model6 (default all)")
+    science.add_argument("--tasks", type=_csv_list, help="comma list of regression,binary (default both)")
+    science.add_argument("--epochs", type=int, help="training epochs (10)")
+    science.add_argument("--batch-size", type=int, help="training batch size (64)")
+    science.add_argument("--n-batches", type=int, help="augmented batches per training subset (5)")
+    science.add_argument("--per-bin", type=int, help="augmented colour images per 5-degree bin and batch (100)")
+    science.add_argument("--views", type=int, help="augmented views per test image in evaluation (8)")
+    science.add_argument("--retries", type=int, help="retries of a failed job (2; training gets more on Pegasus)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--engine", choices=ENGINES, default="local", help="where the jobs run (default local)")
+    run.add_argument("--output-dir", "-o", help="run directory RUN (default runs/<time>, or demo-run with --demo)")
+    run.add_argument("--dry-run", action="store_true", help="build and write the run directory, run nothing")
+    run.add_argument("--force", action="store_true", help="rebuild over an existing run directory")
+    run.add_argument("--sites", help=f"site catalog to start from (default {catalogs.DEFAULT_SITES.name})")
+    run.add_argument("--replicas", help=f"replica catalog to start from (default {catalogs.DEFAULT_REPLICAS.name})")
+    run.add_argument("--container-image", default=catalogs.DEFAULT_IMAGE,
+                     help="Singularity image of the transformations (file://, docker://, https://...)")
+    return parser
+
+
+def add_engine_arguments(parser):
+    """Each engine's own flags, in its own group (an engine that fails to import is left out)."""
+    for name in ENGINES:
+        try:
+            engine = load_engine(name)
+        except ImportError as exc:
+            logger.debug("engine %s not available: %s", name, exc)
+            continue
+        engine.add_arguments(parser.add_argument_group(f"{name} engine"))
+    return parser
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="run_workflow.py",
+        description="Build the inclinet workflow (one DAG) and run it locally, through Pegasus or on SLURM. "
+        "Also: 'run_workflow.py status|resume|cancel RUN'.",
+    )
+    add_build_arguments(parser)
+    add_engine_arguments(parser)
+    add_common_arguments(parser)
+    return parser
+
+
+def build_command_parser(command):
+    parser = argparse.ArgumentParser(prog=f"run_workflow.py {command}",
+                                     description={"status": "show the state of a run",
+                                                  "resume": "re-run the failed and unfinished jobs of a run",
+                                                  "cancel": "stop the running jobs of a run"}[command])
+    parser.add_argument("run_dir", metavar="RUN", help="a run directory made by run_workflow.py")
+    add_engine_arguments(parser)
+    add_common_arguments(parser, seed=False)
+    parser.set_defaults(command=command)
+    return parser
+
+
+def config_from_args(args):
+    """The :class:`~workflow.dag.WorkflowConfig` of the flags (--demo fills what is not given)."""
+    values = dict(DEMO) if args.demo else {}
+    for name in ("synthetic", "data_path", "catalog", "synthetic_size", "bands", "size", "galaxies_per_job",
+                 "subsamples", "models", "tasks", "epochs", "batch_size", "n_batches", "per_bin", "views",
+                 "retries"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    values["seed"] = args.seed
+    if args.demo and (args.data_path or args.catalog):
+        raise ConfigError("--demo draws synthetic galaxies: give it without --data-path/--catalog")
+    if "bands" in values:
+        values["bands"] = tuple("gri" if b.upper() == "RGB" else b for b in values["bands"])
+    return dag.WorkflowConfig(**values).validate()
+
+
+def default_output_dir(args):
+    if args.output_dir:
+        return Path(args.output_dir)
+    if args.demo:
+        return Path(DEMO_OUTPUT_DIR)
+    return Path("runs") / time.strftime("inclinet-%Y%m%d-%H%M%S")
+
+
+def write_run(run_dir, jobs, config, args, argv):
+    """Write ``run.json``, ``jobs.json``, the Pegasus files and the missing-input report."""
+    run_dir = Path(run_dir)
+    if (run_dir / dag.JOBS_FILE).exists() and not args.force:
+        raise ConfigError(f"{run_dir} already holds a run; use 'run_workflow.py resume {run_dir}', "
+                          "another --output-dir, or --force to rebuild it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dag.save_jobs(run_dir, jobs)
+    catalogs.write_run_catalogs(run_dir, jobs, config, sites_file=args.sites, replicas_file=args.replicas,
+                                image=args.container_image)
+    engine_args = {k: v for k, v in vars(args).items() if k not in _BUILD_KEYS}
+    atomic_write_json(run_dir / "run.json", {
+        "format_version": 1,
+        "engine": args.engine,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": list(argv) if argv is not None else sys.argv[1:],
+        "demo": bool(args.demo),
+        "config": config.to_dict(),
+        "engine_args": engine_args,
+        "n_jobs": len(jobs),
+    })
+
+
+_BUILD_KEYS = {"synthetic", "data_path", "catalog", "synthetic_size", "demo", "bands", "size", "galaxies_per_job",
+               "subsamples", "models", "tasks", "epochs", "batch_size", "n_batches", "per_bin", "views", "retries",
+               "seed", "verbose", "quiet"}
+
+
+def summarize_counts(jobs):
+    counts = {}
+    for job in jobs:
+        counts[job.stage] = counts.get(job.stage, 0) + 1
+    return ", ".join(f"{stage} {counts[stage]}" for stage in dag.STAGES if stage in counts)
+
+
+def run_build(args, argv=None):
+    config = config_from_args(args)
+    run_dir = default_output_dir(args)
+    start = time.perf_counter()
+    missing = []
+    jobs = dag.build_jobs(config, missing=missing)
+    write_run(run_dir, jobs, config, args, argv)
+    if missing:
+        from inclinet.report import SkipReport
+
+        report = SkipReport("workflow")
+        for pgc, band, path in missing:
+            report.rows.append({"pgc": pgc, "band": band, "file": path, "reason": "raw image not found"})
+        report.write(run_dir / "missing_inputs.csv")
+        logger.warning("%d raw images not found (not declared; prep reports them): see %s", len(missing),
+                       run_dir / "missing_inputs.csv")
+    logger.info("built %d jobs (%s) in %.2f s into %s", len(jobs), summarize_counts(jobs),
+                time.perf_counter() - start, run_dir)
+    if args.dry_run:
+        print(f"dry run: {len(jobs)} jobs written to {run_dir} (engine {args.engine} not started); "
+              f"run it with 'run_workflow.py resume {run_dir}'")
+        return 0
+    code = load_engine(args.engine).run(run_dir, jobs, args)
+    if code == 0 and args.engine == "local":
+        print_next_steps(run_dir, config)
+    return code
+
+
+def print_next_steps(run_dir, config):
+    data = Path(run_dir) / "data"
+    report = data / "evaluation" / "report.html"
+    bundle = data / dag.BUNDLE_DIR
+    ids = None
+    try:
+        ids = dag._synthetic_ids(config) if config.synthetic else None
+    except ImportError:
+        ids = None
+    example = (data / dag.RAW_GALAXIES / naming.raw_image_names(ids[0], "gri", config.root)[0]) if ids else "IMAGE.jpg"
+    print(f"evaluation report: {report}")
+    print(f"metrics:           {data / 'evaluation' / 'metrics.json'}")
+    print(f"model bundle:      {bundle}")
+    print(f"predict with it:   inclinet-predict --bundle {bundle} {example}")
+
+
+def run_command(args):
+    from workflow.engines.common import read_run_info
+
+    info = read_run_info(args.run_dir)
+    engine = load_engine(info.get("engine", "local"))
+    return getattr(engine, args.command)(Path(args.run_dir), args)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        parser = build_command_parser(argv[0])
+        return _run(parser, lambda args: run_command(args), argv[1:])
+    parser = build_parser()
+    return _run(parser, lambda args: run_build(args, argv), argv)
+
+
+def _run(parser, func, argv):
+    """:func:`inclinet.cli.run_main` with the engine's exit code passed through."""
+    result = {}
+
+    def call(args):
+        result["code"] = func(args)
+
+    code = run_main(parser, call, argv)
+    return code if code else int(result.get("code") or 0)
+
+
+__all__ = ["main", "build_parser", "config_from_args", "InputError"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""The local engine: every job its own process on this machine, in parallel, resumable after any kill.
+
+Bookkeeping lives in ``RUN/state/``: one JSON file per job, rewritten atomically at every
+change (pending, running with the pids, done, failed, blocked), plus ``runner.json`` for
+the runner itself. Each job runs under a tiny wrapper (``python -m workflow.engines.local
+--wrap``) in its own session; the wrapper writes the job's exit code to
+``state/<id>.rc.json`` when it ends, even when the runner is gone. So after the runner is
+killed, even with SIGKILL, ``resume`` knows which jobs finished, adopts those still running
+(waiting for them), and re-runs only the rest. SIGTERM/SIGINT to the runner is passed on to
+the jobs as SIGTERM: a training job saves its checkpoint and continues from it on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from workflow.engines.common import (
+    REPO_ROOT,
+    data_dir,
+    job_command,
+    log_path,
+    outputs_intact,
+    prepare_data_dir,
+    read_run_info,
+    state_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+PENDING, RUNNING, DONE, FAILED, BLOCKED = "pending", "running", "done", "failed", "blocked"
+STATES = (PENDING, RUNNING, DONE, FAILED, BLOCKED)
+#: Seconds a job gets to save its state after SIGTERM before it is killed.
+TERM_GRACE_S = 60
+POLL_S = 0.05
+
+
+def add_arguments(parser):
+    parser.add_argument("--max-parallel", type=int, metavar="CORES",
+                        help="cores the local engine may use at once (default: all of this machine)")
+    return parser
+
+
+# -- small process helpers ----------------------------------------------------------------
+
+def _process_start(pid):
+    """Start time of ``pid`` in clock ticks (from /proc), or None when it is not running."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            return None
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid, start):
+    """True when ``pid`` runs and is the same process that was recorded (not a reused pid)."""
+    if not pid:
+        return False
+    now = _process_start(pid)
+    if now is None:
+        if start is not None or not os.path.isdir("/proc"):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return False
+            return start is None
+        return False
+    return start is None or now == start
+
+
+def _write_json(path, data):
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# -- the job wrapper --------------------------------------------------------------------
+
+def _wrap_main(argv):
+    """``--wrap RCFILE ATTEMPT -- CMD...``: run CMD, pass on SIGTERM/SIGINT, record its exit code."""
+    rc_file, attempt = argv[1], int(argv[2])
+    command = argv[4:]
+    holder = {"child": None, "signal": None}
+
+    def forward(signum, _frame):
+        holder["signal"] = signum
+        if holder["child"] is not None:
+            try:
+                holder["child"].send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+
+    # Installed before the child starts, so that an early SIGTERM is never lost.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        holder["child"] = subprocess.Popen(command)
+    except OSError as exc:
+        print(f"cannot start {command[0]}: {exc}", file=sys.stderr, flush=True)
+        _write_json(rc_file, {"returncode": 127, "attempt": attempt, "ended": time.time()})
+        return 127
+    if holder["signal"] is not None:
+        holder["child"].send_signal(signal.SIGTERM)
+    code = holder["child"].wait()
+    _write_json(rc_file, {"returncode": code, "attempt": attempt, "ended": time.time()})
+    return 0 if code == 0 else 1
+
+
+# -- state ------------------------------------------------------------------------------
+
+class RunState:
+    """Per-job state files of one run directory."""
+
+    def __init__(self, run_dir):
+        self.dir = state_dir(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id):
+        return self.dir / f"{job_id}.json"
+
+    def rc_path(self, job_id):
+        return self.dir / f"{job_id}.rc.json"
+
+    def get(self, job_id):
+        return _read_json(self.path(job_id)) or {"state": PENDING, "attempts": 0}
+
+    def put(self, job_id, record):
+        _write_json(self.path(job_id), record)
+
+    def runner(self):
+        return _read_json(self.dir / "runner.json")
+
+    def claim_runner(self):
+        """Record this process as the run's runner; refuse when another live runner holds it."""
+        from inclinet.errors import ConfigError
+
+        current = self.runner()
+        if current and current.get("pid") != os.getpid() and _alive(current.get("pid"), current.get("pid_start")):
+            raise ConfigError(f"run {self.dir.parent} is being run by process {current['pid']}; wait for it, "
+                              f"or stop it with 'run_workflow.py cancel {self.dir.parent}'")
+        _write_json(self.dir / "runner.json",
+                    {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "started": time.time()})
+
+    def release_runner(self):
+        current = self.runner()
+        if current and current.get("pid") == os.getpid():
+            (self.dir / "runner.json").unlink(missing_ok=True)
+
+
+# -- the scheduler ----------------------------------------------------------------------
+
+class _Running:
+    def __init__(self, job, attempt, pid, pid_start, process=None, started=None):
+        self.job, self.attempt, self.pid, self.pid_start = job, attempt, pid, pid_start
+        self.process = process
+        self.started = started or time.time()
+
+    def finished(self):
+        if self.process is not None:
+            return self.process.poll() is not None
+        return not _alive(self.pid, self.pid_start)
+
+
+class LocalRunner:
+    """Runs the jobs of one run directory (see the module docstring)."""
+
+    def __init__(self, run_dir, jobs, *, max_parallel=None, max_retries=None, progress=None):
+        self.run_dir = Path(run_dir)
+        self.jobs = {job.id: job for job in jobs}
+        self.order = [job.id for job in jobs]
+        self.children = {job.id: [] for job in jobs}
+        for job in jobs:
+            for parent in job.parents:
+                self.children[parent].append(job.id)
+        self.max_parallel = max(1, max_parallel or os.cpu_count() or 1)
+        self.max_retries = max_retries
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.state = RunState(run_dir)
+        self.status = {}
+        self.records = {}
+        self.running = {}
+        self.stop_signal = None
+
+    # bookkeeping
+    def _set(self, job_id, state, **changes):
+        record = dict(self.records.get(job_id) or self.state.get(job_id))
+        record.update(changes)
+        record["state"] = state
+        self.records[job_id] = record
+        self.status[job_id] = state
+        self.state.put(job_id, record)
+
+    def _cores(self, job):
+        return min(max(1, job.cores), self.max_parallel)
+
+    def _retries(self, job):
+        return job.retries if self.max_retries is None else min(job.retries, self.max_retries)
+
+    def _recover(self):
+        """Read the state of every job; adopt jobs a dead runner left running."""
+        for job_id in self.order:
+            record = self.state.get(job_id)
+            self.records[job_id] = record
+            job = self.jobs[job_id]
+            state = record.get("state", PENDING)
+            if state == RUNNING:
+                if _alive(record.get("pid"), record.get("pid_start")):
+                    logger.info("%s: still running from an earlier runner (pid %s); waiting for it",
+                                job_id, record.get("pid"))
+                    self.running[job_id] = _Running(job, record.get("attempts", 1), record["pid"],
+                                                    record.get("pid_start"), started=record.get("started"))
+                    self.status[job_id] = RUNNING
+                    continue
+                state = self._outcome_of_dead(job_id, record)
+            if state == DONE and outputs_intact(job, self.run_dir):
+                self.status[job_id] = DONE
+                continue
+            if state == DONE:
+                logger.warning("%s: marked done but its outputs are missing or unreadable; running it again", job_id)
+            self._set(job_id, PENDING, attempts=0, returncode=None)
+
+    def _outcome_of_dead(self, job_id, record):
+        rc = _read_json(self.state.rc_path(job_id))
+        if rc and rc.get("attempt") == record.get("attempts") and rc.get("returncode") == 0:
+            self._set(job_id, DONE, returncode=0, ended=rc.get("ended"),
+                      duration=(rc.get("ended") or time.time()) - (record.get("started") or time.time()))
+            return DONE
+        return PENDING
+
+    def _ready(self):
+        for job_id in self.order:
+            if self.status[job_id] == PENDING and all(self.status[p] == DONE for p in self.jobs[job_id].parents):
+                yield self.jobs[job_id]
+
+    def _used_cores(self):
+        return sum(self._cores(r.job) for r in self.running.values())
+
+    def _start(self, job):
+        attempt = int(self.records[job.id].get("attempts", 0)) + 1
+        log = log_path(self.run_dir, job)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.state.rc_path(job.id).unlink(missing_ok=True)
+        command = job_command(job, self.run_dir)
+        wrapper = [sys.executable, "-m", "workflow.engines.local", "--wrap", str(self.state.rc_path(job.id).resolve()),
+                   str(attempt), "--", *command]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("OMP_NUM_THREADS", str(self._cores(job)))
+        env.setdefault("TF_NUM_INTRAOP_THREADS", str(self._cores(job)))
+        env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"=== {job.id} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                         f"{' '.join(command)}\n")
+            handle.flush()
+            process = subprocess.Popen(wrapper, cwd=data_dir(self.run_dir), stdout=handle, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        started = time.time()
+        pid_start = _process_start(process.pid)
+        self.running[job.id] = _Running(job, attempt, process.pid, pid_start, process, started)
+        self._set(job.id, RUNNING, attempts=attempt, pid=process.pid, pid_start=pid_start,
+                  runner_pid=os.getpid(), started=started, ended=None, returncode=None, log=str(log))
+        logger.debug("started %s (attempt %d, pid %d)", job.id, attempt, process.pid)
+
+    def _reap(self, job_id):
+        running = self.running.pop(job_id)
+        job = running.job
+        rc = _read_json(self.state.rc_path(job_id))
+        if rc and rc.get("attempt") == running.attempt:
+            code = rc.get("returncode")
+        elif running.process is not None:
+            code = running.process.returncode
+        else:
+            code = None  # an adopted job whose wrapper was killed: unknown, run it again
+        ended = time.time()
+        duration = ended - running.started
+        if code == 0 and not outputs_intact(job, self.run_dir):
+            logger.error("%s: exited 0 but its declared outputs are missing or unreadable", job_id)
+            code = -1
+        if code == 0:
+            self._set(job_id, DONE, returncode=0, ended=ended, duration=duration)
+            return True
+        if self.stop_signal is not None:
+            self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, interrupted=True)
+            return False
+        if running.attempt <= self._retries(job):
+            logger.warning("%s failed (exit %s, attempt %d); retrying; log: %s", job_id, code, running.attempt,
+                           log_path(self.run_dir, job))
+            self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration)
+            return False
+        logger.error("%s failed (exit %s) after %d attempt(s); log: %s", job_id, code, running.attempt,
+                     log_path(self.run_dir, job))
+        self._set(job_id, FAILED, returncode=code, ended=ended, duration=duration)
+        self._block_descendants(job_id)
+        return False
+
+    def _block_descendants(self, job_id):
+        stack = list(self.children[job_id])
+        while stack:
+            child = stack.pop()
+            if self.status.get(child) == PENDING:
+                self._set(child, BLOCKED, blocked_by=job_id)
+                stack.extend(self.children[child])
+
+    def _on_signal(self, signum, _frame):
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            logger.warning("received %s: stopping the running jobs (they may save checkpoints)",
+                           signal.Signals(signum).name)
+            for running in list(self.running.values()):
+                _signal(running.pid, signal.SIGTERM)
+
+    def execute(self):
+        """Run every job that is not done; return the number of failed jobs (or -signal)."""
+        self.state.claim_runner()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            prepare_data_dir(self.run_dir, list(self.jobs.values()))
+            self._recover()
+            return self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.state.release_runner()
+
+    def _loop(self):
+        total = len(self.order)
+        bar = _progress_bar(total, sum(1 for s in self.status.values() if s == DONE), self.progress)
+        done_before = sum(1 for s in self.status.values() if s == DONE)
+        term_sent = None
+        try:
+            while True:
+                for job_id in [j for j, r in self.running.items() if r.finished()]:
+                    ok = self._reap(job_id)
+                    if ok:
+                        bar.update(1)
+                        done = sum(1 for s in self.status.values() if s == DONE)
+                        if not self.progress:
+                            logger.info("[%d/%d] %s done (%.1f s)", done, total, job_id,
+                                        self.records[job_id].get("duration") or 0)
+                if self.stop_signal is not None:
+                    if not self.running:
+                        break
+                    term_sent = term_sent or time.time()
+                    if time.time() - term_sent > TERM_GRACE_S:
+                        for running in self.running.values():
+                            _signal(running.pid, signal.SIGKILL, group=True)
+                    time.sleep(POLL_S)
+                    continue
+                free = self.max_parallel - self._used_cores()
+                for job in self._ready():
+                    if free <= 0:
+                        break
+                    if self._cores(job) <= free:
+                        self._start(job)
+                        free -= self._cores(job)
+                if not self.running:
+                    break
+                time.sleep(POLL_S)
+        finally:
+            bar.close()
+        if self.stop_signal is not None:
+            return -int(self.stop_signal)
+        logger.debug("%d jobs were already done", done_before)
+        return sum(1 for s in self.status.values() if s == FAILED)
+
+
+def _signal(pid, sig, group=False):
+    try:
+        if group:
+            os.killpg(os.getpgid(pid), sig)
+        else:
+            os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total, initial, enabled):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="job", dynamic_ncols=True)
+
+
+# -- summaries and status ---------------------------------------------------------------
+
+def collect(run_dir, jobs):
+    """Per-job records (state file + derived fields) of a run, in DAG order."""
+    state = RunState(run_dir)
+    rows = []
+    for job in jobs:
+        record = state.get(job.id)
+        current = record.get("state", PENDING)
+        if current == RUNNING and not _alive(record.get("pid"), record.get("pid_start")):
+            rc = _read_json(state.rc_path(job.id))
+            current = DONE if rc and rc.get("returncode") == 0 and rc.get("attempt") == record.get("attempts") \
+                else "unfinished"
+        duration = record.get("duration")
+        if current == RUNNING and record.get("started"):
+            duration = time.time() - record["started"]
+        rows.append({"id": job.id, "stage": job.stage, "state": current, "attempts": record.get("attempts", 0),
+                     "duration": duration, "returncode": record.get("returncode"),
+                     "started": record.get("started"), "ended": record.get("ended"),
+                     "log": str(log_path(run_dir, job)), "parents": job.parents})
+    return rows
+
+
+def summary_text(rows):
+    """Per-stage wall time (first start to last end), busy time and failures."""
+    lines = ["stage        jobs  done  failed  wall_s   busy_s"]
+    stages = []
+    for row in rows:
+        if row["stage"] not in stages:
+            stages.append(row["stage"])
+    for stage in stages:
+        mine = [r for r in rows if r["stage"] == stage]
+        starts = [r["started"] for r in mine if r["started"]]
+        ends = [r["ended"] for r in mine if r["ended"]]
+        wall = (max(ends) - min(starts)) if starts and ends else 0.0
+        busy = sum(r["duration"] or 0 for r in mine)
+        lines.append(f"{stage:<12} {len(mine):>4}  {sum(r['state'] == DONE for r in mine):>4}  "
+                     f"{sum(r['state'] == FAILED for r in mine):>6}  {wall:>6.1f}  {busy:>7.1f}")
+    failed = [r for r in rows if r["state"] == FAILED]
+    blocked = [r for r in rows if r["state"] == BLOCKED]
+    for row in failed:
+        lines.append(f"FAILED {row['id']} (exit {row['returncode']}, {row['attempts']} attempt(s)): {row['log']}")
+    if blocked:
+        lines.append(f"{len(blocked)} job(s) not run because a job they depend on failed")
+    return "\n".join(lines)
+
+
+#: pegasus-status column names for the local states.
+_PEGASUS_COLUMNS = (("UNRDY", (PENDING, BLOCKED)), ("READY", ()), ("PRE", ()), ("IN_Q", ()),
+                    ("POST", ()), ("DONE", (DONE,)), ("FAIL", (FAILED,)))
+
+
+def status_text(run_dir, rows, *, table=True):
+    counts = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    finished = {r["id"] for r in rows if r["state"] == DONE}
+    ready = {r["id"] for r in rows if r["state"] in (PENDING, "unfinished")
+             and all(p in finished for p in r["parents"])}
+    n_running = counts.get(RUNNING, 0)
+    n_ready = len(ready)
+    n_unready = sum(1 for r in rows if r["state"] in (PENDING, BLOCKED, "unfinished")) - n_ready
+    n_done, n_failed = counts.get(DONE, 0), counts.get(FAILED, 0)
+    total = len(rows)
+    percent = 100.0 * n_done / total if total else 100.0
+    runner = RunState(run_dir).runner()
+    runner_alive = bool(runner and _alive(runner.get("pid"), runner.get("pid_start")))
+    if n_done == total:
+        overall = "Success"
+    elif runner_alive:
+        overall = "Running"
+    elif n_failed:
+        overall = "Failure"
+    else:
+        overall = "Stopped"
+    lines = [f"{'UNRDY':>6} {'READY':>6} {'RUN':>6} {'DONE':>6} {'FAIL':>6} {'%DONE':>6} STATE    RUN",
+             f"{n_unready:>6} {n_ready:>6} {n_running:>6} {n_done:>6} {n_failed:>6} {percent:>6.1f} "
+             f"{overall:<8} {run_dir}",
+             f"Summary: {total} jobs; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    if table:
+        lines.append("")
+        lines.append(f"{'JOB':<28} {'STATE':<10} {'TRY':>3} {'SECONDS':>8}  LOG")
+        for row in rows:
+            seconds = f"{row['duration']:.1f}" if row["duration"] is not None else "-"
+            lines.append(f"{row['id']:<28} {row['state']:<10} {row['attempts']:>3} {seconds:>8}  {row['log']}")
+    return "\n".join(lines)
+
+
+# -- engine interface -------------------------------------------------------------------
+
+def _settings(run_dir, args):
+    info = read_run_info(run_dir)
+    saved = info.get("engine_args", {})
+    max_parallel = getattr(args, "max_parallel", None) or saved.get("max_parallel")
+    retries = info.get("config", {}).get("retries")
+    return max_parallel, retries
+
+
+def _finish(run_dir, jobs, outcome):
+    rows = collect(run_dir, jobs)
+    print(summary_text(rows))
+    if outcome < 0:
+        print(f"stopped by {signal.Signals(-outcome).name}; continue with 'run_workflow.py resume {run_dir}'")
+        return 128 - outcome
+    if outcome:
+        print(f"{outcome} job(s) failed; fix the cause (see the logs above) and run "
+              f"'run_workflow.py resume {run_dir}'")
+        return 1
+    print(f"all {len(rows)} jobs done in {run_dir}")
+    return 0
+
+
+def run(run_dir, jobs, args):
+    """Run every job of ``jobs`` on this machine; exit code 0 when all finished."""
+    max_parallel, retries = _settings(run_dir, args)
+    runner = LocalRunner(run_dir, jobs, max_parallel=max_parallel, max_retries=retries)
+    return _finish(run_dir, jobs, runner.execute())
+
+
+def resume(run_dir, args):
+    """Re-run failed and unfinished jobs, keeping finished ones whose outputs are intact."""
+    from workflow.dag import load_jobs
+
+    jobs = load_jobs(run_dir)
+    return run(run_dir, jobs, args)
+
+
+def status(run_dir, args):
+    from workflow.dag import load_jobs
+
+    jobs = load_jobs(run_dir)
+    print(status_text(run_dir, collect(run_dir, jobs)))
+    return 0
+
+
+def cancel(run_dir, args):
+    """Stop the runner of a run and every job it started (SIGTERM, then SIGKILL)."""
+    from workflow.dag import load_jobs
+
+    state = RunState(run_dir)
+    runner = state.runner()
+    if runner and _alive(runner.get("pid"), runner.get("pid_start")):
+        # The runner passes SIGTERM on to its jobs and records them as unfinished.
+        _signal(runner["pid"], signal.SIGTERM)
+        deadline = time.time() + TERM_GRACE_S + 10
+        while time.time() < deadline and _alive(runner["pid"], runner.get("pid_start")):
+            time.sleep(0.2)
+    targets = []
+    for job in load_jobs(run_dir):
+        record = state.get(job.id)
+        if record.get("state") == RUNNING and _alive(record.get("pid"), record.get("pid_start")):
+            _signal(record["pid"], signal.SIGTERM)
+            targets.append((job.id, record))
+    deadline = time.time() + TERM_GRACE_S
+    while time.time() < deadline and any(_alive(r["pid"], r.get("pid_start")) for _, r in targets):
+        time.sleep(0.2)
+    for job_id, record in targets:
+        if _alive(record["pid"], record.get("pid_start")):
+            _signal(record["pid"], signal.SIGKILL, group=True)
+        state.put(job_id, dict(state.get(job_id), state=PENDING, interrupted=True))
+    print(f"cancelled run {run_dir} ({len(targets)} orphaned job(s) stopped); "
+          f"continue with 'run_workflow.py resume {run_dir}'")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--wrap":
+        sys.exit(_wrap_main(sys.argv[1:]))
+    print("usage: python -m workflow.engines.local --wrap RCFILE ATTEMPT -- COMMAND...", file=sys.stderr)
+    sys.exit(2)
