@@ -1,0 +1,314 @@
+"""Tests of the SLURM engine: command lines and state logic offline, then DAGs on a real cluster.
+
+The tests marked ``slurm`` need a running cluster (``scripts/slurm/ci-setup.sh`` starts a
+single-node one on localhost). Outside CI they skip with the reason; with ``CI`` set they
+fail instead, so a CI run can never pass without exercising SLURM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inclinet.errors import ConfigError
+from workflow.dag import JobSpec, infer_parents, save_jobs
+from workflow.engines import slurm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def shell_job(job_id, script, inputs=(), outputs=(), *, retries=0, cores=1, gpus=0):
+    """A trivial job: ``sh -c SCRIPT`` in the data directory, recording each run in runs/<id>."""
+    script = f"echo run >> runs/{job_id}; {script}"
+    return JobSpec(id=job_id, stage="synth", executable="sh", args=["-c", script], inputs=list(inputs),
+                   outputs=list(outputs), cores=cores, memory_mb=100, runtime_s=120, gpus=gpus, retries=retries)
+
+
+def make_run(run_dir, jobs):
+    """A run directory as run_workflow.py writes it (jobs.json, run.json) for ``jobs``."""
+    infer_parents(jobs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data" / "runs").mkdir(parents=True)
+    save_jobs(run_dir, jobs)
+    (run_dir / "run.json").write_text(json.dumps({"format_version": 1, "engine": "slurm"}))
+    return jobs
+
+
+def engine_args(*argv):
+    parser = argparse.ArgumentParser()
+    slurm.add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser.parse_args(list(argv))
+
+
+def run_count(run_dir, job_id):
+    path = run_dir / "data" / "runs" / job_id
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def our_queue(run_dir):
+    """``{slurm_id: STATE}`` of this run's jobs that SLURM still lists."""
+    ids = slurm.submissions(run_dir).values()
+    return {k: v[0] for k, v in slurm.squeue_states(ids).items()}
+
+
+# -- offline: options, command lines, waves ---------------------------------------------
+
+def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
+    job = JobSpec(id="train_Uset_000_model4", stage="train", executable="inclinet-train", args=["--epochs", "1"],
+                  inputs=[], outputs=["m.keras"], cores=2, memory_mb=16000, runtime_s=4 * 3600 + 30, gpus=1,
+                  retries=3)
+    options = slurm.SlurmOptions(partition="cpu", gpu_partition="gpu", account="astro",
+                                 sbatch_options=["--qos=short", "--mem=8G"])
+    argv = slurm.sbatch_argv(job, tmp_path, options, ["11", "12"], use_gpus=True)
+    run = tmp_path.resolve()
+    assert argv[:2] == ["sbatch", "--parsable"]
+    assert "--job-name=train_Uset_000_model4" in argv
+    assert f"--output={run}/logs/train_Uset_000_model4.log" in argv
+    assert f"--chdir={run}/data" in argv
+    assert "--cpus-per-task=2" in argv and "--mem=16000M" in argv and "--time=4:00:30" in argv
+    assert "--partition=gpu" in argv and "--partition=cpu" not in argv
+    assert "--account=astro" in argv and "--gres=gpu:1" in argv
+    assert "--dependency=afterok:11:12" in argv and "--kill-on-invalid-dep=yes" in argv
+    # extra options come after the engine's own, so that sbatch lets them win
+    assert argv.index("--mem=8G") > argv.index("--mem=16000M")
+    wrapper = argv.index(f"{run}/state/slurm/wrapper.sh")
+    assert argv[wrapper + 1] == f"{run}/state/slurm/exit/train_Uset_000_model4.json"
+    assert argv[wrapper + 2] == "4"  # 1 + retries attempts
+    assert argv[wrapper + 3].endswith("inclinet-train") and argv[-2:] == ["--epochs", "1"]
+
+
+def test_sbatch_argv_without_gpus_or_parents_and_gpus_flag(tmp_path):
+    job = shell_job("a", "true", gpus=1)
+    argv = slurm.sbatch_argv(job, tmp_path, slurm.SlurmOptions(partition="cpu", gpu_partition="gpu"))
+    assert not any(a.startswith(("--gres", "--gpus", "--dependency", "--kill-on")) for a in argv)
+    assert "--partition=cpu" in argv
+    argv = slurm.sbatch_argv(job, tmp_path, slurm.SlurmOptions(gpu_flag="gpus"), use_gpus=True)
+    assert "--gpus=1" in argv
+
+
+def test_container_wraps_the_bare_executable(tmp_path):
+    job = JobSpec(id="evaluate", stage="evaluate", executable="inclinet-evaluate", args=["--views", "2"],
+                  inputs=[], outputs=[], gpus=1)
+    options = slurm.SlurmOptions(container="/images/inclinet.sif", container_runtime="singularity")
+    command = slurm.job_command(job, tmp_path, options, use_gpus=True)
+    run = tmp_path.resolve()
+    assert command == ["singularity", "exec", "--nv", "--bind", str(run), "--pwd", f"{run}/data",
+                       "/images/inclinet.sif", "inclinet-evaluate", "--views", "2"]
+    assert "--nv" not in slurm.job_command(job, tmp_path, options, use_gpus=False)
+
+
+def test_options_from_flags_keep_stored_values():
+    stored = slurm.SlurmOptions(partition="long", account="astro", sbatch_options=["--qos=x"])
+    options = slurm.SlurmOptions.from_args(engine_args("--partition", "short"), stored)
+    assert (options.partition, options.account, options.sbatch_options) == ("short", "astro", ["--qos=x"])
+    options = slurm.SlurmOptions.from_args(engine_args("--sbatch-option=--qos=y", "--container", "a.sif"))
+    assert options.sbatch_options == ["--qos=y"] and options.container == "a.sif"
+    with pytest.raises(ConfigError, match="invalid --submit-workers"):
+        slurm.SlurmOptions.from_args(engine_args("--submit-workers", "0"))
+
+
+def test_levels_put_parents_first():
+    jobs = infer_parents([shell_job("a", "", outputs=["a"]), shell_job("b", "", ["a"], ["b"]),
+                          shell_job("c", "", ["b"], ["c"]), shell_job("d", "", [], ["d"])])
+    waves = slurm._levels(jobs, {"a", "b", "c", "d"})
+    assert [sorted(j.id for j in wave) for wave in waves] == [["a", "d"], ["b"], ["c"]]
+    # with a finished and a live parent left out, the rest starts in the first wave
+    assert [[j.id for j in wave] for wave in slurm._levels(jobs, {"c"})] == [["c"]]
+
+
+def test_help_and_parsing_do_not_import_tensorflow():
+    code = ("import sys; from workflow.engines import slurm; import argparse; p = argparse.ArgumentParser(); "
+            "slurm.add_arguments(p); p.parse_args(['--partition', 'x']); assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# -- offline: state logic with SLURM answers mocked --------------------------------------
+
+def _fake_run(tmp_path, monkeypatch, queue, accounting=None):
+    jobs = make_run(tmp_path / "run", [
+        shell_job("a", "", outputs=["a"]), shell_job("b", "", ["a"], ["b"]), shell_job("c", "", ["b"], ["c"]),
+        shell_job("d", "", [], ["d"]), shell_job("e", "", [], ["e"]), shell_job("f", "", [], ["f"]),
+        shell_job("g", "", [], ["g"])])
+    run_dir = tmp_path / "run"
+    state = slurm.slurm_state_dir(run_dir)
+    (state / "exit").mkdir(parents=True)
+    ids = {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6"}  # g never submitted
+    slurm._append_lines(state / "submissions.tsv", [f"{k}\t{v}\tt" for k, v in ids.items()])
+    for job_id, code in (("a", 0), ("b", 2)):
+        (state / "exit" / f"{job_id}.json").write_text(json.dumps({"slurm_job_id": ids[job_id], "exit_code": code}))
+    # a stale record of an earlier submission of d must not count
+    (state / "exit" / "d.json").write_text(json.dumps({"slurm_job_id": "999", "exit_code": 0}))
+
+    def fake_squeue(slurm_ids):
+        wanted = set(slurm_ids)
+        return {k: v for k, v in queue.items() if k in wanted}
+
+    monkeypatch.setattr(slurm, "squeue_states", fake_squeue)
+    monkeypatch.setattr(slurm, "sacct_states", lambda slurm_ids: accounting)
+    return run_dir, jobs
+
+
+def test_status_combines_records_queue_and_inference(tmp_path, monkeypatch):
+    queue = {"4": ("RUNNING", "None"), "5": ("PENDING", "Resources")}
+    run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue, accounting=None)
+    statuses = slurm.collect_status(run_dir, jobs)
+    states = {k: v.state for k, v in statuses.items()}
+    assert states == {"a": "done", "b": "failed", "c": "dependency-failed", "d": "running", "e": "pending",
+                      "f": "lost", "g": "unsubmitted"}
+    assert statuses["b"].exit_code == 2 and "parent b" in statuses["c"].reason
+
+
+def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkeypatch):
+    queue = {"3": ("CANCELLED", "DependencyNeverSatisfied"), "4": ("TIMEOUT", "TimeLimit")}
+    run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue, accounting={"6": ("CANCELLED", 0),
+                                                                       "5": ("OUT_OF_MEMORY", 0)})
+    states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
+    assert (states["c"], states["d"], states["e"], states["f"]) == ("dependency-failed", "failed", "failed",
+                                                                    "cancelled")
+    # once squeue has forgotten the jobs, the observed end states still hold
+    monkeypatch.setattr(slurm, "squeue_states", lambda ids: {})
+    monkeypatch.setattr(slurm, "sacct_states", lambda ids: None)
+    states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
+    assert (states["c"], states["d"], states["f"]) == ("dependency-failed", "failed", "lost")
+
+
+def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text(slurm.WRAPPER)
+    exit_file = tmp_path / "exit" / "x.json"
+    env = dict(os.environ, SLURM_JOB_ID="42")
+    result = subprocess.run(["bash", str(wrapper), str(exit_file), "3", "sh", "-c", "echo try; exit 3"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and result.stdout.splitlines().count("try") == 3
+    assert "SLURM_JOB_ID=42" in result.stdout
+    record = json.loads(exit_file.read_text())
+    assert (record["slurm_job_id"], record["exit_code"], record["attempts"]) == ("42", 3, 3)
+
+    process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "1", "sleep", "30"], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 143
+    record = json.loads(exit_file.read_text())
+    assert (record["exit_code"], record["signal"]) == (143, "TERM")
+
+
+# -- against a real SLURM cluster -------------------------------------------------------
+
+def _slurm_problem():
+    """None when a SLURM cluster answers and has a usable node, else the reason."""
+    if shutil.which("sbatch") is None:
+        return "SLURM is not installed (no sbatch on PATH); scripts/slurm/ci-setup.sh installs and starts one"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        nodes = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"SLURM does not answer ({exc})"
+    if "UP" not in ping.stdout:
+        return f"no slurmctld answers 'scontrol ping' ({(ping.stderr or ping.stdout).strip()[:200]}); " \
+               "start one with scripts/slurm/ci-setup.sh"
+    usable = [s for s in nodes.stdout.split() if s.rstrip("*") in ("idle", "mixed", "allocated", "completing")]
+    if not usable:
+        return f"no SLURM node is up (sinfo: {nodes.stdout.strip()!r})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    conf = Path(os.environ.get("INCLINET_SLURM_DIR", "/tmp/inclinet-slurm")) / "slurm.conf"
+    saved = os.environ.get("SLURM_CONF")
+    if saved is None and not Path("/etc/slurm/slurm.conf").exists() and conf.exists():
+        os.environ["SLURM_CONF"] = str(conf)
+    problem = _slurm_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the SLURM tests cannot run: {problem}")
+        pytest.skip(problem)
+    yield
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+
+
+@pytest.mark.slurm
+def test_failure_stops_descendants_only_and_resume_completes(slurm_cluster, tmp_path):
+    from workflow.cli import main as workflow_main
+
+    run_dir = tmp_path / "run"
+    jobs = make_run(run_dir, [
+        shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
+        shell_job("b", "test -f fixed && cat a.txt > b.txt", ["a.txt"], ["b.txt"]),
+        shell_job("c", "cat b.txt > c.txt", ["b.txt"], ["c.txt"]),
+        shell_job("d", "cat c.txt a.txt > d.txt", ["c.txt", "a.txt"], ["d.txt"]),
+        shell_job("e", "echo e > e.txt", outputs=["e.txt"]),
+        shell_job("f", "cat e.txt > f.txt", ["e.txt"], ["f.txt"]),
+    ])
+    args = engine_args("--wait", "--poll-interval", "0.5", "--wait-timeout", "120")
+    assert slurm.run(run_dir, jobs, args) == 1
+
+    statuses = slurm.collect_status(run_dir, jobs)
+    states = {k: v.state for k, v in statuses.items()}
+    assert states == {"a": "done", "b": "failed", "c": "dependency-failed", "d": "dependency-failed",
+                      "e": "done", "f": "done"}
+    # SLURM itself cancelled the descendants: the dependency can never be satisfied
+    assert statuses["c"].reason == "DependencyNeverSatisfied"
+    assert [run_count(run_dir, j) for j in "abcdef"] == [1, 1, 0, 0, 1, 1]
+    for job_id in "abef":
+        log = (run_dir / "logs" / f"{job_id}.log").read_text()
+        assert f"SLURM_JOB_ID={slurm.submissions(run_dir)[job_id]}" in log
+
+    assert workflow_main(["status", str(run_dir)]) == 1
+    (run_dir / "data" / "fixed").write_text("")
+    # a finished job whose output is gone runs again too
+    (run_dir / "data" / "f.txt").unlink()
+    assert workflow_main(["resume", str(run_dir), "--wait", "--poll-interval", "0.5"]) == 0
+    assert {s.state for s in slurm.collect_status(run_dir, jobs).values()} == {"done"}
+    assert [run_count(run_dir, j) for j in "abcdef"] == [1, 2, 1, 1, 1, 2]
+    assert (run_dir / "data" / "d.txt").read_text() == "a\na\n"
+    assert workflow_main(["status", str(run_dir)]) == 0
+
+
+@pytest.mark.slurm
+def test_cancel_leaves_nothing_queued(slurm_cluster, tmp_path, capsys):
+    from workflow.cli import main as workflow_main
+
+    run_dir = tmp_path / "run"
+    jobs = make_run(run_dir, [
+        shell_job("slow", "sleep 120; echo > s.txt", outputs=["s.txt"]),
+        shell_job("child", "cat s.txt > c.txt", ["s.txt"], ["c.txt"]),
+        shell_job("other", "sleep 120; echo > o.txt", outputs=["o.txt"]),
+    ])
+    assert slurm.run(run_dir, jobs, engine_args()) == 0
+    assert len(our_queue(run_dir)) == 3
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and run_count(run_dir, "slow") == 0:
+        time.sleep(0.3)
+    assert run_count(run_dir, "slow") == 1, "the first job did not start within 30 s"
+
+    assert workflow_main(["cancel", str(run_dir)]) == 0
+    assert "cancelled 3 job(s)" in capsys.readouterr().out
+    # nothing is left queued; running jobs may take a moment to finish being killed
+    assert not {k: v for k, v in our_queue(run_dir).items() if v == "PENDING"}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        live = {k: v for k, v in our_queue(run_dir).items() if v in ("RUNNING", "CONFIGURING", "COMPLETING")}
+        states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
+        if not live and not set(states.values()) & {"pending", "running"}:
+            break
+        time.sleep(0.3)
+    assert not live, f"still running after cancel: {live}"
+    assert set(states.values()) == {"cancelled"}, states
+    assert run_count(run_dir, "child") == 0
+    assert workflow_main(["cancel", str(run_dir)]) == 0
+    assert "nothing queued or running" in capsys.readouterr().out

@@ -1,0 +1,639 @@
+"""SLURM engine: one ``sbatch`` per job chained by ``afterok`` dependencies; status, resume and cancel.
+
+SLURM does the scheduling: every job of the DAG is submitted at once, each with
+``--dependency=afterok:<its parents' SLURM ids>`` and ``--kill-on-invalid-dep=yes``, so a
+failed job's descendants are cancelled by SLURM ("DependencyNeverSatisfied") and never
+run, while independent branches go on. Jobs run a small batch script (the wrapper) that
+logs ``SLURM_JOB_ID``, runs the job's command (retrying it ``job.retries`` times) and
+records its exit code atomically, so that ``status`` works on clusters without accounting.
+
+Bookkeeping lives in ``RUN/state/slurm/``:
+
+``options.json``
+    the submission options (partition, account, container, ...), reused by ``resume``;
+``wrapper.sh``
+    the batch script every job runs;
+``submissions.tsv``
+    append-only ``job-id<TAB>slurm-id<TAB>time`` lines; the last line of a job is current;
+``exit/<job-id>.json``
+    written by the wrapper when the job ends: SLURM id, exit code, attempts, host;
+``cancelled.tsv`` / ``observed.tsv``
+    SLURM ids cancelled by ``cancel``, and end states seen in ``squeue`` (which forgets
+    jobs after ``MinJobAge``), so that ``status`` can still tell them apart later.
+
+A job's state (:data:`STATES`) comes, in this order, from its exit record, ``squeue``,
+``sacct`` (when accounting is enabled), the two logs above, and finally its parents: a
+job that never ran because an ancestor failed is ``dependency-failed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inclinet.errors import ConfigError, InputError, StageError, invalid
+from inclinet.io import atomic_write_json, atomic_write_text
+from workflow.engines import common
+
+logger = logging.getLogger(__name__)
+
+STATE_SUBDIR = "slurm"
+STATES = ("unsubmitted", "pending", "running", "done", "failed", "cancelled", "dependency-failed", "lost")
+#: States ``resume`` submits again.
+RESUBMIT_STATES = ("unsubmitted", "failed", "cancelled", "dependency-failed", "lost")
+LIVE_STATES = ("pending", "running")
+PROBLEM_STATES = ("failed", "cancelled", "dependency-failed", "lost", "unsubmitted")
+
+# SLURM job states (squeue %T / sacct State) -> engine states.
+_SLURM_RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
+                  "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT"}
+_SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+_NEVER_SATISFIED = "DependencyNeverSatisfied"
+
+WRAPPER = r"""#!/bin/bash
+# inclinet SLURM wrapper: run one job of the workflow, retrying it, and record its exit code.
+# usage: wrapper.sh EXIT_FILE ATTEMPTS COMMAND [ARGS...]
+exit_file="$1"
+attempts="$2"
+shift 2
+echo "inclinet-slurm: job ${SLURM_JOB_NAME:-?} SLURM_JOB_ID=${SLURM_JOB_ID:-none} on $(hostname) in $PWD"
+echo "inclinet-slurm: started at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "inclinet-slurm: command: $*"
+rc=0
+attempt=0
+signal=""
+child=""
+record() {
+    local tmp="$exit_file.tmp.$$"
+    mkdir -p "$(dirname "$exit_file")"
+    printf '{"slurm_job_id": "%s", "exit_code": %d, "attempts": %d, "signal": "%s", "host": "%s", "finished": "%s"}\n' \
+        "${SLURM_JOB_ID:-}" "$rc" "$attempt" "$signal" "$(hostname)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$tmp" \
+        && mv -f "$tmp" "$exit_file"
+}
+on_signal() {
+    signal="$1"
+    echo "inclinet-slurm: received SIG$1 (cancelled or out of time); stopping the job"
+    [ -n "$child" ] && kill -TERM "$child" 2>/dev/null && wait "$child"
+    rc=143
+    record
+    exit 143
+}
+trap 'on_signal TERM' TERM
+trap 'on_signal INT' INT
+while [ "$attempt" -lt "$attempts" ]; do
+    attempt=$((attempt + 1))
+    "$@" &
+    child=$!
+    wait "$child"
+    rc=$?
+    child=""
+    [ "$rc" -eq 0 ] && break
+    echo "inclinet-slurm: attempt $attempt of $attempts exited with code $rc"
+done
+record
+echo "inclinet-slurm: finished with exit code $rc after $attempt attempt(s) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+exit "$rc"
+"""
+
+
+# -- options ----------------------------------------------------------------------------
+
+@dataclass
+class SlurmOptions:
+    """How jobs are submitted (the engine's flags); stored in ``RUN/state/slurm/options.json``."""
+
+    partition: str | None = None
+    gpu_partition: str | None = None
+    account: str | None = None
+    sbatch_options: list[str] = field(default_factory=list)
+    container: str | None = None
+    container_runtime: str = "apptainer"
+    request_gpus: str = "auto"
+    gpu_flag: str = "gres"
+    submit_workers: int = 8
+
+    def validate(self):
+        if self.container_runtime not in ("apptainer", "singularity"):
+            raise invalid("--container-runtime", self.container_runtime, "apptainer or singularity")
+        if self.request_gpus not in ("auto", "yes", "no"):
+            raise invalid("--request-gpus", self.request_gpus, "auto, yes or no")
+        if self.gpu_flag not in ("gres", "gpus"):
+            raise invalid("--gpu-flag", self.gpu_flag, "gres (--gres=gpu:N) or gpus (--gpus=N)")
+        if not isinstance(self.submit_workers, int) or self.submit_workers < 1:
+            raise invalid("--submit-workers", self.submit_workers, "an integer >= 1")
+        return self
+
+    @classmethod
+    def from_args(cls, args, base=None):
+        """Options from parsed flags; flags left unset keep the values of ``base``."""
+        values = dataclasses.asdict(base) if base is not None else {}
+        for name in (f.name for f in dataclasses.fields(cls)):
+            value = getattr(args, f"slurm_{name}", None)
+            if value is not None and value != []:
+                values[name] = value
+        return cls(**values).validate()
+
+
+def add_arguments(parser):
+    """The SLURM engine's flags (all stored as ``slurm_*`` in the namespace).
+
+    ``parser`` is a parser or an argument group (the workflow CLI passes one per engine).
+    """
+    group = parser
+    group.add_argument("--partition", dest="slurm_partition", metavar="NAME",
+                       help="partition of every job (default: the cluster's default partition)")
+    group.add_argument("--gpu-partition", dest="slurm_gpu_partition", metavar="NAME",
+                       help="partition of the jobs that request GPUs (training, evaluation)")
+    group.add_argument("--account", dest="slurm_account", metavar="NAME", help="account charged for the jobs")
+    group.add_argument("--sbatch-option", dest="slurm_sbatch_options", action="append", metavar="OPTION",
+                       help="extra sbatch option for every job, e.g. --sbatch-option=--qos=short "
+                            "(repeatable; given after the engine's own options, so it overrides them)")
+    group.add_argument("--request-gpus", dest="slurm_request_gpus", choices=("auto", "yes", "no"),
+                       help="ask SLURM for the GPUs of training/evaluation jobs: auto (default) = only when "
+                            "the cluster (or --gpu-partition) has gpu GRES")
+    group.add_argument("--gpu-flag", dest="slurm_gpu_flag", choices=("gres", "gpus"),
+                       help="how GPUs are requested: gres (--gres=gpu:N, default) or gpus (--gpus=N)")
+    group.add_argument("--container", dest="slurm_container", metavar="IMAGE",
+                       help="run every job inside this Apptainer/Singularity image (.sif); the image must "
+                            "provide the inclinet-* executables")
+    group.add_argument("--container-runtime", dest="slurm_container_runtime", choices=("apptainer", "singularity"),
+                       help="container runtime for --container (default apptainer)")
+    group.add_argument("--submit-workers", dest="slurm_submit_workers", type=int, metavar="N",
+                       help="sbatch calls in flight at once while submitting (default 8)")
+    group.add_argument("--wait", dest="slurm_wait", action="store_true",
+                       help="after submitting, wait until every job has ended; exit 1 if one did not succeed")
+    group.add_argument("--poll-interval", dest="slurm_poll_interval", type=float, default=None, metavar="SECONDS",
+                       help="seconds between squeue calls with --wait (default 10)")
+    group.add_argument("--wait-timeout", dest="slurm_wait_timeout", type=float, default=None, metavar="SECONDS",
+                       help="give up waiting after this many seconds (the jobs go on; default: no limit)")
+    return parser
+
+
+# -- run-directory bookkeeping ----------------------------------------------------------
+
+def slurm_state_dir(run_dir):
+    return common.state_dir(run_dir) / STATE_SUBDIR
+
+
+def _exit_file(run_dir, job_id):
+    return slurm_state_dir(run_dir) / "exit" / f"{job_id}.json"
+
+
+def save_options(run_dir, options):
+    atomic_write_json(slurm_state_dir(run_dir) / "options.json", dataclasses.asdict(options))
+
+
+def load_options(run_dir):
+    path = slurm_state_dir(run_dir) / "options.json"
+    if not path.is_file():
+        return SlurmOptions()
+    try:
+        return SlurmOptions(**json.loads(path.read_text(encoding="utf-8"))).validate()
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: unreadable SLURM options ({exc}); delete it and pass the flags again") from None
+
+
+def _read_tsv(path):
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(line.split("\t"))
+    return rows
+
+
+def submissions(run_dir):
+    """``{job_id: slurm_id}``: the current SLURM id of every submitted job."""
+    current = {}
+    for row in _read_tsv(slurm_state_dir(run_dir) / "submissions.tsv"):
+        if len(row) >= 2:
+            current[row[0]] = row[1]
+    return current
+
+
+def _append_lines(path, lines):
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_exit(run_dir, job_id):
+    path = _exit_file(run_dir, job_id)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# -- SLURM commands ---------------------------------------------------------------------
+
+def _slurm(argv, *, check=True):
+    """Run a SLURM client command; return the CompletedProcess."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise StageError(f"{argv[0]} not found: run on a SLURM submit host (with slurm-client installed)") from None
+    if check and result.returncode != 0:
+        raise StageError(f"{shlex.join(argv[:3])} ... failed (exit {result.returncode}): "
+                         f"{(result.stderr or result.stdout).strip()}")
+    return result
+
+
+def squeue_states(slurm_ids):
+    """``{slurm_id: (STATE, reason)}`` for the given ids that SLURM still knows (one squeue call)."""
+    ids = sorted({str(i) for i in slurm_ids if i}, key=lambda s: int(s) if s.isdigit() else 0)
+    if not ids:
+        return {}
+    result = _slurm(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%T|%r"],
+                    check=False)
+    if result.returncode != 0:
+        if "Invalid job id" in result.stderr:
+            return {}
+        raise StageError(f"squeue failed (exit {result.returncode}): {result.stderr.strip()}")
+    states = {}
+    for line in result.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
+
+
+def sacct_states(slurm_ids):
+    """``{slurm_id: (STATE, exit_code)}`` from accounting, or ``None`` when accounting is disabled."""
+    ids = [str(i) for i in slurm_ids if i]
+    if not ids:
+        return {}
+    try:
+        result = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations",
+                                 f"--jobs={','.join(ids)}", "--format=JobID,State,ExitCode"],
+                                capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    if result.returncode != 0 or "disabled" in result.stderr + result.stdout:
+        return None
+    states = {}
+    for line in result.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3:
+            code = parts[2].split(":")[0]
+            # sacct writes "CANCELLED by 123"; keep the state word.
+            states[parts[0]] = (parts[1].split()[0] if parts[1] else "", int(code) if code.isdigit() else None)
+    return states
+
+
+def cluster_has_gpus(partition=None):
+    """True when some node (of ``partition``) advertises gpu GRES."""
+    argv = ["sinfo", "--noheader", "--format=%G"]
+    if partition:
+        argv.append(f"--partition={partition}")
+    result = _slurm(argv, check=False)
+    return result.returncode == 0 and "gpu" in result.stdout
+
+
+# -- submission -------------------------------------------------------------------------
+
+def _format_time(seconds):
+    seconds = max(60, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def job_command(job, run_dir, options, *, use_gpus=False):
+    """The command the wrapper runs: the job's executable, inside the container if asked for."""
+    if not options.container:
+        return common.job_command(job, run_dir)
+    run_dir = Path(run_dir).resolve()
+    wrapper = [options.container_runtime, "exec"]
+    if use_gpus and job.gpus:
+        wrapper.append("--nv")
+    wrapper += ["--bind", str(run_dir), "--pwd", str(common.data_dir(run_dir)), options.container]
+    # Inside the image the executables are on PATH; host paths of a virtualenv would not exist.
+    return wrapper + [job.executable, *job.args]
+
+
+def sbatch_argv(job, run_dir, options, dependencies=(), *, use_gpus=False):
+    """The full ``sbatch`` command line of one job (``dependencies``: SLURM ids)."""
+    run_dir = Path(run_dir).resolve()
+    state = slurm_state_dir(run_dir)
+    argv = ["sbatch", "--parsable", f"--job-name={job.id}",
+            f"--output={common.log_path(run_dir, job)}", "--open-mode=append",
+            f"--chdir={common.data_dir(run_dir)}", "--nodes=1", "--ntasks=1",
+            f"--cpus-per-task={max(1, int(job.cores))}", f"--mem={max(1, int(job.memory_mb))}M",
+            f"--time={_format_time(job.runtime_s)}"]
+    gpu_job = use_gpus and job.gpus > 0
+    partition = options.gpu_partition if gpu_job and options.gpu_partition else options.partition
+    if partition:
+        argv.append(f"--partition={partition}")
+    if options.account:
+        argv.append(f"--account={options.account}")
+    if gpu_job:
+        argv.append(f"--gres=gpu:{job.gpus}" if options.gpu_flag == "gres" else f"--gpus={job.gpus}")
+    if dependencies:
+        argv += [f"--dependency=afterok:{':'.join(str(d) for d in dependencies)}", "--kill-on-invalid-dep=yes"]
+    argv += list(options.sbatch_options)
+    attempts = 1 + max(0, int(job.retries))
+    argv += [str(state / "wrapper.sh"), str(_exit_file(run_dir, job.id)), str(attempts)]
+    return argv + job_command(job, run_dir, options, use_gpus=use_gpus)
+
+
+def _levels(jobs, selected):
+    """``selected`` job ids grouped into waves: a job comes after every selected parent."""
+    depth = {}
+    by_id = {job.id: job for job in jobs}
+    for job in jobs:
+        if job.id in selected:
+            depth[job.id] = 1 + max((depth[p] for p in job.parents if p in depth), default=-1)
+    waves = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    for job_id, level in depth.items():
+        waves[level].append(by_id[job_id])
+    return waves
+
+
+def _decide_gpus(jobs, options):
+    if options.request_gpus == "yes":
+        return True
+    if options.request_gpus == "no" or not any(job.gpus for job in jobs):
+        return False
+    found = cluster_has_gpus(options.gpu_partition or options.partition)
+    if not found:
+        logger.info("no gpu GRES on the cluster: GPU jobs are submitted without GPU requests (--request-gpus yes "
+                    "to force)")
+    return found
+
+
+def submit(run_dir, jobs, options, *, selected=None, live=None):
+    """Submit ``selected`` jobs (all by default) in dependency order; return ``{job_id: slurm_id}``.
+
+    ``live`` maps ids of jobs that are not submitted now but still queued or running to
+    their SLURM ids: selected jobs depend on them too. Parents that are neither selected
+    nor live are taken as finished. Each SLURM id is appended to ``submissions.tsv`` as
+    soon as ``sbatch`` returns it, so an interrupted submission loses nothing.
+    """
+    run_dir = Path(run_dir).resolve()
+    options.validate()
+    selected = {job.id for job in jobs} if selected is None else set(selected)
+    live = dict(live or {})
+    state = slurm_state_dir(run_dir)
+    (state / "exit").mkdir(parents=True, exist_ok=True)
+    (run_dir / common.LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state / "wrapper.sh", WRAPPER)
+    os.chmod(state / "wrapper.sh", 0o755)
+    save_options(run_dir, options)
+    use_gpus = _decide_gpus([job for job in jobs if job.id in selected], options)
+
+    for job_id in selected:
+        _exit_file(run_dir, job_id).unlink(missing_ok=True)
+    ids = {}
+    log = state / "submissions.tsv"
+    start = time.perf_counter()
+
+    def submit_one(job):
+        dependencies = [ids.get(p) or live.get(p) for p in job.parents]
+        dependencies = [d for d in dependencies if d]
+        argv = sbatch_argv(job, run_dir, options, dependencies, use_gpus=use_gpus)
+        result = _slurm(argv, check=False)
+        if result.returncode != 0:
+            return job, None, (result.stderr or result.stdout).strip()
+        return job, result.stdout.strip().split(";")[0], None
+
+    errors = []
+    with ThreadPoolExecutor(max_workers=options.submit_workers) as pool:
+        for wave in _levels(jobs, selected):
+            lines = []
+            for job, slurm_id, error in pool.map(submit_one, wave):
+                if slurm_id:
+                    ids[job.id] = slurm_id
+                    lines.append(f"{job.id}\t{slurm_id}\t{time.strftime('%Y-%m-%dT%H:%M:%S')}")
+                else:
+                    errors.append(f"{job.id}: {error}")
+            _append_lines(log, lines)
+            if errors:
+                break
+    elapsed = time.perf_counter() - start
+    if errors:
+        shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+        raise StageError(f"sbatch refused {len(errors)} job(s) ({len(ids)} submitted): {shown}; fix the options "
+                         f"and run 'resume {run_dir}' to submit the rest")
+    logger.info("submitted %d job(s) to SLURM in %.1f s", len(ids), elapsed)
+    return ids
+
+
+# -- status -----------------------------------------------------------------------------
+
+@dataclass
+class JobStatus:
+    """What the engine knows about one job."""
+
+    id: str
+    state: str
+    slurm_id: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+
+
+def _from_slurm_state(slurm_state, reason=""):
+    if slurm_state == "PENDING":
+        return ("dependency-failed", _NEVER_SATISFIED) if reason == _NEVER_SATISFIED else ("pending", reason)
+    if slurm_state in _SLURM_RUNNING:
+        return "running", slurm_state.lower()
+    if slurm_state == "COMPLETED":
+        return "done", ""
+    if slurm_state == "CANCELLED":
+        return ("dependency-failed", _NEVER_SATISFIED) if reason == _NEVER_SATISFIED else ("cancelled", reason)
+    if slurm_state in _SLURM_FAILED:
+        return "failed", slurm_state.lower()
+    return None
+
+
+def collect_status(run_dir, jobs, *, use_sacct=True):
+    """``{job_id: JobStatus}`` for every job, in the order of ``jobs`` (topological)."""
+    run_dir = Path(run_dir)
+    state_dir = slurm_state_dir(run_dir)
+    current = submissions(run_dir)
+    cancelled = {row[0] for row in _read_tsv(state_dir / "cancelled.tsv")}
+    observed = {row[0]: (row[1], row[2] if len(row) > 2 else "") for row in _read_tsv(state_dir / "observed.tsv")}
+
+    records = {}
+    for job in jobs:
+        record = _read_exit(run_dir, job.id) if job.id in current else None
+        if record and str(record.get("slurm_job_id")) == current[job.id]:
+            records[job.id] = record
+    queue = squeue_states(current[j.id] for j in jobs if j.id in current and j.id not in records)
+    unresolved = [current[j.id] for j in jobs if j.id in current and j.id not in records
+                  and current[j.id] not in queue and current[j.id] not in observed]
+    accounting = sacct_states(unresolved) if use_sacct and unresolved else {}
+
+    statuses = {}
+    newly_observed = []
+    for job in jobs:
+        slurm_id = current.get(job.id)
+        status = JobStatus(job.id, "unsubmitted", slurm_id)
+        if slurm_id is None:
+            statuses[job.id] = status
+            continue
+        record = records.get(job.id)
+        mapped = None
+        if record is not None:
+            status.exit_code = int(record.get("exit_code", -1))
+            if status.exit_code == 0:
+                mapped = ("done", "")
+            elif slurm_id in cancelled or record.get("signal"):
+                mapped = ("cancelled" if slurm_id in cancelled else "failed",
+                          f"stopped by SIG{record['signal']}" if record.get("signal") else "cancelled")
+            else:
+                mapped = ("failed", f"exit code {status.exit_code} after {record.get('attempts', '?')} attempt(s)")
+        elif slurm_id in queue:
+            mapped = _from_slurm_state(*queue[slurm_id])
+            if mapped and mapped[0] not in LIVE_STATES:
+                newly_observed.append(f"{slurm_id}\t{queue[slurm_id][0]}\t{queue[slurm_id][1]}")
+        elif slurm_id in observed:
+            mapped = _from_slurm_state(*observed[slurm_id])
+        elif accounting and slurm_id in accounting:
+            slurm_state, code = accounting[slurm_id]
+            mapped = _from_slurm_state(slurm_state)
+            status.exit_code = code
+        if mapped is None and slurm_id in cancelled:
+            mapped = ("cancelled", "cancelled by 'cancel'")
+        if mapped is None:
+            bad = [p for p in job.parents if statuses.get(p) and statuses[p].state in
+                   ("failed", "cancelled", "dependency-failed", "lost")]
+            mapped = ("dependency-failed", f"parent {bad[0]} did not succeed") if bad else (
+                "lost", "SLURM no longer knows the job and it recorded no exit code")
+        status.state, status.reason = mapped
+        statuses[job.id] = status
+    _append_lines(state_dir / "observed.tsv", newly_observed)
+    return statuses
+
+
+def summarize(statuses):
+    counts = {}
+    for status in statuses.values():
+        counts[status.state] = counts.get(status.state, 0) + 1
+    return ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts) or "no jobs"
+
+
+def print_status(statuses, *, show_all=False, file=None):
+    file = file or sys.stdout
+    rows = [s for s in statuses.values() if show_all or s.state != "done"]
+    if rows:
+        width = max(len(s.id) for s in rows)
+        print(f"{'job':<{width}}  {'state':<17}  {'slurm id':>9}  {'exit':>4}  reason", file=file)
+        for s in rows:
+            exit_code = "" if s.exit_code is None else str(s.exit_code)
+            print(f"{s.id:<{width}}  {s.state:<17}  {s.slurm_id or '':>9}  {exit_code:>4}  {s.reason}", file=file)
+    print(f"slurm: {len(statuses)} jobs: {summarize(statuses)}", file=file)
+
+
+def wait(run_dir, jobs, *, poll_interval=10.0, timeout=None):
+    """Poll (one ``squeue`` per interval) until no job is pending or running; return the statuses."""
+    start = time.monotonic()
+    last = None
+    while True:
+        statuses = collect_status(run_dir, jobs, use_sacct=False)
+        line = summarize(statuses)
+        if line != last:
+            logger.info("slurm: %s", line)
+            last = line
+        if not any(s.state in LIVE_STATES for s in statuses.values()):
+            return collect_status(run_dir, jobs)
+        if timeout is not None and time.monotonic() - start > timeout:
+            logger.warning("stopped waiting after %.0f s; the jobs go on (see 'status')", timeout)
+            return statuses
+        time.sleep(poll_interval)
+
+
+def _finish(run_dir, jobs, args):
+    """Wait when asked to; the exit code of run/resume."""
+    if not getattr(args, "slurm_wait", False):
+        print(f"slurm: jobs submitted; follow them with 'status {run_dir}'")
+        return 0
+    interval = getattr(args, "slurm_poll_interval", None) or 10.0
+    statuses = wait(run_dir, jobs, poll_interval=interval, timeout=getattr(args, "slurm_wait_timeout", None))
+    print_status(statuses)
+    return 0 if all(s.state == "done" for s in statuses.values()) else 1
+
+
+# -- engine interface -------------------------------------------------------------------
+
+def _load_jobs(run_dir):
+    from workflow.dag import load_jobs
+
+    return load_jobs(run_dir)
+
+
+def run(run_dir, jobs, args):
+    """Submit every job of a fresh run directory to SLURM (and wait with ``--wait``)."""
+    run_dir = Path(run_dir).resolve()
+    if submissions(run_dir):
+        raise ConfigError(f"{run_dir} was already submitted to SLURM; use 'status', 'resume' or 'cancel' on it")
+    options = SlurmOptions.from_args(args if args is not None else argparse.Namespace())
+    common.prepare_data_dir(run_dir, jobs)
+    ids = submit(run_dir, jobs, options)
+    print(f"slurm: submitted {len(ids)} jobs (first SLURM id {min(ids.values(), key=int, default='-')})")
+    return _finish(run_dir, jobs, args)
+
+
+def status(run_dir, args):
+    """Print the state of every job that has not finished (all with ``-v``); exit 1 if one failed."""
+    run_dir = Path(run_dir).resolve()
+    jobs = _load_jobs(run_dir)
+    statuses = collect_status(run_dir, jobs)
+    print_status(statuses, show_all=getattr(args, "verbose", 0) > 0)
+    return 1 if any(s.state in PROBLEM_STATES for s in statuses.values()) else 0
+
+
+def resume(run_dir, args):
+    """Submit again the failed, cancelled, never-run and lost jobs (and finished ones whose outputs are gone)."""
+    run_dir = Path(run_dir).resolve()
+    jobs = _load_jobs(run_dir)
+    options = SlurmOptions.from_args(args if args is not None else argparse.Namespace(), load_options(run_dir))
+    statuses = collect_status(run_dir, jobs)
+    # Jobs SLURM keeps pending on a dependency that can never be satisfied (no kill on
+    # invalid dependency there) are cancelled first and submitted again.
+    stuck = [s.slurm_id for s in statuses.values() if s.state == "dependency-failed" and s.slurm_id
+             and squeue_states([s.slurm_id]).get(s.slurm_id, ("",))[0] == "PENDING"]
+    if stuck:
+        _slurm(["scancel", *stuck], check=False)
+    selected = set()
+    for job in jobs:
+        state = statuses[job.id].state
+        if state in RESUBMIT_STATES or (state == "done" and not common.outputs_intact(job, run_dir)):
+            selected.add(job.id)
+    live = {s.id: s.slurm_id for s in statuses.values() if s.state in LIVE_STATES}
+    if not selected:
+        print(f"slurm: nothing to resume ({summarize(statuses)})")
+        return _finish(run_dir, jobs, args) if live else 0
+    common.prepare_data_dir(run_dir, jobs)
+    ids = submit(run_dir, jobs, options, selected=selected, live=live)
+    done = sum(1 for s in statuses.values() if s.state == "done" and s.id not in selected)
+    print(f"slurm: resubmitted {len(ids)} job(s); {len(live)} still queued or running; {done} done, kept")
+    return _finish(run_dir, jobs, args)
+
+
+def cancel(run_dir, args):
+    """``scancel`` every job of the run that is queued or running."""
+    run_dir = Path(run_dir).resolve()
+    jobs = _load_jobs(run_dir)
+    statuses = collect_status(run_dir, jobs, use_sacct=False)
+    live = [s.slurm_id for s in statuses.values() if s.state in LIVE_STATES]
+    if not live:
+        print(f"slurm: nothing queued or running ({summarize(statuses)})")
+        return 0
+    _append_lines(slurm_state_dir(run_dir) / "cancelled.tsv", list(live))
+    _slurm(["scancel", *live])
+    print(f"slurm: cancelled {len(live)} job(s); 'resume {run_dir}' submits them again")
+    return 0
