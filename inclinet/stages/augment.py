@@ -1,0 +1,284 @@
+"""Augment one training subset into shuffled, balanced npz batches written one at a time.
+
+Regression: nine 5-degree inclination bins ([45, 50], (50, 55], ..., (85, 90]), each
+filled in every batch with ``per_bin`` colour and ``per_bin`` grayscale images (the gray
+band g, r or i drawn with equal probability, half of the gray images inverted). Binary:
+the same with the two classes accept (0) and reject (1) in place of the bins. Galaxies of
+a bin are used in turn (a fresh permutation each pass), so all are used about equally.
+Each batch is seeded by ``derive_seed(seed, subset, batch)``: batches are independent and
+memory holds one batch, whatever the number of galaxies or batches.
+"""
+
+import argparse
+import logging
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inclinet import naming
+from inclinet._helpers import rng_for
+from inclinet.augmentation import augment_batch
+from inclinet.cli import add_common_arguments, run_main
+from inclinet.errors import InputError, invalid
+from inclinet.io import check_outputs
+from inclinet.npzstream import NpzRows, NpzWriter, load_arrays
+from inclinet.report import SkipReport
+
+logger = logging.getLogger(__name__)
+
+BIN_EDGES = tuple(range(45, 95, 5))  # 45, 50, ..., 90: nine bins
+N_BINS = len(BIN_EDGES) - 1
+BINARY_CLASSES = (0, 1)
+
+
+def inclination_bin(inclination):
+    """Bin index 0..8 of an inclination in [45, 90]: [45, 50] -> 0, (50, 55] -> 1, ..., (85, 90] -> 8."""
+    inclination = np.asarray(inclination)
+    index = np.ceil((inclination - 45) / 5.0).astype(np.int64) - 1
+    return np.clip(index, 0, N_BINS - 1)
+
+
+def _group_keys(task):
+    return list(range(N_BINS)) if task == "regression" else list(BINARY_CLASSES)
+
+
+def _group_of(task, labels):
+    if task == "regression":
+        valid = (labels >= BIN_EDGES[0]) & (labels <= BIN_EDGES[-1])
+        return np.where(valid, inclination_bin(np.clip(labels, 45, 90)), -1), valid
+    valid = np.isin(labels, BINARY_CLASSES)
+    return np.where(valid, labels, -1), valid
+
+
+def subset_name(inputs, output_dir):
+    """The subset a job augments (``Uset_001``, ``Binary``), read from the sample file names."""
+    for path in inputs:
+        name = Path(path).name
+        match = re.search(r"_train_(\d+)\.npz$", name)
+        if match:
+            return naming.uset(int(match.group(1)))
+        if name.endswith("_binary_train.npz"):
+            return naming.uset("binary")
+    return Path(output_dir).name.removesuffix("_npz")
+
+
+def _balanced_draw(rows, count, rng):
+    """``count`` items of ``rows``, cycling through fresh permutations so each is used about equally."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    passes = math.ceil(count / len(rows))
+    return np.concatenate([rng.permutation(rows) for _ in range(passes)])[:count]
+
+
+def _read_sample(path, size, task, skips):
+    arrays = load_arrays(path, ("labels", "pgcIDs"), optional=("band",))
+    if "band" not in arrays:
+        raise InputError(f"{path}: no 'band' array; give sample files written by inclinet-split")
+    band = str(arrays["band"])
+    if band not in naming.BANDS:
+        raise InputError(f"{path}: unknown band {band!r}; must be one of {', '.join(naming.BANDS)}")
+    with NpzRows(path) as rows:
+        shape, dtype = rows.shape, rows.dtype
+    if dtype != np.uint8 or shape[1:] != (size, size, 3):
+        raise InputError(
+            f"{path}: images are {dtype} {shape}, expected uint8 (N, {size}, {size}, 3); "
+            "check --size or re-run the earlier stages at this size"
+        )
+    labels = arrays["labels"].reshape(-1).astype(np.int64)
+    pgcs = arrays["pgcIDs"].reshape(-1).astype(np.int64)
+    if not len(labels) == len(pgcs) == shape[0]:
+        raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels and {len(pgcs)} pgc ids")
+    groups, valid = _group_of(task, labels)
+    allowed = "45..90" if task == "regression" else "0 or 1"
+    for pgc, label in zip(pgcs[~valid].tolist(), labels[~valid].tolist()):
+        skips.skip(pgc, f"label {label} out of range for the {task} task ({allowed})", band=band, file=path)
+    return {"path": Path(path), "band": band, "labels": labels, "pgcs": pgcs, "groups": groups}
+
+
+def plan_batch(pools, task, per_bin, rng):
+    """Choose the rows of one batch: a list of ``(band, row)`` plus the inverted flags.
+
+    ``pools`` maps group key -> {"c": rows of the colour band, gray band -> rows}. Every
+    active group contributes ``per_bin`` colour and ``per_bin`` gray entries; the gray band
+    of each gray entry is drawn uniformly from the bands that have galaxies in the group.
+    Exactly half (rounded down) of the gray entries of the batch are inverted.
+    """
+    entries = []
+    for key in _group_keys(task):
+        pool = pools.get(key)
+        if pool is None:
+            continue
+        entries += [("gri", int(row)) for row in _balanced_draw(pool["c"], per_bin, rng)]
+        gray_bands = sorted(band for band in pool if band != "c")
+        choice = rng.integers(0, len(gray_bands), size=per_bin)
+        for band_index, band in enumerate(gray_bands):
+            count = int((choice == band_index).sum())
+            entries += [(band, int(row)) for row in _balanced_draw(pool[band], count, rng)]
+    gray_positions = np.array([i for i, (band, _) in enumerate(entries) if band != "gri"], dtype=np.int64)
+    inverted = np.zeros(len(entries), dtype=bool)
+    inverted[rng.permutation(gray_positions)[: len(gray_positions) // 2]] = True
+    return entries, inverted
+
+
+def run(*, inputs, output_dir, size, task="regression", n_batches=5, per_bin=3, seed=0, subset=None, report=None,
+        scratch_dir=None):
+    """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
+
+    ``inputs``: the subset's sample file of every band (the colour band ``gri`` and at
+    least one of g, r, i). Rows with labels outside the task's range are recorded in the
+    report (default ``<output_dir>.report.csv``), as are galaxies missing from some band.
+    """
+    start = time.perf_counter()
+    if task not in naming.TASKS:
+        raise invalid("--task", task, "one of " + ", ".join(naming.TASKS))
+    if n_batches < 1:
+        raise invalid("--n-batches", n_batches, "a positive integer")
+    if per_bin < 1:
+        raise invalid("--per-bin", per_bin, "a positive integer")
+    if size < 1:
+        raise invalid("--size", size, "a positive number of pixels")
+    if not inputs:
+        raise invalid("--input", [], "the subset's sample file of every band")
+    output_dir = Path(output_dir)
+    subset = subset or subset_name(inputs, output_dir)
+    report_path = Path(report) if report else Path(naming.report_for(output_dir))
+    skips = SkipReport("augment")
+
+    samples = {}
+    for path in inputs:
+        sample = _read_sample(path, size, task, skips)
+        if sample["band"] in samples:
+            raise InputError(
+                f"band {sample['band']} given twice ({samples[sample['band']]['path']} and {path}); "
+                "give one sample file per band"
+            )
+        samples[sample["band"]] = sample
+    gray_bands = [band for band in naming.GRAY_BANDS if band in samples]
+    if "gri" not in samples or not gray_bands:
+        raise InputError(
+            f"augment needs the colour (gri/RGB) sample and at least one of g, r, i; got bands "
+            f"{', '.join(sorted(samples)) or 'none'} from {', '.join(map(str, inputs))}"
+        )
+    for band, sample in samples.items():
+        if not (sample["groups"] >= 0).any():
+            raise InputError(
+                f"{sample['path']}: no usable galaxies for the {task} task in band {band}; "
+                "check the split report (is this the right subset/task?)"
+            )
+
+    union = set().union(*(set(s["pgcs"].tolist()) for s in samples.values()))
+    for band, sample in samples.items():
+        for pgc in sorted(union - set(sample["pgcs"].tolist())):
+            skips.skip(pgc, "missing from this band's sample; used from the other bands only", band=band,
+                       file=sample["path"])
+
+    pools, empty_groups = {}, []
+    for key in _group_keys(task):
+        pool = {"c": np.flatnonzero(samples["gri"]["groups"] == key)}
+        for band in gray_bands:
+            rows = np.flatnonzero(samples[band]["groups"] == key)
+            if len(rows):
+                pool[band] = rows
+        if len(pool["c"]) and len(pool) > 1:
+            pools[key] = pool
+        else:
+            empty_groups.append(key)
+    if not pools:
+        raise InputError(f"no {task} group has both colour and grayscale galaxies in {', '.join(map(str, inputs))}")
+    if empty_groups:
+        names = [_group_label(task, key) for key in empty_groups]
+        logger.warning("augment %s: no colour or no gray galaxies in %s; those groups are left out of the batches",
+                       subset, ", ".join(names))
+
+    scratch = Path(scratch_dir) if scratch_dir else output_dir
+    scratch.mkdir(parents=True, exist_ok=True)
+    outputs = []
+    readers = {band: NpzRows(sample["path"], scratch_dir=scratch) for band, sample in samples.items()}
+    try:
+        for reader in readers.values():
+            reader.__enter__()
+        for batch in range(1, n_batches + 1):
+            path = output_dir / Path(naming.augmented_batch(size, 0, batch)).name
+            _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size)
+            outputs.append(path)
+            logger.debug("augment %s: batch %d/%d written", subset, batch, n_batches)
+    finally:
+        for reader in readers.values():
+            reader.close()
+    skips.write(report_path)
+    check_outputs(outputs + [report_path])
+    per_batch = 2 * per_bin * len(pools)
+    summary = {"subset": subset, "task": task, "batches": n_batches, "images_per_batch": per_batch,
+               "groups": len(pools), "empty_groups": [_group_label(task, k) for k in empty_groups],
+               "skipped": len(skips), "seed": seed, "seconds": round(time.perf_counter() - start, 2)}
+    logger.info("augment %s (%s): %d batch(es) of %d images (%d groups), %d report row(s), seed %d, %.1f s -> %s",
+                subset, task, n_batches, per_batch, len(pools), len(skips), seed, summary["seconds"], output_dir)
+    return summary
+
+
+def _group_label(task, key):
+    if task == "regression":
+        low, high = BIN_EDGES[key], BIN_EDGES[key + 1]
+        return f"[{low}, {high}]" if key == 0 else f"({low}, {high}]"
+    return "reject" if key == 1 else "accept"
+
+
+def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size):
+    rng = rng_for(seed, subset, batch)
+    entries, inverted = plan_batch(pools, task, per_bin, rng)
+    images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
+    by_band = {}
+    for position, (band, row) in enumerate(entries):
+        by_band.setdefault(band, []).append((row, position))
+    for band, pairs in by_band.items():
+        pairs.sort()
+        rows = readers[band].read([row for row, _ in pairs])
+        images[[position for _, position in pairs]] = rows
+    labels = np.array([samples[band]["labels"][row] for band, row in entries], dtype=np.int32)
+    pgcs = np.array([samples[band]["pgcs"][row] for band, row in entries], dtype=np.int32)
+    filters = np.array([naming.filter_code(band) for band, _ in entries], dtype="S1")
+    images = augment_batch(images, filters, rng, inverted=inverted)
+    order = rng.permutation(len(entries))
+    with NpzWriter(path, (size, size, 3), n_rows=len(entries)) as writer:
+        writer.append(images[order])
+        writer.set(labels=labels[order], pgcIDs=pgcs[order], filter=filters[order], inverted=inverted[order])
+
+
+def add_arguments(parser):
+    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="SAMPLE.npz",
+                        help="the subset's sample file of every band (samples/<TAG>_<S>x<S>_train_<jjj>.npz)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
+                        help="folder of the batches (augmented/Uset_<jjj>_npz)")
+    parser.add_argument("-s", "--size", type=int, required=True, help="image size in pixels (checked)")
+    parser.add_argument("--task", choices=naming.TASKS, default="regression", help="regression (default) or binary")
+    parser.add_argument("-b", "--n-batches", type=int, default=5, help="number of batches (default 5)")
+    parser.add_argument("-z", "--per-bin", type=int, default=3,
+                        help="colour images per bin (per class for binary) per batch; as many gray (default 3)")
+    parser.add_argument("--subset", default=None,
+                        help="subset name used in the batch seeds (default: from the input names, e.g. Uset_001)")
+    parser.add_argument("--report", default=None, help="skip report CSV (default: OUT_DIR.report.csv)")
+    add_common_arguments(parser)
+    return parser
+
+
+def build_parser():
+    return add_arguments(argparse.ArgumentParser(
+        prog="inclinet-augment", description="Augment one training subset into balanced, shuffled npz batches."))
+
+
+def main(argv=None):
+    parser = build_parser()
+
+    def _run(args):
+        run(inputs=args.input, output_dir=args.output, size=args.size, task=args.task, n_batches=args.n_batches,
+            per_bin=args.per_bin, seed=args.seed, subset=args.subset, report=args.report)
+
+    return run_main(parser, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
