@@ -1,0 +1,262 @@
+"""Split galaxies into test/train subsets once, by pgc, and apply the same split to every band.
+
+Regression task: galaxies with inclination 45..90; ``test_000`` holds ``--test-fraction``
+of them, ``train_000`` the rest, ``train_001..m`` random 2/3 subsamples of ``train_000``.
+Binary (accept/reject) task: its own split over all galaxies, stratified by class
+(numeric inclination, F, J). The split is drawn over the union of the pgc ids of all
+bands, so a galaxy is on the same side in every band it appears in (the original split
+one band and leaked test galaxies into the others' subsets). Galaxies present in some
+bands but not others, and galaxies whose label differs between bands, are reported.
+"""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inclinet import naming
+from inclinet._helpers import rng_for
+from inclinet.catalog import binary_label
+from inclinet.cli import add_common_arguments, run_main
+from inclinet.errors import InputError, invalid
+from inclinet.io import atomic_write_json, check_outputs
+from inclinet.npzstream import NpzRows, NpzWriter, load_arrays
+from inclinet.report import SkipReport
+
+logger = logging.getLogger(__name__)
+
+MIN_INCLINATION, MAX_INCLINATION = 45, 90
+CLASS_J, CLASS_F = 0, 1
+_CHUNK_ROWS = 256
+
+
+def _stratum(numeric_class):
+    if numeric_class == CLASS_J:
+        return "J"
+    if numeric_class == CLASS_F:
+        return "F"
+    return "numeric"
+
+
+def _n_test(n_items, fraction):
+    """Test count: the rounded fraction, but at least one of each side when there are two or more."""
+    if n_items < 2:
+        return 0
+    return min(n_items - 1, max(1, int(round(fraction * n_items))))
+
+
+def draw_split(labels_by_pgc, *, seed, test_fraction=0.1, binary_test_fraction=0.1, n_subsamples=3):
+    """The split as sorted pgc lists: ``{"test_000", "train_000".."train_00m", "binary_train", "binary_test"}``.
+
+    ``labels_by_pgc`` maps pgc -> numeric class. Deterministic from ``seed`` and the set
+    of (pgc, class) pairs, whatever the input order.
+    """
+    pgcs = np.array(sorted(labels_by_pgc), dtype=np.int64)
+    classes = np.array([labels_by_pgc[p] for p in pgcs.tolist()], dtype=np.int64)
+    regression = pgcs[(classes >= MIN_INCLINATION) & (classes <= MAX_INCLINATION)]
+    subsets = {}
+    rng = rng_for(seed, "split", "regression")
+    permuted = rng.permutation(regression)
+    n_test = _n_test(len(regression), test_fraction)
+    subsets["test_000"] = sorted(permuted[:n_test].tolist())
+    train = np.array(sorted(permuted[n_test:].tolist()), dtype=np.int64)
+    subsets["train_000"] = train.tolist()
+    for k in range(1, n_subsamples + 1):
+        sub_rng = rng_for(seed, "split", "subsample", k)
+        n_keep = (2 * len(train)) // 3
+        subsets[f"train_{k:03d}"] = sorted(sub_rng.permutation(train)[:n_keep].tolist())
+
+    binary_test = []
+    for stratum in ("numeric", "F", "J"):
+        members = np.array([p for p, c in zip(pgcs.tolist(), classes.tolist()) if _stratum(c) == stratum],
+                           dtype=np.int64)
+        stratum_rng = rng_for(seed, "split", "binary", stratum)
+        binary_test += stratum_rng.permutation(members)[: _n_test(len(members), binary_test_fraction)].tolist()
+    binary_test_set = set(binary_test)
+    subsets["binary_test"] = sorted(binary_test_set)
+    subsets["binary_train"] = [p for p in pgcs.tolist() if p not in binary_test_set]
+    return subsets
+
+
+def _read_band(path, size):
+    arrays = load_arrays(path, ("labels", "pgcIDs", "band"))
+    band = str(arrays["band"])
+    if band not in naming.BANDS:
+        raise InputError(f"{path}: unknown band {band!r}; must be one of {', '.join(naming.BANDS)}")
+    with NpzRows(path) as rows:
+        shape, dtype = rows.shape, rows.dtype
+    if dtype != np.uint8 or shape[1:] != (size, size, 3):
+        raise InputError(
+            f"{path}: images are {dtype} {shape}, expected uint8 (N, {size}, {size}, 3); "
+            "check --size or re-run inclinet-prep/compress at this size"
+        )
+    labels = arrays["labels"].reshape(-1).astype(np.int64)
+    pgcs = arrays["pgcIDs"].reshape(-1).astype(np.int64)
+    if not len(labels) == len(pgcs) == shape[0]:
+        raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels and {len(pgcs)} pgc ids")
+    if shape[0] == 0:
+        raise InputError(f"{path}: band {band} has no galaxies; check the prep and compress reports")
+    return band, labels, pgcs
+
+
+def run(*, inputs, output_dir, size, n_subsamples=3, test_fraction=0.1, binary_test_fraction=0.1, seed=0,
+        scratch_dir=None):
+    """Split the compressed bands ``inputs`` into ``output_dir``; returns the summary dict.
+
+    Writes, for every band, the files of :func:`inclinet.naming.sample` (``test_000``,
+    ``train_000..train_00m``, ``binary_train``, ``binary_test``), the summary JSON
+    (:func:`inclinet.naming.split_summary`) with the pgc ids of every subset, and its
+    report CSV (galaxies missing from a band, conflicting or out-of-range labels).
+    """
+    start = time.perf_counter()
+    if not inputs:
+        raise invalid("--input", [], "one compressed npz per band")
+    if not 0 < test_fraction < 1:
+        raise invalid("--test-fraction", test_fraction, "a number between 0 and 1 (exclusive)")
+    if not 0 < binary_test_fraction < 1:
+        raise invalid("--binary-test-fraction", binary_test_fraction, "a number between 0 and 1 (exclusive)")
+    if n_subsamples < 0:
+        raise invalid("--n-subsamples", n_subsamples, "a non-negative integer")
+    if size < 1:
+        raise invalid("--size", size, "a positive number of pixels")
+    output_dir = Path(output_dir)
+    summary_path = output_dir / Path(naming.split_summary(size)).name
+    report_path = output_dir / f"{naming.size_tag(size)}_split.report.csv"
+    skips = SkipReport("split")
+
+    bands = {}
+    for path in map(Path, inputs):
+        band, labels, pgcs = _read_band(path, size)
+        if band in bands:
+            raise InputError(f"band {band} given twice ({bands[band]['path']} and {path}); give one file per band")
+        bands[band] = {"path": path, "labels": labels, "pgcs": pgcs}
+
+    # One label per galaxy over all bands; conflicting, out-of-range or repeated rows are left out.
+    labels_by_pgc, conflicts = {}, set()
+    for band, info in bands.items():
+        seen = set()
+        for pgc, label in zip(info["pgcs"].tolist(), info["labels"].tolist()):
+            if pgc in seen:
+                skips.skip(pgc, "pgc appears twice in the band; the galaxy is left out", band=band, file=info["path"])
+                conflicts.add(pgc)
+                continue
+            seen.add(pgc)
+            if not 0 <= label <= MAX_INCLINATION:
+                skips.skip(pgc, f"label {label} out of range 0..{MAX_INCLINATION}; left out", band=band,
+                           file=info["path"])
+                conflicts.add(pgc)
+                continue
+            if pgc in labels_by_pgc and labels_by_pgc[pgc] != label:
+                skips.skip(pgc, f"label {label} differs from {labels_by_pgc[pgc]} in another band; left out",
+                           band=band, file=info["path"])
+                conflicts.add(pgc)
+            labels_by_pgc.setdefault(pgc, label)
+    for pgc in conflicts:
+        labels_by_pgc.pop(pgc, None)
+
+    missing = {}
+    all_pgcs = set(labels_by_pgc)
+    for band, info in bands.items():
+        absent = sorted(all_pgcs - set(info["pgcs"].tolist()))
+        missing[naming.band_tag(band)] = absent
+        for pgc in absent:
+            skips.skip(pgc, "missing from this band (present in another); split consistently, absent here",
+                       band=band)
+
+    subsets = draw_split(labels_by_pgc, seed=seed, test_fraction=test_fraction,
+                         binary_test_fraction=binary_test_fraction, n_subsamples=n_subsamples)
+    if not subsets["train_000"]:
+        raise InputError(
+            f"no galaxies with inclination {MIN_INCLINATION}..{MAX_INCLINATION} to train on in "
+            f"{', '.join(str(i['path']) for i in bands.values())}; the regression task needs labelled galaxies"
+        )
+
+    outputs = [summary_path, report_path]
+    counts = {}
+    scratch = Path(scratch_dir) if scratch_dir else output_dir
+    scratch.mkdir(parents=True, exist_ok=True)
+    for band, info in bands.items():
+        counts[naming.band_tag(band)] = {}
+        row_of = {pgc: row for row, pgc in enumerate(info["pgcs"].tolist())}
+        with NpzRows(info["path"], scratch_dir=scratch) as rows:
+            for name, members in subsets.items():
+                kind, index = _kind_index(name)
+                path = output_dir / Path(naming.sample(size, band, kind, index)).name
+                picked = np.array([row_of[p] for p in members if p in row_of], dtype=np.int64)
+                labels = info["labels"][picked]
+                if kind.startswith("binary"):
+                    labels = np.array([binary_label(c) for c in labels.tolist()], dtype=np.int64)
+                with NpzWriter(path, (size, size, 3), n_rows=len(picked)) as writer:
+                    for start_row in range(0, len(picked), _CHUNK_ROWS):
+                        writer.append(rows.read(picked[start_row:start_row + _CHUNK_ROWS]))
+                    writer.set(labels=labels.astype(np.int32), pgcIDs=info["pgcs"][picked].astype(np.int32),
+                               band=np.array(band))
+                counts[naming.band_tag(band)][name] = int(len(picked))
+                outputs.append(path)
+
+    summary = {
+        "size": int(size),
+        "seed": int(seed),
+        "test_fraction": float(test_fraction),
+        "binary_test_fraction": float(binary_test_fraction),
+        "n_subsamples": int(n_subsamples),
+        "bands": {naming.band_tag(b): str(info["path"]) for b, info in bands.items()},
+        "counts": counts,
+        "missing": missing,
+        "excluded": sorted(conflicts),
+        "subsets": subsets,
+    }
+    atomic_write_json(summary_path, summary)
+    skips.write(report_path)
+    check_outputs(outputs)
+    logger.info(
+        "split: %d galaxies over %d band(s): test %d, train %d, %d subsample(s); binary train %d, test %d; "
+        "%d report row(s); seed %d; %.1f s",
+        len(labels_by_pgc), len(bands), len(subsets["test_000"]), len(subsets["train_000"]), n_subsamples,
+        len(subsets["binary_train"]), len(subsets["binary_test"]), len(skips), seed, time.perf_counter() - start,
+    )
+    return summary
+
+
+def _kind_index(name):
+    if name.startswith("binary"):
+        return name, 0
+    kind, index = name.rsplit("_", 1)
+    return kind, int(index)
+
+
+def add_arguments(parser):
+    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="COMPRESSED.npz",
+                        help="compressed npz of every band (compressed/<S>x<S>_<TAG>.npz)")
+    parser.add_argument("-o", "--output", required=True, metavar="SAMPLES_DIR", help="folder of the sample files")
+    parser.add_argument("-s", "--size", type=int, required=True, help="image size in pixels (checked)")
+    parser.add_argument("-n", "--n-subsamples", type=int, default=3,
+                        help="number of 2/3 training subsamples train_001..train_00m (default 3)")
+    parser.add_argument("--test-fraction", type=float, default=0.1,
+                        help="fraction of the galaxies with inclination >= 45 held out as test_000 (default 0.1)")
+    parser.add_argument("--binary-test-fraction", type=float, default=0.1,
+                        help="fraction of all galaxies held out for the binary task, per class (default 0.1)")
+    add_common_arguments(parser)
+    return parser
+
+
+def build_parser():
+    return add_arguments(argparse.ArgumentParser(
+        prog="inclinet-split", description="Split galaxies into test/train subsets, identically in every band."))
+
+
+def main(argv=None):
+    parser = build_parser()
+
+    def _run(args):
+        run(inputs=args.input, output_dir=args.output, size=args.size, n_subsamples=args.n_subsamples,
+            test_fraction=args.test_fraction, binary_test_fraction=args.binary_test_fraction, seed=args.seed)
+
+    return run_main(parser, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
