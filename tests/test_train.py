@@ -1,0 +1,195 @@
+"""Tests of inclinet-train: outputs, input checks, deterministic streaming, kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from inclinet.io import atomic_savez
+from inclinet.stages import train
+
+SIZE = 32
+
+
+def ellipse_images(n, size, seed, *, colour):
+    """Images of smooth elliptical galaxies with inclinations 45..90 (q0 = 0.2)."""
+    rng = np.random.default_rng(seed)
+    inclinations = rng.integers(45, 91, n)
+    q = np.sqrt(np.cos(np.radians(inclinations)) ** 2 * 0.96 + 0.04)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    major = 0.35 * size
+    images = []
+    for ratio in q:
+        profile = np.exp(-3 * ((xx / major) ** 2 + (yy / (major * ratio)) ** 2))
+        image = profile * 255 if colour else 255 - profile * 200
+        images.append(np.repeat(image[..., None], 3, axis=-1))
+    return np.clip(np.round(images), 0, 255).astype(np.uint8), inclinations.astype(np.int32)
+
+
+def write_sample(path, band, n, seed, *, binary=False):
+    images, inclinations = ellipse_images(n, SIZE, seed, colour=band == "gri")
+    labels = (inclinations > 80).astype(np.int32) if binary else inclinations
+    atomic_savez(path, images=images, labels=labels, pgcIDs=np.arange(n, dtype=np.int32) + 1000 * seed,
+                 band=np.array(band))
+    return path
+
+
+def write_batch(path, n, seed, *, binary=False):
+    images, inclinations = ellipse_images(n, SIZE, seed, colour=seed % 2 == 0)
+    labels = (inclinations > 80).astype(np.int32) if binary else inclinations
+    atomic_savez(path, images=images, labels=labels, pgcIDs=np.arange(n, dtype=np.int32),
+                 filter=np.array([b"c" if seed % 2 == 0 else b"g"] * n, dtype="S1"), inverted=np.zeros(n, bool))
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    samples = [write_sample(tmp_path / f"{tag}_test.npz", band, 6, k)
+               for k, (band, tag) in enumerate([("gri", "RGB"), ("g", "g"), ("r", "r"), ("i", "i")])]
+    batches = [write_batch(tmp_path / f"aug_{k:02d}.npz", 20, k) for k in (1, 2)]
+    return {"samples": samples, "batches": batches, "dir": tmp_path}
+
+
+def outputs(tmp_path, stem="Uset_000_model4"):
+    return {
+        "--output": tmp_path / f"models/{stem}.keras",
+        "--checkpoint": tmp_path / f"models/{stem}.ckpt.keras",
+        "--metrics": tmp_path / f"models/{stem}.metrics.json",
+        "--plot": tmp_path / f"models/{stem}.metrics.png",
+    }
+
+
+def argv(data, model="model4", task="regression", extra=(), stem="Uset_000_model4", batches=None, samples=None):
+    args = ["--model", model, "--task", task, "--train", *map(str, batches or data["batches"]),
+            "--validation", *map(str, samples or data["samples"])]
+    for flag, path in outputs(data["dir"], stem).items():
+        args += [flag, str(path)]
+    return args + list(extra)
+
+
+def test_tiny_training_run_writes_every_output(data):
+    assert train.main(argv(data, extra=["--epochs", "1", "--batch-size", "8", "-q"])) == 0
+    paths = outputs(data["dir"])
+    for path in paths.values():
+        assert path.is_file() and path.stat().st_size > 0
+    metrics = json.loads(paths["--metrics"].read_text())
+    assert metrics["epochs_run"] == 1 and len(metrics["history"]) == 1
+    epoch = metrics["history"][0]
+    for key in ("loss", "mae", "val_loss", "val_mae", "mae_deg", "val_mae_deg", "val_rms_deg"):
+        assert np.isfinite(epoch[key]), key
+    assert epoch["val_mae_deg"] == pytest.approx(epoch["val_mae"] * 22.5)
+    assert metrics["train_images_per_epoch"] == 40 and metrics["validation_images"] == 12
+    assert paths["--plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    keras = train.inclinet_models.import_keras()
+    model = keras.models.load_model(paths["--output"])
+    assert model.input_shape == (None, SIZE, SIZE, 3)
+    with zipfile.ZipFile(paths["--checkpoint"]) as archive:
+        state = json.loads(archive.read("state.json"))
+    assert state["epoch"] == 1 and state["step"] == 0
+
+
+def test_binary_training_with_early_stopping_keeps_the_best_epoch(tmp_path):
+    samples = [write_sample(tmp_path / f"{band}_bt.npz", band, 8, k, binary=True)
+               for k, band in enumerate(["gri", "r"])]
+    batches = [write_batch(tmp_path / "b01.npz", 24, 2, binary=True)]
+    data = {"samples": samples, "batches": batches, "dir": tmp_path}
+    extra = ["--epochs", "3", "--batch-size", "8", "--early-stopping", "1", "--learning-rate", "0.01", "-q"]
+    assert train.main(argv(data, "model6", "binary", extra, stem="Binary_model6")) == 0
+    metrics = json.loads(outputs(tmp_path, "Binary_model6")["--metrics"].read_text())
+    assert metrics["task"] == "binary" and metrics["weights"] == "best epoch"
+    history = metrics["history"]
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in history)
+    best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    assert metrics["best_epoch"] == best + 1
+    keras = train.inclinet_models.import_keras()
+    model = keras.models.load_model(outputs(tmp_path, "Binary_model6")["--output"])
+    assert model.output_shape == (None, 2)
+
+
+def test_bad_inputs_exit_2_with_a_clear_message(data, capsys):
+    extra = ["--epochs", "1", "-q"]
+    binary_batch = write_batch(data["dir"] / "bin.npz", 10, 1, binary=True)
+    assert train.main(argv(data, extra=extra, batches=[binary_batch])) == 2
+    assert "bin.npz: row" in capsys.readouterr().err
+    assert train.main(argv(data, extra=extra, batches=[data["dir"] / "missing.npz"])) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    (data["dir"] / "corrupt.npz").write_bytes(b"PK\x03\x04 not really")
+    assert train.main(argv(data, extra=extra, batches=[data["dir"] / "corrupt.npz"])) == 2
+    assert "corrupt.npz" in capsys.readouterr().err
+    assert train.main(argv(data, model="model5", extra=extra)) == 2
+    assert "at least 76 px" in capsys.readouterr().err
+    assert train.main(argv(data, extra=["--epochs", "0"])) == 2
+    assert not outputs(data["dir"])["--output"].exists()
+
+
+def test_batch_stream_is_deterministic_and_resumable(data):
+    stream = train.BatchStream(data["batches"], "regression", 6, seed=3)
+    assert stream.steps_per_epoch == 40 // 6
+    first = list(stream.batches(0))
+    again = list(train.BatchStream(data["batches"], "regression", 6, seed=3).batches(0))
+    assert len(first) == stream.steps_per_epoch
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    other_epoch = list(stream.batches(1))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other_epoch))
+    tail = list(stream.batches(0, start_step=4))
+    assert len(tail) == stream.steps_per_epoch - 4
+    for (x1, y1), (x2, y2) in zip(first[4:], tail):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert first[0][0].dtype == np.float32 and first[0][0].max() <= 1.0
+
+
+def test_validation_set_pairs_colour_and_gray_with_half_inverted(data):
+    images, labels = train.build_validation_set(data["samples"], "regression", seed=0)
+    assert len(images) == 12 and len(labels) == 12
+    # Gray samples are dark-on-white; inverted ones have a dark border.
+    dark_border = images[:, 0, 0, 0] < 128
+    # 6 colour (dark sky) + 3 inverted gray of 6 gray.
+    assert dark_border.sum() == 9
+    again, _ = train.build_validation_set(data["samples"], "regression", seed=0)
+    np.testing.assert_array_equal(images, again)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tmp_path):
+    samples = [write_sample(tmp_path / f"{band}_test.npz", band, 4, k) for k, band in enumerate(["gri", "g"])]
+    batches = [write_batch(tmp_path / f"aug_{k:02d}.npz", 160, k) for k in (1, 2)]
+    data = {"samples": samples, "batches": batches, "dir": tmp_path}
+    epochs = 12
+    args = argv(data, extra=["--epochs", str(epochs), "--batch-size", "8", "--seed", "5"])
+    checkpoint = outputs(tmp_path)["--checkpoint"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "inclinet.stages.train", *args]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    log, _ = process.communicate(timeout=120)
+    assert process.returncode == train.EXIT_INTERRUPTED, log
+    assert "interrupted by SIGTERM" in log
+    with zipfile.ZipFile(checkpoint) as archive:
+        state = json.loads(archive.read("state.json"))
+    done_steps = state["epoch"] * 40 + state["step"]
+    assert 1 <= state["epoch"] < epochs and 40 <= done_steps < epochs * 40
+    assert not outputs(tmp_path)["--output"].exists()
+
+    result = subprocess.run(command + ["-v"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {checkpoint} at epoch {state['epoch'] + 1} step {state['step']}" in result.stderr
+    assert f"(optimizer step {done_steps})" in result.stderr
+    metrics = json.loads(outputs(tmp_path)["--metrics"].read_text())
+    assert metrics["resumed"] == 1 and metrics["epochs_run"] == epochs
+    assert [r["epoch"] for r in metrics["history"]] == list(range(1, epochs + 1))
+    model, final_state, _ = train.load_checkpoint(checkpoint)
+    assert int(model.optimizer.iterations.numpy()) == epochs * 40
+    assert final_state["epoch"] == epochs
