@@ -173,3 +173,45 @@ def test_bad_arguments_and_catalog(universe, tmp_path, capsys):
     assert prep.main(["-p", str(universe / "galaxies"), "-c", str(bad_catalog), "-b", "g", "-o", str(out)]) == 2
     assert "bad.csv" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def synthetic_universe(tmp_path_factory):
+    """24 GalSim galaxies at 64 px from inclinet-synth (the real raw layout and catalog)."""
+    from inclinet.stages import synth
+
+    root = tmp_path_factory.mktemp("synth")
+    synth.run(n_galaxies=24, output=root, size=64, seed=3)
+    return root
+
+
+def test_chain_on_synthetic_universe(synthetic_universe, tmp_path):
+    """prep (2 shards) -> compress -> split -> augment on rendered galaxies, through main()."""
+    from inclinet.stages import augment, compress, split
+
+    data = tmp_path / "run"
+    compressed = []
+    for band, tag in (("g", "g"), ("r", "r"), ("i", "i"), ("gri", "RGB")):
+        parts = [data / f"resized/32x32_{tag}/part{k:04d}of0002.npz" for k in (1, 2)]
+        for k, part in enumerate(parts, start=1):
+            assert prep.main(["-p", str(synthetic_universe / "galaxies"), "-c", str(synthetic_universe / "catalog.csv"),
+                              "-b", band, "-s", "32", "--shard", f"{k}/2", "-o", str(part), "-q"]) == 0
+        compressed.append(data / f"compressed/32x32_{tag}.npz")
+        assert compress.main(["-i", *map(str, parts), "-o", str(compressed[-1]), "-s", "32", "-q"]) == 0
+        merged = _read(compressed[-1])
+        assert len(merged["pgcIDs"]) == 24 and list(merged["pgcIDs"]) == sorted(merged["pgcIDs"])
+    assert split.main(["-i", *map(str, compressed), "-o", str(data / "samples"), "-s", "32", "-n", "1",
+                       "--test-fraction", "0.2", "-q"]) == 0
+    for tag in ("g", "r", "i", "RGB"):
+        test = set(_read(data / f"samples/{tag}_32x32_test_000.npz")["pgcIDs"].tolist())
+        assert test
+        for k in (0, 1):
+            assert not test & set(_read(data / f"samples/{tag}_32x32_train_{k:03d}.npz")["pgcIDs"].tolist())
+    samples = [data / f"samples/{tag}_32x32_train_001.npz" for tag in ("RGB", "g", "r", "i")]
+    out = data / "augmented/Uset_001_npz"
+    assert augment.main(["-i", *map(str, samples), "-o", str(out), "-s", "32", "-b", "2", "-z", "2", "-q"]) == 0
+    batch = _read(out / "32x32_train_aug_02.npz")
+    colour = batch["filter"].astype(str) == "c"
+    assert colour.sum() == (~colour).sum() > 0 and batch["inverted"].sum() == (~colour).sum() // 2
+    assert set(batch["pgcIDs"].tolist()) <= set(_read(samples[0])["pgcIDs"].tolist()) | set(
+        _read(samples[1])["pgcIDs"].tolist())
