@@ -183,10 +183,15 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
     raws = set(raw_inputs(jobs)) if (config.catalog or config.data_path) else set()
     kept = []
     for entry in user.get("replicas", []) or []:
-        if not isinstance(entry, dict) or "lfn" not in entry:
-            raise InputError(f"{replicas_file or DEFAULT_REPLICAS}: every replica needs 'lfn' and 'pfns'")
-        if entry["lfn"] in flagged or _matches(entry, produced) or (raws and _matches(entry, raws)):
+        if not isinstance(entry, dict) or "lfn" not in entry or not isinstance(entry.get("pfns"), list):
+            raise InputError(f"{replicas_file or DEFAULT_REPLICAS}: every replica needs 'lfn' and a list 'pfns'")
+        if _matches(entry, produced):
             continue
+        if entry["lfn"] in flagged or (raws and _matches(entry, raws)):
+            # The flags locate the raw inputs on the submit host; other sites' copies stay.
+            entry = dict(entry, pfns=[p for p in entry["pfns"] if p.get("site") != "local"])
+            if not entry["pfns"]:
+                continue
         kept.append(entry)
     return {"pegasus": PEGASUS_VERSION, "replicas": kept + generated}
 

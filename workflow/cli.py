@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -159,6 +161,10 @@ def write_run(run_dir, jobs, config, args, argv):
     if (run_dir / dag.JOBS_FILE).exists() and not args.force:
         raise ConfigError(f"{run_dir} already holds a run; use 'run_workflow.py resume {run_dir}', "
                           "another --output-dir, or --force to rebuild it")
+    if args.force:
+        # The bookkeeping of the old DAG would mislead status and resume.
+        for stale in ("state", "logs"):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     dag.save_jobs(run_dir, jobs)
     catalogs.write_run_catalogs(run_dir, jobs, config, sites_file=args.sites, replicas_file=args.replicas,
@@ -256,7 +262,11 @@ def _run(parser, func, argv):
     def call(args):
         result["code"] = func(args)
 
-    code = run_main(parser, call, argv)
+    try:
+        code = run_main(parser, call, argv)
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 0
     return code if code else int(result.get("code") or 0)
 
 

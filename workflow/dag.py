@@ -29,6 +29,7 @@ STAGES = ("synth", "prep", "compress", "split", "augment", "train", "evaluate")
 #: Logical folder of the raw inputs: ``raw/catalog.csv`` and ``raw/galaxies/<image>``.
 RAW_DIR = "raw"
 RAW_CATALOG = f"{RAW_DIR}/catalog.csv"
+RAW_TRUTH = f"{RAW_DIR}/truth.csv"
 RAW_GALAXIES = f"{RAW_DIR}/galaxies"
 EVALUATION_DIR = "evaluation"
 BUNDLE_DIR = "bundle"
@@ -142,6 +143,8 @@ class WorkflowConfig:
         ):
             if not isinstance(value, int) or value < low:
                 raise invalid(name, value, f"an integer >= {low}")
+        if "regression" not in self.tasks:
+            raise invalid("--tasks", ",".join(self.tasks), "a list with regression (evaluation needs its test set)")
         if "model5" in self.models and self.size < 76:
             raise invalid("--models", "model5", "left out for --size below 76 (its convolutions need >= 76 px)")
         return self
@@ -286,7 +289,9 @@ def build_jobs(config, *, missing=None):
         compressed.append(out)
 
     samples = _sample_files(config)
-    split_outputs = [lfn for files in samples.values() for lfn in files] + [naming.split_summary(config.size)]
+    summary = naming.split_summary(config.size)
+    split_report = summary[: -len(".json")] + ".report.csv"  # what inclinet-split writes
+    split_outputs = [lfn for files in samples.values() for lfn in files] + [summary, split_report]
     jobs.append(_job("split", "split", ["-i", *compressed, "-o", "samples", "-s", config.size,
                                         "-n", config.subsamples, "--seed", config.seed],
                      compressed, split_outputs, config))
@@ -300,10 +305,12 @@ def build_jobs(config, *, missing=None):
                          for b in config.bands]
         validation = [naming.sample(config.size, b, val_kind, 0) for b in config.bands]
         batches = [naming.augmented_batch(config.size, subset, b) for b in range(1, config.n_batches + 1)]
+        report = naming.report_for(naming.augmented_dir(subset))
         jobs.append(_job(f"augment_{naming.uset(subset)}", "augment",
                          ["-i", *train_samples, "-o", naming.augmented_dir(subset), "-s", config.size,
-                          "--task", task, "-b", config.n_batches, "-z", config.per_bin, "--seed", config.seed],
-                         train_samples, batches, config))
+                          "--task", task, "-b", config.n_batches, "-z", config.per_bin, "--report", report,
+                          "--seed", config.seed],
+                         train_samples, batches + [report], config))
         for model in config.models:
             outputs = [naming.trained_model(model, subset), naming.training_metrics(model, subset),
                        naming.training_plot(model, subset)]
@@ -327,7 +334,8 @@ def _synth_jobs(config, ids):
     chunks = n_chunks(len(ids), config.galaxies_per_job)
     common = ["--n-galaxies", config.synthetic, "--output", RAW_DIR, "--size", config.synthetic_size,
               "--seed", config.seed]
-    jobs = [_job("synth_catalog", "synth", [*common, "--catalog-only"], [], [RAW_CATALOG], config)]
+    jobs = [_job("synth_catalog", "synth", [*common, "--catalog-only"], [], [RAW_CATALOG, RAW_TRUTH],
+                 config)]
     from inclinet._helpers import shard_range
 
     for index in range(1, chunks + 1):

@@ -67,7 +67,6 @@ def plan_options(run_dir, args):
         "dir": str(_submit_dir(run_dir, args)),
         "sites": [site],
         "output_sites": ["local"],
-        "output_dir": str(run_dir / "outputs"),
         "cleanup": "inplace",
     }
     staging = _staging(run_dir, site)
@@ -84,7 +83,7 @@ def plan_command(run_dir, args):
     """The ``pegasus-plan`` command line equivalent to :func:`plan_options`."""
     options = plan_options(run_dir, args)
     argv = ["pegasus-plan", "--conf", options["conf"], "--dir", options["dir"], "--sites", ",".join(options["sites"]),
-            "--output-sites", "local", "--output-dir", options["output_dir"], "--cleanup", options["cleanup"]]
+            "--output-sites", "local", "--cleanup", options["cleanup"]]
     for site, staging in (options.get("staging_sites") or {}).items():
         argv += ["--staging-site", f"{site}={staging}"]
     if options.get("cluster"):
