@@ -195,6 +195,10 @@ def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
     assert "SLURM_JOB_ID=42" in result.stdout
     record = json.loads(exit_file.read_text())
     assert (record["slurm_job_id"], record["exit_code"], record["attempts"]) == ("42", 3, 3)
+    # exit code 2 (usage or input error) would fail the same way again: no retry
+    result = subprocess.run(["bash", str(wrapper), str(exit_file), "3", "sh", "-c", "exit 2"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and json.loads(exit_file.read_text())["attempts"] == 1
 
     process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "1", "sleep", "30"], env=env,
                                stdout=subprocess.PIPE, text=True)
@@ -312,3 +316,28 @@ def test_cancel_leaves_nothing_queued(slurm_cluster, tmp_path, capsys):
     assert run_count(run_dir, "child") == 0
     assert workflow_main(["cancel", str(run_dir)]) == 0
     assert "nothing queued or running" in capsys.readouterr().out
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
+    from workflow.cli import main as workflow_main
+    from workflow.dag import load_jobs
+
+    run_dir = tmp_path / "run"
+    code = workflow_main(["--synthetic", "24", "--synthetic-size", "64", "--size", "32", "--bands", "gri,g",
+                          "--models", "model4", "--tasks", "regression", "--subsamples", "0", "--epochs", "1",
+                          "--batch-size", "8", "--galaxies-per-job", "12", "--n-batches", "1", "--per-bin", "2",
+                          "--views", "1", "--retries", "0", "--engine", "slurm", "--output-dir", str(run_dir),
+                          "--wait", "--poll-interval", "1", "--wait-timeout", "400", "-q"])
+    jobs = load_jobs(run_dir)
+    ids = slurm.submissions(run_dir)
+    logs = {job.id: (run_dir / "logs" / f"{job.id}.log").read_text() for job in jobs}
+    assert code == 0, {k: v[-600:] for k, v in logs.items() if "exit code 0" not in v}
+    assert len(jobs) == 13 and set(ids) == {job.id for job in jobs}
+    for job in jobs:
+        assert f"SLURM_JOB_ID={ids[job.id]}" in logs[job.id], job.id
+    manifest = json.loads((run_dir / "data" / "bundle" / "manifest.json").read_text())
+    assert [member["name"] for member in manifest["members"]] == ["model4"]
+    assert (run_dir / "data" / "bundle" / "model4.keras").stat().st_size > 0
+    assert workflow_main(["status", str(run_dir)]) == 0

@@ -99,6 +99,10 @@ while [ "$attempt" -lt "$attempts" ]; do
     child=""
     [ "$rc" -eq 0 ] && break
     echo "inclinet-slurm: attempt $attempt of $attempts exited with code $rc"
+    if [ "$rc" -eq 2 ]; then
+        echo "inclinet-slurm: exit code 2 is a usage or input error; not retrying"
+        break
+    fi
 done
 record
 echo "inclinet-slurm: finished with exit code $rc after $attempt attempt(s) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -121,6 +125,9 @@ class SlurmOptions:
     request_gpus: str = "auto"
     gpu_flag: str = "gres"
     submit_workers: int = 8
+    #: Cap on every job's retries (the run's ``--retries``): the extra retries training jobs
+    #: carry for Pegasus's checkpoint intervals are not needed under one SLURM time limit.
+    max_retries: int | None = None
 
     def validate(self):
         if self.container_runtime not in ("apptainer", "singularity"):
@@ -345,7 +352,8 @@ def sbatch_argv(job, run_dir, options, dependencies=(), *, use_gpus=False):
     if dependencies:
         argv += [f"--dependency=afterok:{':'.join(str(d) for d in dependencies)}", "--kill-on-invalid-dep=yes"]
     argv += list(options.sbatch_options)
-    attempts = 1 + max(0, int(job.retries))
+    retries = int(job.retries) if options.max_retries is None else min(int(job.retries), options.max_retries)
+    attempts = 1 + max(0, retries)
     argv += [str(state / "wrapper.sh"), str(_exit_file(run_dir, job.id)), str(attempts)]
     return argv + job_command(job, run_dir, options, use_gpus=use_gpus)
 
@@ -575,12 +583,21 @@ def _load_jobs(run_dir):
     return load_jobs(run_dir)
 
 
+def _run_retries(run_dir):
+    """The run's ``--retries`` from ``run.json``, or None."""
+    if not (Path(run_dir) / common.RUN_FILE).is_file():
+        return None
+    retries = common.read_run_info(run_dir).get("config", {}).get("retries")
+    return int(retries) if isinstance(retries, int) else None
+
+
 def run(run_dir, jobs, args):
     """Submit every job of a fresh run directory to SLURM (and wait with ``--wait``)."""
     run_dir = Path(run_dir).resolve()
     if submissions(run_dir):
         raise ConfigError(f"{run_dir} was already submitted to SLURM; use 'status', 'resume' or 'cancel' on it")
     options = SlurmOptions.from_args(args if args is not None else argparse.Namespace())
+    options.max_retries = _run_retries(run_dir)
     common.prepare_data_dir(run_dir, jobs)
     ids = submit(run_dir, jobs, options)
     print(f"slurm: submitted {len(ids)} jobs (first SLURM id {min(ids.values(), key=int, default='-')})")
