@@ -513,7 +513,7 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
     worst = np.argsort(-np.abs(delta), kind="mergesort")[:N_OUTLIERS]
     columns_n = 4
     n_rows = max(1, math.ceil(len(worst) / columns_n))
-    figure, axes = plt.subplots(n_rows, columns_n, figsize=(3 * columns_n, 3.3 * n_rows), squeeze=False)
+    figure, axes = plt.subplots(n_rows, columns_n, figsize=(3 * columns_n, 3.7 * n_rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     for axis, index in zip(axes.ravel(), worst):
