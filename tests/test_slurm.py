@@ -184,6 +184,19 @@ def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkey
     assert (states["c"], states["d"], states["f"]) == ("dependency-failed", "failed", "lost")
 
 
+def test_run_again_refuses_live_jobs_and_keeps_old_bookkeeping(tmp_path, monkeypatch):
+    run_dir, jobs = _fake_run(tmp_path, monkeypatch, {"4": ("RUNNING", "None")})
+    with pytest.raises(ConfigError, match="still has 1 job"):
+        slurm.run(run_dir, jobs, engine_args())
+    monkeypatch.setattr(slurm, "squeue_states", lambda ids: {})
+    submitted = []
+    monkeypatch.setattr(slurm, "submit", lambda run, jobs, options: submitted.append(options) or {"a": "7"})
+    assert slurm.run(run_dir, jobs, engine_args("--partition", "p")) == 0
+    assert submitted[0].partition == "p" and not slurm.submissions(run_dir)
+    archived = [p.name for p in (run_dir / "state").iterdir() if p.name.startswith("slurm.")]
+    assert len(archived) == 1 and (run_dir / "state" / archived[0] / "submissions.tsv").is_file()
+
+
 def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
     wrapper = tmp_path / "wrapper.sh"
     wrapper.write_text(slurm.WRAPPER)
@@ -337,6 +350,9 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
     assert len(jobs) == 13 and set(ids) == {job.id for job in jobs}
     for job in jobs:
         assert f"SLURM_JOB_ID={ids[job.id]}" in logs[job.id], job.id
+    # with gpu GRES on the cluster (the CI cluster has one fake GPU) training asks for it
+    gpus = "none" if not slurm.cluster_has_gpus() else "0"
+    assert f"GPUs: {gpus}" in logs["train_Uset_000_model4"] and "GPUs: none" in logs["split"]
     manifest = json.loads((run_dir / "data" / "bundle" / "manifest.json").read_text())
     assert [member["name"] for member in manifest["members"]] == ["model4"]
     assert (run_dir / "data" / "bundle" / "model4.keras").stat().st_size > 0

@@ -22,6 +22,10 @@ marker="# written by inclinet scripts/slurm/ci-setup.sh"
 cluster=inclinet
 node="$(hostname -s)"
 timeout_s="${INCLINET_SLURM_TIMEOUT:-60}"
+# Fake GPUs (gpu GRES backed by /dev/null) so that GPU requests (--gres=gpu:N) are
+# scheduled and tested on a machine without GPUs; 0 for a cluster without GPUs.
+fake_gpus="${INCLINET_SLURM_FAKE_GPUS:-1}"
+case "$fake_gpus" in 0 | 1) ;; *) echo "slurm-setup: error: INCLINET_SLURM_FAKE_GPUS must be 0 or 1" >&2; exit 1 ;; esac
 
 say() { echo "slurm-setup: $*"; }
 die() {
@@ -69,10 +73,17 @@ threads="$(sed -n 's/.* ThreadsPerCore=\([0-9]*\).*/\1/p' <<<"$hw")"
 memory="$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")"
 [ -n "$cpus" ] && [ -n "$memory" ] || die "could not read the node's hardware from 'slurmd -C': $hw"
 
+gres_line=""
+node_gres=""
+if [ "$fake_gpus" -gt 0 ]; then
+    gres_line="GresTypes=gpu"
+    node_gres="Gres=gpu:$fake_gpus "
+fi
 new_conf="$(cat <<EOF
 $marker
 # A single-node test cluster; every path lives under $dir.
 ClusterName=$cluster
+$gres_line
 SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -109,15 +120,27 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=60
 MaxJobCount=20000
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$memory State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$memory ${node_gres}State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
 )"
-if [ -f "$conf" ] && [ "$(cat "$conf")" = "$new_conf" ]; then
+# slurmd reads gres.conf beside the slurm.conf it is started with; clients do not need it.
+new_gres=""
+[ "$fake_gpus" -gt 0 ] && new_gres="NodeName=$node Name=gpu File=/dev/null"
+if [ -f "$conf" ] && [ "$(cat "$conf")" = "$new_conf" ] && [ "$(cat "$dir/gres.conf" 2>/dev/null)" = "$new_gres" ]; then
     say "configuration unchanged: $conf"
 else
+    # A changed node definition needs fresh daemons (scontrol reconfigure keeps the old GRES).
+    for daemon in slurmd slurmctld; do
+        if pid_alive "$dir/$daemon.pid" && grep -qx "$daemon" "$dir/started"; then
+            kill "$(cat "$dir/$daemon.pid")"
+            for _ in $(seq 1 100); do pid_alive "$dir/$daemon.pid" || break; sleep 0.1; done
+            say "stopped $daemon to apply the new configuration"
+        fi
+    done
+    printf '%s\n' "$new_gres" >"$dir/gres.conf"
     printf '%s\n' "$new_conf" >"$conf.tmp" && mv -f "$conf.tmp" "$conf"
-    say "wrote $conf (node $node: $cpus CPUs, ${memory} MB)"
+    say "wrote $conf (node $node: $cpus CPUs, ${memory} MB, $fake_gpus fake GPU(s))"
 fi
 printf 'export SLURM_CONF=%q\n' "$conf" >"$dir/env"
 
@@ -175,6 +198,7 @@ if pid_alive "$dir/slurmd.pid"; then
 else
     slurmd -f "$conf" -N "$node" || die "slurmd did not start"
     record_started slurmd
+    for _ in $(seq 1 30); do [ -s "$dir/slurmd.pid" ] && break; sleep 0.1; done
     say "started slurmd (pid $(cat "$dir/slurmd.pid" 2>/dev/null || echo '?'))"
 fi
 
@@ -194,4 +218,4 @@ case "$state" in
     idle | mixed | allocated | completing) ;;
     *) die "node $node is '${state:-unknown}' after ${timeout_s}s ($(scontrol show node "$node" 2>&1 | grep -o 'Reason=.*' || true))" ;;
 esac
-say "cluster '$cluster' up: node $node is $state ($cpus CPUs, $memory MB); SLURM_CONF=$conf"
+say "cluster '$cluster' up: node $node is $state ($cpus CPUs, $memory MB, $fake_gpus fake GPU); SLURM_CONF=$conf"

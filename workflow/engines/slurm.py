@@ -59,6 +59,8 @@ _SLURM_RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED"
                   "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT"}
 _SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 _NEVER_SATISFIED = "DependencyNeverSatisfied"
+SBATCH_ATTEMPTS = 4
+_TRANSIENT = ("try again", "temporarily", "timed out", "timeout", "connection refused", "busy")
 
 WRAPPER = r"""#!/bin/bash
 # inclinet SLURM wrapper: run one job of the workflow, retrying it, and record its exit code.
@@ -67,7 +69,7 @@ exit_file="$1"
 attempts="$2"
 shift 2
 echo "inclinet-slurm: job ${SLURM_JOB_NAME:-?} SLURM_JOB_ID=${SLURM_JOB_ID:-none} on $(hostname) in $PWD"
-echo "inclinet-slurm: started at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "inclinet-slurm: started at $(date -u +%Y-%m-%dT%H:%M:%SZ); GPUs: ${SLURM_JOB_GPUS:-none}"
 echo "inclinet-slurm: command: $*"
 rc=0
 attempt=0
@@ -413,9 +415,15 @@ def submit(run_dir, jobs, options, *, selected=None, live=None):
         dependencies = [ids.get(p) or live.get(p) for p in job.parents]
         dependencies = [d for d in dependencies if d]
         argv = sbatch_argv(job, run_dir, options, dependencies, use_gpus=use_gpus)
-        result = _slurm(argv, check=False)
+        for attempt in range(SBATCH_ATTEMPTS):
+            result = _slurm(argv, check=False)
+            message = (result.stderr or result.stdout).strip()
+            if result.returncode == 0 or not any(t in message.lower() for t in _TRANSIENT):
+                break
+            # A busy controller answers "try again"/"timed out": back off and retry.
+            time.sleep(0.5 * 2**attempt)
         if result.returncode != 0:
-            return job, None, (result.stderr or result.stdout).strip()
+            return job, None, message
         return job, result.stdout.strip().split(";")[0], None
 
     errors = []
@@ -528,10 +536,14 @@ def collect_status(run_dir, jobs, *, use_sacct=True):
 
 
 def summarize(statuses):
+    """One line: counts per state and the percentage done."""
     counts = {}
     for status in statuses.values():
         counts[status.state] = counts.get(status.state, 0) + 1
-    return ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts) or "no jobs"
+    if not counts:
+        return "no jobs"
+    percent = 100.0 * counts.get("done", 0) / len(statuses)
+    return ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts) + f" ({percent:.1f}% done)"
 
 
 def print_status(statuses, *, show_all=False, file=None):
@@ -550,8 +562,19 @@ def wait(run_dir, jobs, *, poll_interval=10.0, timeout=None):
     """Poll (one ``squeue`` per interval) until no job is pending or running; return the statuses."""
     start = time.monotonic()
     last = None
+    failures = 0
     while True:
-        statuses = collect_status(run_dir, jobs, use_sacct=False)
+        try:
+            statuses = collect_status(run_dir, jobs, use_sacct=False)
+            failures = 0
+        except StageError as exc:
+            # A controller restart or an overloaded squeue should not end the wait at once.
+            failures += 1
+            if failures >= 5:
+                raise
+            logger.warning("%s; trying again in %.0f s", exc, poll_interval)
+            time.sleep(poll_interval)
+            continue
         line = summarize(statuses)
         if line != last:
             logger.info("slurm: %s", line)
@@ -594,8 +617,16 @@ def _run_retries(run_dir):
 def run(run_dir, jobs, args):
     """Submit every job of a fresh run directory to SLURM (and wait with ``--wait``)."""
     run_dir = Path(run_dir).resolve()
-    if submissions(run_dir):
-        raise ConfigError(f"{run_dir} was already submitted to SLURM; use 'status', 'resume' or 'cancel' on it")
+    previous = submissions(run_dir)
+    if previous:
+        live = [k for k, (state, _) in squeue_states(previous.values()).items()
+                if _from_slurm_state(state) and _from_slurm_state(state)[0] in LIVE_STATES]
+        if live:
+            raise ConfigError(f"{run_dir} still has {len(live)} job(s) queued or running on SLURM; "
+                              f"'cancel {run_dir}' first, or follow them with 'status {run_dir}'")
+        # A rebuilt run (run_workflow.py --force) starts afresh; the old bookkeeping is kept aside.
+        old = slurm_state_dir(run_dir)
+        old.rename(old.with_name(f"{STATE_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"))
     options = SlurmOptions.from_args(args if args is not None else argparse.Namespace())
     options.max_retries = _run_retries(run_dir)
     common.prepare_data_dir(run_dir, jobs)
@@ -618,6 +649,8 @@ def resume(run_dir, args):
     run_dir = Path(run_dir).resolve()
     jobs = _load_jobs(run_dir)
     options = SlurmOptions.from_args(args if args is not None else argparse.Namespace(), load_options(run_dir))
+    if options.max_retries is None:
+        options.max_retries = _run_retries(run_dir)
     statuses = collect_status(run_dir, jobs)
     # Jobs SLURM keeps pending on a dependency that can never be satisfied (no kill on
     # invalid dependency there) are cancelled first and submitted again.
