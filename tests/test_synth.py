@@ -180,3 +180,12 @@ def test_help_and_catalog_import_no_heavy_libraries():
     subprocess.run([sys.executable, "-c", code], check=True)
     result = subprocess.run([sys.executable, "-m", "inclinet.stages.synth", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--n-galaxies" in result.stdout
+
+
+def test_missing_galsim_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "galsim", None)  # makes "import galsim" fail
+    assert synth.main(["-n", "2", "-o", str(tmp_path / "out"), "-s", "32"]) == 1
+    assert "pip install 'inclinet[synth]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert synth.main(["-n", "2", "-o", str(tmp_path / "cat"), "--catalog-only", "-q"]) == 0
+    assert (tmp_path / "cat" / "catalog.csv").is_file()

@@ -31,7 +31,6 @@ shard renders byte-identical files to an unsharded run, and the catalog is compu
 without rendering anything.
 """
 
-import argparse
 import csv
 import io
 import logging
@@ -47,7 +46,7 @@ from inclinet import naming
 from inclinet._helpers import derive_seed, parse_shard, rng_for, shard_range
 from inclinet.catalog import write_catalog
 from inclinet.cli import ArgumentParser, add_common_arguments, run_main
-from inclinet.errors import invalid
+from inclinet.errors import StageError, invalid
 from inclinet.io import atomic_path, atomic_write_text, check_outputs
 
 logger = logging.getLogger(__name__)
@@ -329,8 +328,18 @@ def _place_stars(params, draws):
 
 # -- rendering ---------------------------------------------------------------------------------
 
+def _import_galsim():
+    try:
+        import galsim
+    except ImportError:
+        raise StageError(
+            "GalSim is not installed in this Python; install the synth extra: pip install 'inclinet[synth]'"
+        ) from None
+    return galsim
+
+
 def _gsparams():
-    import galsim
+    galsim = _import_galsim()
 
     # Slightly looser than GalSim's defaults: invisible after an 8-bit asinh stretch, and
     # several times faster for the small FFTs of 64-128 px images.
@@ -409,7 +418,7 @@ def _draw_star(galsim, profile, star, size, pixel_scale, fwhm):
 
 def render_galaxy(params, size, seed):
     """Render one galaxy: returns ``({"g": L, "r": L, "i": L} uint8 (S, S) arrays, rgb uint8 (S, S, 3))``."""
-    import galsim
+    galsim = _import_galsim()
 
     gsparams = _gsparams()
     size = int(size)
@@ -575,6 +584,8 @@ def run(*, n_galaxies, output, size=512, seed=0, shard=None, catalog_only=False,
         index, count = parse_shard(shard)
     else:
         index, count = parse_shard(f"{shard[0]}/{shard[1]}")
+    if not catalog_only:
+        _import_galsim()  # fail before writing anything
     output = Path(output)
     start = time.perf_counter()
     ids = galaxy_ids(n_galaxies, seed)
@@ -614,7 +625,8 @@ def run(*, n_galaxies, output, size=512, seed=0, shard=None, catalog_only=False,
 
 
 def add_arguments(parser):
-    parser.add_argument("--n-galaxies", "-n", type=int, required=True, help="number of galaxies in the universe")
+    parser.add_argument("--n-galaxies", "-n", type=int, required=True,
+                        help="number of galaxies in the universe (required)")
     parser.add_argument("--output", "-o", type=Path, required=True,
                         help="output directory: images under galaxies/, catalog.csv and truth.csv")
     parser.add_argument("--size", "-s", type=int, default=512, help="image size in pixels (default 512)")
@@ -624,7 +636,7 @@ def add_arguments(parser):
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--catalog-only", action="store_true",
                        help="write catalog.csv and truth.csv only, render nothing (fast)")
-    group.add_argument("--no-catalog", action="store_true", help="render images only")
+    group.add_argument("--no-catalog", action="store_true", help="render images only, write no catalog")
     add_common_arguments(parser)
     return parser
 
@@ -633,7 +645,6 @@ def build_parser():
     parser = ArgumentParser(
         prog="inclinet-synth",
         description="Render a synthetic universe of galaxies with known inclinations in the original raw layout.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     return add_arguments(parser)
 
