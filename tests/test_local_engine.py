@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from inclinet.io import atomic_write_json
 from workflow import dag
 from workflow.cli import main
@@ -161,3 +163,24 @@ def test_parallelism_respects_declared_cores(tmp_path):
     # w0 takes both cores: nothing else overlaps it.
     for other in ("w1", "w2", "w3"):
         assert spans[other][1] <= spans["w0"][0] or spans[other][0] >= spans["w0"][1]
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run_then_resume_is_a_no_op(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = ["--synthetic", "24", "--synthetic-size", "48", "--size", "32", "--bands", "g,gri", "--models", "model4",
+             "--subsamples", "0", "--galaxies-per-job", "12", "--epochs", "1", "--n-batches", "1", "--per-bin", "2",
+             "--batch-size", "16", "--views", "1", "--max-parallel", "2", "--output-dir", str(run_dir), "-q"]
+    assert main(flags) == 0
+    out = capsys.readouterr().out
+    assert f"inclinet-predict --bundle {run_dir / 'data' / 'bundle'}" in out
+    data = run_dir / "data"
+    manifest = json.loads((data / "bundle" / "manifest.json").read_text())
+    assert {m["name"] for m in manifest["members"]} == {"model4", "model4-binary"}
+    assert (data / "evaluation" / "report.html").stat().st_size > 0
+    jobs = dag.load_jobs(run_dir)
+    assert len(jobs) == 3 + 4 + 2 + 1 + 2 + 2 + 1
+    assert set(states(run_dir).values()) == {"done"}
+    # Resuming a finished run starts nothing.
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert all(attempts_in_log(run_dir, job.id) == 1 for job in jobs)

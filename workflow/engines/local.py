@@ -39,6 +39,7 @@ STATES = (PENDING, RUNNING, DONE, FAILED, BLOCKED)
 #: Seconds a job gets to save its state after SIGTERM before it is killed.
 TERM_GRACE_S = 60
 POLL_S = 0.05
+STAGE_ORDER = ("synth", "prep", "compress", "split", "augment", "train", "evaluate")
 
 
 def add_arguments(parser):
@@ -184,6 +185,9 @@ class LocalRunner:
         self.run_dir = Path(run_dir)
         self.jobs = {job.id: job for job in jobs}
         self.order = [job.id for job in jobs]
+        rank = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+        position = {job_id: i for i, job_id in enumerate(self.order)}
+        self.priority = sorted(self.order, key=lambda j: (rank.get(self.jobs[j].stage, len(rank)), position[j]))
         self.children = {job.id: [] for job in jobs}
         for job in jobs:
             for parent in job.parents:
@@ -233,7 +237,8 @@ class LocalRunner:
                 continue
             if state == DONE:
                 logger.warning("%s: marked done but its outputs are missing or unreadable; running it again", job_id)
-            self._set(job_id, PENDING, attempts=0, returncode=None)
+            self.records[job_id] = {"state": PENDING, "attempts": 0}
+            self._set(job_id, PENDING)
 
     def _outcome_of_dead(self, job_id, record):
         rc = _read_json(self.state.rc_path(job_id))
@@ -244,7 +249,8 @@ class LocalRunner:
         return PENDING
 
     def _ready(self):
-        for job_id in self.order:
+        """Runnable jobs, earlier stages first: they unblock the most work (augment before train)."""
+        for job_id in self.priority:
             if self.status[job_id] == PENDING and all(self.status[p] == DONE for p in self.jobs[job_id].parents):
                 yield self.jobs[job_id]
 
