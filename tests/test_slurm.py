@@ -68,7 +68,7 @@ def our_queue(run_dir):
 def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
     job = JobSpec(id="train_Uset_000_model4", stage="train", executable="inclinet-train", args=["--epochs", "1"],
                   inputs=[], outputs=["m.keras"], cores=2, memory_mb=16000, runtime_s=4 * 3600 + 30, gpus=1,
-                  retries=3)
+                  retries=3, checkpoint="m.ckpt.keras")
     options = slurm.SlurmOptions(partition="cpu", gpu_partition="gpu", account="astro",
                                  sbatch_options=["--qos=short", "--mem=8G"])
     argv = slurm.sbatch_argv(job, tmp_path, options, ["11", "12"], use_gpus=True)
@@ -81,6 +81,7 @@ def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
     assert "--partition=gpu" in argv and "--partition=cpu" not in argv
     assert "--account=astro" in argv and "--gres=gpu:1" in argv
     assert "--dependency=afterok:11:12" in argv and "--kill-on-invalid-dep=yes" in argv
+    assert "--signal=B:TERM@120" in argv  # checkpointing job: warned before its time limit
     # extra options come after the engine's own, so that sbatch lets them win
     assert argv.index("--mem=8G") > argv.index("--mem=16000M")
     wrapper = argv.index(f"{run}/state/slurm/wrapper.sh")
@@ -92,7 +93,7 @@ def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
 def test_sbatch_argv_without_gpus_or_parents_and_gpus_flag(tmp_path):
     job = shell_job("a", "true", gpus=1)
     argv = slurm.sbatch_argv(job, tmp_path, slurm.SlurmOptions(partition="cpu", gpu_partition="gpu"))
-    assert not any(a.startswith(("--gres", "--gpus", "--dependency", "--kill-on")) for a in argv)
+    assert not any(a.startswith(("--gres", "--gpus", "--dependency", "--kill-on", "--signal")) for a in argv)
     assert "--partition=cpu" in argv
     argv = slurm.sbatch_argv(job, tmp_path, slurm.SlurmOptions(gpu_flag="gpus"), use_gpus=True)
     assert "--gpus=1" in argv
@@ -213,13 +214,18 @@ def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and json.loads(exit_file.read_text())["attempts"] == 1
 
-    process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "1", "sleep", "30"], env=env,
+    # SIGTERM (time limit, cancel) is passed on; the job's own exit code is kept
+    child = "trap 'echo saved; exit 3' TERM; echo ready; while true; do sleep 0.1; done"
+    process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "1", "sh", "-c", child], env=env,
                                stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    lines = []
+    while "ready" not in lines and len(lines) < 20:
+        lines.append(process.stdout.readline().strip())
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=10) == 143
+    assert process.wait(timeout=10) == 3
+    assert "saved" in process.stdout.read()
     record = json.loads(exit_file.read_text())
-    assert (record["exit_code"], record["signal"]) == (143, "TERM")
+    assert (record["exit_code"], record["signal"]) == (3, "TERM")
 
 
 # -- against a real SLURM cluster -------------------------------------------------------

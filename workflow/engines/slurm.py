@@ -60,6 +60,8 @@ _SLURM_RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED"
 _SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 _NEVER_SATISFIED = "DependencyNeverSatisfied"
 SBATCH_ATTEMPTS = 4
+#: Seconds before the time limit at which a checkpointing job is told to save and stop.
+CHECKPOINT_GRACE_S = 120
 _TRANSIENT = ("try again", "temporarily", "timed out", "timeout", "connection refused", "busy")
 
 WRAPPER = r"""#!/bin/bash
@@ -85,10 +87,14 @@ record() {
 on_signal() {
     signal="$1"
     echo "inclinet-slurm: received SIG$1 (cancelled or out of time); stopping the job"
-    [ -n "$child" ] && kill -TERM "$child" 2>/dev/null && wait "$child"
     rc=143
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null
+        wait "$child"
+        rc=$?
+    fi
     record
-    exit 143
+    exit "$rc"
 }
 trap 'on_signal TERM' TERM
 trap 'on_signal INT' INT
@@ -351,6 +357,10 @@ def sbatch_argv(job, run_dir, options, dependencies=(), *, use_gpus=False):
         argv.append(f"--account={options.account}")
     if gpu_job:
         argv.append(f"--gres=gpu:{job.gpus}" if options.gpu_flag == "gres" else f"--gpus={job.gpus}")
+    if job.checkpoint:
+        # Warn the wrapper before the time limit: it passes SIGTERM on and the job saves its
+        # checkpoint, from which 'resume' continues.
+        argv.append(f"--signal=B:TERM@{min(CHECKPOINT_GRACE_S, max(1, int(job.runtime_s) // 4))}")
     if dependencies:
         argv += [f"--dependency=afterok:{':'.join(str(d) for d in dependencies)}", "--kill-on-invalid-dep=yes"]
     argv += list(options.sbatch_options)
@@ -509,7 +519,8 @@ def collect_status(run_dir, jobs, *, use_sacct=True):
                 mapped = ("done", "")
             elif slurm_id in cancelled or record.get("signal"):
                 mapped = ("cancelled" if slurm_id in cancelled else "failed",
-                          f"stopped by SIG{record['signal']}" if record.get("signal") else "cancelled")
+                          f"stopped by SIG{record['signal']} (exit {status.exit_code})" if record.get("signal")
+                          else "cancelled")
             else:
                 mapped = ("failed", f"exit code {status.exit_code} after {record.get('attempts', '?')} attempt(s)")
         elif slurm_id in queue:
