@@ -84,10 +84,10 @@ def warp(planes, matrix, offset, rng):
     fills = [float(background(plane)) for plane in planes]
     noises = np.array([float(background_noise(plane)) for plane in planes])
     out = np.stack([_warp(plane, matrix, offset, fill) for plane, fill in zip(planes, fills)])
-    coverage = _warp(np.ones(planes.shape[1:], dtype=np.float32), matrix, offset, 0.0)
-    outside = 1.0 - np.clip(coverage, 0.0, 1.0)
-    if (outside > 0).any() and noises.any():
-        out += outside * rng.normal(0.0, 1.0, size=out.shape) * noises[:, None, None]
+    if noises.any():
+        where = _outside(planes.shape[-2:], matrix, offset)
+        if where.any():
+            out[:, where] += rng.normal(0.0, 1.0, size=(len(planes), int(where.sum()))) * noises[:, None]
     return out
 
 
@@ -104,6 +104,14 @@ def _affine_matrix(size, rng, params):
     centre = np.full(2, (size - 1) / 2.0)
     offset = centre - matrix @ (centre + shift)
     return matrix, offset, scale
+
+
+def _outside(shape, matrix, offset):
+    """Output pixels whose source lies outside the input frame (scipy's ``constant`` mode fills them)."""
+    grid = np.indices(shape, dtype=np.float64).reshape(2, -1)
+    source = np.asarray(matrix) @ grid + np.asarray(offset)[:, None]
+    limits = np.array(shape, dtype=np.float64)[:, None] - 1.0
+    return ((source < 0) | (source > limits)).any(axis=0).reshape(shape)
 
 
 def _warp(plane, matrix, offset, fill):

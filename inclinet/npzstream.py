@@ -216,7 +216,9 @@ class NpzWriter:
         self._stack = contextlib.ExitStack()
         try:
             tmp = self._stack.enter_context(atomic_path(self.path))
-            self._zip = self._stack.enter_context(zipfile.ZipFile(tmp, "w", self.compression, allowZip64=True))
+            # Level 1: ~8x faster than zlib's default 6 on galaxy images, for files ~15% larger.
+            self._zip = self._stack.enter_context(
+                zipfile.ZipFile(tmp, "w", self.compression, allowZip64=True, compresslevel=1))
             if self.n_rows is None:
                 fd, name = tempfile.mkstemp(prefix=".stage-", suffix=".raw", dir=self._scratch_dir)
                 os.unlink(name)
