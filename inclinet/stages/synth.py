@@ -62,6 +62,8 @@ CATALOG_FILE = "catalog.csv"
 GRAY_BANDS = ("g", "r", "i")
 # Relative brightness of each kind of component in g, r, i: old stars are red, arms and
 # star-forming knots blue.
+#: Dust optical depth in g, r, i relative to r (reddening).
+DUST_BAND_FACTORS = (1.3, 1.0, 0.8)
 BAND_WEIGHTS = {
     "disk": (0.75, 1.0, 1.15),
     "bulge": (0.45, 1.0, 1.35),
@@ -143,6 +145,8 @@ class GalaxyParams:
     elliptical_q: float = 1.0
     companion: dict = field(default_factory=dict)
     stars: list = field(default_factory=list)  # dicts: x, y (arcsec from centre), flux, colour
+    dust_tau: float = 0.0  # central optical depth (r band) of the dust lane of an edge-on disk
+    dust_side: float = 1.0  # which side of the major axis the near (obscuring) half lies on
 
     @property
     def q_intrinsic(self):
@@ -267,6 +271,8 @@ def galaxy_params(index, seed, pgc=None):
     }
     n_stars = int(rng.poisson(1.5))
     star_draws = rng.random(size=(n_stars + 1, 5))
+    dust_tau = rng.uniform(1.5, 4.0)
+    dust_side = 1.0 if rng.random() < 0.5 else -1.0
 
     params = GalaxyParams(
         index=index, pgc=PGC_BASE + index if pgc is None else int(pgc), label=label, cause=cause,
@@ -282,6 +288,7 @@ def galaxy_params(index, seed, pgc=None):
         sky_dark=float(sky_dark), brightness=float(faint_factor) if cause == "faint" else 1.0,
         colour_jitter=colour_jitter, elliptical_hlr_over_r25=float(elliptical_hlr_over_r25),
         elliptical_q=float(elliptical_q), companion=companion if cause == "multiple" else {},
+        dust_tau=float(dust_tau), dust_side=dust_side,
     )
     params.stars = _place_stars(params, star_draws)
     return params
@@ -416,6 +423,30 @@ def _draw_star(galsim, profile, star, size, pixel_scale, fwhm):
     return full
 
 
+def _dust_lane(params, size, pixel_scale, h):
+    """Optical depth map (r band) of the dust lane of a disk seen at more than 60 deg, or None.
+
+    A thin dust layer in the disk plane: strongest along the major axis, offset towards the
+    near side as the disk tilts away from edge-on, blurred by the PSF like the light it dims.
+    """
+    if params.elliptical or params.true_inc <= 60.0:
+        return None
+    from scipy import ndimage
+
+    cos_i = math.cos(math.radians(params.true_inc))
+    tau0 = params.dust_tau * ((params.true_inc - 60.0) / 30.0) ** 1.5
+    coords = (np.arange(size) - (size - 1) / 2.0) * pixel_scale
+    y, x = np.meshgrid(coords, coords, indexing="ij")  # GalSim orientation: row index is y
+    angle = math.radians(params._misalignment())
+    along = x * math.cos(angle) + y * math.sin(angle)
+    across = -x * math.sin(angle) + y * math.cos(angle)
+    width = 0.5 * params.thickness * h + 0.25 * h * cos_i
+    offset = params.dust_side * 0.15 * h * cos_i
+    tau = tau0 * np.exp(-np.abs(along) / (1.5 * h)) * np.exp(-0.5 * ((across - offset) / width) ** 2)
+    sigma_pixels = params.psf_fwhm / 2.3548 / pixel_scale
+    return ndimage.gaussian_filter(tau, sigma_pixels, mode="constant") if sigma_pixels > 0.3 else tau
+
+
 def render_galaxy(params, size, seed):
     """Render one galaxy: returns ``({"g": L, "r": L, "i": L} uint8 (S, S) arrays, rgb uint8 (S, S, 3))``."""
     galsim = _import_galsim()
@@ -433,7 +464,8 @@ def render_galaxy(params, size, seed):
     star_psf = galsim.Moffat(beta=2.5, fwhm=params.psf_fwhm)
     # Face-on central surface brightness of the disk is 1 (times ``brightness``).
     disk_plane_flux = 2.0 * math.pi * h * h * params.brightness
-    components = {}
+    components = {}  # the galaxy itself: dust dims these
+    neighbours = {}  # a second galaxy
 
     def draw(obj):
         image = galsim.Convolve(obj, psf).drawImage(nx=size, ny=size, scale=pixel_scale, dtype=np.float64)
@@ -494,8 +526,8 @@ def render_galaxy(params, size, seed):
                 half_light_radius=0.3 * h * c["h_ratio"], flux=0.25 * companion.flux, gsparams=gsparams
             )
             offset = (distance * math.cos(angle), distance * math.sin(angle))
-            components["disk"] = components["disk"] + draw(companion.shift(offset))
-            components["bulge"] = components["bulge"] + draw(companion_bulge.shift(offset))
+            neighbours["disk"] = draw(companion.shift(offset))
+            neighbours["bulge"] = draw(companion_bulge.shift(offset))
 
     stars = np.zeros((3, size, size))
     for star in params.stars:
@@ -510,10 +542,16 @@ def render_galaxy(params, size, seed):
     i25 = math.exp(-params.r25_over_h)
     sigma = params.noise_level * i25 * size / 512.0
     noise_rng = rng_for(seed, "synth-noise", params.index)
+    tau = _dust_lane(params, size, pixel_scale, h)
     surface = []
     for band in range(3):
-        total = stars[band].copy()
+        galaxy = np.zeros((size, size))
         for name, image in components.items():
+            galaxy += image * BAND_WEIGHTS[name][band] * params.colour_jitter[band]
+        if tau is not None:
+            galaxy *= np.exp(-tau * DUST_BAND_FACTORS[band])
+        total = stars[band] + galaxy
+        for name, image in neighbours.items():
             total += image * BAND_WEIGHTS[name][band] * params.colour_jitter[band]
         surface.append(total / area + noise_rng.normal(0.0, sigma, size=(size, size)))
 
