@@ -60,10 +60,10 @@ JPEG_QUALITY = 90
 TRUTH_FILE = "truth.csv"
 CATALOG_FILE = "catalog.csv"
 GRAY_BANDS = ("g", "r", "i")
-# Relative brightness of each kind of component in g, r, i: old stars are red, arms and
-# star-forming knots blue.
 #: Dust optical depth in g, r, i relative to r (reddening).
 DUST_BAND_FACTORS = (1.3, 1.0, 0.8)
+# Relative brightness of each kind of component in g, r, i: old stars are red, arms and
+# star-forming knots blue.
 BAND_WEIGHTS = {
     "disk": (0.75, 1.0, 1.15),
     "bulge": (0.45, 1.0, 1.35),
@@ -147,10 +147,6 @@ class GalaxyParams:
     stars: list = field(default_factory=list)  # dicts: x, y (arcsec from centre), flux, colour
     dust_tau: float = 0.0  # central optical depth (r band) of the dust lane of an edge-on disk
     dust_side: float = 1.0  # which side of the major axis the near (obscuring) half lies on
-
-    @property
-    def q_intrinsic(self):
-        return self.elliptical_q if self.elliptical else self.thickness
 
     @property
     def b_a(self):
