@@ -248,6 +248,8 @@ def run_command(args):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The Pegasus API logs a line per job added: noise at tens of thousands of files.
+    logging.getLogger("Pegasus").setLevel(logging.WARNING)
     if argv and argv[0] in COMMANDS:
         parser = build_command_parser(argv[0])
         return _run(parser, lambda args: run_command(args), argv[1:])

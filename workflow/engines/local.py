@@ -2,12 +2,12 @@
 
 Bookkeeping lives in ``RUN/state/``: one JSON file per job, rewritten atomically at every
 change (pending, running with the pids, done, failed, blocked), plus ``runner.json`` for
-the runner itself. Each job runs under a tiny wrapper (``python -m workflow.engines.local
---wrap``) in its own session; the wrapper writes the job's exit code to
-``state/<id>.rc.json`` when it ends, even when the runner is gone. So after the runner is
-killed, even with SIGKILL, ``resume`` knows which jobs finished, adopts those still running
-(waiting for them), and re-runs only the rest. SIGTERM/SIGINT to the runner is passed on to
-the jobs as SIGTERM: a training job saves its checkpoint and continues from it on resume.
+the runner itself. Each job runs under a tiny wrapper (``_jobwrap.py``) in its own
+session; the wrapper writes the job's exit code to ``state/<id>.rc.json`` when it ends,
+even when the runner is gone. So after the runner is killed, even with SIGKILL,
+``resume`` knows which jobs finished, adopts those still running (waiting for them), and
+re-runs only the rest. SIGTERM/SIGINT to the runner is passed on to the jobs as SIGTERM:
+a training job saves its checkpoint and continues from it on resume.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from workflow.engines.common import (
-    REPO_ROOT,
     data_dir,
     job_command,
     log_path,
@@ -93,34 +92,7 @@ def _read_json(path):
 
 # -- the job wrapper --------------------------------------------------------------------
 
-def _wrap_main(argv):
-    """``--wrap RCFILE ATTEMPT -- CMD...``: run CMD, pass on SIGTERM/SIGINT, record its exit code."""
-    rc_file, attempt = argv[1], int(argv[2])
-    command = argv[4:]
-    holder = {"child": None, "signal": None}
-
-    def forward(signum, _frame):
-        holder["signal"] = signum
-        if holder["child"] is not None:
-            try:
-                holder["child"].send_signal(signal.SIGTERM)
-            except OSError:
-                pass
-
-    # Installed before the child starts, so that an early SIGTERM is never lost.
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    try:
-        holder["child"] = subprocess.Popen(command)
-    except OSError as exc:
-        print(f"cannot start {command[0]}: {exc}", file=sys.stderr, flush=True)
-        _write_json(rc_file, {"returncode": 127, "attempt": attempt, "ended": time.time()})
-        return 127
-    if holder["signal"] is not None:
-        holder["child"].send_signal(signal.SIGTERM)
-    code = holder["child"].wait()
-    _write_json(rc_file, {"returncode": code, "attempt": attempt, "ended": time.time()})
-    return 0 if code == 0 else 1
+WRAPPER = Path(__file__).with_name("_jobwrap.py")
 
 
 # -- state ------------------------------------------------------------------------------
@@ -263,10 +235,9 @@ class LocalRunner:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.state.rc_path(job.id).unlink(missing_ok=True)
         command = job_command(job, self.run_dir)
-        wrapper = [sys.executable, "-m", "workflow.engines.local", "--wrap", str(self.state.rc_path(job.id).resolve()),
-                   str(attempt), "--", *command]
+        wrapper = [sys.executable, str(WRAPPER), str(self.state.rc_path(job.id).resolve()), str(attempt), "--",
+                   *command]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env.setdefault("OMP_NUM_THREADS", str(self._cores(job)))
         env.setdefault("TF_NUM_INTRAOP_THREADS", str(self._cores(job)))
         env.setdefault("TF_NUM_INTEROP_THREADS", "1")
@@ -576,10 +547,3 @@ def cancel(run_dir, args):
     print(f"cancelled run {run_dir} ({len(targets)} orphaned job(s) stopped); "
           f"continue with 'run_workflow.py resume {run_dir}'")
     return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--wrap":
-        sys.exit(_wrap_main(sys.argv[1:]))
-    print("usage: python -m workflow.engines.local --wrap RCFILE ATTEMPT -- COMMAND...", file=sys.stderr)
-    sys.exit(2)
