@@ -517,10 +517,8 @@ def collect_status(run_dir, jobs, *, use_sacct=True):
             status.exit_code = int(record.get("exit_code", -1))
             if status.exit_code == 0:
                 mapped = ("done", "")
-            elif slurm_id in cancelled or record.get("signal"):
-                mapped = ("cancelled" if slurm_id in cancelled else "failed",
-                          f"stopped by SIG{record['signal']} (exit {status.exit_code})" if record.get("signal")
-                          else "cancelled")
+            elif record.get("signal"):
+                mapped = ("failed", f"stopped by SIG{record['signal']} (exit {status.exit_code})")
             else:
                 mapped = ("failed", f"exit code {status.exit_code} after {record.get('attempts', '?')} attempt(s)")
         elif slurm_id in queue:
@@ -533,7 +531,8 @@ def collect_status(run_dir, jobs, *, use_sacct=True):
             slurm_state, code = accounting[slurm_id]
             mapped = _from_slurm_state(slurm_state)
             status.exit_code = code
-        if mapped is None and slurm_id in cancelled:
+        if slurm_id in cancelled and (mapped is None or mapped[0] not in ("done", "pending", "running")):
+            # pending/running: SLURM has not processed the scancel yet
             mapped = ("cancelled", "cancelled by 'cancel'")
         if mapped is None:
             bad = [p for p in job.parents if statuses.get(p) and statuses[p].state in
@@ -681,7 +680,7 @@ def resume(run_dir, args):
     common.prepare_data_dir(run_dir, jobs)
     ids = submit(run_dir, jobs, options, selected=selected, live=live)
     done = sum(1 for s in statuses.values() if s.state == "done" and s.id not in selected)
-    print(f"slurm: resubmitted {len(ids)} job(s); {len(live)} still queued or running; {done} done, kept")
+    print(f"slurm: submitted {len(ids)} job(s); {len(live)} still queued or running; {done} done, kept")
     return _finish(run_dir, jobs, args)
 
 
