@@ -38,13 +38,21 @@ BANDS = (("gri", "RGB"), ("g", "g"), ("r", "r"), ("i", "i"))
 PART_ROWS = 1000
 
 
+CPU = {}
+
+
 def run_stage(module, args):
-    """Run ``python -m inclinet.stages.<module> args``; returns (seconds, peak RSS in MiB)."""
+    """Run ``python -m inclinet.stages.<module> args``; returns (seconds, peak RSS in MiB).
+
+    The process's CPU seconds (user + system) are kept in ``CPU["last"]``: on a shared,
+    loaded machine images per CPU-second is the meaningful per-core throughput.
+    """
     command = [sys.executable, "-m", f"inclinet.stages.{module}", *map(str, args), "-q"]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
+    CPU["last"] = usage.ru_utime + usage.ru_stime
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
@@ -80,7 +88,9 @@ def bench_prep(work, n_render, n_galaxies, size):
             out = work / f"prep_{band}_{label}.npz"
             seconds, rss = run_stage("prep", ["-p", folder, "-c", cat, "-b", band, "-s", size, "-o", out])
             results[f"{band}_{count}"] = {"galaxies": count, "seconds": round(seconds, 2),
-                                          "images_per_s": round(count / seconds, 1), "rss_mib": round(rss, 1)}
+                                          "cpu_s": round(CPU["last"], 2),
+                                          "images_per_s": round(count / seconds, 1),
+                                          "images_per_cpu_s": round(count / CPU["last"], 1), "rss_mib": round(rss, 1)}
             print(f"prep {band} {count}: {seconds:.1f} s, {count / seconds:.1f} img/s, {rss:.0f} MiB", flush=True)
     return results
 
@@ -121,11 +131,12 @@ def bench_count(work, n_galaxies, size, per_bin, n_batches):
     for band, tag in BANDS:
         out = folder / f"compressed/{size}x{size}_{tag}.npz"
         seconds, rss = run_stage("compress", ["-i", *parts[band], "-o", out, "-s", size])
-        result["compress"][tag] = {"seconds": round(seconds, 1), "rss_mib": round(rss, 1)}
+        result["compress"][tag] = {"seconds": round(seconds, 1), "cpu_s": round(CPU["last"], 1),
+                                   "rss_mib": round(rss, 1)}
         compressed.append(out)
         print(f"compress {tag} {n_galaxies}: {seconds:.1f} s, {rss:.0f} MiB", flush=True)
     seconds, rss = run_stage("split", ["-i", *compressed, "-o", folder / "samples", "-s", size, "--seed", 1])
-    result["split"] = {"seconds": round(seconds, 1), "rss_mib": round(rss, 1)}
+    result["split"] = {"seconds": round(seconds, 1), "cpu_s": round(CPU["last"], 1), "rss_mib": round(rss, 1)}
     print(f"split {n_galaxies}: {seconds:.1f} s, {rss:.0f} MiB", flush=True)
     samples = [folder / f"samples/{tag}_{size}x{size}_train_000.npz" for _, tag in BANDS]
     result["augment"] = {}
@@ -135,7 +146,10 @@ def bench_count(work, n_galaxies, size, per_bin, n_batches):
                                              "--seed", 1])
         images = batches * 18 * per_bin
         result["augment"][f"b{batches}"] = {"batches": batches, "images": images, "seconds": round(seconds, 1),
-                                            "images_per_s": round(images / seconds, 1), "rss_mib": round(rss, 1)}
+                                            "cpu_s": round(CPU["last"], 1),
+                                            "images_per_s": round(images / seconds, 1),
+                                            "images_per_cpu_s": round(images / CPU["last"], 1),
+                                            "rss_mib": round(rss, 1)}
         print(f"augment {n_galaxies} b={batches}: {seconds:.1f} s, {images / seconds:.1f} img/s, {rss:.0f} MiB",
               flush=True)
     histogram = []
@@ -157,19 +171,22 @@ def bench_count(work, n_galaxies, size, per_bin, n_batches):
 def report(results, args):
     lines = [f"Command: `{' '.join(['nice', 'python', 'bench/bench_prep.py', *sys.argv[1:]])}`", ""]
     if "prep" in results:
-        lines += ["| prep | galaxies | seconds | images/s (1 core) | peak RSS MiB |", "|---|---|---|---|---|"]
+        lines += ["| prep band | galaxies | wall s | CPU s | images per CPU-second | peak RSS MiB |",
+                  "|---|---|---|---|---|---|"]
         for key, row in results["prep"].items():
-            lines.append(f"| {key.split('_')[0]} | {row['galaxies']} | {row['seconds']} | {row['images_per_s']} | "
-                         f"{row['rss_mib']} |")
+            lines.append(f"| {key.split('_')[0]} | {row['galaxies']} | {row['seconds']} | {row['cpu_s']} | "
+                         f"{row['images_per_cpu_s']} | {row['rss_mib']} |")
         lines.append("")
-    lines += ["| stage | galaxies | seconds | peak RSS MiB |", "|---|---|---|---|"]
+    lines += ["| stage | galaxies | wall s | CPU s | peak RSS MiB |", "|---|---|---|---|---|"]
     for n, result in results["counts"].items():
         for tag, row in result["compress"].items():
-            lines.append(f"| compress {tag} | {n} | {row['seconds']} | {row['rss_mib']} |")
-        lines.append(f"| split (4 bands) | {n} | {result['split']['seconds']} | {result['split']['rss_mib']} |")
+            lines.append(f"| compress {tag} | {n} | {row['seconds']} | {row['cpu_s']} | {row['rss_mib']} |")
+        split = result["split"]
+        lines.append(f"| split (4 bands) | {n} | {split['seconds']} | {split['cpu_s']} | {split['rss_mib']} |")
         for row in result["augment"].values():
             lines.append(f"| augment -b {row['batches']} -z {args.per_bin} ({row['images']} images, "
-                         f"{row['images_per_s']} img/s) | {n} | {row['seconds']} | {row['rss_mib']} |")
+                         f"{row['images_per_cpu_s']} per CPU-s) | {n} | {row['seconds']} | {row['cpu_s']} | "
+                         f"{row['rss_mib']} |")
     lines.append("")
     last = list(results["counts"])[-1]
     lines += [f"Bin histogram of the augmented batches ({last} galaxies), bins [45,50] .. (85,90]:", ""]

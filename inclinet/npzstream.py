@@ -56,6 +56,19 @@ def load_arrays(path, keys, *, optional=()):
         raise _corrupt(path, exc) from None
 
 
+def array_info(path, key="images"):
+    """``(shape, dtype)`` of one array of an npz, read from its header only (cheap).
+
+    Raises :class:`InputError` naming the file when it is missing, unreadable or lacks ``key``.
+    """
+    rows = NpzRows(path, key)
+    try:
+        rows._open(header_only=True)
+    finally:
+        rows.close()
+    return rows.shape, rows.dtype
+
+
 class NpzRows:
     """Random access to the rows of one array (default ``images``) of an npz file.
 
@@ -92,7 +105,7 @@ class NpzRows:
     def row_shape(self):
         return tuple(self.shape[1:])
 
-    def _open(self):
+    def _open(self, header_only=False):
         if not self.path.is_file():
             raise InputError(f"{self.path}: file not found; run the stage that produces it first")
         member = f"{self.key}.npy"
@@ -107,6 +120,8 @@ class NpzRows:
                 info = archive.getinfo(member)
                 with archive.open(member) as source:
                     header_bytes = self._read_header(source)
+                    if header_only:
+                        return
                     if info.compress_type == zipfile.ZIP_STORED:
                         self._fd = os.open(self.path, os.O_RDONLY)
                         self._offset = self._data_start(info) + header_bytes

@@ -25,7 +25,7 @@ from inclinet.augmentation import augment_batch
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.io import check_outputs
-from inclinet.npzstream import NpzRows, NpzWriter, load_arrays
+from inclinet.npzstream import NpzRows, NpzWriter, array_info, load_arrays
 from inclinet.report import SkipReport
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ def _read_sample(path, size, task, skips):
     band = str(arrays["band"])
     if band not in naming.BANDS:
         raise InputError(f"{path}: unknown band {band!r}; must be one of {', '.join(naming.BANDS)}")
-    with NpzRows(path) as rows:
-        shape, dtype = rows.shape, rows.dtype
+    shape, dtype = array_info(path)
     if dtype != np.uint8 or shape[1:] != (size, size, 3):
         raise InputError(
             f"{path}: images are {dtype} {shape}, expected uint8 (N, {size}, {size}, 3); "

@@ -14,7 +14,7 @@ from inclinet import naming
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.io import check_outputs
-from inclinet.npzstream import NpzRows, NpzWriter, load_arrays
+from inclinet.npzstream import NpzRows, NpzWriter, array_info, load_arrays
 from inclinet.report import SkipReport
 
 logger = logging.getLogger(__name__)
@@ -26,9 +26,7 @@ MIN_CLASS, MAX_CLASS = 0, 90
 def read_part_header(path):
     """``(band, labels, pgcIDs, image_shape)`` of a prep shard, without reading its images."""
     arrays = load_arrays(path, ("labels", "pgcIDs", "band"))
-    with NpzRows(path) as rows:
-        shape = rows.shape
-        dtype = rows.dtype
+    shape, dtype = array_info(path)
     band = str(arrays["band"])
     labels = arrays["labels"].reshape(-1)
     pgcs = arrays["pgcIDs"].reshape(-1)
