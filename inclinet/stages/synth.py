@@ -229,14 +229,16 @@ def galaxy_params(index, seed, pgc=None):
     dec = math.degrees(math.asin(rng.uniform(-1.0, 1.0)))
     inc_e = round(float(np.clip(rng.normal(3.0, 0.6), 1.5, 5.5)), 1)
     inc_n = int(rng.integers(3, 13))
-    thickness = rng.uniform(0.10, 0.28)
+    # Intrinsic thickness and bulges spread as in real spirals: this is what makes the
+    # axial-ratio formula (fixed q0 = 0.2) fail for a good fraction of galaxies.
+    thickness = rng.uniform(0.08, 0.35)
     r25_over_h = rng.uniform(3.0, 3.8)
-    bulge_fraction = rng.uniform(0.0, 0.35)
+    bulge_fraction = rng.uniform(0.0, 0.55)
     bulge_n = float(SERSIC_INDICES[int(rng.integers(len(SERSIC_INDICES)))])
     bulge_hlr_over_h = rng.uniform(0.15, 0.45)
     bulge_q = rng.uniform(0.6, 0.95)
-    has_bar = bool(rng.random() < 0.3)
-    bar_fraction = rng.uniform(0.05, 0.12)
+    has_bar = bool(rng.random() < 0.4)
+    bar_fraction = rng.uniform(0.05, 0.2)
     bar_sigma_over_h = rng.uniform(0.35, 0.7)
     bar_q = rng.uniform(0.25, 0.4)
     bar_angle = rng.uniform(0.0, 180.0)
@@ -269,6 +271,9 @@ def galaxy_params(index, seed, pgc=None):
     star_draws = rng.random(size=(n_stars + 1, 5))
     dust_tau = rng.uniform(1.5, 4.0)
     dust_side = 1.0 if rng.random() < 0.5 else -1.0
+    # A moderate foreground star near the disk's edge in about a quarter of the galaxies
+    # that stay usable (drawn last so the draws above keep their order).
+    edge_star_draw = rng.random(size=6)
 
     params = GalaxyParams(
         index=index, pgc=PGC_BASE + index if pgc is None else int(pgc), label=label, cause=cause,
@@ -286,12 +291,12 @@ def galaxy_params(index, seed, pgc=None):
         elliptical_q=float(elliptical_q), companion=companion if cause == "multiple" else {},
         dust_tau=float(dust_tau), dust_side=dust_side,
     )
-    params.stars = _place_stars(params, star_draws)
+    params.stars = _place_stars(params, star_draws, edge_star_draw)
     return params
 
 
-def _place_stars(params, draws):
-    """Foreground stars: off the disk for usable galaxies, one bright star on it for ``[star]``.
+def _place_stars(params, draws, edge_draw=None):
+    """Foreground stars: mostly off the disk, sometimes one near its edge; a bright one on it for ``[star]``.
 
     Positions are in arcsec from the image centre, in the (rotated) image frame; fluxes in
     units of the disk's central surface brightness times PSF area.
@@ -315,6 +320,16 @@ def _place_stars(params, draws):
             "y": float(np.clip(y, -half_fov * 0.95, half_fov * 0.95)),
             "flux": float(np.exp(np.log(0.5) + u_flux * np.log(100.0))),
             "colour": (0.5 + 0.8 * float(u_colour1), 1.0, 0.8 + 0.5 * float(u_colour2)),
+        })
+    if edge_draw is not None and params.cause != "star" and edge_draw[0] < 0.25:
+        _, u_r, u_angle, u_flux, u_colour1, u_colour2 = edge_draw
+        radius = (0.7 + 0.5 * float(u_r)) * r25
+        angle = 2.0 * math.pi * float(u_angle)
+        stars.append({
+            "x": float(radius * math.cos(angle)),
+            "y": float(radius * math.sin(angle) * max(q, 0.4)),
+            "flux": float(np.exp(np.log(20.0) + u_flux * np.log(20.0))),
+            "colour": (0.6 + 0.6 * float(u_colour1), 1.0, 0.9 + 0.3 * float(u_colour2)),
         })
     if params.cause == "star":
         u_r, u_angle, u_flux, u_colour1, u_colour2 = draws[-1]
