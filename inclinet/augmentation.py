@@ -186,19 +186,24 @@ def invert(images):
     return (255 - np.asarray(images, dtype=np.uint8)).astype(np.uint8)
 
 
-def augment_batch(images, filters, rng, *, inverted=None, colour_params=COLOUR_CHAIN, gray_params=GRAY_CHAIN):
+def augment_batch(images, filters, rng, *, inverted=None, colour_params=COLOUR_CHAIN, gray_params=GRAY_CHAIN,
+                  out=None):
     """Augment a mixed batch: rows whose filter is ``c`` get the colour chain, the others the gray one.
 
     ``filters`` holds one code per row (``c``, ``g``, ``r``, ``i``; str or bytes). Rows
     flagged in ``inverted`` are inverted after augmentation, so their border fill (the
     background) inverts with them. Rows are processed in order, so the result depends
-    only on the generator's state.
+    only on the generator's state. ``out`` (may be ``images`` itself) receives the result
+    instead of a new array, which halves the memory of large batches.
     """
     images = _check_images(images)
     codes = [f.decode() if isinstance(f, bytes) else str(f) for f in np.asarray(filters).reshape(-1)]
     if len(codes) != len(images):
         raise ValueError(f"{len(codes)} filter codes for {len(images)} images")
-    out = np.empty_like(images, dtype=np.uint8)
+    if out is None:
+        out = np.empty_like(images, dtype=np.uint8)
+    elif out.shape != images.shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {images.shape}, got {out.dtype} {out.shape}")
     for index, (image, code) in enumerate(zip(images, codes)):
         if code == COLOUR_CODE:
             out[index] = augment_colour(image[np.newaxis], rng, params=colour_params)[0]

@@ -21,7 +21,7 @@ import numpy as np
 from inclinet.errors import InputError
 from inclinet.io import atomic_path
 
-_CHUNK_BYTES = 16 * 1024 * 1024
+_CHUNK_BYTES = 4 * 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, struct.error)
 
@@ -266,7 +266,7 @@ class NpzWriter:
         data = np.ascontiguousarray(rows, dtype=self.dtype)
         if self.n_rows is not None and self.count + len(data) > self.n_rows:
             raise ValueError(f"{self.path}: more than the declared {self.n_rows} rows")
-        (self._member or self._stage).write(data.tobytes())
+        (self._member or self._stage).write(data.reshape(-1).view(np.uint8).data)
         self.count += len(data)
 
     def set(self, **arrays):

@@ -229,6 +229,10 @@ def _group_label(task, key):
 def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size):
     rng = rng_for(seed, subset, batch)
     entries, inverted = plan_batch(pools, task, per_bin, rng)
+    # Shuffle the plan, not the images: the batch is built in its final order (no copy).
+    order = rng.permutation(len(entries))
+    entries = [entries[i] for i in order]
+    inverted = inverted[order]
     images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
     by_band = {}
     for position, (band, row) in enumerate(entries):
@@ -240,11 +244,10 @@ def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subs
     labels = np.array([samples[band]["labels"][row] for band, row in entries], dtype=np.int32)
     pgcs = np.array([samples[band]["pgcs"][row] for band, row in entries], dtype=np.int32)
     filters = np.array([naming.filter_code(band) for band, _ in entries], dtype="S1")
-    images = augment_batch(images, filters, rng, inverted=inverted)
-    order = rng.permutation(len(entries))
+    augment_batch(images, filters, rng, inverted=inverted, out=images)
     with NpzWriter(path, (size, size, 3), n_rows=len(entries)) as writer:
-        writer.append(images[order])
-        writer.set(labels=labels[order], pgcIDs=pgcs[order], filter=filters[order], inverted=inverted[order])
+        writer.append(images)
+        writer.set(labels=labels, pgcIDs=pgcs, filter=filters, inverted=inverted)
 
 
 def add_arguments(parser):

@@ -152,7 +152,7 @@ class _OrderedRowSink:
             if exc_type is None:
                 if not self.filled.all():
                     raise InputError(f"{self.output}: internal error, {int((~self.filled).sum())} rows not filled")
-                chunk_rows = max(1, (16 << 20) // self.row_bytes)
+                chunk_rows = max(1, (4 << 20) // self.row_bytes)
                 with NpzWriter(self.output, self.row_shape, n_rows=self.n_rows) as writer:
                     for start in range(0, self.n_rows, chunk_rows):
                         count = min(chunk_rows, self.n_rows - start)
