@@ -175,17 +175,7 @@ def test_bad_arguments_and_catalog(universe, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def synthetic_universe(tmp_path_factory):
-    """24 GalSim galaxies at 64 px from inclinet-synth (the real raw layout and catalog)."""
-    from inclinet.stages import synth
-
-    root = tmp_path_factory.mktemp("synth")
-    synth.run(n_galaxies=24, output=root, size=64, seed=3)
-    return root
-
-
-def test_chain_on_synthetic_universe(synthetic_universe, tmp_path):
+def test_chain_on_synthetic_universe(tiny_universe, tmp_path):
     """prep (2 shards) -> compress -> split -> augment on rendered galaxies, through main()."""
     from inclinet.stages import augment, compress, split
 
@@ -194,12 +184,12 @@ def test_chain_on_synthetic_universe(synthetic_universe, tmp_path):
     for band, tag in (("g", "g"), ("r", "r"), ("i", "i"), ("gri", "RGB")):
         parts = [data / f"resized/32x32_{tag}/part{k:04d}of0002.npz" for k in (1, 2)]
         for k, part in enumerate(parts, start=1):
-            assert prep.main(["-p", str(synthetic_universe / "galaxies"), "-c", str(synthetic_universe / "catalog.csv"),
+            assert prep.main(["-p", str(tiny_universe / "galaxies"), "-c", str(tiny_universe / "catalog.csv"),
                               "-b", band, "-s", "32", "--shard", f"{k}/2", "-o", str(part), "-q"]) == 0
         compressed.append(data / f"compressed/32x32_{tag}.npz")
         assert compress.main(["-i", *map(str, parts), "-o", str(compressed[-1]), "-s", "32", "-q"]) == 0
         merged = _read(compressed[-1])
-        assert len(merged["pgcIDs"]) == 24 and list(merged["pgcIDs"]) == sorted(merged["pgcIDs"])
+        assert len(merged["pgcIDs"]) == 40 and list(merged["pgcIDs"]) == sorted(merged["pgcIDs"])
     assert split.main(["-i", *map(str, compressed), "-o", str(data / "samples"), "-s", "32", "-n", "1",
                        "--test-fraction", "0.2", "-q"]) == 0
     for tag in ("g", "r", "i", "RGB"):
