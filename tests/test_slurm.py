@@ -185,6 +185,32 @@ def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkey
     assert (states["c"], states["d"], states["f"]) == ("dependency-failed", "failed", "lost")
 
 
+def test_resume_selects_unfinished_jobs_and_replaces_queued_descendants(tmp_path, monkeypatch):
+    # c still waits (PENDING) on the failed b: it is cancelled and submitted again with b
+    queue = {"3": ("PENDING", "Dependency"), "4": ("RUNNING", "None"), "5": ("PENDING", "Resources")}
+    run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue)
+    (run_dir / "data" / "a").write_text("x")
+    calls, submitted = [], {}
+    monkeypatch.setattr(slurm, "_slurm", lambda argv, check=True: calls.append(argv))
+
+    def fake_submit(run, jobs, options, *, selected, live):
+        submitted.update(selected=selected, live=live, options=options)
+        return {job_id: str(100 + i) for i, job_id in enumerate(sorted(selected))}
+
+    monkeypatch.setattr(slurm, "submit", fake_submit)
+    assert slurm.resume(run_dir, engine_args("--account", "x")) == 0
+    assert submitted["selected"] == {"b", "c", "f", "g"}
+    assert submitted["live"] == {"d": "4", "e": "5"}
+    assert submitted["options"].account == "x"
+    assert calls == [["scancel", "3"]]
+    # a finished job whose output is gone runs again, with everything still queued below it
+    (run_dir / "data" / "a").unlink()
+    queue["2"] = ("PENDING", "Dependency")
+    (slurm.slurm_state_dir(run_dir) / "exit" / "b.json").unlink()
+    slurm.resume(run_dir, engine_args())
+    assert submitted["selected"] >= {"a", "b", "c"}
+
+
 def test_run_again_refuses_live_jobs_and_keeps_old_bookkeeping(tmp_path, monkeypatch):
     run_dir, jobs = _fake_run(tmp_path, monkeypatch, {"4": ("RUNNING", "None")})
     with pytest.raises(ConfigError, match="still has 1 job"):
@@ -363,3 +389,37 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
     assert [member["name"] for member in manifest["members"]] == ["model4"]
     assert (run_dir / "data" / "bundle" / "model4.keras").stat().st_size > 0
     assert workflow_main(["status", str(run_dir)]) == 0
+
+
+FAKE_APPTAINER = """#!/bin/sh
+# Stands in for apptainer: logs its command line, then runs the command in --pwd.
+echo "fake-apptainer: $*"
+[ "$1" = exec ] || exit 64
+shift
+[ "$1" = --nv ] && shift
+[ "$1" = --bind ] || exit 64
+[ "$3" = --pwd ] || exit 64
+cd "$4" || exit 65
+shift 5
+exec "$@"
+"""
+
+
+@pytest.mark.slurm
+def test_container_option_runs_jobs_through_the_runtime(slurm_cluster, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # sbatch passes it on
+    run_dir = tmp_path / "run"
+    jobs = make_run(run_dir, [shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
+                              shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"])])
+    args = engine_args("--container", "/images/inclinet.sif", "--wait", "--poll-interval", "0.5",
+                       "--wait-timeout", "60")
+    assert slurm.run(run_dir, jobs, args) == 0
+    run = run_dir.resolve()
+    for job_id in "ab":
+        log = (run_dir / "logs" / f"{job_id}.log").read_text()
+        assert f"fake-apptainer: exec --bind {run} --pwd {run}/data /images/inclinet.sif sh -c" in log
+    assert (run_dir / "data" / "b.txt").read_text() == "a\n"

@@ -662,18 +662,23 @@ def resume(run_dir, args):
     if options.max_retries is None:
         options.max_retries = _run_retries(run_dir)
     statuses = collect_status(run_dir, jobs)
-    # Jobs SLURM keeps pending on a dependency that can never be satisfied (no kill on
-    # invalid dependency there) are cancelled first and submitted again.
-    stuck = [s.slurm_id for s in statuses.values() if s.state == "dependency-failed" and s.slurm_id
-             and squeue_states([s.slurm_id]).get(s.slurm_id, ("",))[0] == "PENDING"]
-    if stuck:
-        _slurm(["scancel", *stuck], check=False)
     selected = set()
-    for job in jobs:
+    for job in jobs:  # topological order: parents are decided first
         state = statuses[job.id].state
         if state in RESUBMIT_STATES or (state == "done" and not common.outputs_intact(job, run_dir)):
             selected.add(job.id)
-    live = {s.id: s.slurm_id for s in statuses.values() if s.state in LIVE_STATES}
+        elif state == "pending" and any(p in selected for p in job.parents):
+            # It waits on the old submission of a job that runs again: replace it too.
+            selected.add(job.id)
+    # Selected jobs SLURM still holds (pending below a re-run job, or kept pending on a
+    # dependency that can never be satisfied where invalid dependencies are not killed)
+    # are cancelled before they are submitted again.
+    queued = [statuses[j].slurm_id for j in selected if statuses[j].slurm_id]
+    held = [k for k, (state, _) in squeue_states(queued).items() if state == "PENDING"] if queued else []
+    if held:
+        _slurm(["scancel", *held], check=False)
+        _append_lines(slurm_state_dir(run_dir) / "cancelled.tsv", held)
+    live = {s.id: s.slurm_id for s in statuses.values() if s.state in LIVE_STATES and s.id not in selected}
     if not selected:
         print(f"slurm: nothing to resume ({summarize(statuses)})")
         return _finish(run_dir, jobs, args) if live else 0
