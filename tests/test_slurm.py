@@ -178,6 +178,9 @@ def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkey
     states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
     assert (states["c"], states["d"], states["e"], states["f"]) == ("dependency-failed", "failed", "failed",
                                                                     "cancelled")
+    slurm.collect_status(run_dir, jobs)  # seen twice, remembered once
+    observed = (slurm.slurm_state_dir(run_dir) / "observed.tsv").read_text().splitlines()
+    assert sorted(observed) == ["3\tCANCELLED\tDependencyNeverSatisfied", "4\tTIMEOUT\tTimeLimit"]
     # once squeue has forgotten the jobs, the observed end states still hold
     monkeypatch.setattr(slurm, "squeue_states", lambda ids: {})
     monkeypatch.setattr(slurm, "sacct_states", lambda ids: None)
@@ -222,6 +225,21 @@ def test_run_again_refuses_live_jobs_and_keeps_old_bookkeeping(tmp_path, monkeyp
     assert submitted[0].partition == "p" and not slurm.submissions(run_dir)
     archived = [p.name for p in (run_dir / "state").iterdir() if p.name.startswith("slurm.")]
     assert len(archived) == 1 and (run_dir / "state" / archived[0] / "submissions.tsv").is_file()
+
+
+def test_sacct_parsing_and_disabled_accounting(monkeypatch):
+    answers = []
+
+    def fake_run(argv, **kwargs):
+        assert argv[0] == "sacct" and "--jobs=12,13,14" in argv
+        return subprocess.CompletedProcess(argv, *answers.pop(0))
+
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
+    answers.append((0, "12|COMPLETED|0:0\n13|CANCELLED by 0|0:15\n14|FAILED|3:0\n", ""))
+    assert slurm.sacct_states(["12", "13", "14"]) == {"12": ("COMPLETED", 0), "13": ("CANCELLED", 0),
+                                                      "14": ("FAILED", 3)}
+    answers.append((1, "", "Slurm accounting storage is disabled\n"))
+    assert slurm.sacct_states(["12", "13", "14"]) is None
 
 
 def test_wrapper_records_exit_code_retries_and_signal(tmp_path):

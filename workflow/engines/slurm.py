@@ -4,8 +4,9 @@ SLURM does the scheduling: every job of the DAG is submitted at once, each with
 ``--dependency=afterok:<its parents' SLURM ids>`` and ``--kill-on-invalid-dep=yes``, so a
 failed job's descendants are cancelled by SLURM ("DependencyNeverSatisfied") and never
 run, while independent branches go on. Jobs run a small batch script (the wrapper) that
-logs ``SLURM_JOB_ID``, runs the job's command (retrying it ``job.retries`` times) and
-records its exit code atomically, so that ``status`` works on clusters without accounting.
+logs ``SLURM_JOB_ID``, runs the job's command (retrying it up to ``job.retries`` times,
+capped at the run's ``--retries``, never after exit code 2) and records its exit code
+atomically, so that ``status`` works on clusters without accounting.
 
 Bookkeeping lives in ``RUN/state/slurm/``:
 
@@ -523,7 +524,7 @@ def collect_status(run_dir, jobs, *, use_sacct=True):
                 mapped = ("failed", f"exit code {status.exit_code} after {record.get('attempts', '?')} attempt(s)")
         elif slurm_id in queue:
             mapped = _from_slurm_state(*queue[slurm_id])
-            if mapped and mapped[0] not in LIVE_STATES:
+            if mapped and mapped[0] not in LIVE_STATES and observed.get(slurm_id) != queue[slurm_id]:
                 newly_observed.append(f"{slurm_id}\t{queue[slurm_id][0]}\t{queue[slurm_id][1]}")
         elif slurm_id in observed:
             mapped = _from_slurm_state(*observed[slurm_id])
