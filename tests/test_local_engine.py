@@ -151,6 +151,25 @@ def test_sigterm_to_runner_stops_jobs_and_resume_finishes(tmp_path):
     assert attempts_in_log(run_dir, "a") == 2
 
 
+def test_cancel_stops_the_runner_and_its_jobs(tmp_path, capsys):
+    jobs = [fake_job("long", sleep=60.0), fake_job("after", ["long.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: states(run_dir).get("long") == "running")
+        pid = json.loads((run_dir / "state" / "long.json").read_text())["pid"]
+        assert main(["cancel", str(run_dir)]) == 0
+        assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert not local._alive(pid, None)
+    assert states(run_dir) == {"long": "pending", "after": "pending"}
+    assert "cancelled" in capsys.readouterr().out
+
+
 def test_parallelism_respects_declared_cores(tmp_path):
     jobs = [fake_job(f"w{i}", sleep=0.3) for i in range(4)]
     jobs[0].cores = 2
