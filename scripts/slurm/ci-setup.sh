@@ -48,9 +48,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}; install slurmctld slurmd slurm-client munge (needs root)"
     say "installing slurmctld slurmd slurm-client munge (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
+    # Keep the packages' init scripts from starting daemons with their default
+    # configuration: this script starts them itself.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+    fi
     apt-get update -q >/dev/null || die "apt-get update failed"
-    apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
-        || die "apt-get install slurmctld slurmd slurm-client munge failed"
+    installed=0
+    apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null || installed=$?
+    [ "$own_policy" = 1 ] && rm -f "$policy"
+    [ "$installed" = 0 ] || die "apt-get install slurmctld slurmd slurm-client munge failed"
 else
     say "packages present: $(slurmd -V)"
 fi
