@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from inclinet.errors import ConfigError
-from workflow.dag import JobSpec, infer_parents, save_jobs
+from workflow.dag import JobSpec, WorkflowConfig, expected_job_counts, infer_parents, save_jobs
 from workflow.engines import slurm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -397,7 +397,8 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
     ids = slurm.submissions(run_dir)
     logs = {job.id: (run_dir / "logs" / f"{job.id}.log").read_text() for job in jobs}
     assert code == 0, {k: v[-600:] for k, v in logs.items() if "exit code 0" not in v}
-    assert len(jobs) == 13 and set(ids) == {job.id for job in jobs}
+    config = WorkflowConfig.from_dict(json.loads((run_dir / "run.json").read_text())["config"])
+    assert len(jobs) == sum(expected_job_counts(config, 24).values()) and set(ids) == {job.id for job in jobs}
     for job in jobs:
         assert f"SLURM_JOB_ID={ids[job.id]}" in logs[job.id], job.id
     # with gpu GRES on the cluster (the CI cluster has one fake GPU) training asks for it
