@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from inclinet.errors import ConfigError
+from inclinet.errors import ConfigError, StageError
 from workflow.dag import JobSpec, WorkflowConfig, expected_job_counts, infer_parents, save_jobs
 from workflow.engines import slurm
 
@@ -442,3 +442,28 @@ def test_container_option_runs_jobs_through_the_runtime(slurm_cluster, tmp_path,
         log = (run_dir / "logs" / f"{job_id}.log").read_text()
         assert f"fake-apptainer: exec --bind {run} --pwd {run}/data /images/inclinet.sif sh -c" in log
     assert (run_dir / "data" / "b.txt").read_text() == "a\n"
+
+
+@pytest.mark.slurm
+def test_refused_submission_is_reported_and_resume_submits_the_rest(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    jobs = make_run(run_dir, [shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
+                              shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"])])
+    jobs[1].memory_mb = 10**9  # more than any node has
+    save_jobs(run_dir, jobs)
+    with pytest.raises(StageError, match=r"sbatch refused 1 job\(s\) \(1 submitted\): b: .*lower the request"):
+        slurm.run(run_dir, jobs, engine_args())
+    assert list(slurm.submissions(run_dir)) == ["a"]
+    jobs[1].memory_mb = 100
+    save_jobs(run_dir, jobs)
+    assert slurm.resume(run_dir, engine_args("--wait", "--poll-interval", "0.5", "--wait-timeout", "60")) == 0
+    assert (run_dir / "data" / "b.txt").read_text() == "a\n" and run_count(run_dir, "a") == 1
+
+
+def test_missing_slurm_commands_give_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    run_dir = tmp_path / "run"
+    jobs = make_run(run_dir, [shell_job("a", "true", outputs=["a.txt"])])
+    jobs[0].executable = "/bin/sh"
+    with pytest.raises(StageError, match="sbatch not found: run on a SLURM submit host"):
+        slurm.submit(run_dir, jobs, slurm.SlurmOptions(request_gpus="no"))

@@ -434,7 +434,7 @@ def submit(run_dir, jobs, options, *, selected=None, live=None):
             # A busy controller answers "try again"/"timed out": back off and retry.
             time.sleep(0.5 * 2**attempt)
         if result.returncode != 0:
-            return job, None, message
+            return job, None, " / ".join(line.strip() for line in message.splitlines() if line.strip())
         return job, result.stdout.strip().split(";")[0], None
 
     errors = []
@@ -453,8 +453,12 @@ def submit(run_dir, jobs, options, *, selected=None, live=None):
     elapsed = time.perf_counter() - start
     if errors:
         shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
-        raise StageError(f"sbatch refused {len(errors)} job(s) ({len(ids)} submitted): {shown}; fix the options "
-                         f"and run 'resume {run_dir}' to submit the rest")
+        hint = ""
+        if "node configuration is not available" in shown or "can not be satisfied" in shown:
+            hint = (" (a job asks for more cores, memory or GPUs than a node of the partition has: choose another "
+                    "--partition or lower the request, e.g. --sbatch-option=--mem=8G)")
+        raise StageError(f"sbatch refused {len(errors)} job(s) ({len(ids)} submitted): {shown}{hint}; fix the "
+                         f"options and run 'resume {run_dir}' to submit the rest")
     logger.info("submitted %d job(s) to SLURM in %.1f s", len(ids), elapsed)
     return ids
 
