@@ -392,6 +392,9 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
                           "--models", "model4", "--tasks", "regression", "--subsamples", "0", "--epochs", "1",
                           "--batch-size", "8", "--galaxies-per-job", "12", "--n-batches", "1", "--per-bin", "2",
                           "--views", "1", "--retries", "0", "--engine", "slurm", "--output-dir", str(run_dir),
+                          # small requests override the stage defaults (16 GB, 2 cores for training), so
+                          # the test also fits a small CI node
+                          "--sbatch-option=--mem=1500M", "--sbatch-option=--cpus-per-task=1",
                           "--wait", "--poll-interval", "1", "--wait-timeout", "400", "-q"])
     jobs = load_jobs(run_dir)
     ids = slurm.submissions(run_dir)
@@ -404,6 +407,8 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
     # with gpu GRES on the cluster (the CI cluster has one fake GPU) training asks for it
     gpus = "none" if not slurm.cluster_has_gpus() else "0"
     assert f"GPUs: {gpus}" in logs["train_Uset_000_model4"] and "GPUs: none" in logs["split"]
+    assert json.loads((run_dir / "state" / "slurm" / "options.json").read_text())["sbatch_options"] == [
+        "--mem=1500M", "--cpus-per-task=1"]
     manifest = json.loads((run_dir / "data" / "bundle" / "manifest.json").read_text())
     assert [member["name"] for member in manifest["members"]] == ["model4"]
     assert (run_dir / "data" / "bundle" / "model4.keras").stat().st_size > 0
