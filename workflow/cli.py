@@ -46,10 +46,10 @@ DEMO = {
     "subsamples": 1,
     "models": ("model4", "model6"),
     "tasks": ("regression", "binary"),
-    "epochs": 6,
+    "epochs": 8,
     "batch_size": 32,
     "n_batches": 2,
-    "per_bin": 25,
+    "per_bin": 30,
     "views": 4,
 }
 DEMO_OUTPUT_DIR = "demo-run"
