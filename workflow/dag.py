@@ -78,8 +78,8 @@ STAGE_RESOURCES = {
     "evaluate": Resources(2, 16000, 3600, gpus=1),
 }
 
-#: A training job is stopped at checkpoint time (SIGTERM), saves its checkpoint and is
-#: retried from it; it therefore needs one extra retry per checkpoint interval.
+#: On Pegasus a training job is stopped at checkpoint time (SIGTERM), saves its checkpoint
+#: and is retried from it: it gets one extra retry per interval (see pegasus_retries).
 CHECKPOINT_TIME_MIN = 50
 MAX_WALLTIME_MIN = 60
 
@@ -319,10 +319,8 @@ def build_jobs(config, *, missing=None):
                     "--output", outputs[0], "--checkpoint", checkpoint, "--metrics", outputs[1],
                     "--plot", outputs[2], "--epochs", config.epochs, "--batch-size", config.batch_size,
                     "--seed", config.seed]
-            # One retry per checkpoint interval of the expected runtime, on top of the user's.
-            retries = config.retries + math.ceil(STAGE_RESOURCES["train"].runtime_s / 60 / CHECKPOINT_TIME_MIN)
             jobs.append(_job(f"train_{naming.uset(subset)}_{model}", "train", args, batches + validation,
-                             outputs, config, checkpoint=checkpoint, retries=retries))
+                             outputs, config, checkpoint=checkpoint))
             models.append(outputs[0])
 
     jobs.append(_evaluate_job(config, models))
@@ -461,6 +459,17 @@ def load_jobs(run_dir):
 
 # -- Pegasus ----------------------------------------------------------------------------
 
+def pegasus_retries(spec):
+    """DAGMan retries of a job: its own, plus one per checkpoint stop for checkpointed jobs.
+
+    Pegasus stops a checkpointed job at ``checkpoint_time`` (SIGTERM); the job saves its
+    checkpoint, exits non-zero and resumes on the next retry, so each stop uses one retry.
+    """
+    if not spec.checkpoint:
+        return spec.retries
+    return spec.retries + math.ceil(spec.runtime_s / 60 / CHECKPOINT_TIME_MIN)
+
+
 def to_pegasus(jobs, config):
     """The same jobs as a ``Pegasus.api.Workflow`` (edges inferred from the files).
 
@@ -490,7 +499,7 @@ def to_pegasus(jobs, config):
         job.add_pegasus_profile(cores=spec.cores, memory=f"{spec.memory_mb} MB", runtime=str(spec.runtime_s))
         if spec.gpus:
             job.add_pegasus_profile(gpus=spec.gpus)
-        job.add_dagman_profile(retry=str(spec.retries))
+        job.add_dagman_profile(retry=str(pegasus_retries(spec)))
         if spec.checkpoint:
             job.add_checkpoint(file_of(spec.checkpoint), stage_out=True, register_replica=False)
             job.add_pegasus_profile(checkpoint_time=CHECKPOINT_TIME_MIN, max_walltime=MAX_WALLTIME_MIN)
