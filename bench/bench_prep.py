@@ -168,8 +168,37 @@ def bench_count(work, n_galaxies, size, per_bin, n_batches):
     return result
 
 
+def bench_micro(size, n_images=200):
+    """In-process: augmentation chains per image type, and zlib levels on galaxy images."""
+    import zlib
+
+    from inclinet.augmentation import augment_colour, augment_gray
+
+    rng = np.random.default_rng(0)
+    gray = np.stack([galaxy_image(size, rng.uniform(0.2, 1), seed=i, radius=size / 10) for i in range(n_images)])
+    colour = np.stack([galaxy_image(size, rng.uniform(0.2, 1), colour=True, seed=i, radius=size / 10)
+                       for i in range(n_images)])
+    result = {}
+    for name, chain, images in (("gray", augment_gray, gray), ("colour", augment_colour, colour)):
+        start = time.process_time()
+        chain(images, rng)
+        result[f"augment_{name}_per_cpu_s"] = round(n_images / (time.process_time() - start), 1)
+    raw = np.concatenate([gray, colour]).tobytes()
+    for level in (1, 6):
+        start = time.process_time()
+        packed = zlib.compress(raw, level)
+        result[f"zlib{level}_mb_per_cpu_s"] = round(len(raw) / (time.process_time() - start) / 1e6, 1)
+        result[f"zlib{level}_ratio"] = round(len(packed) / len(raw), 3)
+    print(f"micro: {result}", flush=True)
+    return result
+
+
 def report(results, args):
     lines = [f"Command: `{' '.join(['nice', 'python', 'bench/bench_prep.py', *sys.argv[1:]])}`", ""]
+    if "micro" in results:
+        lines += [f"In-process ({args.size} px): {results['micro']}", ""]
+    if not results["counts"]:
+        return "\n".join(lines)
     if "prep" in results:
         lines += ["| prep band | galaxies | wall s | CPU s | images per CPU-second | peak RSS MiB |",
                   "|---|---|---|---|---|---|"]
@@ -199,16 +228,21 @@ def report(results, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_prep"))
-    parser.add_argument("--counts", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--counts", type=int, nargs="*", default=[2000, 20000])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--render", type=int, default=200, help="galaxies rendered for prep")
     parser.add_argument("--prep-galaxies", type=int, default=2000, help="catalog rows for prep's RSS")
     parser.add_argument("--per-bin", type=int, default=100)
     parser.add_argument("--n-batches", type=int, default=3)
     parser.add_argument("--skip-prep", action="store_true")
+    parser.add_argument("--micro", action="store_true",
+                        help="also time the gray/colour chains and zlib levels in-process (with --counts and "
+                             "--skip-prep omitted/none this is all that runs)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"counts": {}}
+    if args.micro:
+        results["micro"] = bench_micro(args.size)
     if not args.skip_prep:
         results["prep"] = bench_prep(args.work, args.render, args.prep_galaxies, args.size)
     for n in args.counts:
