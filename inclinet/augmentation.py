@@ -5,8 +5,10 @@ step uses ONE isotropic scale factor (independent x/y scaling changes the appare
 ratio and so the inclination label), and colour images get the colour chain (the original
 sent them through the gray one). Geometry: rotation by any angle, flips, shifts and one
 scale, with the uncovered border filled with the image's own background and sky noise
-(measured on its outer ring), so no white or random-valued frames appear. Photometry: gamma, contrast,
-brightness offset, Gaussian noise, blur and (colour only) partial desaturation.
+(measured on its outer ring), so no white or random-valued frames appear. Photometry:
+gamma, contrast, brightness offset, Gaussian noise, blur and (colour only) partial
+desaturation. Geometry is applied first, then photometry (a fixed order, where the
+original drew a random order per image).
 
 All functions take a ``numpy.random.Generator`` and draw from it in a fixed order, so a
 batch is reproducible from its seed. Images are ``uint8 (N, S, S, 3)``; grayscale images
