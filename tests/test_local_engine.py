@@ -185,14 +185,34 @@ def test_parallelism_respects_declared_cores(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_run_then_resume_is_a_no_op(tmp_path, capsys):
+def test_tiny_end_to_end_run_interrupted_in_training_resumes_from_its_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "run"
     flags = ["--synthetic", "24", "--synthetic-size", "48", "--size", "32", "--bands", "g,gri", "--models", "model4",
-             "--subsamples", "0", "--galaxies-per-job", "12", "--epochs", "1", "--n-batches", "1", "--per-bin", "2",
+             "--subsamples", "0", "--galaxies-per-job", "12", "--epochs", "12", "--n-batches", "1", "--per-bin", "2",
              "--batch-size", "16", "--views", "1", "--max-parallel", "2", "--output-dir", str(run_dir), "-q"]
-    assert main(flags) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", *flags], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train_log = run_dir / "logs" / "train_Uset_000_model4.log"
+    try:
+        # Stop the run once the first training job has finished an epoch (its checkpoint exists).
+        assert _wait_for(lambda: train_log.is_file() and "epoch 1/12" in train_log.read_text(), timeout=240)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert states(run_dir)["train_Uset_000_model4"] == "pending"
+    assert (run_dir / "data" / "models" / "Uset_000_model4.ckpt.keras").is_file()
+    done_before = {job_id for job_id, state in states(run_dir).items() if state == "done"}
+    assert {"synth_catalog", "split", "augment_Uset_000"} <= done_before
+
+    assert main(["resume", str(run_dir), "-q"]) == 0
     out = capsys.readouterr().out
     assert f"inclinet-predict --bundle {run_dir / 'data' / 'bundle'}" in out
+    metrics = json.loads((run_dir / "data" / "models" / "Uset_000_model4.metrics.json").read_text())
+    assert metrics["resumed"] >= 1
+    assert "resuming from" in train_log.read_text()
     data = run_dir / "data"
     manifest = json.loads((data / "bundle" / "manifest.json").read_text())
     assert {m["name"] for m in manifest["members"]} == {"model4", "model4-binary"}
@@ -200,6 +220,8 @@ def test_tiny_end_to_end_run_then_resume_is_a_no_op(tmp_path, capsys):
     jobs = dag.load_jobs(run_dir)
     assert len(jobs) == 3 + 4 + 2 + 1 + 2 + 2 + 1
     assert set(states(run_dir).values()) == {"done"}
+    assert all(attempts_in_log(run_dir, job_id) == 1 for job_id in done_before)
     # Resuming a finished run starts nothing.
     assert main(["resume", str(run_dir), "-q"]) == 0
-    assert all(attempts_in_log(run_dir, job.id) == 1 for job in jobs)
+    assert all(attempts_in_log(run_dir, job_id) == 1 for job_id in done_before)
+    assert attempts_in_log(run_dir, "train_Uset_000_model4") == 2

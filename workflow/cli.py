@@ -242,8 +242,15 @@ def run_command(args):
     from workflow.engines.common import read_run_info
 
     info = read_run_info(args.run_dir)
-    engine = load_engine(info.get("engine", "local"))
-    return getattr(engine, args.command)(Path(args.run_dir), args)
+    engine_name = info.get("engine", "local")
+    code = getattr(load_engine(engine_name), args.command)(Path(args.run_dir), args)
+    if args.command == "resume" and code == 0 and engine_name == "local" and "config" in info:
+        try:
+            config = dag.WorkflowConfig.from_dict(info["config"])
+        except TypeError:
+            return code
+        print_next_steps(args.run_dir, config)
+    return code
 
 
 def main(argv=None):
