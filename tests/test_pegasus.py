@@ -154,3 +154,14 @@ def test_real_planner_accepts_the_workflow(tmp_path):
                              str(run_dir / "workflow.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert Path(tmp_path / "submit").is_dir()
+
+
+def test_cluster_size_groups_only_the_small_jobs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", _no_pegasus_path(tmp_path))
+    run_dir = tmp_path / "run"
+    assert main([*FLAGS, "--engine", "pegasus", "--cluster-size", "5", "--output-dir", str(run_dir), "-q"]) == 0
+    assert "--cluster horizontal" in capsys.readouterr().out
+    workflow = yaml.safe_load((run_dir / "workflow.yml").read_text())
+    for job in workflow["jobs"]:
+        clustered = job["profiles"]["pegasus"].get("clusters.size")
+        assert clustered == (None if job["nodeLabel"] in ("train", "evaluate") else 5), job["id"]
