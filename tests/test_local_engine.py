@@ -170,6 +170,22 @@ def test_cancel_stops_the_runner_and_its_jobs(tmp_path, capsys):
     assert "cancelled" in capsys.readouterr().out
 
 
+def test_exit_3_of_a_checkpointed_job_reruns_it_without_using_a_retry(tmp_path):
+    # First run: saves a "checkpoint" and exits 3 (as inclinet-train does on SIGTERM); second run finishes.
+    code = ("import os, sys\n"
+            "if not os.path.exists('ck'):\n"
+            "    open('ck', 'w').write('1'); sys.exit(3)\n"
+            "open('t.txt', 'w').write('ok')\n")
+    jobs = [dag.JobSpec(id="t", stage="train", executable=sys.executable, args=["-c", code], inputs=[],
+                        outputs=["t.txt"], checkpoint="ck", retries=0),
+            dag.JobSpec(id="p", stage="prep", executable=sys.executable, args=["-c", "import sys; sys.exit(3)"],
+                        inputs=[], outputs=["p.txt"], retries=0)]
+    run_dir = make_run(tmp_path / "run", jobs)
+    assert main(["resume", str(run_dir), "-q"]) == 1
+    assert states(run_dir) == {"t": "done", "p": "failed"}  # exit 3 means "continue" only with a checkpoint
+    assert attempts_in_log(run_dir, "t") == 2 and attempts_in_log(run_dir, "p") == 1
+
+
 def test_parallelism_respects_declared_cores(tmp_path):
     jobs = [fake_job(f"w{i}", sleep=0.3) for i in range(4)]
     jobs[0].cores = 2

@@ -38,6 +38,10 @@ STATES = (PENDING, RUNNING, DONE, FAILED, BLOCKED)
 #: Seconds a job gets to save its state after SIGTERM before it is killed.
 TERM_GRACE_S = 60
 POLL_S = 0.05
+#: Exit code of a job stopped by SIGTERM after saving its checkpoint (inclinet-train):
+#: rerunning it continues from the checkpoint (docs/architecture.md).
+CHECKPOINTED_EXIT = 3
+MAX_INTERRUPTIONS = 10
 STAGE_ORDER = ("synth", "prep", "compress", "split", "augment", "train", "evaluate")
 
 
@@ -276,14 +280,22 @@ class LocalRunner:
         if self.stop_signal is not None:
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, interrupted=True)
             return False
-        if running.attempt <= self._retries(job):
+        record = self.records[job_id]
+        if code == CHECKPOINTED_EXIT and job.checkpoint and record.get("interruptions", 0) < MAX_INTERRUPTIONS:
+            # Stopped from outside after saving its checkpoint: run it again, no retry used.
+            logger.warning("%s was interrupted (checkpoint saved); continuing it", job_id)
+            self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration,
+                      interruptions=record.get("interruptions", 0) + 1)
+            return False
+        failures = record.get("failures", 0) + 1
+        if failures <= self._retries(job):
             logger.warning("%s failed (exit %s, attempt %d); retrying; log: %s", job_id, code, running.attempt,
                            log_path(self.run_dir, job))
-            self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration)
+            self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, failures=failures)
             return False
         logger.error("%s failed (exit %s) after %d attempt(s); log: %s", job_id, code, running.attempt,
                      log_path(self.run_dir, job))
-        self._set(job_id, FAILED, returncode=code, ended=ended, duration=duration)
+        self._set(job_id, FAILED, returncode=code, ended=ended, duration=duration, failures=failures)
         self._block_descendants(job_id)
         return False
 
