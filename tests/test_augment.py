@@ -206,3 +206,11 @@ def test_invalid_flags(samples, tmp_path):
     assert augment.main([*base, "-b", "0"]) == 2
     assert augment.main([*base, "-z", "0"]) == 2
     assert augment.main([*base, "--task", "other"]) == 2
+
+
+def test_empty_band_is_an_input_error(samples, tmp_path, capsys):
+    empty = write_sample(tmp_path / "r_32x32_train_001.npz", "r", [], [], SIZE)
+    code = augment.main(["-i", str(samples["gri"]), str(empty), "-o", str(tmp_path / "o"), "-s", str(SIZE)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no usable galaxies" in err and str(empty) in err
