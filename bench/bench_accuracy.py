@@ -131,7 +131,7 @@ def train_members(args, work, data):
             model=model, task="regression", train=data["batches"][subset], validation=data["tests"],
             output=work / output, checkpoint=f"{stem}.ckpt.keras", metrics=f"{stem}.metrics.json",
             plot=f"{stem}.metrics.png", epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, seed=args.seed,
+            learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, seed=args.seed,
         )
         name = naming.member_name(model, subset)
         timings[name] = time.perf_counter() - start
@@ -242,11 +242,12 @@ def main(argv=None):
                                                                               ("model4", 2)],
                         metavar="MODEL:SUBSET")
     parser.add_argument("--n-subsamples", type=int, default=2)
-    parser.add_argument("--n-batches", type=int, default=4)
+    parser.add_argument("--n-batches", type=int, default=8)
     parser.add_argument("--per-bin", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--stop-after", choices=["data", "train"], default=None)

@@ -193,3 +193,16 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tmp_path):
     model, final_state, _ = train.load_checkpoint(checkpoint)
     assert int(model.optimizer.iterations.numpy()) == epochs * 40
     assert final_state["epoch"] == epochs
+
+
+def test_cosine_schedule_decays_and_is_kept_in_the_checkpoint(data):
+    extra = ["--epochs", "2", "--batch-size", "8", "--lr-schedule", "cosine", "-q"]
+    assert train.main(argv(data, extra=extra)) == 0
+    metrics = json.loads(outputs(data["dir"])["--metrics"].read_text())
+    assert metrics["lr_schedule"] == "cosine"
+    model, state, _ = train.load_checkpoint(outputs(data["dir"])["--checkpoint"])
+    assert state["signature"]["lr_schedule"] == "cosine" and state["signature"]["epochs"] == 2
+    rate = float(np.asarray(model.optimizer.learning_rate))
+    assert rate == pytest.approx(0.05e-3, rel=1e-3)  # fully decayed after the whole budget
+    # Another budget changes the schedule: the checkpoint refuses it instead of resuming silently.
+    assert train.main(argv(data, extra=["--epochs", "3", "--batch-size", "8", "--lr-schedule", "cosine", "-q"])) == 2

@@ -38,6 +38,7 @@ from inclinet.io import atomic_path, atomic_write_json, check_outputs, load_npz
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 3
+LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = 1
 _MODEL_MEMBER = "model.keras"
 _BEST_MEMBER = "best.weights.h5"
@@ -274,12 +275,16 @@ def _make_callback(keras, flag, counter):
     return StepWatch()
 
 
-def _compile(keras, model, task, learning_rate):
+def _compile(keras, model, task, learning_rate, lr_schedule="constant", total_steps=1):
+    rate = learning_rate
+    if lr_schedule == "cosine":
+        # Decays to 5% of the initial rate over the whole budget; saved with the optimizer.
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
     if task == "regression":
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="mse", metrics=["mae"])
     else:
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
+            optimizer=keras.optimizers.Adam(rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
@@ -356,10 +361,13 @@ def run(
     batch_size=64,
     early_stopping=None,
     learning_rate=1e-3,
+    lr_schedule="constant",
     seed=0,
 ):
     """Train ``model`` for ``task`` and write ``output`` (.keras), ``metrics`` (JSON) and ``plot`` (PNG).
 
+    ``lr_schedule`` is ``constant`` (Adam at ``learning_rate``, as the original) or
+    ``cosine`` (cosine decay from ``learning_rate`` to 5% of it over ``epochs``).
     Resumes from ``checkpoint`` when it exists and was written with the same settings.
     Raises :class:`TrainingInterrupted` (exit code 3) after saving the checkpoint when a
     SIGTERM arrives. Returns the metrics dictionary.
@@ -373,6 +381,8 @@ def run(
     require_positive("--learning-rate", learning_rate)
     if early_stopping is not None:
         require_positive("--early-stopping", early_stopping)
+    if lr_schedule not in LR_SCHEDULES:
+        raise invalid("--lr-schedule", lr_schedule, "one of " + ", ".join(LR_SCHEDULES))
     if not train:
         raise ConfigError("invalid --train: nothing given; must be one or more augmented batch files")
     start_time = time.perf_counter()
@@ -395,7 +405,10 @@ def run(
         "batch_size": stream.batch_size,
         "image_size": stream.image_size,
         "seed": int(seed),
+        "lr_schedule": lr_schedule,
     }
+    if lr_schedule != "constant":
+        signature["epochs"] = int(epochs)
 
     keras = inclinet_models.import_keras()
     checkpoint = Path(checkpoint)
@@ -414,7 +427,7 @@ def run(
     else:
         keras.utils.set_random_seed(derive_seed(seed, "train", model, task))
         net = inclinet_models.build_model(model, input_size=stream.image_size, task=task)
-        _compile(keras, net, task, learning_rate)
+        _compile(keras, net, task, learning_rate, lr_schedule, epochs * stream.steps_per_epoch)
         state = {
             "format": CHECKPOINT_FORMAT,
             "signature": signature,
@@ -505,6 +518,7 @@ def run(
         "validation_images": int(len(val_images)),
         "batch_size": stream.batch_size,
         "learning_rate": float(learning_rate),
+        "lr_schedule": lr_schedule,
         "epochs_requested": int(epochs),
         "epochs_run": len(history),
         "early_stopping": early_stopping,
@@ -583,6 +597,8 @@ def add_arguments(parser):
         help="stop after PATIENCE epochs without a better validation loss and keep the best weights",
     )
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="constant (default, as the original) or cosine decay over the epoch budget")
     add_common_arguments(parser)
     return parser
 
@@ -592,7 +608,7 @@ def _run_args(args):
         model=args.model, task=args.task, train=args.train, validation=args.validation, output=args.output,
         checkpoint=args.checkpoint, metrics=args.metrics, plot=args.plot, epochs=args.epochs,
         batch_size=args.batch_size, early_stopping=args.early_stopping, learning_rate=args.learning_rate,
-        seed=args.seed,
+        lr_schedule=args.lr_schedule, seed=args.seed,
     )
 
 
