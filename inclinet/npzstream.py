@@ -69,6 +69,33 @@ def array_info(path, key="images"):
     return rows.shape, rows.dtype
 
 
+def read_band_file(path, size, *, hint="re-run the earlier stages at this size"):
+    """Read the small arrays of a per-band npz and check its images without loading them.
+
+    Returns ``(band, labels, pgcs, n_rows)``. Raises :class:`InputError` naming the file
+    when it has no or an unknown ``band``, images that are not uint8 (N, size, size, 3), or
+    labels/pgc ids that do not match the images in number.
+    """
+    from inclinet import naming
+
+    arrays = load_arrays(path, ("labels", "pgcIDs"), optional=("band",))
+    if "band" not in arrays:
+        raise InputError(f"{path}: no 'band' array; give npz files written by inclinet's stages")
+    band = str(arrays["band"])
+    if band not in naming.BANDS:
+        raise InputError(f"{path}: unknown band {band!r}; must be one of {', '.join(naming.BANDS)}")
+    shape, dtype = array_info(path)
+    if dtype != np.uint8 or shape[1:] != (size, size, 3):
+        raise InputError(
+            f"{path}: images are {dtype} {shape}, expected uint8 (N, {size}, {size}, 3); check --size or {hint}"
+        )
+    labels = arrays["labels"].reshape(-1).astype(np.int64)
+    pgcs = arrays["pgcIDs"].reshape(-1).astype(np.int64)
+    if not len(labels) == len(pgcs) == shape[0]:
+        raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels and {len(pgcs)} pgc ids")
+    return band, labels, pgcs, shape[0]
+
+
 class NpzRows:
     """Random access to the rows of one array (default ``images``) of an npz file.
 

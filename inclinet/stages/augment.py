@@ -25,7 +25,7 @@ from inclinet.augmentation import augment_batch
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.io import check_outputs
-from inclinet.npzstream import NpzRows, NpzWriter, array_info, load_arrays
+from inclinet.npzstream import NpzRows, NpzWriter, read_band_file
 from inclinet.report import SkipReport
 
 logger = logging.getLogger(__name__)
@@ -75,22 +75,7 @@ def _balanced_draw(rows, count, rng):
 
 
 def _read_sample(path, size, task, skips):
-    arrays = load_arrays(path, ("labels", "pgcIDs"), optional=("band",))
-    if "band" not in arrays:
-        raise InputError(f"{path}: no 'band' array; give sample files written by inclinet-split")
-    band = str(arrays["band"])
-    if band not in naming.BANDS:
-        raise InputError(f"{path}: unknown band {band!r}; must be one of {', '.join(naming.BANDS)}")
-    shape, dtype = array_info(path)
-    if dtype != np.uint8 or shape[1:] != (size, size, 3):
-        raise InputError(
-            f"{path}: images are {dtype} {shape}, expected uint8 (N, {size}, {size}, 3); "
-            "check --size or re-run the earlier stages at this size"
-        )
-    labels = arrays["labels"].reshape(-1).astype(np.int64)
-    pgcs = arrays["pgcIDs"].reshape(-1).astype(np.int64)
-    if not len(labels) == len(pgcs) == shape[0]:
-        raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels and {len(pgcs)} pgc ids")
+    band, labels, pgcs, _ = read_band_file(path, size, hint="re-run the earlier stages at this size")
     groups, valid = _group_of(task, labels)
     allowed = "45..90" if task == "regression" else "0 or 1"
     for pgc, label in zip(pgcs[~valid].tolist(), labels[~valid].tolist()):

@@ -23,7 +23,7 @@ from inclinet.catalog import binary_label
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.io import atomic_write_json, check_outputs
-from inclinet.npzstream import NpzRows, NpzWriter, array_info, load_arrays
+from inclinet.npzstream import NpzRows, NpzWriter, read_band_file
 from inclinet.report import SkipReport
 
 logger = logging.getLogger(__name__)
@@ -82,21 +82,8 @@ def draw_split(labels_by_pgc, *, seed, test_fraction=0.1, binary_test_fraction=0
 
 
 def _read_band(path, size):
-    arrays = load_arrays(path, ("labels", "pgcIDs", "band"))
-    band = str(arrays["band"])
-    if band not in naming.BANDS:
-        raise InputError(f"{path}: unknown band {band!r}; must be one of {', '.join(naming.BANDS)}")
-    shape, dtype = array_info(path)
-    if dtype != np.uint8 or shape[1:] != (size, size, 3):
-        raise InputError(
-            f"{path}: images are {dtype} {shape}, expected uint8 (N, {size}, {size}, 3); "
-            "check --size or re-run inclinet-prep/compress at this size"
-        )
-    labels = arrays["labels"].reshape(-1).astype(np.int64)
-    pgcs = arrays["pgcIDs"].reshape(-1).astype(np.int64)
-    if not len(labels) == len(pgcs) == shape[0]:
-        raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels and {len(pgcs)} pgc ids")
-    if shape[0] == 0:
+    band, labels, pgcs, n_rows = read_band_file(path, size, hint="re-run inclinet-prep/compress at this size")
+    if n_rows == 0:
         raise InputError(f"{path}: band {band} has no galaxies; check the prep and compress reports")
     return band, labels, pgcs
 
