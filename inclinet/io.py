@@ -12,6 +12,15 @@ import numpy as np
 from inclinet.errors import InputError, StageError
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
@@ -23,6 +32,9 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    # mkstemp creates 0600; outputs are shared products (cluster file systems, Pegasus
+    # staging, collaborators), so give them the permissions a plain open() would.
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp = Path(tmp)
     try:

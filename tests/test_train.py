@@ -94,6 +94,17 @@ def test_tiny_training_run_writes_every_output(data):
     assert state["epoch"] == 1 and state["step"] == 0
 
 
+def test_empty_checkpoint_placeholder_means_start_from_scratch(data, tmp_path):
+    # Pegasus with condorio stages an empty checkpoint file before the first attempt.
+    run = dict(data, dir=tmp_path)
+    checkpoint = outputs(tmp_path)["--checkpoint"]
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"")
+    assert train.main(argv(run, extra=["--epochs", "1", "--batch-size", "8", "-q"])) == 0
+    with zipfile.ZipFile(checkpoint) as archive:
+        assert json.loads(archive.read("state.json"))["epoch"] == 1
+
+
 def test_binary_training_with_early_stopping_keeps_the_best_epoch(tmp_path):
     samples = [write_sample(tmp_path / f"{band}_bt.npz", band, 8, k, binary=True)
                for k, band in enumerate(["gri", "r"])]

@@ -413,7 +413,9 @@ def run(
     keras = inclinet_models.import_keras()
     checkpoint = Path(checkpoint)
     best_weights = None
-    if checkpoint.exists():
+    # An empty file is no checkpoint: Pegasus (condorio) stages an empty placeholder
+    # before the first attempt, so that the file exists to be transferred back.
+    if checkpoint.exists() and checkpoint.stat().st_size > 0:
         net, state, best_weights = load_checkpoint(checkpoint)
         if state["signature"] != signature:
             raise ConfigError(
