@@ -196,5 +196,6 @@ def test_demo_preset_and_overrides(tmp_path):
     run_dir = tmp_path / "demo"
     assert main(["--demo", "--epochs", "1", "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
     config = json.loads((run_dir / "run.json").read_text())["config"]
-    assert config["synthetic"] == 300 and config["size"] == 64 and config["models"] == ["model4", "model6"]
+    assert config["synthetic"] == 500 and config["size"] == 64 and config["models"] == ["model4"]
+    assert config["lr_schedule"] == "cosine"
     assert config["epochs"] == 1

@@ -100,6 +100,7 @@ class WorkflowConfig:
     tasks: tuple = naming.TASKS
     epochs: int = 10
     batch_size: int = 64
+    lr_schedule: str = "cosine"
     n_batches: int = 5
     per_bin: int = 100
     views: int = 8
@@ -143,6 +144,8 @@ class WorkflowConfig:
         ):
             if not isinstance(value, int) or value < low:
                 raise invalid(name, value, f"an integer >= {low}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise invalid("--lr-schedule", self.lr_schedule, "constant or cosine")
         if "regression" not in self.tasks:
             raise invalid("--tasks", ",".join(self.tasks), "a list with regression (evaluation needs its test set)")
         if "model5" in self.models and self.size < 76:
@@ -318,7 +321,7 @@ def build_jobs(config, *, missing=None):
             args = ["--model", model, "--task", task, "--train", *batches, "--validation", *validation,
                     "--output", outputs[0], "--checkpoint", checkpoint, "--metrics", outputs[1],
                     "--plot", outputs[2], "--epochs", config.epochs, "--batch-size", config.batch_size,
-                    "--seed", config.seed]
+                    "--lr-schedule", config.lr_schedule, "--seed", config.seed]
             jobs.append(_job(f"train_{naming.uset(subset)}_{model}", "train", args, batches + validation,
                              outputs, config, checkpoint=checkpoint))
             models.append(outputs[0])
