@@ -54,3 +54,22 @@ def tiny_universe(tmp_path_factory):
     output = tmp_path_factory.mktemp("tiny_universe")
     synth.run(n_galaxies=TINY_N_GALAXIES, output=output, size=TINY_SIZE, seed=TINY_SEED)
     return output
+
+
+def ellipse_images(n, size, seed, *, colour, major=0.3):
+    """Images of smooth elliptical galaxies with inclinations 45..90 (q0 = 0.2).
+
+    Returns ``(images uint8 (n, size, size, 3), inclinations int32 (n,))``; colour images
+    are bright on black, gray ones dark on white, as the raw bands are.
+    """
+    rng = np.random.default_rng(seed)
+    inclinations = rng.integers(45, 91, n)
+    q = np.sqrt(np.cos(np.radians(inclinations)) ** 2 * 0.96 + 0.04)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    major = major * size
+    images = []
+    for ratio in q:
+        profile = np.exp(-3 * ((xx / major) ** 2 + (yy / (major * ratio)) ** 2))
+        image = profile * 255 if colour else 255 - profile * 200
+        images.append(np.repeat(image[..., None], 3, axis=-1))
+    return np.clip(np.round(images), 0, 255).astype(np.uint8), inclinations.astype(np.int32)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import ellipse_images
 from inclinet import naming
 from inclinet.errors import ConfigError, InputError
 from inclinet.io import atomic_savez
@@ -15,21 +16,6 @@ from inclinet.stages import evaluate
 
 SIZE = 32
 BANDS = ("gri", "g", "r", "i")
-
-
-def ellipse_images(n, size, seed, *, colour):
-    """Images of smooth elliptical galaxies with inclinations 45..90 (q0 = 0.2)."""
-    rng = np.random.default_rng(seed)
-    inclinations = rng.integers(45, 91, n)
-    q = np.sqrt(np.cos(np.radians(inclinations)) ** 2 * 0.96 + 0.04)
-    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
-    major = 0.3 * size
-    images = []
-    for ratio in q:
-        profile = np.exp(-3 * ((xx / major) ** 2 + (yy / (major * ratio)) ** 2))
-        image = profile * 255 if colour else 255 - profile * 200
-        images.append(np.repeat(image[..., None], 3, axis=-1))
-    return np.clip(np.round(images), 0, 255).astype(np.uint8), inclinations.astype(np.int32)
 
 
 @pytest.fixture(scope="module")

@@ -12,28 +12,14 @@ import numpy as np
 import pytest
 
 from inclinet.io import atomic_savez
+from conftest import ellipse_images
 from inclinet.stages import train
 
 SIZE = 32
 
 
-def ellipse_images(n, size, seed, *, colour):
-    """Images of smooth elliptical galaxies with inclinations 45..90 (q0 = 0.2)."""
-    rng = np.random.default_rng(seed)
-    inclinations = rng.integers(45, 91, n)
-    q = np.sqrt(np.cos(np.radians(inclinations)) ** 2 * 0.96 + 0.04)
-    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
-    major = 0.35 * size
-    images = []
-    for ratio in q:
-        profile = np.exp(-3 * ((xx / major) ** 2 + (yy / (major * ratio)) ** 2))
-        image = profile * 255 if colour else 255 - profile * 200
-        images.append(np.repeat(image[..., None], 3, axis=-1))
-    return np.clip(np.round(images), 0, 255).astype(np.uint8), inclinations.astype(np.int32)
-
-
 def write_sample(path, band, n, seed, *, binary=False):
-    images, inclinations = ellipse_images(n, SIZE, seed, colour=band == "gri")
+    images, inclinations = ellipse_images(n, SIZE, seed, colour=band == "gri", major=0.35)
     labels = (inclinations > 80).astype(np.int32) if binary else inclinations
     atomic_savez(path, images=images, labels=labels, pgcIDs=np.arange(n, dtype=np.int32) + 1000 * seed,
                  band=np.array(band))
