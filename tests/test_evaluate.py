@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import ellipse_images
+
 from inclinet import naming
 from inclinet.errors import ConfigError, InputError
 from inclinet.io import atomic_savez

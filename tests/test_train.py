@@ -10,9 +10,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import ellipse_images
 
 from inclinet.io import atomic_savez
-from conftest import ellipse_images
 from inclinet.stages import train
 
 SIZE = 32
