@@ -129,7 +129,8 @@ def train_members(args, work, data):
         start = time.perf_counter()
         metrics = train.run(
             model=model, task="regression", train=data["batches"][subset], validation=data["tests"],
-            output=work / output, checkpoint=f"{stem}.ckpt.keras", metrics=f"{stem}.metrics.json",
+            output=work / output, checkpoint=work / naming.training_checkpoint(model, subset),
+            metrics=f"{stem}.metrics.json",
             plot=f"{stem}.metrics.png", epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, seed=args.seed,
         )

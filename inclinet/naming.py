@@ -101,7 +101,7 @@ def trained_model(model, subset):
 
 
 def training_checkpoint(model, subset):
-    return model_stem(model, subset) + ".ckpt.keras"
+    return model_stem(model, subset) + ".ckpt.zip"
 
 
 def training_metrics(model, subset):

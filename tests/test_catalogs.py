@@ -141,7 +141,7 @@ def test_replicas_merge_user_entries_with_flags(tmp_path):
     assert ("notes.txt", "local") in pfns
     assert ("models/(.+)", "local") not in pfns  # would make Pegasus skip the training jobs
     assert pfns[(dag.RAW_CATALOG, "local")] == f"file://{catalog.resolve()}"
-    checkpoints = [r for r in replicas if r["lfn"].endswith(".ckpt.keras")]
+    checkpoints = [r for r in replicas if r["lfn"].endswith(".ckpt.zip")]
     assert len(checkpoints) == 3 * (3 + 1 + 1)  # 3 models x (Uset_000..Uset_003 + Binary)
     placeholder = Path(checkpoints[0]["pfns"][0]["pfn"][len("file://"):])
     assert placeholder.is_file() and placeholder.stat().st_size == 0

@@ -92,7 +92,7 @@ def test_training_jobs_carry_gpu_checkpoint_and_retries():
     for job in dag.build_jobs(config):
         if job.stage == "train":
             assert job.gpus == 1 and job.cores >= 2 and job.memory_mb >= 8000
-            assert job.checkpoint == job.outputs[0].replace(".keras", ".ckpt.keras")
+            assert job.checkpoint == job.outputs[0].replace(".keras", ".ckpt.zip")
             assert job.checkpoint in job.args
             # Room for the checkpoint-time restarts on Pegasus: one per 50 min of the 4 h runtime.
             assert dag.pegasus_retries(job) == config.retries + 5

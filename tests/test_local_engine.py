@@ -219,7 +219,7 @@ def test_tiny_end_to_end_run_interrupted_in_training_resumes_from_its_checkpoint
         if runner.poll() is None:
             runner.kill()
     assert states(run_dir)["train_Uset_000_model4"] == "pending"
-    assert (run_dir / "data" / "models" / "Uset_000_model4.ckpt.keras").is_file()
+    assert (run_dir / "data" / "models" / "Uset_000_model4.ckpt.zip").is_file()
     done_before = {job_id for job_id, state in states(run_dir).items() if state == "done"}
     assert {"synth_catalog", "split", "augment_Uset_000"} <= done_before
 

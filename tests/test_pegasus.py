@@ -50,7 +50,7 @@ def test_training_jobs_carry_gpu_checkpoint_and_retry_settings(built):
         assert int(pegasus["runtime"]) > 0 and pegasus["tag"] == "gpu"
         assert 0 < pegasus["checkpoint.time"] < pegasus["maxwalltime"]
         (checkpoint,) = [u for u in job["uses"] if u["type"] == "checkpoint"]
-        assert checkpoint["lfn"].endswith(".ckpt.keras") and checkpoint["lfn"] in job["arguments"]
+        assert checkpoint["lfn"].endswith(".ckpt.zip") and checkpoint["lfn"] in job["arguments"]
         assert int(job["profiles"]["dagman"]["RETRY"]) >= 2 + 4  # user's retries + checkpoint restarts
     others = [job for job in workflow["jobs"] if job["nodeLabel"] not in ("train", "evaluate")]
     assert all(int(job["profiles"]["dagman"]["RETRY"]) == 2 for job in others)

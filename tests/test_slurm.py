@@ -68,7 +68,7 @@ def our_queue(run_dir):
 def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
     job = JobSpec(id="train_Uset_000_model4", stage="train", executable="inclinet-train", args=["--epochs", "1"],
                   inputs=[], outputs=["m.keras"], cores=2, memory_mb=16000, runtime_s=4 * 3600 + 30, gpus=1,
-                  retries=3, checkpoint="m.ckpt.keras")
+                  retries=3, checkpoint="m.ckpt.zip")
     options = slurm.SlurmOptions(partition="cpu", gpu_partition="gpu", account="astro",
                                  sbatch_options=["--qos=short", "--mem=8G"])
     argv = slurm.sbatch_argv(job, tmp_path, options, ["11", "12"], use_gpus=True)

@@ -45,7 +45,7 @@ def data(tmp_path):
 def outputs(tmp_path, stem="Uset_000_model4"):
     return {
         "--output": tmp_path / f"models/{stem}.keras",
-        "--checkpoint": tmp_path / f"models/{stem}.ckpt.keras",
+        "--checkpoint": tmp_path / f"models/{stem}.ckpt.zip",
         "--metrics": tmp_path / f"models/{stem}.metrics.json",
         "--plot": tmp_path / f"models/{stem}.metrics.png",
     }
