@@ -199,3 +199,7 @@ def test_demo_preset_and_overrides(tmp_path):
     assert config["synthetic"] == 500 and config["size"] == 64 and config["models"] == ["model4"]
     assert config["lr_schedule"] == "cosine"
     assert config["epochs"] == 1
+
+
+def test_root_names_real_images_only(tmp_path):
+    assert main(["--synthetic", "20", "--root", "other", "--output-dir", str(tmp_path / "x"), "--dry-run"]) == 2

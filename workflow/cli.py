@@ -16,6 +16,7 @@ and the five Pegasus files (``workflow.yml``, ``sites.yml``, ``replicas.yml``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -57,6 +58,11 @@ DEMO = {
 }
 DEMO_OUTPUT_DIR = "demo-run"
 
+#: WorkflowConfig fields set by a flag of the same name (seed is always given; name has no
+#: flag), and every flag that belongs to the build rather than to the engine.
+_CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(dag.WorkflowConfig) if f.name not in ("seed", "name"))
+_BUILD_KEYS = {*_CONFIG_FLAGS, "seed", "demo", "verbose", "quiet"}
+
 
 def _csv_list(text):
     return tuple(item.strip() for item in str(text).split(",") if item.strip())
@@ -67,6 +73,7 @@ def add_build_arguments(parser):
     data.add_argument("--synthetic", type=int, metavar="N", help="draw N synthetic galaxies as the first jobs")
     data.add_argument("--data-path", help="folder of the raw images pgc<id>_d25x2_rot_<band>.{png,sdss.jpg}")
     data.add_argument("--catalog", help="catalog file (pipe-separated original or CSV) of the raw images")
+    data.add_argument("--root", help="root of the raw image names pgc<id>_<root>_<band>.png (d25x2_rot)")
     data.add_argument("--synthetic-size", type=int, help="pixel size of rendered synthetic raw images (512)")
     data.add_argument("--demo", action="store_true",
                       help="the embedded default: 500 synthetic galaxies, 64 px, two model4 members + binary, "
@@ -139,9 +146,7 @@ def build_command_parser(command):
 def config_from_args(args):
     """The :class:`~workflow.dag.WorkflowConfig` of the flags (--demo fills what is not given)."""
     values = dict(DEMO) if args.demo else {}
-    for name in ("synthetic", "data_path", "catalog", "synthetic_size", "bands", "size", "galaxies_per_job",
-                 "subsamples", "models", "tasks", "epochs", "batch_size", "lr_schedule", "n_batches", "per_bin",
-                 "views", "retries"):
+    for name in _CONFIG_FLAGS:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -188,9 +193,6 @@ def write_run(run_dir, jobs, config, args, argv):
     })
 
 
-_BUILD_KEYS = {"synthetic", "data_path", "catalog", "synthetic_size", "demo", "bands", "size", "galaxies_per_job",
-               "subsamples", "models", "tasks", "epochs", "batch_size", "lr_schedule", "n_batches", "per_bin",
-               "views", "retries", "seed", "verbose", "quiet"}
 
 
 def summarize_counts(jobs):

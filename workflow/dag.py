@@ -116,6 +116,8 @@ class WorkflowConfig:
                 raise invalid("--synthetic", self.synthetic, "a positive number of galaxies")
             if self.data_path or self.catalog:
                 raise ConfigError("--synthetic draws its own data: give it without --data-path/--catalog")
+            if self.root != naming.DEFAULT_ROOT:
+                raise invalid("--root", self.root, f"{naming.DEFAULT_ROOT} with --synthetic (it names real images)")
         elif not (self.data_path and self.catalog):
             raise ConfigError("give --synthetic N, or both --data-path DIR and --catalog CSV (or use --demo)")
         for name, values, allowed in (
