@@ -54,9 +54,3 @@ def require_positive(name, value, *, allow_zero=False):
     if value is None or (value < 0 if allow_zero else value <= 0):
         raise invalid(name, value, "a non-negative number" if allow_zero else "a positive number")
     return value
-
-
-def require_choice(name, value, choices):
-    if value not in choices:
-        raise invalid(name, value, "one of " + ", ".join(map(str, choices)))
-    return value

@@ -36,6 +36,13 @@ def _border(image):
     ])
 
 
+def _towards_galaxy(values, background, polarity):
+    """Difference from the background in the galaxy's direction, clipped at 0 (both ways if unknown)."""
+    if polarity == 0:
+        return np.abs(values - background)
+    return np.clip((values - background) * polarity, 0, None)
+
+
 def galaxy_mask(image, *, background=None, n_sigma=3.0):
     """Boolean mask and weights of the central object of ``image``.
 
@@ -55,10 +62,7 @@ def galaxy_mask(image, *, background=None, n_sigma=3.0):
     centre_box = gray[height // 4: height - height // 4, width // 4: width - width // 4]
     polarity = np.sign(float(np.mean(centre_box)) - background)
     smooth = ndimage.uniform_filter(gray, size=3, mode="nearest")
-    if polarity == 0:
-        signal = np.abs(smooth - background)
-    else:
-        signal = np.clip((smooth - background) * polarity, 0, None)
+    signal = _towards_galaxy(smooth, background, polarity)
     # The 3x3 mean lowers the noise by a factor 3.
     mask = signal > n_sigma * noise / 3.0
     labels, count = ndimage.label(mask)
@@ -75,9 +79,7 @@ def galaxy_mask(image, *, background=None, n_sigma=3.0):
         score = np.where(np.asarray(nearest) <= min(height, width) / 4, np.asarray(flux), -np.asarray(nearest))
         chosen = int(np.argmax(score)) + 1
     mask = labels == chosen
-    weights = np.where(mask, np.clip((gray - background) * (polarity or 1), 0, None), 0.0)
-    if polarity == 0:
-        weights = np.where(mask, np.abs(gray - background), 0.0)
+    weights = np.where(mask, _towards_galaxy(gray, background, polarity), 0.0)
     return mask, weights
 
 

@@ -52,12 +52,10 @@ def load_image(path):
 
 def _to_rgb_array(image):
     mode = image.mode
-    if mode in ("RGB",):
+    if mode == "RGB":
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-    if mode in ("RGBA", "RGBX", "RGBa"):
-        return np.ascontiguousarray(np.asarray(image.convert("RGBA"), dtype=np.uint8)[..., :3])
-    if mode in ("P", "PA"):
-        # Palette colours, transparency ignored (a grey palette gives identical channels).
+    if mode in ("RGBA", "RGBX", "RGBa", "P", "PA"):
+        # Alpha dropped; palette colours, transparency ignored (a grey palette gives identical channels).
         return np.ascontiguousarray(np.asarray(image.convert("RGBA"), dtype=np.uint8)[..., :3])
     if mode in ("L", "1"):
         gray = np.asarray(image.convert("L"), dtype=np.uint8)

@@ -45,11 +45,6 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def atomic_write_bytes(path, data):
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -59,7 +59,7 @@ REJECT_CAUSES = ("star", "multiple", "faint", "not_spiral")
 JPEG_QUALITY = 90
 TRUTH_FILE = "truth.csv"
 CATALOG_FILE = "catalog.csv"
-GRAY_BANDS = ("g", "r", "i")
+GRAY_BANDS = naming.GRAY_BANDS
 #: Dust optical depth in g, r, i relative to r (reddening).
 DUST_BAND_FACTORS = (1.3, 1.0, 0.8)
 # Relative brightness of each kind of component in g, r, i: old stars are red, arms and
@@ -581,18 +581,11 @@ def render_galaxy(params, size, seed):
     return gray, np.ascontiguousarray(rgb[::-1])
 
 
-def _save_png(path, array):
+def _save_image(path, array, **options):
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def _save_jpeg(path, array):
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        Image.fromarray(array).save(tmp, **options)
 
 
 def galaxy_files(output, pgc):
@@ -655,8 +648,8 @@ def run(*, n_galaxies, output, size=512, seed=0, shard=None, catalog_only=False,
         gray, rgb = render_galaxy(params, size, seed)
         paths = galaxy_files(output, params.pgc)
         for band, path in zip(GRAY_BANDS, paths):
-            _save_png(path, gray[band])
-        _save_jpeg(paths[3], rgb)
+            _save_image(path, gray[band], format="PNG")
+        _save_image(paths[3], rgb, format="JPEG", quality=JPEG_QUALITY)
         written.extend(paths)
         if done % every == 0 or done == len(indices):
             logger.info("rendered %d/%d galaxies", done, len(indices))
