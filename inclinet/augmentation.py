@@ -105,7 +105,7 @@ def _affine_matrix(size, rng, params):
     matrix = np.diag([flip_rows, flip_cols]) @ rotation_inverse / scale
     centre = np.full(2, (size - 1) / 2.0)
     offset = centre - matrix @ (centre + shift)
-    return matrix, offset, scale
+    return matrix, offset
 
 
 def _outside(shape, matrix, offset):
@@ -127,7 +127,7 @@ def _gamma(values, gamma):
 
 def _augment_plane_stack(planes, rng, params, colour):
     """Augment one image given as float planes (C, S, S); returns the new planes."""
-    matrix, offset, _ = _affine_matrix(planes.shape[-1], rng, params)
+    matrix, offset = _affine_matrix(planes.shape[-1], rng, params)
     planes = warp(planes, matrix, offset, rng)
 
     n_channels = planes.shape[0]
@@ -239,17 +239,15 @@ def validation_set(samples, rng, *, colour_params=COLOUR_VALIDATION_CHAIN, gray_
         n_gray = n_colour if n_colour else len(pool)
         picks = rng.permutation(len(pool))[: min(n_gray, len(pool))]
         chosen = [pool[p] for p in picks]
-        images = np.stack([samples[b]["images"][r] for b, r in chosen]) if chosen else None
-        if images is not None:
-            inverted = np.zeros(len(chosen), bool)
-            inverted[: len(chosen) // 2] = True
-            parts.append((
-                images,
-                np.array([samples[b]["labels"][r] for b, r in chosen]),
-                np.array([samples[b]["pgcIDs"][r] for b, r in chosen]),
-                [b for b, _ in chosen],
-                inverted,
-            ))
+        inverted = np.zeros(len(chosen), bool)
+        inverted[: len(chosen) // 2] = True
+        parts.append((
+            np.stack([samples[b]["images"][r] for b, r in chosen]),
+            np.array([samples[b]["labels"][r] for b, r in chosen]),
+            np.array([samples[b]["pgcIDs"][r] for b, r in chosen]),
+            [b for b, _ in chosen],
+            inverted,
+        ))
     if not parts:
         raise ValueError("validation_set needs at least one non-empty band")
     images = np.concatenate([p[0] for p in parts])

@@ -1,10 +1,12 @@
 """inclinet-augment and inclinet.augmentation: balance, aspect preservation, determinism, bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _prep_data import galaxy_image, write_sample
 
-from inclinet import augmentation
+from inclinet import augmentation, naming
 from inclinet.axial import axial_ratio
 from inclinet.stages import augment
 
@@ -23,8 +25,8 @@ def samples(tmp_path_factory):
     pgcs = np.arange(1000, 1000 + len(labels))
     paths = {}
     for band in BANDS:
-        tag = "RGB" if band == "gri" else band
-        paths[band] = write_sample(folder / f"{tag}_{SIZE}x{SIZE}_train_001.npz", band, pgcs, labels, SIZE)
+        name = Path(naming.sample(SIZE, band, "train", 1)).name
+        paths[band] = write_sample(folder / name, band, pgcs, labels, SIZE)
     return paths
 
 

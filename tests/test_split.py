@@ -2,11 +2,13 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from _prep_data import write_sample
 
+from inclinet import naming
 from inclinet.stages import split
 
 SIZE = 16
@@ -24,8 +26,8 @@ def compressed(tmp_path_factory):
     paths = {}
     for band in BANDS:
         keep = pgcs != 1030 if band == "r" else np.ones(len(pgcs), bool)
-        tag = "RGB" if band == "gri" else band
-        paths[band] = write_sample(folder / f"{SIZE}x{SIZE}_{tag}.npz", band, pgcs[keep], labels[keep], SIZE)
+        name = Path(naming.compressed(SIZE, band)).name
+        paths[band] = write_sample(folder / name, band, pgcs[keep], labels[keep], SIZE)
     return paths, dict(zip(pgcs.tolist(), labels.tolist()))
 
 

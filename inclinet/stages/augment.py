@@ -10,6 +10,7 @@ memory holds one batch, whatever the number of galaxies or batches.
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import re
@@ -181,18 +182,14 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=5, per_bin=3, 
     scratch = Path(scratch_dir) if scratch_dir else output_dir
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = []
-    readers = {band: NpzRows(sample["path"], scratch_dir=scratch) for band, sample in samples.items()}
-    try:
-        for reader in readers.values():
-            reader.__enter__()
+    with contextlib.ExitStack() as stack:
+        readers = {band: stack.enter_context(NpzRows(sample["path"], scratch_dir=scratch))
+                   for band, sample in samples.items()}
         for batch in range(1, n_batches + 1):
             path = output_dir / Path(naming.augmented_batch(size, 0, batch)).name
             _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size)
             outputs.append(path)
             logger.debug("augment %s: batch %d/%d written", subset, batch, n_batches)
-    finally:
-        for reader in readers.values():
-            reader.close()
     skips.write(report_path)
     check_outputs(outputs + [report_path])
     per_batch = 2 * per_bin * len(pools)
