@@ -28,6 +28,7 @@ import numpy as np
 from inclinet import models as inclinet_models
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
+from inclinet.images import prepare_image
 from inclinet.io import atomic_write_text
 from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
 
@@ -116,13 +117,6 @@ class Bundle:
         return mean
 
 
-def prepare_image(path, size):
-    """Load an image, pad it to a square with black and resize it to ``size`` px (uint8 S x S x 3)."""
-    from inclinet.images import load_image, pad_to_square, resize_square
-
-    return resize_square(pad_to_square(load_image(path), 0), size)
-
-
 def collect_inputs(inputs=(), *, catalog=None, data_path=None):
     """Expand images and folders (PNG/JPEG/GIF files, sorted) and catalog galaxies -> [(path, extra)]."""
     items = []
@@ -167,7 +161,7 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
             }
             continue
         try:
-            image = prepare_image(path, loaded.input_size)
+            image = prepare_image(path, loaded.input_size, fill=0)
         except InputError as exc:
             answers[index] = {"status": "failed", "filename": str(path), **extra, "message": str(exc)}
             logger.warning("%s", exc)

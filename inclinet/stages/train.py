@@ -34,6 +34,7 @@ from inclinet._helpers import derive_seed, require_positive, rng_for
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError, StageError, invalid
 from inclinet.io import atomic_path, atomic_write_json, check_outputs, load_npz
+from inclinet.npzstream import array_info, load_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -53,33 +54,15 @@ class TrainingInterrupted(StageError):
 
 # -- input files --------------------------------------------------------------------------
 
-def _npy_header(archive, key, path):
-    name = f"{key}.npy"
-    try:
-        with archive.open(name) as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-    except KeyError:
-        raise InputError(f"{path}: missing array {key}; was it written by inclinet-augment?") from None
-    return shape, dtype
-
-
 def inspect_batch_file(path, task):
-    """Check a training batch file cheaply (headers + labels) -> (n_rows, image_size)."""
+    """Check a training batch file cheaply (images header + labels) -> (n_rows, image_size)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: training batch not found; run inclinet-augment first")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            shape, dtype = _npy_header(archive, "images", path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable npz ({exc}); delete it and re-run inclinet-augment") from None
+    shape, dtype = array_info(path, "images")
     if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 or dtype != np.uint8:
         raise InputError(f"{path}: images must be uint8 (N, S, S, 3), found {dtype} {shape}")
-    labels = load_npz(path, required=("labels",))["labels"]
+    labels = load_arrays(path, ("labels",))["labels"]
     if len(labels) != shape[0]:
         raise InputError(f"{path}: {shape[0]} images but {len(labels)} labels")
     _check_labels(labels, task, path)
