@@ -1,6 +1,5 @@
 """What every inclinet command line shares: common flags, logging set-up, exit codes."""
 
-import argparse
 import logging
 import sys
 import time
@@ -25,10 +24,6 @@ def configure_logging(verbose=0, quiet=False):
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
     )
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors carry exit code 2 through :func:`run_main`."""
 
 
 def run_main(parser, run, argv=None):

@@ -74,6 +74,24 @@ def atomic_savez(path, *, compressed=True, **arrays):
             save(handle, **arrays)
 
 
+def missing_file_error(path):
+    return InputError(f"{path}: file not found; run the stage that produces it first")
+
+
+def unreadable_npz_error(path, exc):
+    return InputError(
+        f"{path}: not a readable npz ({exc}); the file is corrupt or truncated, "
+        "delete it and re-run the stage that produced it"
+    )
+
+
+def missing_arrays_error(path, missing, present):
+    return InputError(
+        f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(sorted(present))}); "
+        "was it written by another tool or an older version?"
+    )
+
+
 def load_npz(path, required=("images", "labels", "pgcIDs")):
     """Load every array of an npz into memory, checking it is readable and complete.
 
@@ -82,21 +100,15 @@ def load_npz(path, required=("images", "labels", "pgcIDs")):
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found; run the stage that produces it first")
+        raise missing_file_error(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise InputError(
-            f"{path}: not a readable npz ({exc}); the file is corrupt or truncated, "
-            "delete it and re-run the stage that produced it"
-        ) from None
+        raise unreadable_npz_error(path, exc) from None
     missing = [key for key in required if key not in arrays]
     if missing:
-        raise InputError(
-            f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(sorted(arrays))}); "
-            "was it written by another tool or an older version?"
-        )
+        raise missing_arrays_error(path, missing, arrays)
     return arrays
 
 

@@ -19,18 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from inclinet.errors import InputError
-from inclinet.io import atomic_path
+from inclinet.io import atomic_path, missing_arrays_error, missing_file_error, unreadable_npz_error
 
 _CHUNK_BYTES = 4 * 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, struct.error)
-
-
-def _corrupt(path, exc):
-    return InputError(
-        f"{path}: not a readable npz ({exc}); the file is corrupt or truncated, "
-        "delete it and re-run the stage that produced it"
-    )
 
 
 def load_arrays(path, keys, *, optional=()):
@@ -40,20 +33,17 @@ def load_arrays(path, keys, *, optional=()):
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found; run the stage that produces it first")
+        raise missing_file_error(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [key for key in keys if key not in data.files]
             if missing:
-                raise InputError(
-                    f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(sorted(data.files))}); "
-                    "was it written by another tool or an older version?"
-                )
+                raise missing_arrays_error(path, missing, data.files)
             return {key: data[key] for key in (*keys, *optional) if key in data.files}
     except InputError:
         raise
     except _NPZ_ERRORS as exc:
-        raise _corrupt(path, exc) from None
+        raise unreadable_npz_error(path, exc) from None
 
 
 def array_info(path, key="images"):
@@ -134,7 +124,7 @@ class NpzRows:
 
     def _open(self, header_only=False):
         if not self.path.is_file():
-            raise InputError(f"{self.path}: file not found; run the stage that produces it first")
+            raise missing_file_error(self.path)
         member = f"{self.key}.npy"
         try:
             with zipfile.ZipFile(self.path) as archive:
@@ -157,10 +147,10 @@ class NpzRows:
         except InputError:
             raise
         except _NPZ_ERRORS as exc:
-            raise _corrupt(self.path, exc) from None
+            raise unreadable_npz_error(self.path, exc) from None
         available = os.fstat(self._fd).st_size - self._offset
         if available < self._nbytes:
-            raise _corrupt(self.path, f"array {self.key} truncated: {available} of {self._nbytes} bytes")
+            raise unreadable_npz_error(self.path, f"array {self.key} truncated: {available} of {self._nbytes} bytes")
 
     def _read_header(self, source):
         version = np.lib.format.read_magic(source)
@@ -192,7 +182,7 @@ class NpzRows:
                 os.write(fd, chunk)
                 written += len(chunk)
             if written != self._nbytes:
-                raise _corrupt(self.path, f"array {self.key} has {written} of {self._nbytes} bytes")
+                raise unreadable_npz_error(self.path, f"array {self.key} has {written} of {self._nbytes} bytes")
         except BaseException:
             os.close(fd)
             raise
@@ -209,7 +199,7 @@ class NpzRows:
         for position, index in enumerate(indices):
             data = os.pread(self._fd, self._row_bytes, self._offset + int(index) * self._row_bytes)
             if len(data) != self._row_bytes:
-                raise _corrupt(self.path, f"row {index} truncated")
+                raise unreadable_npz_error(self.path, f"row {index} truncated")
             flat[position] = np.frombuffer(data, dtype=np.uint8)
         return out
 
@@ -219,7 +209,7 @@ class NpzRows:
         count = max(0, stop - start)
         data = os.pread(self._fd, count * self._row_bytes, self._offset + start * self._row_bytes)
         if len(data) != count * self._row_bytes:
-            raise _corrupt(self.path, f"rows {start}:{stop} truncated")
+            raise unreadable_npz_error(self.path, f"rows {start}:{stop} truncated")
         return np.frombuffer(data, dtype=self.dtype).reshape(count, *self.row_shape).copy()
 
     def iter_chunks(self, rows_per_chunk=256):

@@ -31,6 +31,7 @@ shard renders byte-identical files to an unsharded run, and the catalog is compu
 without rendering anything.
 """
 
+import argparse
 import csv
 import io
 import logging
@@ -45,7 +46,7 @@ import numpy as np
 from inclinet import naming
 from inclinet._helpers import derive_seed, parse_shard, rng_for, shard_range
 from inclinet.catalog import write_catalog
-from inclinet.cli import ArgumentParser, add_common_arguments, run_main
+from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import StageError, invalid
 from inclinet.io import atomic_path, atomic_write_text, check_outputs
 
@@ -684,7 +685,7 @@ def add_arguments(parser):
 
 
 def build_parser():
-    parser = ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="inclinet-synth",
         description="Render a synthetic universe of galaxies with known inclinations in the original raw layout.",
     )
