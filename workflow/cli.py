@@ -193,8 +193,6 @@ def write_run(run_dir, jobs, config, args, argv):
     })
 
 
-
-
 def summarize_counts(jobs):
     counts = {}
     for job in jobs:
@@ -234,7 +232,6 @@ def print_next_steps(run_dir, config):
     data = Path(run_dir) / "data"
     report = data / "evaluation" / "report.html"
     bundle = data / dag.BUNDLE_DIR
-    ids = None
     try:
         ids = dag._synthetic_ids(config) if config.synthetic else None
     except ImportError:
@@ -267,7 +264,7 @@ def main(argv=None):
     logging.getLogger("Pegasus").setLevel(logging.WARNING)
     if argv and argv[0] in COMMANDS:
         parser = build_command_parser(argv[0])
-        return _run(parser, lambda args: run_command(args), argv[1:])
+        return _run(parser, run_command, argv[1:])
     parser = build_parser()
     return _run(parser, lambda args: run_build(args, argv), argv)
 

@@ -425,21 +425,6 @@ def final_outputs(jobs):
     return [lfn for job in jobs if job.stage in ("train", "evaluate") for lfn in job.outputs]
 
 
-def descendants(jobs, job_id):
-    """Ids of every job that (transitively) depends on ``job_id``."""
-    children = {}
-    for job in jobs:
-        for parent in job.parents:
-            children.setdefault(parent, []).append(job.id)
-    found, stack = set(), [job_id]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
 # -- persistence ------------------------------------------------------------------------
 
 JOBS_FILE = "jobs.json"

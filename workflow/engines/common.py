@@ -58,7 +58,7 @@ def resolve_executable(name):
                      "install inclinet (scripts/bootstrap.sh)")
 
 
-def job_command(job, run_dir=None):
+def job_command(job):
     """The argv of a job with its executable resolved to an absolute path."""
     return resolve_executable(job.executable) + list(job.args)
 
@@ -72,6 +72,14 @@ def read_run_info(run_dir):
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); rebuild the run with run_workflow.py") from None
+
+
+def read_json(path):
+    """The JSON in ``path``, or None when it is missing or unreadable (a state or exit record)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 # -- outputs ----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ a training job saves its checkpoint and continues from it on resume.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,12 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from inclinet.io import atomic_write_json
 from workflow.engines.common import (
     data_dir,
     job_command,
     log_path,
     outputs_intact,
     prepare_data_dir,
+    read_json,
     read_run_info,
     state_dir,
 )
@@ -81,19 +82,6 @@ def _alive(pid, start):
     return start is None or now == start
 
 
-def _write_json(path, data):
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 # -- the job wrapper --------------------------------------------------------------------
 
 WRAPPER = Path(__file__).with_name("_jobwrap.py")
@@ -115,13 +103,13 @@ class RunState:
         return self.dir / f"{job_id}.rc.json"
 
     def get(self, job_id):
-        return _read_json(self.path(job_id)) or {"state": PENDING, "attempts": 0}
+        return read_json(self.path(job_id)) or {"state": PENDING, "attempts": 0}
 
     def put(self, job_id, record):
-        _write_json(self.path(job_id), record)
+        atomic_write_json(self.path(job_id), record)
 
     def runner(self):
-        return _read_json(self.dir / "runner.json")
+        return read_json(self.dir / "runner.json")
 
     def claim_runner(self):
         """Record this process as the run's runner; refuse when another live runner holds it."""
@@ -131,8 +119,8 @@ class RunState:
         if current and current.get("pid") != os.getpid() and _alive(current.get("pid"), current.get("pid_start")):
             raise ConfigError(f"run {self.dir.parent} is being run by process {current['pid']}; wait for it, "
                               f"or stop it with 'run_workflow.py cancel {self.dir.parent}'")
-        _write_json(self.dir / "runner.json",
-                    {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "started": time.time()})
+        atomic_write_json(self.dir / "runner.json",
+                          {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "started": time.time()})
 
     def release_runner(self):
         current = self.runner()
@@ -217,7 +205,7 @@ class LocalRunner:
             self._set(job_id, PENDING)
 
     def _outcome_of_dead(self, job_id, record):
-        rc = _read_json(self.state.rc_path(job_id))
+        rc = read_json(self.state.rc_path(job_id))
         if rc and rc.get("attempt") == record.get("attempts") and rc.get("returncode") == 0:
             self._set(job_id, DONE, returncode=0, ended=rc.get("ended"),
                       duration=(rc.get("ended") or time.time()) - (record.get("started") or time.time()))
@@ -238,7 +226,7 @@ class LocalRunner:
         log = log_path(self.run_dir, job)
         log.parent.mkdir(parents=True, exist_ok=True)
         self.state.rc_path(job.id).unlink(missing_ok=True)
-        command = job_command(job, self.run_dir)
+        command = job_command(job)
         wrapper = [sys.executable, str(WRAPPER), str(self.state.rc_path(job.id).resolve()), str(attempt), "--",
                    *command]
         env = dict(os.environ)
@@ -262,7 +250,7 @@ class LocalRunner:
     def _reap(self, job_id):
         running = self.running.pop(job_id)
         job = running.job
-        rc = _read_json(self.state.rc_path(job_id))
+        rc = read_json(self.state.rc_path(job_id))
         if rc and rc.get("attempt") == running.attempt:
             code = rc.get("returncode")
         elif running.process is not None:
@@ -406,7 +394,7 @@ def collect(run_dir, jobs):
         record = state.get(job.id)
         current = record.get("state", PENDING)
         if current == RUNNING and not _alive(record.get("pid"), record.get("pid_start")):
-            rc = _read_json(state.rc_path(job.id))
+            rc = read_json(state.rc_path(job.id))
             current = DONE if rc and rc.get("returncode") == 0 and rc.get("attempt") == record.get("attempts") \
                 else "unfinished"
         duration = record.get("duration")

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from inclinet.errors import StageError
+from inclinet.io import atomic_write_json
 from workflow.engines.common import read_run_info, state_dir
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,7 @@ def run(run_dir, jobs, args):
     except PegasusClientError as exc:
         raise StageError(f"pegasus-plan failed:\n{exc.output}\ncommand: {command}") from None
     submit_dir = workflow._submit_dir or options["dir"]
-    (state_dir(run_dir)).mkdir(parents=True, exist_ok=True)
-    (state_dir(run_dir) / STATE_FILE).write_text(json.dumps({"submit_dir": str(submit_dir)}), encoding="utf-8")
+    atomic_write_json(state_dir(run_dir) / STATE_FILE, {"submit_dir": str(submit_dir)})
     print(f"submitted: {submit_dir}\nwatch it with: pegasus-status -l {submit_dir}")
     return 0
 

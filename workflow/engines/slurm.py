@@ -249,11 +249,7 @@ def _append_lines(path, lines):
 
 
 def _read_exit(run_dir, job_id):
-    path = _exit_file(run_dir, job_id)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return common.read_json(_exit_file(run_dir, job_id))
 
 
 # -- SLURM commands ---------------------------------------------------------------------
@@ -331,7 +327,7 @@ def _format_time(seconds):
 def job_command(job, run_dir, options, *, use_gpus=False):
     """The command the wrapper runs: the job's executable, inside the container if asked for."""
     if not options.container:
-        return common.job_command(job, run_dir)
+        return common.job_command(job)
     run_dir = Path(run_dir).resolve()
     wrapper = [options.container_runtime, "exec"]
     if use_gpus and job.gpus:
