@@ -18,7 +18,8 @@ import subprocess
 from pathlib import Path
 
 from inclinet.errors import StageError
-from inclinet.io import atomic_write_json
+from inclinet.io import atomic_write_json, atomic_write_text
+from workflow import catalogs
 from workflow.engines.common import read_run_info, state_dir
 
 logger = logging.getLogger(__name__)
@@ -128,12 +129,13 @@ def _add_clustering(jobs, size, run_dir):
     import yaml
 
     path = Path(run_dir) / "workflow.yml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     small = {job.id for job in jobs if not job.gpus}
     for job in data["jobs"]:
         if job["id"] in small:
             job.setdefault("profiles", {}).setdefault("pegasus", {})["clusters.size"] = int(size)
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    atomic_write_text(path, catalogs._dump(data))
 
 
 def _recorded_submit_dir(run_dir, args):
