@@ -43,12 +43,32 @@ def _towards_galaxy(values, background, polarity):
     return np.clip((values - background) * polarity, 0, None)
 
 
-def galaxy_mask(image, *, background=None, n_sigma=3.0):
-    """Boolean mask and weights of the central object of ``image``.
+def segment(image, *, background=None, n_sigma=3.0):
+    """Background, noise, polarity and the connected objects of ``image``, with the central one chosen.
 
-    Returns ``(mask, weights)`` where ``weights`` is the non-negative difference from the
-    background in the galaxy's direction (darker on a bright sky, brighter on a dark one).
-    Raises :class:`InputError` when no object stands out from the background.
+    Parameters
+    ----------
+    image : array_like
+        uint8 (or float) ``(H, W)`` or ``(H, W, C)`` image; colour is averaged over channels.
+    background : float, optional
+        Background level; by default the median of the image border.
+    n_sigma : float, optional
+        Detection threshold, in noise levels of the 3x3-smoothed image.
+
+    Returns
+    -------
+    dict
+        ``gray`` (float image), ``background``, ``noise`` (per pixel, at least half a grey
+        level), ``polarity`` (+1 bright galaxy on a dark sky, -1 dark on white, 0 unknown),
+        ``labels`` (int image of the detected objects, 0 for sky) and ``chosen`` (label of
+        the central object).
+
+    Raises
+    ------
+    InputError
+        When no object stands out from the background.
+    ValueError
+        When the image has the wrong shape or is smaller than 4 x 4 pixels.
     """
     gray = _gray(image)
     border = _border(gray)
@@ -78,8 +98,20 @@ def galaxy_mask(image, *, background=None, n_sigma=3.0):
         # Prefer objects reaching into the central region, then the brightest of them.
         score = np.where(np.asarray(nearest) <= min(height, width) / 4, np.asarray(flux), -np.asarray(nearest))
         chosen = int(np.argmax(score)) + 1
-    mask = labels == chosen
-    weights = np.where(mask, _towards_galaxy(gray, background, polarity), 0.0)
+    return {"gray": gray, "background": float(background), "noise": noise, "polarity": float(polarity),
+            "labels": labels, "chosen": int(chosen)}
+
+
+def galaxy_mask(image, *, background=None, n_sigma=3.0):
+    """Boolean mask and weights of the central object of ``image``.
+
+    Returns ``(mask, weights)`` where ``weights`` is the non-negative difference from the
+    background in the galaxy's direction (darker on a bright sky, brighter on a dark one).
+    Raises :class:`InputError` when no object stands out from the background.
+    """
+    found = segment(image, background=background, n_sigma=n_sigma)
+    mask = found["labels"] == found["chosen"]
+    weights = np.where(mask, _towards_galaxy(found["gray"], found["background"], found["polarity"]), 0.0)
     return mask, weights
 
 
