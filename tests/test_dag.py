@@ -1,6 +1,7 @@
 """The DAG builder: job counts, edges, files, resources, real-data inputs, and the build CLI."""
 
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -94,8 +95,8 @@ def test_training_jobs_carry_gpu_checkpoint_and_retries():
             assert job.gpus == 1 and job.cores >= 2 and job.memory_mb >= 8000
             assert job.checkpoint == job.outputs[0].replace(".keras", ".ckpt.zip")
             assert job.checkpoint in job.args
-            # Room for the checkpoint-time restarts on Pegasus: one per 50 min of the 4 h runtime.
-            assert dag.pegasus_retries(job) == config.retries + 5
+            # Room for the checkpoint-time restarts on Pegasus: one per 50 min of the sized runtime.
+            assert dag.pegasus_retries(job) == config.retries + math.ceil(job.runtime_s / 60 / 50)
         else:
             assert job.checkpoint is None and dag.pegasus_retries(job) == 1
         assert job.retries == 1

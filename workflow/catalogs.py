@@ -9,7 +9,9 @@ for their cluster and data. :func:`write_run_catalogs` reads them (or files give
   one regex entry for all raw images), plus an empty placeholder per training checkpoint
   (with ``condorio`` Pegasus must find a checkpoint file before the first attempt);
 * ``transformations.yml``: one transformation per stage, inside the inclinet container,
-  on every execution site;
+  on every execution site; the GPU stages carry each site's ``gpu`` tag profiles (queue,
+  ``glite.arguments``), so that the run's ``sites.yml`` has no ``x-tags`` (Pegasus 5.1.2
+  refuses them; 5.1.3 accepts them) and GPU jobs still reach the GPU queue on both;
 * ``pegasus.properties``: catalog files, ``dagman.retry`` set explicitly, ``nonsharedfs``.
 
 Why ``nonsharedfs``: with ``sharedfs`` Pegasus silently plans containerised jobs to run
@@ -18,9 +20,7 @@ bare on the node, so the container (and its TensorFlow) would be ignored.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from pathlib import Path
 
 import yaml
@@ -37,6 +37,10 @@ CONTAINER_BIN = "/usr/local/bin"
 DEFAULT_IMAGE = f"file://{REPO_ROOT / 'containers' / 'inclinet.sif'}"
 EXECUTION_SITES = ("condorpool", "slurm")
 PEGASUS_VERSION = "5.0"
+#: Site-catalog key of Pegasus 5.1.3 tag profiles (refused by the 5.1.2 planner) and the tag
+#: whose profiles the GPU stages get.
+TAGS_KEY = "x-tags"
+GPU_TAG = "gpu"
 
 
 # -- sites ------------------------------------------------------------------------------
@@ -63,7 +67,6 @@ def default_site_catalog(run_dir="/tmp/inclinet-run", *, slurm_scratch="/scratch
         Directory,
         FileServer,
         Grid,
-        Namespace,
         Operation,
         Scheduler,
         Site,
@@ -86,12 +89,16 @@ def default_site_catalog(run_dir="/tmp/inclinet-run", *, slurm_scratch="/scratch
                               queue=cpu_queue)
     slurm.add_condor_profile(grid_resource="batch slurm")
     slurm.add_env(key="PEGASUS_HOME", value="/usr")
-    slurm.add_tag_profiles("gpu", Namespace.PEGASUS, queue=gpu_queue)
-    slurm.add_tag_profiles("gpu", Namespace.PEGASUS, key="glite.arguments", value="--gres=gpu:1")
 
     catalog = SiteCatalog()
     catalog.add_sites(local_site(run_dir), condorpool, slurm)
-    return catalog
+    data = _api_dict(catalog)
+    # The 5.1.3 tag syntax, written by hand: pegasus-wms.api 5.1.2 has no add_tag_profiles.
+    for site in data["sites"]:
+        if site["name"] == "slurm":
+            site[TAGS_KEY] = [{"name": GPU_TAG, "profiles": {
+                "pegasus": {"queue": gpu_queue, "glite.arguments": "--gres=gpu:1"}}}]
+    return data
 
 
 def _dump(data):
@@ -103,15 +110,17 @@ def _dump(data):
 def workflow_yaml(workflow):
     """``workflow.yml`` text of a ``Pegasus.api.Workflow``: what ``Workflow.write`` writes, faster and stable.
 
-    Edges are inferred from the files as ``write`` does; each job's ``uses`` are sorted by
-    LFN so that the same DAG always gives the same file.
+    Edges are inferred from the files as ``write`` does; each job's ``uses`` (by LFN) and each
+    job's children are sorted so that the same DAG always gives the same file.
     """
     workflow._infer_dependencies()
-    data = {"x-pegasus": {"createdBy": os.environ.get("USER", "inclinet"),
-                          "createdOn": time.strftime("%m-%d-%yT%H:%M:%SZ", time.gmtime()), "apiLang": "python"}}
+    # No user name or clock time: the same flags give the same bytes.
+    data = {"x-pegasus": {"createdBy": "inclinet", "apiLang": "python"}}
     data.update(_api_dict(workflow))
     for job in data.get("jobs", []):
         job["uses"] = sorted(job.get("uses", []), key=lambda use: (use["lfn"], use["type"]))
+    for dependency in data.get("jobDependencies", []):
+        dependency["children"] = sorted(dependency["children"])
     return _dump(data)
 
 
@@ -136,13 +145,31 @@ def _api_dict(obj):
     return json.loads(json.dumps(obj, cls=_CustomEncoder))
 
 
-def run_sites(run_dir, sites_file=None):
-    """The site catalog of a run (a dict): the user's sites with ``local`` set to ``run_dir``."""
+def user_sites(sites_file=None, run_dir="/tmp/inclinet-run"):
+    """The user's site catalog as written (a dict), with its 5.1.3 ``x-tags`` if any."""
     if sites_file is None and not DEFAULT_SITES.is_file():
-        data = _api_dict(default_site_catalog(run_dir))
-    else:
-        data = _load_yaml(sites_file or DEFAULT_SITES, "site catalog")
-    sites = [s for s in data.get("sites", []) if s.get("name") != "local"]
+        return default_site_catalog(run_dir)
+    return _load_yaml(sites_file or DEFAULT_SITES, "site catalog")
+
+
+def gpu_profiles(sites):
+    """``{site: profiles}`` of each site's ``gpu`` tag (``x-tags``), for the GPU transformations."""
+    found = {}
+    for site in sites.get("sites", []):
+        for tag in site.get(TAGS_KEY) or []:
+            if isinstance(tag, dict) and tag.get("name") == GPU_TAG and tag.get("profiles"):
+                found[site["name"]] = tag["profiles"]
+    return found
+
+
+def run_sites(run_dir, sites_file=None):
+    """The site catalog of a run (a dict): the user's sites with ``local`` set to ``run_dir``.
+
+    Tag profiles (``x-tags``) are left out: Pegasus 5.1.2 refuses them; their ``gpu``
+    profiles go to the GPU transformations instead (:func:`transformation_catalog`).
+    """
+    data = user_sites(sites_file, run_dir)
+    sites = [{k: v for k, v in s.items() if k != TAGS_KEY} for s in data.get("sites", []) if s.get("name") != "local"]
     data["pegasus"] = str(data.get("pegasus", PEGASUS_VERSION))
     data["sites"] = [_api_dict(local_site(run_dir))] + sites
     return data
@@ -240,27 +267,57 @@ def container_image_site(image):
     return "local"
 
 
-def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None):
-    """One transformation per stage, run inside the inclinet Singularity container."""
-    from Pegasus.api import Container, Transformation, TransformationCatalog
+def containers(sites, image=DEFAULT_IMAGE, mode="stage"):
+    """``{site: Container}``: the image each execution site runs the stages in.
 
-    from workflow.dag import STAGES
+    ``stage``: one container fetched by Pegasus from where ``image`` lives (``image_site``):
+    on a ``nonsharedfs`` site it is staged once into the site's staging directory and linked
+    into every job; with ``condorio`` HTCondor sends it with every job. ``shared``: ``image``
+    is a path every node of each site sees (CVMFS, a shared file system); one container per
+    site with ``image_site`` that site and staging bypassed, so every job reads it in place.
+    """
+    from Pegasus.api import Container
 
-    container = Container(CONTAINER_NAME, Container.SINGULARITY, image, image_site=container_image_site(image))
+    if mode == "stage":
+        container = Container(CONTAINER_NAME, Container.SINGULARITY, image, image_site=container_image_site(image))
+        return {site: container for site in sites}
+    if not image.startswith("file:///"):
+        raise InputError(f"invalid --container-image: {image}; must be file:///PATH with --container-mode shared "
+                         "(a path every node sees, e.g. on CVMFS)")
+    return {site: Container(f"{CONTAINER_NAME}-{site}", Container.SINGULARITY, image, image_site=site,
+                            bypass_staging=True) for site in sites}
+
+
+def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_profiles=None, mode="stage"):
+    """One transformation per stage, run inside the inclinet Singularity container.
+
+    ``gpu_site_profiles`` (``{site: {namespace: {key: value}}}``, see :func:`gpu_profiles`)
+    are added to the GPU stages on their site: how a site's GPU queue is chosen.
+    """
+    from Pegasus.api import Transformation, TransformationCatalog
+
+    from workflow.dag import STAGE_SLOTS, STAGES
+
+    by_site = containers(sites, image, mode)
     catalog = TransformationCatalog()
-    catalog.add_containers(container)
+    catalog.add_containers(*dict.fromkeys(by_site.values()))
     for stage in stages or STAGES:
         transformation = Transformation(f"inclinet-{stage}")
         for site in sites:
-            transformation.add_sites(_transformation_site(site, stage, container))
+            profiles = (gpu_site_profiles or {}).get(site) if STAGE_SLOTS[stage][1] else None
+            transformation.add_sites(_transformation_site(site, stage, by_site[site], profiles))
         catalog.add_transformations(transformation)
     return catalog
 
 
-def _transformation_site(site, stage, container):
-    from Pegasus.api import TransformationSite
+def _transformation_site(site, stage, container, profiles=None):
+    from Pegasus.api import Namespace, TransformationSite
 
-    return TransformationSite(site, f"{CONTAINER_BIN}/inclinet-{stage}", is_stageable=False, container=container)
+    entry = TransformationSite(site, f"{CONTAINER_BIN}/inclinet-{stage}", is_stageable=False, container=container)
+    for namespace, values in (profiles or {}).items():
+        for key, value in values.items():
+            entry.add_profiles(Namespace(namespace), key=key, value=str(value))
+    return entry
 
 
 # -- properties -------------------------------------------------------------------------
@@ -295,11 +352,13 @@ def write_run_catalogs(run_dir, jobs, config, *, sites_file=None, replicas_file=
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sites = run_sites(run_dir, sites_file)
+    gpu = gpu_profiles(user_sites(sites_file, run_dir))
     atomic_write_text(run_dir / "sites.yml", _dump(sites))
     atomic_write_text(run_dir / "replicas.yml", _dump(run_replicas(run_dir, jobs, config, replicas_file)))
     write_placeholders(run_dir, jobs)
     tc = transformation_catalog(execution_sites(sites) or list(EXECUTION_SITES), image,
-                                stages=sorted({job.stage for job in jobs}))
+                                stages=sorted({job.stage for job in jobs}), gpu_site_profiles=gpu,
+                                mode=config.container_mode)
     atomic_write_text(run_dir / "transformations.yml", _dump(_api_dict(tc)))
     atomic_write_text(run_dir / "workflow.yml", workflow_yaml(to_pegasus(jobs, config)))
     with atomic_path(run_dir / "pegasus.properties") as tmp, open(tmp, "w", encoding="utf-8") as handle:

@@ -66,22 +66,101 @@ class Resources:
     gpus: int = 0
 
 
-#: Per-stage resource requests. Training and evaluation ask for 2 cores: TensorFlow runs
+#: Cores and GPUs per stage. Training and evaluation ask for 2 cores: TensorFlow runs
 #: several threads, and on a small machine two such jobs at once would only thrash.
-STAGE_RESOURCES = {
-    "synth": Resources(1, 2000, 1200),
-    "prep": Resources(1, 2000, 1200),
-    "compress": Resources(1, 4000, 600),
-    "split": Resources(1, 4000, 600),
-    "augment": Resources(1, 4000, 3600),
-    "train": Resources(2, 16000, 4 * 3600, gpus=1),
-    "evaluate": Resources(2, 16000, 3600, gpus=1),
+STAGE_SLOTS = {
+    "synth": (1, 0), "prep": (1, 0), "compress": (1, 0), "split": (1, 0), "augment": (1, 0),
+    "train": (2, 1), "evaluate": (2, 1),
 }
+
+# -- sizing rule ------------------------------------------------------------------------
+#
+# runtime = max(RUNTIME_FLOOR_S, RUNTIME_SAFETY x (fixed + per item x items x pixel factor)),
+# rounded up to a minute; memory = max(floor, fixed + the bytes the job holds at once).
+# The per-item costs are the CPU-second rates of BENCHMARKS.md (one core of the 2-core
+# development machine): synth 4.6 galaxies/s at 512 px, prep 130 images/s, compress 1 ms and
+# split 6 ms per galaxy at 128 px, augment 400 images/s at 128 px, model4 training 530
+# images/s at 64 px (model5/6 half that). Pixel factors scale quadratically with the image
+# size. The runtime is a deadline, not a forecast: Pegasus turns it into kickstart's kill
+# time (-k) and the batch walltime, hence the safety factor and the floor. Override any of
+# it per stage with --resources STAGE.KEY=VALUE (KEY: cores, gpus, memory in MB, runtime in s).
+
+RUNTIME_SAFETY = 3
+RUNTIME_FLOOR_S = 600
+#: Training runs on the CPU in the worst case (a GPU node is much faster): images per second.
+TRAIN_IMAGES_PER_S = {"model4": 530, "model5": 265, "model6": 265}
+#: Colour + gray augmented images per 5-degree bin and batch: 9 bins x 2 (see inclinet-augment).
+IMAGES_PER_BIN = 18
+TEST_FRACTION = 0.1
+RESOURCE_KEYS = {"cores": "cores", "gpus": "gpus", "memory": "memory_mb", "runtime": "runtime_s"}
+
+
+def _pixels(size, reference):
+    return (size / reference) ** 2
+
+
+def _deadline(seconds):
+    return max(RUNTIME_FLOOR_S, 60 * math.ceil(RUNTIME_SAFETY * seconds / 60))
+
+
+def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", members=1):
+    """Resources of one job of ``stage`` from the work it does (the rule above).
+
+    ``n_galaxies`` is the number of catalog rows of the run; ``items`` the galaxies of a
+    synth/prep chunk; ``model`` the network a training job fits; ``members`` the models
+    evaluation applies. Overrides of ``config.resources`` are applied last.
+    """
+    cores, gpus = STAGE_SLOTS[stage]
+    bands = len(config.bands)
+    size = config.size
+    augmented = IMAGES_PER_BIN * config.per_bin * config.n_batches
+    test_images = max(1, round(TEST_FRACTION * n_galaxies)) * bands
+    if stage == "synth":
+        seconds = 30 + items * (0.05 + 0.22 * _pixels(config.synthetic_size, 512))
+        memory = 600 + bands * config.synthetic_size ** 2 * 80 / 1e6
+    elif stage == "prep":
+        seconds = 10 + items / 130
+        memory = 500
+    elif stage == "compress":
+        seconds = 10 + n_galaxies * 0.001 * _pixels(size, 128)
+        memory = 1000
+    elif stage == "split":
+        seconds = 10 + n_galaxies * 0.006 * _pixels(size, 128)
+        memory = 1000
+    elif stage == "augment":
+        seconds = 10 + (augmented / 400 + n_galaxies * 0.0006) * _pixels(size, 128)
+        memory = 300 + config.per_bin * IMAGES_PER_BIN * size * size * 3 * 3 / 1e6
+    elif stage == "train":
+        per_epoch = (augmented + test_images) / TRAIN_IMAGES_PER_S[model] * _pixels(size, 64)
+        seconds = 60 + config.epochs * per_epoch
+        memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
+    else:  # evaluate: every member over every test view, then the report
+        seconds = 60 + members * test_images * config.views / 1500 * _pixels(size, 64)
+        memory = max(8000, 4000 + test_images * config.views * size * size * 3 * 4 / 1e6)
+    values = {"cores": cores, "gpus": gpus, "memory_mb": 100 * math.ceil(memory / 100),
+              "runtime_s": _deadline(seconds)}
+    values.update(resource_overrides(config).get(stage, {}))
+    return Resources(**values)
+
+
+def resource_overrides(config):
+    """``{stage: {field: int}}`` from ``config.resources`` (``STAGE.KEY=VALUE`` strings)."""
+    overrides = {}
+    for item in config.resources:
+        stage, _, rest = str(item).partition(".")
+        key, _, value = rest.partition("=")
+        if stage not in STAGES or key not in RESOURCE_KEYS or not value.strip().isdigit():
+            raise invalid("--resources", item, "STAGE.KEY=VALUE with STAGE one of " + ", ".join(STAGES)
+                          + ", KEY one of " + ", ".join(RESOURCE_KEYS) + " and VALUE a whole number")
+        overrides.setdefault(stage, {})[RESOURCE_KEYS[key]] = int(value)
+    return overrides
+
 
 #: On Pegasus a training job is stopped at checkpoint time (SIGTERM), saves its checkpoint
 #: and is retried from it: it gets one extra retry per interval (see pegasus_retries).
 CHECKPOINT_TIME_MIN = 50
 MAX_WALLTIME_MIN = 60
+CONTAINER_MODES = ("stage", "shared")
 
 
 @dataclass
@@ -108,6 +187,12 @@ class WorkflowConfig:
     retries: int = 2
     root: str = naming.DEFAULT_ROOT
     name: str = "inclinet"
+    #: Resource overrides, ``STAGE.KEY=VALUE`` (see :func:`sized_resources`).
+    resources: tuple = ()
+    #: Pegasus: synth/prep jobs per clustered job (label clustering), None for no clustering.
+    cluster_size: int | None = None
+    #: Pegasus: ``stage`` the container image to each site, or read it in place (``shared``).
+    container_mode: str = "stage"
 
     def validate(self):
         """Raise :class:`ConfigError` for flags that cannot make a DAG."""
@@ -146,6 +231,11 @@ class WorkflowConfig:
         ):
             if not isinstance(value, int) or value < low:
                 raise invalid(name, value, f"an integer >= {low}")
+        if self.cluster_size is not None and (not isinstance(self.cluster_size, int) or self.cluster_size < 1):
+            raise invalid("--cluster-size", self.cluster_size, "an integer >= 1")
+        if self.container_mode not in CONTAINER_MODES:
+            raise invalid("--container-mode", self.container_mode, " or ".join(CONTAINER_MODES))
+        resource_overrides(self)
         if self.lr_schedule not in ("constant", "cosine"):
             raise invalid("--lr-schedule", self.lr_schedule, "constant or cosine")
         if "regression" not in self.tasks:
@@ -156,7 +246,7 @@ class WorkflowConfig:
 
     def to_dict(self):
         data = dataclasses.asdict(self)
-        for key in ("bands", "models", "tasks"):
+        for key in ("bands", "models", "tasks", "resources"):
             data[key] = list(data[key])
         return data
 
@@ -164,7 +254,7 @@ class WorkflowConfig:
     def from_dict(cls, data):
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("bands", "models", "tasks"):
+        for key in ("bands", "models", "tasks", "resources"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -204,11 +294,7 @@ def expected_job_counts(config, n_galaxies):
 
 # -- building ---------------------------------------------------------------------------
 
-def _resources(stage):
-    return dataclasses.asdict(STAGE_RESOURCES[stage])
-
-
-def _job(job_id, stage, args, inputs, outputs, config, **extra):
+def _job(job_id, stage, args, inputs, outputs, config, *, resources, **extra):
     spec = JobSpec(
         id=job_id,
         stage=stage,
@@ -217,7 +303,7 @@ def _job(job_id, stage, args, inputs, outputs, config, **extra):
         inputs=list(dict.fromkeys(inputs)),
         outputs=list(dict.fromkeys(outputs)),
         retries=config.retries,
-        **_resources(stage),
+        **dataclasses.asdict(resources),
     )
     for key, value in extra.items():
         setattr(spec, key, value)
@@ -284,13 +370,16 @@ def build_jobs(config, *, missing=None):
                     images.append(lfn)
             args = ["-p", RAW_GALAXIES, "-c", RAW_CATALOG, "-b", band, "-s", config.size, "-r", config.root,
                     "--shard", f"{index}/{chunks}", "-o", out, "--report", naming.report_for(out)]
+            rows = len(shard_range(len(ids), index, chunks))
             jobs.append(_job(f"prep_{naming.band_tag(band)}_{index:04d}", "prep", args,
-                             [RAW_CATALOG, *images], [out, naming.report_for(out)], config))
+                             [RAW_CATALOG, *images], [out, naming.report_for(out)], config,
+                             resources=sized_resources("prep", config, n_galaxies=len(ids), items=rows)))
             parts.append(out)
         out = naming.compressed(config.size, band)
         jobs.append(_job(f"compress_{naming.band_tag(band)}", "compress",
                          ["-i", *parts, "-o", out, "--report", naming.report_for(out)],
-                         parts, [out, naming.report_for(out)], config))
+                         parts, [out, naming.report_for(out)], config,
+                         resources=sized_resources("compress", config, n_galaxies=len(ids))))
         compressed.append(out)
 
     samples = _sample_files(config)
@@ -299,7 +388,8 @@ def build_jobs(config, *, missing=None):
     split_outputs = [lfn for files in samples.values() for lfn in files] + [summary, split_report]
     jobs.append(_job("split", "split", ["-i", *compressed, "-o", "samples", "-s", config.size,
                                         "-n", config.subsamples, "--seed", config.seed],
-                     compressed, split_outputs, config))
+                     compressed, split_outputs, config,
+                     resources=sized_resources("split", config, n_galaxies=len(ids))))
 
     models = []
     for subset in training_subsets(config):
@@ -315,7 +405,8 @@ def build_jobs(config, *, missing=None):
                          ["-i", *train_samples, "-o", naming.augmented_dir(subset), "-s", config.size,
                           "--task", task, "-b", config.n_batches, "-z", config.per_bin, "--report", report,
                           "--seed", config.seed],
-                         train_samples, batches + [report], config))
+                         train_samples, batches + [report], config,
+                         resources=sized_resources("augment", config, n_galaxies=len(ids))))
         for model in config.models:
             outputs = [naming.trained_model(model, subset), naming.training_metrics(model, subset),
                        naming.training_plot(model, subset)]
@@ -325,10 +416,11 @@ def build_jobs(config, *, missing=None):
                     "--plot", outputs[2], "--epochs", config.epochs, "--batch-size", config.batch_size,
                     "--lr-schedule", config.lr_schedule, "--seed", config.seed]
             jobs.append(_job(f"train_{naming.uset(subset)}_{model}", "train", args, batches + validation,
-                             outputs, config, checkpoint=checkpoint))
+                             outputs, config, checkpoint=checkpoint,
+                             resources=sized_resources("train", config, n_galaxies=len(ids), model=model)))
             models.append(outputs[0])
 
-    jobs.append(_evaluate_job(config, models))
+    jobs.append(_evaluate_job(config, models, len(ids)))
     infer_parents(jobs)
     return jobs
 
@@ -338,14 +430,15 @@ def _synth_jobs(config, ids):
     common = ["--n-galaxies", config.synthetic, "--output", RAW_DIR, "--size", config.synthetic_size,
               "--seed", config.seed]
     jobs = [_job("synth_catalog", "synth", [*common, "--catalog-only"], [], [RAW_CATALOG, RAW_TRUTH],
-                 config)]
+                 config, resources=sized_resources("synth", config, n_galaxies=len(ids)))]
     from inclinet._helpers import shard_range
 
     for index in range(1, chunks + 1):
         images = [f"{RAW_GALAXIES}/{naming.raw_image_names(ids[row], band, config.root)[0]}"
                   for row in shard_range(len(ids), index, chunks) for band in config.bands]
         jobs.append(_job(f"synth_{index:04d}", "synth", [*common, "--no-catalog", "--shard", f"{index}/{chunks}"],
-                         [], images, config))
+                         [], images, config, resources=sized_resources(
+                             "synth", config, n_galaxies=len(ids), items=len(shard_range(len(ids), index, chunks)))))
     return jobs
 
 
@@ -360,7 +453,7 @@ def _sample_files(config):
     return files
 
 
-def _evaluate_job(config, models):
+def _evaluate_job(config, models, n_galaxies):
     args = ["--models", *models]
     inputs = list(models)
     if "regression" in config.tasks:
@@ -378,7 +471,8 @@ def _evaluate_job(config, models):
         for model in config.models:
             members.append(naming.bundle_member(naming.member_name(model, subset), BUNDLE_DIR))
     outputs = list(naming.EVALUATION_FILES) + [naming.bundle_manifest(BUNDLE_DIR)] + members
-    return _job("evaluate", "evaluate", args, inputs, outputs, config)
+    return _job("evaluate", "evaluate", args, inputs, outputs, config,
+                resources=sized_resources("evaluate", config, n_galaxies=n_galaxies, members=len(models)))
 
 
 def infer_parents(jobs):
@@ -460,16 +554,43 @@ def pegasus_retries(spec):
     return spec.retries + math.ceil(spec.runtime_s / 60 / CHECKPOINT_TIME_MIN)
 
 
+CLUSTERED_STAGES = ("synth", "prep")
+
+
+def cluster_labels(jobs, size):
+    """``{job id: label}``: synth and prep jobs in groups of ``size`` (Pegasus label clustering).
+
+    Prep jobs are grouped within one band and synth jobs by chunk, so that no two jobs of a
+    cluster read or write different files with the same base name: with ``condorio`` all
+    files of a clustered job land in one directory (horizontal clustering would mix bands,
+    e.g. ``resized/128x128_r/part0001of0001.npz`` and ``resized/128x128_i/part0001of0001.npz``).
+    """
+    groups = {}
+    for job in jobs:
+        if job.stage in CLUSTERED_STAGES:
+            key = "synth" if job.stage == "synth" else job.id.rsplit("_", 1)[0]
+            groups.setdefault(key, []).append(job.id)
+    labels = {}
+    for key, ids in groups.items():
+        for position, job_id in enumerate(ids):
+            labels[job_id] = f"{key}_c{position // size + 1:04d}"
+    return labels
+
+
 def to_pegasus(jobs, config):
     """The same jobs as a ``Pegasus.api.Workflow`` (edges inferred from the files).
 
     Intermediate files are neither staged out nor registered; models, metrics,
-    evaluation and the bundle are. Training jobs carry gpus/cores/memory/runtime
-    profiles, a checkpoint file with ``checkpoint_time``/``max_walltime`` and their retries.
+    evaluation and the bundle are. Every job carries cores/memory/runtime profiles (GPU
+    jobs gpus; the GPU queue of a site comes from the transformation catalog); training
+    jobs a checkpoint file with ``checkpoint_time``/``max_walltime``, a runtime of one
+    attempt and their retries. With ``config.cluster_size`` synth and prep jobs carry the
+    ``label`` profile of :func:`cluster_labels` (plan with ``--cluster label``).
     """
-    from Pegasus.api import File, Job, Workflow
+    from Pegasus.api import File, Job, Namespace, Workflow
 
     keep = set(final_outputs(jobs))
+    labels = cluster_labels(jobs, config.cluster_size) if config.cluster_size else {}
     files = {}
 
     def file_of(lfn):
@@ -486,14 +607,17 @@ def to_pegasus(jobs, config):
         for lfn in spec.outputs:
             final = lfn in keep
             job.add_outputs(file_of(lfn), stage_out=final, register_replica=final)
-        job.add_pegasus_profile(cores=spec.cores, memory=f"{spec.memory_mb} MB", runtime=str(spec.runtime_s))
+        # A checkpointed job is stopped and retried every checkpoint interval: its runtime
+        # (batch walltime) is that of one attempt; its retries cover the whole estimate.
+        runtime = MAX_WALLTIME_MIN * 60 if spec.checkpoint else spec.runtime_s
+        job.add_pegasus_profile(cores=spec.cores, memory=f"{spec.memory_mb} MB", runtime=str(runtime))
         if spec.gpus:
             job.add_pegasus_profile(gpus=spec.gpus)
         job.add_dagman_profile(retry=str(pegasus_retries(spec)))
         if spec.checkpoint:
             job.add_checkpoint(file_of(spec.checkpoint), stage_out=True, register_replica=False)
             job.add_pegasus_profile(checkpoint_time=CHECKPOINT_TIME_MIN, max_walltime=MAX_WALLTIME_MIN)
-        if spec.gpus:
-            job.add_pegasus_profile(tag="gpu")
+        if spec.id in labels:
+            job.add_profiles(Namespace.PEGASUS, key="label", value=labels[spec.id])
         workflow.add_jobs(job)
     return workflow
