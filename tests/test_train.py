@@ -187,7 +187,7 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tmp_path):
     metrics = json.loads(outputs(tmp_path)["--metrics"].read_text())
     assert metrics["resumed"] == 1 and metrics["epochs_run"] == epochs
     assert [r["epoch"] for r in metrics["history"]] == list(range(1, epochs + 1))
-    model, final_state, _ = train.load_checkpoint(checkpoint)
+    model, final_state, _, _ = train.load_checkpoint(checkpoint)
     assert int(model.optimizer.iterations.numpy()) == epochs * 40
     assert final_state["epoch"] == epochs
 
@@ -197,9 +197,131 @@ def test_cosine_schedule_decays_and_is_kept_in_the_checkpoint(data):
     assert train.main(argv(data, extra=extra)) == 0
     metrics = json.loads(outputs(data["dir"])["--metrics"].read_text())
     assert metrics["lr_schedule"] == "cosine"
-    model, state, _ = train.load_checkpoint(outputs(data["dir"])["--checkpoint"])
+    model, state, _, _ = train.load_checkpoint(outputs(data["dir"])["--checkpoint"])
     assert state["signature"]["lr_schedule"] == "cosine" and state["signature"]["epochs"] == 2
     rate = float(np.asarray(model.optimizer.learning_rate))
     assert rate == pytest.approx(0.05e-3, rel=1e-3)  # fully decayed after the whole budget
     # Another budget changes the schedule: the checkpoint refuses it instead of resuming silently.
     assert train.main(argv(data, extra=["--epochs", "3", "--batch-size", "8", "--lr-schedule", "cosine", "-q"])) == 2
+
+
+#: Metrics that measure time, not training: they differ between any two runs.
+TIMING_KEYS = ("seconds", "images_per_second", "train_seconds", "resumed")
+
+
+def comparable(metrics):
+    """A metrics dict without its timing fields (and the resume count)."""
+    kept = {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+    kept["history"] = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in metrics["history"]]
+    return kept
+
+
+def assert_same_model(path_a, path_b):
+    keras = train.inclinet_models.import_keras()
+    weights_a = keras.models.load_model(path_a).get_weights()
+    weights_b = keras.models.load_model(path_b).get_weights()
+    assert len(weights_a) == len(weights_b)
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_array_equal(a, b)
+
+
+def stop_at_step(monkeypatch, stop_step):
+    """Make the next training run behave as if SIGTERM arrived during global step ``stop_step``."""
+    original = train._make_callback
+    seen = {"steps": 0}
+
+    def make(keras, flag, counter, resume_metrics=None):
+        callback = original(keras, flag, counter, resume_metrics)
+        inner = callback.on_train_batch_end
+
+        def on_train_batch_end(batch, logs=None):
+            seen["steps"] += 1
+            if seen["steps"] == stop_step:
+                flag.requested = True
+            inner(batch, logs)
+
+        callback.on_train_batch_end = on_train_batch_end
+        return callback
+
+    monkeypatch.setattr(train, "_make_callback", make)
+
+
+def test_resume_at_a_random_step_is_bit_identical(data, tmp_path, monkeypatch):
+    """Interrupted at a random step (mid-epoch), resumed: the same weights and metrics, bit for bit."""
+    extra = ["--epochs", "3", "--batch-size", "8", "--seed", "11", "--lr-schedule", "cosine", "-q"]
+    assert train.main(argv(data, extra=extra)) == 0
+    reference = outputs(data["dir"])
+    stop_step = int(np.random.default_rng().integers(1, 15))  # 5 steps per epoch, 3 epochs
+    other = dict(data, dir=tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        stop_at_step(patch, stop_step)
+        assert train.main(argv(other, extra=extra)) == train.EXIT_INTERRUPTED, stop_step
+    assert train.main(argv(other, extra=extra)) == 0
+    resumed = outputs(other["dir"])
+    assert_same_model(reference["--output"], resumed["--output"])
+    metrics_a = json.loads(reference["--metrics"].read_text())
+    metrics_b = json.loads(resumed["--metrics"].read_text())
+    assert metrics_b["resumed"] == 1
+    a, b = comparable(metrics_a), comparable(metrics_b)
+    differing = [(i, k, r[k], b["history"][i].get(k)) for i, r in enumerate(a["history"]) for k in r
+                 if r[k] != b["history"][i].get(k)]
+    assert not differing, f"stopped at step {stop_step}: {differing}"
+    assert a == b
+
+
+def test_bagged_members_start_from_different_weights(data, monkeypatch):
+    """The initial weights depend on the member (output name), not only on model and task."""
+    extra = ["--epochs", "1", "--batch-size", "8", "-q"]
+    initial = {}
+    original = train.inclinet_models.build_model
+
+    def build(*args, **kwargs):
+        net = original(*args, **kwargs)
+        initial[len(initial)] = [w.copy() for w in net.get_weights()]
+        return net
+
+    monkeypatch.setattr(train.inclinet_models, "build_model", build)
+    assert train.main(argv(data, extra=extra, stem="Uset_000_model4")) == 0
+    assert train.main(argv(data, extra=extra, stem="Uset_001_model4")) == 0
+    assert train.main(argv(data, extra=extra + ["--epochs", "1"], stem="Uset_000_model4x")) == 0
+    assert not np.array_equal(initial[0][0], initial[1][0])
+
+
+def test_same_seed_same_metrics(data, tmp_path):
+    """Two runs from scratch with one seed agree exactly (op determinism, seeded generators)."""
+    extra = ["--epochs", "2", "--batch-size", "8", "--seed", "4", "-q"]
+    assert train.main(argv(data, extra=extra)) == 0
+    other = dict(data, dir=tmp_path / "again")
+    assert train.main(argv(other, extra=extra)) == 0
+    assert_same_model(outputs(data["dir"])["--output"], outputs(other["dir"])["--output"])
+    metrics = [json.loads(outputs(d)["--metrics"].read_text()) for d in (data["dir"], other["dir"])]
+    assert comparable(metrics[0]) == comparable(metrics[1])
+
+
+def test_sigterm_during_start_up_exits_3_without_a_checkpoint(data):
+    """A SIGTERM before the first step ends the job with exit 3 (rerun, no retry) and writes nothing."""
+    flag_class = train._StopFlag
+
+    class EarlyFlag(flag_class):
+        def __init__(self):
+            super().__init__()
+            self.requested = True
+
+    original, train._StopFlag = train._StopFlag, EarlyFlag
+    try:
+        assert train.main(argv(data, extra=["--epochs", "1", "--batch-size", "8", "-q"])) == train.EXIT_INTERRUPTED
+    finally:
+        train._StopFlag = original
+    assert not outputs(data["dir"])["--checkpoint"].exists()
+    assert not outputs(data["dir"])["--output"].exists()
+
+
+def test_damaged_checkpoint_is_named(data):
+    checkpoint = outputs(data["dir"])["--checkpoint"]
+    assert train.main(argv(data, extra=["--epochs", "1", "--batch-size", "8", "-q"])) == 0
+    raw = bytearray(checkpoint.read_bytes())
+    middle = len(raw) // 3
+    raw[middle:middle + 64] = bytes(255 - b for b in raw[middle:middle + 64])
+    checkpoint.write_bytes(bytes(raw))
+    with pytest.raises(train.InputError, match="ckpt.zip: unreadable training checkpoint"):
+        train.load_checkpoint(checkpoint)

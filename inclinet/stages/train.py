@@ -9,8 +9,17 @@ section 2.6 but without random augmentation.
 
 Checkpointing: after every epoch (and on SIGTERM) the declared ``--checkpoint`` file is
 replaced atomically. It is one zip holding ``model.keras`` (weights and optimizer state),
-``best.weights.h5`` (best epoch so far) and ``state.json`` (next epoch and step, history,
-early-stopping state). Run again with the same arguments and training resumes from it.
+``best.weights.h5`` (best epoch so far), ``random.npz`` (the state of every random-number
+generator of the model, i.e. the dropout seed generators, and of the running training
+metrics of an interrupted epoch) and ``state.json`` (next epoch and step, history,
+early-stopping state). Run again with the same arguments and training resumes from it,
+ending bit-identical to a run that was never interrupted (weights and metrics; see
+"Reproducibility" in docs/architecture.md).
+
+Reproducibility: TensorFlow op determinism is enabled, the initial weights and dropout
+draws come from a seed derived from ``--seed``, the model, the task and the member (the
+``--output`` file name, so bagged members of one model start from different weights), and
+the batch order from ``--seed`` and the epoch.
 
 Exit codes: 0 done, 1 runtime failure, 2 bad input/flags, **3 interrupted by SIGTERM
 (checkpoint saved; rerun the same command to resume)**.
@@ -26,6 +35,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,10 +50,11 @@ logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 3
 LR_SCHEDULES = ("constant", "cosine")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 _MODEL_MEMBER = "model.keras"
 _BEST_MEMBER = "best.weights.h5"
 _STATE_MEMBER = "state.json"
+_RANDOM_MEMBER = "random.npz"
 
 
 class TrainingInterrupted(StageError):
@@ -189,8 +200,43 @@ class BatchStream:
 
 # -- checkpoint ---------------------------------------------------------------------------
 
-def save_checkpoint(path, model, state, best_weights=None):
-    """Write the checkpoint zip atomically (see the module docstring)."""
+def _seed_variables(model):
+    """The state variables of the model's random-number generators (dropout), in layer order."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights and v.path.endswith("seed_generator_state")]
+
+
+def capture_random_state(model):
+    """Everything random or running in ``model`` that ``model.save`` leaves out, as arrays."""
+    import numpy as np
+
+    arrays = {f"seed_{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(_seed_variables(model))}
+    arrays.update({f"metric_{i:03d}": np.asarray(v.numpy()) for i, v in enumerate(model.metrics_variables)})
+    return arrays
+
+
+def restore_random_state(model, arrays, *, metrics=True):
+    """Assign what :func:`capture_random_state` captured; ``metrics=False`` restores the generators only."""
+    seeds = _seed_variables(model)
+    n_seeds = sum(1 for key in arrays if key.startswith("seed_"))
+    if n_seeds != len(seeds):
+        raise ValueError(f"{n_seeds} random generators saved, the model has {len(seeds)}")
+    for i, variable in enumerate(seeds):
+        variable.assign(arrays[f"seed_{i:03d}"])
+    if metrics:
+        variables = model.metrics_variables
+        n_metrics = sum(1 for key in arrays if key.startswith("metric_"))
+        if n_metrics != len(variables):
+            raise ValueError(f"{n_metrics} metric variables saved, the model has {len(variables)}")
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"metric_{i:03d}"])
+
+
+def save_checkpoint(path, model, state, best_weights=None, random_state=None):
+    """Write the checkpoint zip atomically (see the module docstring).
+
+    ``random_state`` defaults to the model's generators and running metrics now.
+    """
     with tempfile.TemporaryDirectory(prefix="inclinet-ckpt-") as work:
         work = Path(work)
         model.save(work / _MODEL_MEMBER)
@@ -201,6 +247,8 @@ def save_checkpoint(path, model, state, best_weights=None):
             model.save_weights(work / _BEST_MEMBER)
             model.set_weights(current)
             members.append((work / _BEST_MEMBER, _BEST_MEMBER))
+        np.savez(work / _RANDOM_MEMBER, **(random_state if random_state is not None else capture_random_state(model)))
+        members.append((work / _RANDOM_MEMBER, _RANDOM_MEMBER))
         with atomic_path(path) as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
                 for source, name in members:
@@ -208,35 +256,71 @@ def save_checkpoint(path, model, state, best_weights=None):
                 archive.writestr(_STATE_MEMBER, json.dumps(state, indent=1))
 
 
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: the model (optimizer and random generators restored), ``state.json``,
+    the best weights so far (or None) and the saved arrays of :func:`capture_random_state`,
+    whose running metrics are restored when the interrupted epoch starts again (``fit``
+    resets metrics first)."""
+
+    model: object
+    state: dict
+    best_weights: list | None
+    random_state: dict
+
+
 def load_checkpoint(path):
-    """Read a checkpoint -> (model with optimizer state, state dict, best weights or None)."""
+    """Read a checkpoint -> :class:`Checkpoint`."""
     keras = inclinet_models.import_keras()
     try:
         with tempfile.TemporaryDirectory(prefix="inclinet-ckpt-") as work:
             work = Path(work)
             with zipfile.ZipFile(path) as archive:
+                # testzip reads every member and checks its CRC: a damaged checkpoint is named here.
+                damaged = archive.testzip()
+                if damaged is not None:
+                    raise zipfile.BadZipFile(f"member {damaged} fails its CRC check")
                 state = json.loads(archive.read(_STATE_MEMBER))
+                if state.get("format") != CHECKPOINT_FORMAT:
+                    raise InputError(
+                        f"{path}: checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT} "
+                        "(written by another version of inclinet); delete it to start training from scratch"
+                    )
                 archive.extract(_MODEL_MEMBER, work)
+                archive.extract(_RANDOM_MEMBER, work)
                 has_best = _BEST_MEMBER in archive.namelist()
                 if has_best:
                     archive.extract(_BEST_MEMBER, work)
             model = keras.models.load_model(work / _MODEL_MEMBER, compile=True)
+            with np.load(work / _RANDOM_MEMBER, allow_pickle=False) as saved:
+                random_state = {key: saved[key] for key in saved.files}
+            restore_random_state(model, random_state, metrics=False)
             best = None
             if has_best:
                 current = model.get_weights()
                 model.load_weights(work / _BEST_MEMBER)
                 best = model.get_weights()
                 model.set_weights(current)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as exc:
         raise InputError(
             f"{path}: unreadable training checkpoint ({exc}); delete it to start training from scratch"
         ) from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}; delete it")
-    return model, state, best
+    return Checkpoint(model, state, best, random_state)
 
 
 # -- training -----------------------------------------------------------------------------
+
+def enable_determinism():
+    """Make TensorFlow pick deterministic kernels (same inputs and state -> same bits).
+
+    Called before the model is built; idempotent. What this does and does not cover is in
+    docs/architecture.md ("Reproducibility").
+    """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
 
 class _StopFlag:
     def __init__(self):
@@ -247,8 +331,13 @@ class _StopFlag:
         logger.warning("signal %d received: stopping after the current step and saving the checkpoint", signum)
 
 
-def _make_callback(keras, flag, counter):
+def _make_callback(keras, flag, counter, resume_metrics=None):
     class StepWatch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            # fit() has just reset the metrics: a resumed epoch continues its running means.
+            if resume_metrics is not None:
+                restore_random_state(self.model, resume_metrics)
+
         def on_train_batch_end(self, batch, logs=None):
             counter["steps"] += 1
             counter["logs"] = dict(logs or {})
@@ -275,18 +364,6 @@ def _compile(keras, model, task, learning_rate, lr_schedule="constant", total_st
 
 def _float_logs(logs):
     return {key: float(value) for key, value in logs.items()}
-
-
-def _merge_partial(partial, logs, steps_total):
-    """Combine the running means of a resumed epoch's two parts, weighted by their steps."""
-    if not partial:
-        return logs
-    done = partial["steps"]
-    merged = {}
-    for key, value in logs.items():
-        before = partial["logs"].get(key, value)
-        merged[key] = (before * done + value * (steps_total - done)) / steps_total
-    return merged
 
 
 def _epoch_record(epoch, train_logs, val_logs, task, seconds, images):
@@ -369,6 +446,27 @@ def run(
     if not train:
         raise ConfigError("invalid --train: nothing given; must be one or more augmented batch files")
     start_time = time.perf_counter()
+    # The handler goes in before the slow start-up (reading batches, importing TensorFlow),
+    # so that a SIGTERM then still ends the job with exit 3 (rerun, no retry used).
+    flag = _StopFlag()
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, flag)
+    except ValueError:  # not the main thread: no signal handling, checkpoints still every epoch
+        previous_handler = None
+    try:
+        return _train(
+            flag=flag, model=model, task=task, train=train, validation=validation, output=output,
+            checkpoint=checkpoint, metrics=metrics, plot=plot, epochs=epochs, batch_size=batch_size,
+            early_stopping=early_stopping, learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
+            start_time=start_time,
+        )
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _train(*, flag, model, task, train, validation, output, checkpoint, metrics, plot, epochs, batch_size,
+           early_stopping, learning_rate, lr_schedule, seed, start_time):
     stream = BatchStream(train, task, batch_size, seed)
     needed = inclinet_models.minimum_input_size(model)
     if stream.image_size < needed:
@@ -394,23 +492,32 @@ def run(
         signature["epochs"] = int(epochs)
 
     keras = inclinet_models.import_keras()
+    enable_determinism()
     checkpoint = Path(checkpoint)
     best_weights = None
+    resume_metrics = None
+    # Seeds every generator the model draws from (initial weights, dropout): derived from
+    # the member too, so that bagged members of one model start from different weights.
+    keras.utils.set_random_seed(derive_seed(seed, "train", model, task, Path(output).stem))
     # An empty file is no checkpoint: Pegasus (condorio) stages an empty placeholder
     # before the first attempt, so that the file exists to be transferred back.
     if checkpoint.exists() and checkpoint.stat().st_size > 0:
-        net, state, best_weights = load_checkpoint(checkpoint)
+        net, state, best_weights, random_state = load_checkpoint(checkpoint)
         if state["signature"] != signature:
             raise ConfigError(
                 f"invalid --checkpoint: {str(checkpoint)!r} was written by a run with other settings "
                 f"({state['signature']}); must match this run, or delete it to start from scratch"
             )
+        if state["step"]:
+            resume_metrics = random_state
+            # Compiled metrics are built on first use; build them now (inference only, no
+            # random draws) so that the interrupted epoch's running means can be restored.
+            net.evaluate(inclinet_models.scale_pixels(val_images[:1]), _targets(val_labels[:1], task), verbose=0)
         logger.info(
             "resuming from %s at epoch %d step %d (optimizer step %d)",
             checkpoint, state["epoch"] + 1, state["step"], int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
         )
     else:
-        keras.utils.set_random_seed(derive_seed(seed, "train", model, task))
         net = inclinet_models.build_model(model, input_size=stream.image_size, task=task)
         _compile(keras, net, task, learning_rate, lr_schedule, epochs * stream.steps_per_epoch)
         state = {
@@ -418,7 +525,6 @@ def run(
             "signature": signature,
             "epoch": 0,
             "step": 0,
-            "partial": None,
             "history": [],
             "best_epoch": None,
             "best_val_loss": None,
@@ -426,65 +532,63 @@ def run(
             "stopped_early": False,
             "train_seconds": 0.0,
         }
-    state["resumed"] = state.get("resumed", 0) + (1 if checkpoint.exists() else 0)
+    state["resumed"] = state.get("resumed", 0) + (1 if checkpoint.exists() and checkpoint.stat().st_size else 0)
 
-    flag = _StopFlag()
-    previous_handler = None
-    try:
-        previous_handler = signal.signal(signal.SIGTERM, flag)
-    except ValueError:  # not the main thread: no signal handling, checkpoints still every epoch
-        previous_handler = None
     val_x = inclinet_models.scale_pixels(val_images)
     val_y = _targets(val_labels, task)
-    try:
-        while state["epoch"] < epochs and not state["stopped_early"]:
-            epoch, start_step = state["epoch"], state["step"]
-            counter = {"steps": 0, "logs": {}}
-            epoch_start = time.perf_counter()
-            remaining = stream.steps_per_epoch - start_step
-            if remaining > 0:
-                net.fit(
-                    stream.dataset(epoch, start_step),
-                    epochs=1,
-                    steps_per_epoch=remaining,
-                    callbacks=[_make_callback(keras, flag, counter)],
-                    shuffle=False,
-                    verbose=0,
-                )
-            seconds = time.perf_counter() - epoch_start
-            state["train_seconds"] += seconds
-            if flag.requested and start_step + counter["steps"] < stream.steps_per_epoch:
-                done = start_step + counter["steps"]
-                partial_logs = _merge_partial(state["partial"], _float_logs(counter["logs"]), done) if done else {}
-                state.update(step=done, partial={"steps": done, "logs": partial_logs} if done else None)
-                save_checkpoint(checkpoint, net, state, best_weights)
-                raise TrainingInterrupted(
-                    f"interrupted by SIGTERM at epoch {epoch + 1} step {done}/{stream.steps_per_epoch}; "
-                    f"checkpoint saved to {checkpoint}; run the same command again to resume"
-                )
-            train_logs = _merge_partial(state["partial"], _float_logs(counter["logs"]), stream.steps_per_epoch)
-            val_logs = net.evaluate(val_x, val_y, batch_size=stream.batch_size, verbose=0, return_dict=True)
-            record = _epoch_record(epoch, train_logs, val_logs, task, seconds, remaining * stream.batch_size)
-            state["history"].append(record)
-            val_loss = record["val_loss"]
-            if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
-                state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
-                best_weights = net.get_weights()
-            else:
-                state["wait"] += 1
-                if early_stopping is not None and state["wait"] >= early_stopping:
-                    state["stopped_early"] = True
-            state.update(epoch=epoch + 1, step=0, partial=None)
+    while state["epoch"] < epochs and not state["stopped_early"]:
+        if flag.requested:
+            # Stopped before a step of this attempt ran: the checkpoint on disk (if any)
+            # is still the latest state, so nothing is lost and a rerun continues.
+            raise TrainingInterrupted(
+                f"interrupted by SIGTERM before training step {state['step']} of epoch {state['epoch'] + 1}; "
+                f"nothing new to save; run the same command again to "
+                f"{'resume' if state['epoch'] or state['step'] else 'start'}"
+            )
+        epoch, start_step = state["epoch"], state["step"]
+        counter = {"steps": 0, "logs": {}}
+        epoch_start = time.perf_counter()
+        remaining = stream.steps_per_epoch - start_step
+        if remaining > 0:
+            net.fit(
+                stream.dataset(epoch, start_step),
+                epochs=1,
+                steps_per_epoch=remaining,
+                callbacks=[_make_callback(keras, flag, counter, resume_metrics)],
+                shuffle=False,
+                verbose=0,
+            )
+        resume_metrics = None
+        seconds = time.perf_counter() - epoch_start
+        state["train_seconds"] += seconds
+        if flag.requested and start_step + counter["steps"] < stream.steps_per_epoch:
+            done = start_step + counter["steps"]
+            state.update(step=done)
             save_checkpoint(checkpoint, net, state, best_weights)
-            _log_epoch(record, task, epochs)
-            if flag.requested and state["epoch"] < epochs and not state["stopped_early"]:
-                raise TrainingInterrupted(
-                    f"interrupted by SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint}; "
-                    "run the same command again to resume"
-                )
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+            raise TrainingInterrupted(
+                f"interrupted by SIGTERM at epoch {epoch + 1} step {done}/{stream.steps_per_epoch}; "
+                f"checkpoint saved to {checkpoint}; run the same command again to resume"
+            )
+        train_logs = _float_logs(counter["logs"])
+        val_logs = net.evaluate(val_x, val_y, batch_size=stream.batch_size, verbose=0, return_dict=True)
+        record = _epoch_record(epoch, train_logs, val_logs, task, seconds, remaining * stream.batch_size)
+        state["history"].append(record)
+        val_loss = record["val_loss"]
+        if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+            state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
+            best_weights = net.get_weights()
+        else:
+            state["wait"] += 1
+            if early_stopping is not None and state["wait"] >= early_stopping:
+                state["stopped_early"] = True
+        state.update(epoch=epoch + 1, step=0)
+        save_checkpoint(checkpoint, net, state, best_weights)
+        _log_epoch(record, task, epochs)
+        if flag.requested and state["epoch"] < epochs and not state["stopped_early"]:
+            raise TrainingInterrupted(
+                f"interrupted by SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint}; "
+                "run the same command again to resume"
+            )
 
     if early_stopping is not None and best_weights is not None:
         net.set_weights(best_weights)
