@@ -8,7 +8,11 @@ scale, with the uncovered border filled with the image's own background and sky 
 (measured on its outer ring), so no white or random-valued frames appear. Photometry:
 gamma, contrast, brightness offset, Gaussian noise, blur and (colour only) partial
 desaturation. Geometry is applied first, then photometry (a fixed order, where the
-original drew a random order per image).
+original drew a random order per image). Every augmented image then goes through the
+canonical normalisation (:func:`inclinet.normalise.normalise_image`), exactly as prep and
+predict do, so what the models train on is what they are later shown. The normalisation
+unifies polarity (galaxies bright on a dark sky), so the original's inversion of half the
+gray images is gone: it would be undone.
 
 All functions take a ``numpy.random.Generator`` and draw from it in a fixed order, so a
 batch is reproducible from its seed. Images are ``uint8 (N, S, S, 3)``; grayscale images
@@ -19,6 +23,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
+
+from inclinet.normalise import normalise_image
 
 COLOUR_CODE = "c"
 
@@ -183,20 +189,14 @@ def augment_colour(images, rng, *, params=COLOUR_CHAIN):
     return out
 
 
-def invert(images):
-    """White-on-black from black-on-white (and back): ``255 - x``."""
-    return (255 - np.asarray(images, dtype=np.uint8)).astype(np.uint8)
-
-
-def augment_batch(images, filters, rng, *, inverted=None, colour_params=COLOUR_CHAIN, gray_params=GRAY_CHAIN,
-                  out=None):
+def augment_batch(images, filters, rng, *, colour_params=COLOUR_CHAIN, gray_params=GRAY_CHAIN, out=None):
     """Augment a mixed batch: rows whose filter is ``c`` get the colour chain, the others the gray one.
 
-    ``filters`` holds one code per row (``c``, ``g``, ``r``, ``i``; str or bytes). Rows
-    flagged in ``inverted`` are inverted after augmentation, so their border fill (the
-    background) inverts with them. Rows are processed in order, so the result depends
-    only on the generator's state. ``out`` (may be ``images`` itself) receives the result
-    instead of a new array, which halves the memory of large batches.
+    ``filters`` holds one code per row (``c``, ``g``, ``r``, ``i``; str or bytes). Each
+    augmented row is normalised again (:func:`inclinet.normalise.normalise_image`). Rows
+    are processed in order, so the result depends only on the generator's state. ``out``
+    (may be ``images`` itself) receives the result instead of a new array, which halves the
+    memory of large batches.
     """
     images = _check_images(images)
     codes = [f.decode() if isinstance(f, bytes) else str(f) for f in np.asarray(filters).reshape(-1)]
@@ -206,14 +206,13 @@ def augment_batch(images, filters, rng, *, inverted=None, colour_params=COLOUR_C
         out = np.empty_like(images, dtype=np.uint8)
     elif out.shape != images.shape or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 {images.shape}, got {out.dtype} {out.shape}")
+    size = images.shape[1]
     for index, (image, code) in enumerate(zip(images, codes)):
         if code == COLOUR_CODE:
-            out[index] = augment_colour(image[np.newaxis], rng, params=colour_params)[0]
+            augmented = augment_colour(image[np.newaxis], rng, params=colour_params)[0]
         else:
-            out[index] = augment_gray(image[np.newaxis], rng, params=gray_params)[0]
-    if inverted is not None:
-        mask = np.asarray(inverted, dtype=bool)
-        out[mask] = invert(out[mask])
+            augmented = augment_gray(image[np.newaxis], rng, params=gray_params)[0]
+        out[index] = normalise_image(augmented, size)
     return out
 
 
@@ -223,15 +222,15 @@ def validation_set(samples, rng, *, colour_params=COLOUR_VALIDATION_CHAIN, gray_
     ``samples`` maps band (``gri``, ``g``, ``r``, ``i``) to a dict with ``images``,
     ``labels``, ``pgcIDs``. All colour images are augmented with the validation colour
     chain (half of them become fully gray); as many grayscale images are drawn at random
-    from the pooled g/r/i samples and augmented with the gray chain, and half of those are
-    inverted. The result is shuffled; returns a dict with ``images``, ``labels``,
-    ``pgcIDs``, ``filter`` (S1) and ``inverted``. Labels are returned unscaled.
+    from the pooled g/r/i samples and augmented with the gray chain. The result is
+    shuffled; returns a dict with ``images``, ``labels``, ``pgcIDs`` and ``filter`` (S1).
+    Labels are returned unscaled.
     """
     parts = []
     colour = samples.get("gri")
     if colour is not None and len(colour["images"]):
         n = len(colour["images"])
-        parts.append((colour["images"], colour["labels"], colour["pgcIDs"], ["c"] * n, np.zeros(n, bool)))
+        parts.append((colour["images"], colour["labels"], colour["pgcIDs"], ["c"] * n))
     n_colour = len(parts[0][0]) if parts else 0
     gray_bands = [band for band in ("g", "r", "i") if band in samples and len(samples[band]["images"])]
     if gray_bands:
@@ -239,27 +238,21 @@ def validation_set(samples, rng, *, colour_params=COLOUR_VALIDATION_CHAIN, gray_
         n_gray = n_colour if n_colour else len(pool)
         picks = rng.permutation(len(pool))[: min(n_gray, len(pool))]
         chosen = [pool[p] for p in picks]
-        inverted = np.zeros(len(chosen), bool)
-        inverted[: len(chosen) // 2] = True
         parts.append((
             np.stack([samples[b]["images"][r] for b, r in chosen]),
             np.array([samples[b]["labels"][r] for b, r in chosen]),
             np.array([samples[b]["pgcIDs"][r] for b, r in chosen]),
             [b for b, _ in chosen],
-            inverted,
         ))
     if not parts:
         raise ValueError("validation_set needs at least one non-empty band")
     images = np.concatenate([p[0] for p in parts])
     filters = np.array([code for p in parts for code in p[3]], dtype="S1")
-    inverted = np.concatenate([p[4] for p in parts])
-    augmented = augment_batch(images, filters, rng, inverted=inverted, colour_params=colour_params,
-                              gray_params=gray_params)
+    augmented = augment_batch(images, filters, rng, colour_params=colour_params, gray_params=gray_params)
     order = rng.permutation(len(images))
     return {
         "images": augmented[order],
         "labels": np.concatenate([p[1] for p in parts]).astype(np.int32)[order],
         "pgcIDs": np.concatenate([p[2] for p in parts]).astype(np.int32)[order],
         "filter": filters[order],
-        "inverted": inverted[order],
     }

@@ -8,6 +8,7 @@ from PIL import Image
 
 from inclinet import models
 from inclinet.catalog import Galaxy, write_catalog
+from inclinet.normalise import normalise_image
 from inclinet.stages import evaluate, predict
 
 SIZE = 32
@@ -94,8 +95,8 @@ def test_prediction_equals_the_models_on_the_prepared_pixels(bundle, tmp_path):
     array = galaxy_image(20, 32, seed=4)
     Image.fromarray(array).save(tmp_path / "g.png")
     answer = predict.run(bundle=bundle, inputs=[tmp_path / "g.png"], output=tmp_path / "out.jsonl")[0]
-    padded = np.zeros((32, 32, 3), np.uint8)
-    padded[6:26] = array  # black padding centred on the longer side; already at the bundle size
+    # The models see the canonical normalisation of the file, the same function as prep's.
+    padded = normalise_image(array, 32)
     loaded = predict.Bundle(bundle)
     mean, _ = models.predict_views(loaded.network("model42"), padded[None], 2)
     expected = float(np.round(models.target_to_inclination(mean[0, 0])))

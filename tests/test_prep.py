@@ -79,18 +79,20 @@ def test_default_size_is_128_and_colour_band(universe, tmp_path):
     assert _prep(universe, out, "gri") == 0
     data = _read(out)
     assert data["images"].shape == (8, 128, 128, 3)
-    centre = data["images"][:, 60:68, 60:68].astype(int)
-    assert (centre[..., 0] - centre[..., 2]).mean(axis=(1, 2)).min() > 20  # yellowish galaxies stay colour
+    images = data["images"].astype(int)
+    # Normalised: bright galaxy on a dark sky whatever the source; colour images keep colour.
+    assert (images[:, 56:72, 56:72].mean(axis=(1, 2, 3)) > images[:, :8, :8].mean(axis=(1, 2, 3)) + 60).all()
+    assert (images[..., 0] != images[..., 2]).any(axis=(1, 2)).all()
     assert str(data["band"]) == "gri"
 
 
-def test_non_square_is_padded_not_stretched(universe, tmp_path):
+def test_non_square_is_framed_not_stretched(universe, tmp_path):
     out = tmp_path / "g.npz"
     assert _prep(universe, out, "g", "-s", "64") == 0
     image = _read(out)["images"][1]  # pgc 57: 96 x 144 raw
-    # Centred on a square of side 144 filled with the sky level: top/bottom sixths are sky.
-    assert image[:8].min() >= 240 and image[-8:].min() >= 240
-    assert abs(float(np.median(image[:8])) - 245) <= 2  # no white frame around a 245 sky
+    # No flat frame where the raw image ended: the sky is noisy everywhere, at the normalised level.
+    for strip in (image[:6], image[-6:]):
+        assert abs(float(np.median(strip)) - 16) <= 3 and strip.std() > 1.0
     reference = galaxy_image(RAW, 0.5, radius=RAW / 10, seed=1)
     assert abs(axial_ratio(image) - axial_ratio(reference)) < 0.05
 
@@ -104,10 +106,14 @@ def test_alpha_is_dropped_not_averaged(universe, tmp_path):
 
 
 def test_downsampling_is_anti_aliased(tmp_path):
-    checker = ((np.indices((256, 256)).sum(axis=0) % 2) * 255).astype(np.uint8)
-    Image.fromarray(checker, mode="L").save(tmp_path / "checker.png")
+    # A galaxy drawn on a pixel-scale checkerboard sky: downsampling must average the pattern away.
+    checker = ((np.indices((256, 256)).sum(axis=0) % 2) * 60 + 150).astype(np.float64)
+    galaxy = 255 - galaxy_image(256, 0.5, radius=256 / 10, seed=3)[..., 0].astype(np.float64)
+    image = np.clip(checker - galaxy, 0, 255).astype(np.uint8)
+    Image.fromarray(image, mode="L").save(tmp_path / "checker.png")
     small = prep.prepare(tmp_path / "checker.png", "g", 32)
-    assert abs(small.mean() - 127.5) < 3 and small.std() < 3
+    sky = np.concatenate([small[:4].ravel(), small[-4:].ravel()]).astype(float)
+    assert sky.std() < 6  # aliased, the +-30 checkerboard would come through at full strength
 
 
 def test_sharding_invariance(universe, tmp_path):
@@ -202,6 +208,6 @@ def test_chain_on_synthetic_universe(tiny_universe, tmp_path):
     assert augment.main(["-i", *map(str, samples), "-o", str(out), "-s", "32", "-b", "2", "-z", "2", "-q"]) == 0
     batch = _read(out / "32x32_train_aug_02.npz")
     colour = batch["filter"].astype(str) == "c"
-    assert colour.sum() == (~colour).sum() > 0 and batch["inverted"].sum() == (~colour).sum() // 2
+    assert colour.sum() == (~colour).sum() > 0 and "inverted" not in batch
     assert set(batch["pgcIDs"].tolist()) <= set(_read(samples[0])["pgcIDs"].tolist()) | set(
         _read(samples[1])["pgcIDs"].tolist())

@@ -2,7 +2,7 @@
 
 Regression: nine 5-degree inclination bins ([45, 50], (50, 55], ..., (85, 90]), each
 filled in every batch with ``per_bin`` colour and ``per_bin`` grayscale images (the gray
-band g, r or i drawn with equal probability, half of the gray images inverted). Binary:
+band g, r or i drawn with equal probability). Binary:
 the same with the two classes accept (0) and reject (1) in place of the bins. Galaxies of
 a bin are used in turn (a fresh permutation each pass), so all are used about equally.
 Each batch is seeded by ``derive_seed(seed, subset, batch)``: batches are independent and
@@ -85,12 +85,11 @@ def _read_sample(path, size, task, skips):
 
 
 def plan_batch(pools, task, per_bin, rng):
-    """Choose the rows of one batch: a list of ``(band, row)`` plus the inverted flags.
+    """Choose the rows of one batch: a list of ``(band, row)``.
 
     ``pools`` maps group key -> {"c": rows of the colour band, gray band -> rows}. Every
     active group contributes ``per_bin`` colour and ``per_bin`` gray entries; the gray band
     of each gray entry is drawn uniformly from the bands that have galaxies in the group.
-    Exactly half (rounded down) of the gray entries of the batch are inverted.
     """
     entries = []
     for key in _group_keys(task):
@@ -103,10 +102,7 @@ def plan_batch(pools, task, per_bin, rng):
         for band_index, band in enumerate(gray_bands):
             count = int((choice == band_index).sum())
             entries += [(band, int(row)) for row in _balanced_draw(pool[band], count, rng)]
-    gray_positions = np.array([i for i, (band, _) in enumerate(entries) if band != "gri"], dtype=np.int64)
-    inverted = np.zeros(len(entries), dtype=bool)
-    inverted[rng.permutation(gray_positions)[: len(gray_positions) // 2]] = True
-    return entries, inverted
+    return entries
 
 
 def run(*, inputs, output_dir, size, task="regression", n_batches=5, per_bin=3, seed=0, subset=None, report=None,
@@ -210,11 +206,10 @@ def _group_label(task, key):
 
 def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size):
     rng = rng_for(seed, subset, batch)
-    entries, inverted = plan_batch(pools, task, per_bin, rng)
+    entries = plan_batch(pools, task, per_bin, rng)
     # Shuffle the plan, not the images: the batch is built in its final order (no copy).
     order = rng.permutation(len(entries))
     entries = [entries[i] for i in order]
-    inverted = inverted[order]
     images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
     by_band = {}
     for position, (band, row) in enumerate(entries):
@@ -226,10 +221,10 @@ def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subs
     labels = np.array([samples[band]["labels"][row] for band, row in entries], dtype=np.int32)
     pgcs = np.array([samples[band]["pgcs"][row] for band, row in entries], dtype=np.int32)
     filters = np.array([naming.filter_code(band) for band, _ in entries], dtype="S1")
-    augment_batch(images, filters, rng, inverted=inverted, out=images)
+    augment_batch(images, filters, rng, out=images)
     with NpzWriter(path, (size, size, 3), n_rows=len(entries)) as writer:
         writer.append(images)
-        writer.set(labels=labels, pgcIDs=pgcs, filter=filters, inverted=inverted)
+        writer.set(labels=labels, pgcIDs=pgcs, filter=filters)
 
 
 def add_arguments(parser):

@@ -10,8 +10,9 @@ Prints one JSON object per image, as the original web API's ``/api/file`` answer
 Regression values are degrees rounded to integers (half to even, as ``np.round``), the
 binary values are P(reject) in percent, unrounded; ``stdev`` is the population standard
 deviation. Groups (and ``rejection_likelihood``) appear only for members in the bundle.
-Images may be PNG, JPEG or GIF, gray or colour, of any size: they are padded to a square
-with black and resized to the bundle's input size. A file that cannot be read gets
+Images may be PNG, JPEG or GIF, gray or colour, of any size and either polarity: they go
+through the same canonical normalisation as the training data
+(:func:`inclinet.normalise.normalise_image`) at the bundle's input size. A file that cannot be read gets
 ``{"status": "failed", "filename": ..., "message": ...}`` while the others are still
 predicted, and the command exits 2 at the end.
 """
@@ -28,7 +29,7 @@ import numpy as np
 from inclinet import models as inclinet_models
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
-from inclinet.images import prepare_image
+from inclinet.normalise import load_normalised
 from inclinet.io import atomic_write_text
 from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
 
@@ -161,7 +162,7 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
             }
             continue
         try:
-            image = prepare_image(path, loaded.input_size, fill=0)
+            image = load_normalised(path, loaded.input_size)
         except InputError as exc:
             answers[index] = {"status": "failed", "filename": str(path), **extra, "message": str(exc)}
             logger.warning("%s", exc)

@@ -1,11 +1,11 @@
-"""Resize one band of one chunk of the catalog's galaxies into an npz shard (one image at a time).
+"""Normalise one band of one chunk of the catalog's galaxies into an npz shard (one image at a time).
 
-Each raw image is padded to a centred square with its own sky level (the median of its
-border: near white for the dark-on-white g, r, i images, near black for the colour
-composites), resized with an
-anti-aliasing (Lanczos) filter and stored as ``uint8 (S, S, 3)``; grayscale as three
-identical channels, alpha dropped. A missing or unreadable image, or one of the wrong
-kind for its band, is recorded in the job's report and the job goes on.
+Each raw image goes through the canonical normalisation
+(:func:`inclinet.normalise.normalise_image`: fill masking, polarity, sky, centring and
+size from the galaxy's own moments, stretch, noise floor) at the output size and is stored
+as ``uint8 (S, S, 3)``; grayscale as three identical channels, alpha dropped. A missing or
+unreadable image, or one of the wrong kind for its band, is recorded in the job's report
+and the job goes on.
 """
 
 import argparse
@@ -22,8 +22,9 @@ from inclinet._helpers import parse_shard, shard_range
 from inclinet.catalog import find_raw_image, read_catalog
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
-from inclinet.images import load_image, pad_to_square, resize_square
+from inclinet.images import load_image
 from inclinet.io import atomic_path, check_outputs
+from inclinet.normalise import normalise_image
 from inclinet.npzstream import NpzWriter
 from inclinet.report import SkipReport
 
@@ -39,7 +40,7 @@ def jpeg_name(pgc, size, label, band):
 
 
 def prepare(path, band, size):
-    """The resized ``uint8 (size, size, 3)`` image of one raw file, checked against its band.
+    """The normalised ``uint8 (size, size, 3)`` image of one raw file, checked against its band.
 
     Raises :class:`InputError` for an unreadable file or an image of the wrong kind (a
     colour image for a g/r/i band, a grayscale one for gri).
@@ -50,19 +51,10 @@ def prepare(path, band, size):
         raise InputError(f"{path}: colour image for the grayscale band {band}; expected a one-channel image")
     if band == "gri" and gray:
         raise InputError(f"{path}: grayscale image for the colour band gri; expected an RGB composite")
-    return resize_square(pad_to_square(image, sky_level(image)), size)
-
-
-def sky_level(image):
-    """The grey level to pad with: the median of the image's outer ring (all channels).
-
-    This is the background the band's images have (near white for the g, r, i images,
-    near black for the colour composites) but at the image's own level, so a 200-245
-    sky is not framed by a 255 border.
-    """
-    image = np.asarray(image)
-    ring = np.concatenate([image[0].ravel(), image[-1].ravel(), image[:, 0].ravel(), image[:, -1].ravel()])
-    return int(np.median(ring))
+    if min(image.shape[:2]) < 8:
+        raise InputError(f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is too small; "
+                         "at least 8 x 8 are needed")
+    return normalise_image(image, size)
 
 
 def run(*, data_dir, catalog, band, size=128, output, root=naming.DEFAULT_ROOT, shard=None, report=None,

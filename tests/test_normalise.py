@@ -1,0 +1,140 @@
+"""inclinet.normalise: one canonical form whatever the polarity, frame, sky, stretch and colour balance."""
+
+import numpy as np
+import pytest
+
+from inclinet import normalise
+from inclinet.axial import axial_ratio
+from inclinet.normalise import NOISE_FLOOR, SKY_LEVEL, TARGET_SIGMA, image_statistics, normalise_image
+
+SIZE = 64
+
+
+def disk(size, q, *, radius, centre=None, noise=2.0, seed=0):
+    """Surface brightness (0..1) of an exponential disk with axial ratio ``q``, plus noise (in 1/255 units)."""
+    rng = np.random.default_rng(seed)
+    cy, cx = centre if centre is not None else ((size - 1) / 2, (size - 1) / 2)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot((xx - cx) / radius, (yy - cy) / (radius * q))
+    return np.exp(-2.0 * r) + rng.normal(0, noise / 255.0, (size, size))
+
+
+def gray_dark_on_light(light, sky=235.0, depth=200.0):
+    plane = np.clip(np.rint(sky - depth * light), 0, 255).astype(np.uint8)
+    return np.repeat(plane[..., None], 3, axis=2)
+
+
+def colour_light_on_dark(light, weights=(1.0, 0.85, 0.6), sky=8.0):
+    image = sky + 230.0 * light[..., None] * np.asarray(weights)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def major_sigma(image):
+    plane = np.clip(image.astype(float).mean(axis=2) - SKY_LEVEL - 10, 0, None)
+    yy, xx = np.indices(plane.shape)
+    total = plane.sum()
+    x0, y0 = (plane * xx).sum() / total, (plane * yy).sum() / total
+    mxx = (plane * (xx - x0) ** 2).sum() / total
+    myy = (plane * (yy - y0) ** 2).sum() / total
+    return np.sqrt(max(mxx, myy)), (x0, y0)
+
+
+def test_output_is_bright_on_dark_with_the_canonical_sky():
+    light = disk(256, 0.5, radius=20)
+    for image in (gray_dark_on_light(light), colour_light_on_dark(light)):
+        out = normalise_image(image, SIZE)
+        assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
+        assert abs(np.median(out[:6]) - SKY_LEVEL) <= 3
+        assert out[SIZE // 2 - 2:SIZE // 2 + 2, SIZE // 2 - 2:SIZE // 2 + 2].mean() > 150
+
+
+def test_polarity_is_unified():
+    light = disk(128, 0.4, radius=14)
+    dark_on_light = normalise_image(gray_dark_on_light(light), SIZE).astype(float)
+    inverted = 255 - gray_dark_on_light(light)
+    light_on_dark = normalise_image(inverted, SIZE).astype(float)
+    assert np.abs(dark_on_light - light_on_dark).mean() < 3.0
+
+
+def test_size_in_frame_and_centring_do_not_matter():
+    sigmas, centres = [], []
+    for radius, centre in ((14, None), (32, None), (18, (110, 140))):
+        out = normalise_image(gray_dark_on_light(disk(256, 0.5, radius=radius, centre=centre, seed=radius)), SIZE)
+        sigma, centre_out = major_sigma(out)
+        sigmas.append(sigma)
+        centres.append(centre_out)
+    assert max(sigmas) / min(sigmas) < 1.15
+    assert all(abs(x - (SIZE - 1) / 2) < 1.5 and abs(y - (SIZE - 1) / 2) < 1.5 for x, y in centres)
+    # Without the normalisation the sizes differ by a factor 3.
+    assert sigmas[0] == pytest.approx(sigmas[1], rel=0.15)
+
+
+@pytest.mark.parametrize("q", [0.25, 0.5, 0.8])
+def test_axial_ratio_is_kept(q):
+    light = disk(256, q, radius=20, seed=1)
+    before = axial_ratio(gray_dark_on_light(light))
+    after = axial_ratio(normalise_image(gray_dark_on_light(light), SIZE))
+    assert after == pytest.approx(before, abs=0.05)
+
+
+def test_stretch_colour_balance_and_sky_gradient_are_normalised_away():
+    light = disk(256, 0.5, radius=20, seed=2)
+    raw = colour_light_on_dark(light)
+    reference = normalise_image(raw, SIZE).astype(float)
+    # A harder asinh stretch (the SDSS kind), another colour balance, a sky gradient.
+    stretched = colour_light_on_dark(np.arcsinh(light / 0.05) / np.arcsinh(1 / 0.05))
+    balance = colour_light_on_dark(light, weights=(0.6, 0.85, 1.0))
+    gradient = colour_light_on_dark(light + np.linspace(0, 0.15, 256)[None, :])
+    centre = slice(SIZE // 4, 3 * SIZE // 4)
+    for other in (stretched, balance, gradient):
+        normalised = normalise_image(other, SIZE).astype(float)
+        after = np.abs(normalised[centre, centre] - reference[centre, centre]).mean()
+        before = np.abs(other.astype(float) - raw.astype(float))[108:148, 108:148].mean()
+        assert after < 7.0 and after < 0.6 * before, (after, before)
+
+
+def test_rotation_corners_are_not_sky():
+    light = disk(256, 0.5, radius=20, seed=3)
+    image = gray_dark_on_light(light)
+    cornered = image.copy()
+    yy, xx = np.mgrid[:256, :256] - 127.5
+    angle = np.radians(30)
+    u, v = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
+    cornered[np.maximum(np.abs(u), np.abs(v)) > 150] = 0  # black corners of a rotated cutout
+    out, info = normalise_image(cornered, SIZE, with_info=True)
+    assert info.fill_fraction > 0.03 and info.polarity == "dark-on-light"
+    clean = normalise_image(image, SIZE)
+    assert np.abs(out.astype(float) - clean.astype(float)).mean() < 3.0
+    assert out[:4, :4].mean() < SKY_LEVEL + 10  # the corners became sky, not a bright frame
+
+
+def test_noise_floor_and_determinism():
+    light = disk(128, 0.5, radius=12, noise=0.0)
+    image = colour_light_on_dark(light)
+    out = normalise_image(image, SIZE)
+    sky = out[:8, :, 0].astype(float)
+    assert sky.std() >= 0.8 * NOISE_FLOOR
+    assert np.array_equal(out, normalise_image(image.copy(), SIZE))
+
+
+def test_blank_image_is_not_detected_and_small_images_are_refused():
+    out, info = normalise_image(np.full((64, 64), 200, np.uint8), 32, with_info=True)
+    assert not info.detected and out.shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="too small"):
+        normalise_image(np.zeros((4, 4), np.uint8), 32)
+    with pytest.raises(ValueError, match="invalid size"):
+        normalise_image(np.zeros((16, 16), np.uint8), 4)
+
+
+def test_image_statistics_tell_a_galaxy_from_a_star_field():
+    galaxy = normalise_image(gray_dark_on_light(disk(256, 0.5, radius=20)), SIZE)
+    rng = np.random.default_rng(0)
+    field = np.full((256, 256), 230.0)
+    for x, y in rng.integers(10, 246, size=(40, 2)):
+        field[y - 2:y + 3, x - 2:x + 3] = 40
+    stars = normalise_image(np.clip(field, 0, 255).astype(np.uint8), SIZE)
+    stats = image_statistics(np.stack([galaxy, stars]))
+    columns = {name: stats[:, k] for k, name in enumerate(normalise.STATISTICS)}
+    assert columns["edge_flux"][1] > 5 * columns["edge_flux"][0]
+    assert columns["asymmetry"][1] > columns["asymmetry"][0]
+    assert 0.0 < TARGET_SIGMA < 0.25
