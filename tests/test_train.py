@@ -144,13 +144,13 @@ def test_batch_stream_is_deterministic_and_resumable(data):
     assert first[0][0].dtype == np.float32 and first[0][0].max() <= 1.0
 
 
-def test_validation_set_pairs_colour_and_gray_with_half_inverted(data):
+def test_validation_set_pairs_colour_and_gray_without_inverting(data):
     images, labels = train.build_validation_set(data["samples"], "regression", seed=0)
     assert len(images) == 12 and len(labels) == 12
-    # Gray samples are dark-on-white; inverted ones have a dark border.
+    # These test samples keep their raw look (gray dark-on-white): none is inverted any more,
+    # since real samples are normalised (bright on dark) by prep already.
     dark_border = images[:, 0, 0, 0] < 128
-    # 6 colour (dark sky) + 3 inverted gray of 6 gray.
-    assert dark_border.sum() == 9
+    assert dark_border.sum() == 6  # the 6 colour images
     again, _ = train.build_validation_set(data["samples"], "regression", seed=0)
     np.testing.assert_array_equal(images, again)
 

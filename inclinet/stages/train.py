@@ -4,8 +4,9 @@ One epoch is one pass over every ``--train`` batch file, streamed through ``tf.d
 (file order and rows permuted per epoch from ``--seed``; one file in memory at a time,
 prefetched while the model trains). Validation runs after every epoch on a fixed set
 built from the ``--validation`` samples: every colour image plus as many gray images
-(pooled g, r, i, seeded shuffle), half of the gray ones inverted, as the original's
-section 2.6 but without random augmentation.
+(pooled g, r, i, seeded shuffle), as the original's section 2.6 but without random
+augmentation and without inverting half the gray images (the samples are normalised, so
+every galaxy is bright on a dark sky).
 
 Checkpointing: after every epoch (and on SIGTERM) the declared ``--checkpoint`` file is
 replaced atomically. It is one zip holding ``model.keras`` (weights and optimizer state),
@@ -123,9 +124,7 @@ def build_validation_set(paths, task, seed):
     if len(gray_images):
         order = rng_for(seed, "validation", "gray").permutation(len(gray_images))
         keep = order[: len(colour_images)] if len(colour_images) else order
-        gray_images, gray_labels = gray_images[keep].copy(), gray_labels[keep]
-        n_inverted = len(gray_images) // 2
-        gray_images[:n_inverted] = 255 - gray_images[:n_inverted]
+        gray_images, gray_labels = gray_images[keep], gray_labels[keep]
     if len(colour_images) and len(gray_images) and colour_images.shape[1:] != gray_images.shape[1:]:
         raise InputError("validation samples have different image sizes; pass the files of one size")
     parts = [(i, lab) for i, lab in ((colour_images, colour_labels), (gray_images, gray_labels)) if len(i)]
