@@ -136,7 +136,7 @@ def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", membe
         memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
     else:  # evaluate: every member over every test view, then the report
         seconds = 60 + members * test_images * config.views / 1500 * _pixels(size, 64)
-        memory = max(8000, 4000 + test_images * config.views * size * size * 3 * 4 / 1e6)
+        memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
     values = {"cores": cores, "gpus": gpus, "memory_mb": 100 * math.ceil(memory / 100),
               "runtime_s": _deadline(seconds)}
     values.update(resource_overrides(config).get(stage, {}))
