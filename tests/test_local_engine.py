@@ -241,3 +241,70 @@ def test_tiny_end_to_end_run_interrupted_in_training_resumes_from_its_checkpoint
     assert main(["resume", str(run_dir), "-q"]) == 0
     assert all(attempts_in_log(run_dir, job_id) == 1 for job_id in done_before)
     assert attempts_in_log(run_dir, "train_Uset_000_model4") == 2
+
+
+def test_changed_output_is_detected_by_verify_and_rerun_by_resume(tmp_path, capsys):
+    jobs = [fake_job("a"), fake_job("b", ["a.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    record = json.loads((run_dir / "state" / "b.json").read_text())
+    assert record["outputs"]["b.txt"]["size"] == 2 and len(record["outputs"]["b.txt"]["sha256"]) == 64
+    assert main(["status", str(run_dir), "--verify"]) == 0
+    assert "verify: all 2 outputs of 2 done jobs match" in capsys.readouterr().out
+    (run_dir / "data" / "b.txt").write_text("KO")  # same size, other bytes
+    assert main(["status", str(run_dir), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH b:" in out and "b.txt: content changed since the job finished" in out
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert "b: done before, but its outputs no longer match; running it again: b.txt: content changed" in capsys.readouterr().err
+    assert attempts_in_log(run_dir, "a") == 1 and attempts_in_log(run_dir, "b") == 2
+    assert (run_dir / "data" / "b.txt").read_text() == "ok"
+    assert main(["status", str(run_dir), "--verify"]) == 0
+
+
+def test_rerun_job_with_new_content_reruns_its_readers(tmp_path, capsys):
+    # a copies the file 'seed' into a.txt; b reads a.txt. Damage a.txt after 'seed' changed:
+    # a is re-made with other content, so b must run again too.
+    code = "import shutil; shutil.copy('seed', 'a.txt')"
+    jobs = [dag.JobSpec(id="a", stage="prep", executable=sys.executable, args=["-c", code], inputs=[],
+                        outputs=["a.txt"]),
+            fake_job("b", ["a.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "seed").write_text("one")
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    (run_dir / "data" / "seed").write_text("two")
+    (run_dir / "data" / "a.txt").unlink()
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert "b: running it again: its input a.txt was re-made with other content" in capsys.readouterr().err
+    assert attempts_in_log(run_dir, "b") == 2
+
+
+def test_deleted_state_is_rebuilt_from_intact_outputs(tmp_path, capsys):
+    import shutil
+
+    jobs = [fake_job("a"), fake_job("b", ["a.txt"]), fake_job("c", ["b.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    shutil.rmtree(run_dir / "state")
+    (run_dir / "data" / "c.txt").unlink()
+    assert main(["status", str(run_dir)]) == 0
+    assert "has no job records, but 2 job(s) have all their outputs on disk" in capsys.readouterr().out
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert "state rebuilt from the outputs on disk: 2 of 3 jobs" in capsys.readouterr().err
+    assert {j: attempts_in_log(run_dir, j) for j in "abc"} == {"a": 1, "b": 1, "c": 2}
+    assert set(states(run_dir).values()) == {"done"}
+
+
+def test_sigterm_death_of_a_checkpointed_job_uses_no_retry(tmp_path):
+    # Killed by SIGTERM before it could install its handler (start-up): continue, no retry used.
+    code = ("import os, signal\n"
+            "if not os.path.exists('started'):\n"
+            "    open('started', 'w').write('1'); os.kill(os.getpid(), signal.SIGTERM)\n"
+            "open('t.txt', 'w').write('ok')\n")
+    jobs = [dag.JobSpec(id="t", stage="train", executable=sys.executable, args=["-c", code], inputs=[],
+                        outputs=["t.txt"], checkpoint="ck", retries=0)]
+    run_dir = make_run(tmp_path / "run", jobs)
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert attempts_in_log(run_dir, "t") == 2
+    assert json.loads((run_dir / "state" / "t.json").read_text()).get("failures", 0) == 0

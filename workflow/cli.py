@@ -137,6 +137,10 @@ def build_command_parser(command):
                                                   "resume": "re-run the failed and unfinished jobs of a run",
                                                   "cancel": "stop the running jobs of a run"}[command])
     parser.add_argument("run_dir", metavar="RUN", help="a run directory made by run_workflow.py")
+    if command == "status":
+        parser.add_argument("--verify", action="store_true",
+                            help="re-read every output of every finished job and compare its size and SHA-256 "
+                                 "with what was recorded when the job ended (exit 1 on a mismatch)")
     add_engine_arguments(parser)
     add_common_arguments(parser, seed=False)
     parser.set_defaults(command=command)

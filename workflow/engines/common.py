@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -84,29 +85,111 @@ def read_json(path):
 
 # -- outputs ----------------------------------------------------------------------------
 
-def file_intact(path):
-    """True when ``path`` exists and, for npz/keras/json, opens as such."""
+def file_intact(path, *, deep=False):
+    """True when ``path`` exists and, for npz/keras/json, opens as such.
+
+    ``deep`` also reads every member of an npz/keras zip and checks its CRC (a flipped
+    byte inside the data is caught; without it only the zip directory is read).
+    """
+    return file_problem(path, deep=deep) is None
+
+
+def file_problem(path, *, deep=False):
+    """Why ``path`` is not a usable output (one phrase), or None when it is (see :func:`file_intact`)."""
     path = Path(path)
     try:
+        if not path.exists():
+            return "missing"
         if not path.is_file():
-            return False
+            return "not a regular file"
         suffix = path.suffix
         if suffix in (".npz", ".keras"):
             # The zip central directory sits at the end: a truncated file fails here.
             with zipfile.ZipFile(path) as archive:
-                return bool(archive.namelist()) or suffix == ".npz"
+                if not archive.namelist() and suffix == ".keras":
+                    return "empty zip"
+                if deep:
+                    damaged = archive.testzip()
+                    if damaged is not None:
+                        return f"member {damaged} fails its CRC check (damaged)"
+            return None
         if suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
-            return True
-        return path.stat().st_size > 0 or suffix == ".csv"
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
+            return None
+        if path.stat().st_size == 0 and suffix != ".csv":
+            return "empty"
+        return None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        return f"unreadable ({exc})"
 
 
 def outputs_intact(job, run_dir):
     """True when every declared output of ``job`` exists under ``RUN/data`` and opens."""
     base = data_dir(run_dir)
     return all(file_intact(base / lfn) for lfn in job.outputs)
+
+
+def checksum(path):
+    """SHA-256 of a file's bytes (hex)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def record_outputs(job, run_dir):
+    """``{lfn: {"size", "mtime_ns", "sha256"}}`` of the declared outputs of a finished job."""
+    base = data_dir(run_dir)
+    records = {}
+    for lfn in job.outputs:
+        path = base / lfn
+        info = path.stat()
+        records[lfn] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": checksum(path)}
+    return records
+
+
+def output_problems(job, run_dir, recorded, *, full=False):
+    """Why the outputs of a finished job no longer match what was recorded when it ended.
+
+    Returns ``[(lfn, reason)]``, empty when everything matches. A file whose size and
+    modification time are unchanged is trusted unless ``full`` (``status --verify``), which
+    re-reads every file and compares its checksum. Without a record (a run from before
+    output records, or a state rebuilt) the files are checked to open, CRCs included.
+    """
+    base = data_dir(run_dir)
+    problems = []
+    for lfn in job.outputs:
+        path = base / lfn
+        record = (recorded or {}).get(lfn)
+        if record is None:
+            reason = file_problem(path, deep=True)
+            if reason:
+                problems.append((lfn, reason))
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            problems.append((lfn, "missing"))
+            continue
+        except OSError as exc:
+            problems.append((lfn, f"unreadable ({exc})"))
+            continue
+        if info.st_size != record["size"]:
+            problems.append((lfn, f"size {info.st_size} bytes, recorded {record['size']} when the job finished"))
+            continue
+        if not full and info.st_mtime_ns == record.get("mtime_ns"):
+            continue
+        try:
+            digest = checksum(path)
+        except OSError as exc:
+            problems.append((lfn, f"unreadable ({exc})"))
+            continue
+        if digest != record["sha256"]:
+            problems.append((lfn, "content changed since the job finished (SHA-256 differs)"))
+    return problems
+
+
+def describe_problems(problems):
+    """``[(lfn, reason)]`` as one line."""
+    return "; ".join(f"{lfn}: {reason}" for lfn, reason in problems)
 
 
 # -- raw inputs -------------------------------------------------------------------------

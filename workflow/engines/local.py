@@ -23,12 +23,15 @@ from pathlib import Path
 from inclinet.io import atomic_write_json
 from workflow.engines.common import (
     data_dir,
+    describe_problems,
+    file_problem,
     job_command,
     log_path,
-    outputs_intact,
+    output_problems,
     prepare_data_dir,
     read_json,
     read_run_info,
+    record_outputs,
     state_dir,
 )
 
@@ -182,6 +185,8 @@ class LocalRunner:
 
     def _recover(self):
         """Read the state of every job; adopt jobs a dead runner left running."""
+        if not self._has_records():
+            self._rebuild_state()
         for job_id in self.order:
             record = self.state.get(job_id)
             self.records[job_id] = record
@@ -196,18 +201,53 @@ class LocalRunner:
                     self.status[job_id] = RUNNING
                     continue
                 state = self._outcome_of_dead(job_id, record)
-            if state == DONE and outputs_intact(job, self.run_dir):
-                self.status[job_id] = DONE
-                continue
+            previous = None
             if state == DONE:
-                logger.warning("%s: marked done but its outputs are missing or unreadable; running it again", job_id)
+                problems = output_problems(job, self.run_dir, record.get("outputs"))
+                if not problems:
+                    self.status[job_id] = DONE
+                    continue
+                logger.warning("%s: done before, but its outputs no longer match; running it again: %s",
+                               job_id, describe_problems(problems))
+                previous = record.get("outputs")
             self.records[job_id] = {"state": PENDING, "attempts": 0}
-            self._set(job_id, PENDING)
+            self._set(job_id, PENDING, previous_outputs=previous)
+
+    def _has_records(self):
+        return any(self.state.path(job_id).exists() for job_id in self.order)
+
+    def _rebuild_state(self):
+        """``state/`` was lost: count as done the jobs whose outputs are all on disk and intact.
+
+        A job is adopted only when its parents were and every declared output opens (zip
+        members pass their CRC check); outputs are written atomically, so a complete set
+        means the job finished. Everything else runs.
+        """
+        base = data_dir(self.run_dir)
+        if not any((base / lfn).exists() for job in self.jobs.values() for lfn in job.outputs):
+            return
+        adopted = set()
+        changed = True
+        while changed:
+            changed = False
+            for job_id in self.priority:
+                job = self.jobs[job_id]
+                if job_id in adopted or not all(p in adopted for p in job.parents):
+                    continue
+                if all(file_problem(base / lfn, deep=True) is None for lfn in job.outputs):
+                    adopted.add(job_id)
+                    changed = True
+        for job_id in adopted:
+            self._set(job_id, DONE, attempts=0, rebuilt=True, outputs=record_outputs(self.jobs[job_id], self.run_dir))
+        logger.warning("%s has no job records (was it deleted?): state rebuilt from the outputs on disk: "
+                       "%d of %d jobs have all their outputs intact and count as done; the other %d will run",
+                       self.state.dir, len(adopted), len(self.order), len(self.order) - len(adopted))
 
     def _outcome_of_dead(self, job_id, record):
         rc = read_json(self.state.rc_path(job_id))
-        if rc and rc.get("attempt") == record.get("attempts") and rc.get("returncode") == 0:
-            self._set(job_id, DONE, returncode=0, ended=rc.get("ended"),
+        if rc and rc.get("attempt") == record.get("attempts") and rc.get("returncode") == 0 \
+                and not any(file_problem(data_dir(self.run_dir) / lfn) for lfn in self.jobs[job_id].outputs):
+            self._set(job_id, DONE, returncode=0, ended=rc.get("ended"), outputs=self._record(job_id),
                       duration=(rc.get("ended") or time.time()) - (record.get("started") or time.time()))
             return DONE
         return PENDING
@@ -259,18 +299,27 @@ class LocalRunner:
             code = None  # an adopted job whose wrapper was killed: unknown, run it again
         ended = time.time()
         duration = ended - running.started
-        if code == 0 and not outputs_intact(job, self.run_dir):
-            logger.error("%s: exited 0 but its declared outputs are missing or unreadable", job_id)
-            code = -1
         if code == 0:
-            self._set(job_id, DONE, returncode=0, ended=ended, duration=duration)
+            problems = [(lfn, reason) for lfn in job.outputs
+                        if (reason := file_problem(data_dir(self.run_dir) / lfn)) is not None]
+            if problems:
+                logger.error("%s: exited 0 but its declared outputs are not usable: %s", job_id,
+                             describe_problems(problems))
+                code = -1
+        if code == 0:
+            outputs = self._record(job_id)
+            self._invalidate_readers(job_id, outputs)
+            self._set(job_id, DONE, returncode=0, ended=ended, duration=duration, outputs=outputs,
+                      previous_outputs=None)
             return True
         if self.stop_signal is not None:
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, interrupted=True)
             return False
         record = self.records[job_id]
-        if code == CHECKPOINTED_EXIT and job.checkpoint and record.get("interruptions", 0) < MAX_INTERRUPTIONS:
-            # Stopped from outside after saving its checkpoint: run it again, no retry used.
+        interrupted = code in (CHECKPOINTED_EXIT, -signal.SIGTERM)
+        if interrupted and job.checkpoint and record.get("interruptions", 0) < MAX_INTERRUPTIONS:
+            # Stopped from outside (after saving its checkpoint, or by a SIGTERM that came
+            # before its handler was in place): run it again, no retry used.
             logger.warning("%s was interrupted (checkpoint saved); continuing it", job_id)
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration,
                       interruptions=record.get("interruptions", 0) + 1)
@@ -286,6 +335,27 @@ class LocalRunner:
         self._set(job_id, FAILED, returncode=code, ended=ended, duration=duration, failures=failures)
         self._block_descendants(job_id)
         return False
+
+    def _record(self, job_id):
+        try:
+            return record_outputs(self.jobs[job_id], self.run_dir)
+        except OSError as exc:  # vanished between the check and the checksum: re-run
+            logger.warning("%s: cannot record its outputs (%s)", job_id, exc)
+            return None
+
+    def _invalidate_readers(self, job_id, outputs):
+        """A re-run whose outputs differ from the earlier ones: jobs that read those re-run too."""
+        previous = self.records[job_id].get("previous_outputs") or {}
+        changed = sorted(lfn for lfn, old in previous.items()
+                         if old and outputs and outputs.get(lfn, {}).get("sha256") != old.get("sha256"))
+        if not changed:
+            return
+        for child in self.children[job_id]:
+            read = sorted(set(changed) & set(self.jobs[child].inputs))
+            if read and self.status.get(child) == DONE:
+                logger.warning("%s: running it again: its input %s was re-made with other content", child,
+                               ", ".join(read))
+                self._set(child, PENDING, previous_outputs=self.records[child].get("outputs"), attempts=0)
 
     def _block_descendants(self, job_id):
         stack = list(self.children[job_id])
@@ -512,10 +582,49 @@ def resume(run_dir, args):
 
 
 def status(run_dir, args):
+    """Print the state of a run; with ``--verify`` also re-check every output of every done job."""
     from workflow.dag import load_jobs
 
     jobs = load_jobs(run_dir)
-    print(status_text(run_dir, collect(run_dir, jobs)))
+    rows = collect(run_dir, jobs)
+    print(status_text(run_dir, rows))
+    state = RunState(run_dir)
+    if not any(state.path(job.id).exists() for job in jobs):
+        base = data_dir(run_dir)
+        present = sum(1 for job in jobs if job.outputs and all((base / lfn).exists() for lfn in job.outputs))
+        if present:
+            print(f"note: {state.dir} has no job records, but {present} job(s) have all their outputs on disk; "
+                  f"'run_workflow.py resume {run_dir}' rebuilds the state from the intact ones")
+    if getattr(args, "verify", False):
+        return verify(run_dir, jobs, rows)
+    return 0
+
+
+def verify(run_dir, jobs, rows=None):
+    """Re-read every output of every done job and compare size and SHA-256 with its record.
+
+    Prints one line per output that no longer matches; returns 1 when there is one, else 0.
+    """
+    rows = rows if rows is not None else collect(run_dir, jobs)
+    done = {row["id"] for row in rows if row["state"] == DONE}
+    state = RunState(run_dir)
+    checked, mismatched = 0, []
+    for job in jobs:
+        if job.id not in done:
+            continue
+        record = state.get(job.id)
+        checked += len(job.outputs)
+        for lfn, reason in output_problems(job, run_dir, record.get("outputs"), full=True):
+            mismatched.append((job.id, lfn, reason))
+    print("")
+    for job_id, lfn, reason in mismatched:
+        print(f"MISMATCH {job_id}: {data_dir(run_dir) / lfn}: {reason}")
+    if mismatched:
+        jobs_hit = len({m[0] for m in mismatched})
+        print(f"verify: {len(mismatched)} of {checked} outputs of {len(done)} done jobs no longer match "
+              f"({jobs_hit} job(s)); 'run_workflow.py resume {run_dir}' runs those jobs again")
+        return 1
+    print(f"verify: all {checked} outputs of {len(done)} done jobs match their size and SHA-256")
     return 0
 
 

@@ -652,7 +652,18 @@ def status(run_dir, args):
     jobs = _load_jobs(run_dir)
     statuses = collect_status(run_dir, jobs)
     print_status(statuses, show_all=getattr(args, "verbose", 0) > 0)
-    return 1 if any(s.state in PROBLEM_STATES for s in statuses.values()) else 0
+    code = 1 if any(s.state in PROBLEM_STATES for s in statuses.values()) else 0
+    if getattr(args, "verify", False):
+        # No checksums are recorded on SLURM: every output of a finished job is re-read
+        # and must open (zip members pass their CRC check, JSON parses, files not empty).
+        problems = [(job.id, lfn, reason) for job in jobs if statuses[job.id].state == "done"
+                    for lfn, reason in common.output_problems(job, run_dir, None, full=True)]
+        for job_id, lfn, reason in problems:
+            print(f"MISMATCH {job_id}: {common.data_dir(run_dir) / lfn}: {reason}")
+        print(f"verify: {len(problems)} output(s) of finished jobs damaged or missing" if problems
+              else "verify: every output of the finished jobs opens and passes its CRC checks")
+        code = max(code, 1 if problems else 0)
+    return code
 
 
 def resume(run_dir, args):
