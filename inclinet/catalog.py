@@ -98,6 +98,30 @@ def binary_label(numeric_class):
     return 1 if int(numeric_class) < 10 else 0
 
 
+#: Regression range of an accepted row's inclination, degrees.
+INCLINATION_RANGE = (45, 90)
+#: Numeric class of an accepted row (``inc_flg`` 0) whose ``inc`` cannot be a label: below
+#: 10 (it would read as the J/F reject classes) or above 90. Stages leave such galaxies
+#: out of both tasks and record why (split's report) instead of relabelling them.
+OUT_OF_RANGE = -1
+
+
+def label_problem(inc, inc_flg):
+    """Why an accepted catalog row's inclination cannot be used as a label (one phrase), or None.
+
+    An accepted row (``inc_flg`` 0) with ``inc`` below 10 would otherwise become a reject
+    (the binary rule is "numeric class below 10") and one above 90 is impossible: both are
+    catalog errors. Rows with ``inc`` 10..44 are not refused here: they stay accepted
+    galaxies for the binary task and are left out of regression (split reports them).
+    """
+    if int(inc_flg or 0) > 0:
+        return None
+    if not 10 <= int(inc) <= INCLINATION_RANGE[1]:
+        return (f"accepted row (inc_flg 0) with inc {int(inc)}, not an inclination of 10..90; "
+                "left out of both tasks: fix inc or flag the row in the catalog")
+    return None
+
+
 @dataclass(frozen=True)
 class Galaxy:
     """One catalog row; ``line`` is its 1-based line number in the file (for messages)."""
@@ -120,7 +144,14 @@ class Galaxy:
 
     @property
     def numeric_class(self):
+        """The label as a number; :data:`OUT_OF_RANGE` for a row :func:`label_problem` refuses."""
+        if label_problem(self.inc, self.inc_flg):
+            return OUT_OF_RANGE
         return numeric_class(self.label)
+
+    @property
+    def label_problem(self):
+        return label_problem(self.inc, self.inc_flg)
 
     @property
     def binary(self):
@@ -143,12 +174,18 @@ def read_catalog(path):
     the wrong number of fields, a value that is not a number, or a duplicate ``pgc``.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: catalog not found; give the path of an existing catalog file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; give the path of a catalog file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not a UTF-8 text file ({exc}); is this really a catalog?") from None
+    except PermissionError:
+        raise InputError(f"{path}: catalog not readable (permission denied); fix its permissions") from None
+    except OSError as exc:
+        raise InputError(f"{path}: catalog cannot be read ({exc.strerror or exc}); check the file") from None
     lines = text.splitlines()
     header_index = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")),
                         None)

@@ -188,3 +188,34 @@ def test_find_raw_image(tmp_path):
     with pytest.raises(ValueError, match="root"):
         find_raw_image(tmp_path, 5, "g", root="../x")
 
+
+
+def test_accepted_row_with_impossible_inclination_is_refused_not_made_a_reject():
+    from inclinet.catalog import OUT_OF_RANGE, Galaxy
+
+    wrong = Galaxy(pgc=1, inc=5, inc_flg=0)
+    assert wrong.label == "5"  # the original label text is kept (file names)
+    assert wrong.numeric_class == OUT_OF_RANGE and "inc 5" in wrong.label_problem
+    assert Galaxy(pgc=2, inc=95, inc_flg=0).numeric_class == OUT_OF_RANGE
+    assert Galaxy(pgc=3, inc=30, inc_flg=0).numeric_class == 30  # an accept, left out of regression by split
+    assert Galaxy(pgc=4, inc=0, inc_flg=1).numeric_class == 0 and Galaxy(pgc=4, inc=0, inc_flg=1).label_problem is None
+
+
+def test_unreadable_catalog_is_one_clear_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from inclinet.catalog import read_catalog
+    from inclinet.errors import InputError
+
+    path = tmp_path / "catalog.csv"
+    path.write_text("pgc,inc\n1,60\n")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(InputError, match="catalog.csv: catalog not readable \\(permission denied\\)"):
+        read_catalog(path)
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="not a regular file"):
+        read_catalog(tmp_path)

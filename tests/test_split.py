@@ -75,7 +75,29 @@ def test_split_is_by_galaxy_and_identical_across_bands(compressed, tmp_path):
         assert bin_train | bin_test == set(truth) - absent
     assert summary["missing"] == {"RGB": [], "g": [], "r": [1030], "i": []}
     report = list(csv.DictReader(open(tmp_path / f"{SIZE}x{SIZE}_split.report.csv")))
-    assert [(row["pgc"], row["band"]) for row in report] == [("1030", "r")]
+    below = sorted(p for p, c in truth.items() if 10 <= c < 45)
+    assert sorted(int(row["pgc"]) for row in report if "below 45" in row["reason"]) == below
+    assert all("an accept for the binary task, left out of regression" in row["reason"]
+               for row in report if "below 45" in row["reason"])
+    assert [(row["pgc"], row["band"]) for row in report if "below 45" not in row["reason"]] == [("1030", "r")]
+
+
+def test_accepted_rows_with_impossible_inclinations_are_reported_not_relabelled(tmp_path):
+    from inclinet.catalog import OUT_OF_RANGE
+
+    pgcs = list(range(2000, 2024))
+    labels = [50 + i for i in range(20)] + [5, OUT_OF_RANGE, 0, 1]  # inc 5 (old prep), catalog-refused, J, F
+    sample = write_sample(tmp_path / "a.npz", "gri", pgcs, labels, SIZE)
+    assert split.main(["-i", str(sample), "-o", str(tmp_path / "out"), "-s", str(SIZE), "-n", "1", "-q"]) == 0
+    summary = json.loads((tmp_path / "out" / f"{SIZE}x{SIZE}_split.json").read_text())
+    everywhere = {p for subset in summary["subsets"].values() for p in subset}
+    assert 2020 not in everywhere and 2021 not in everywhere  # neither accept nor reject
+    assert {2022, 2023} <= everywhere
+    report = {int(r["pgc"]): r["reason"]
+              for r in csv.DictReader(open(tmp_path / "out" / f"{SIZE}x{SIZE}_split.report.csv"))}
+    assert set(report) == {2020, 2021}
+    assert "inclination 5" in report[2020] and "left out of both tasks" in report[2020]
+    assert "inc is below 10 or above 90" in report[2021]
 
 
 def test_binary_split_is_stratified_with_binary_labels(compressed, tmp_path):

@@ -204,12 +204,55 @@ def summarize_counts(jobs):
     return ", ".join(f"{stage} {counts[stage]}" for stage in dag.STAGES if stage in counts)
 
 
+def check_inputs(config, run_dir):
+    """Refuse, before anything is written, inputs that would only fail later inside a job.
+
+    Messages name the user's own paths (not the run directory's links to them).
+    """
+    run_dir = Path(run_dir)
+    for parent in (run_dir, *run_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"invalid --output-dir: {str(run_dir)!r}; {parent} is a file, not a folder; "
+                              "must name a new or existing folder")
+    if config.data_path:
+        folder = Path(config.data_path)
+        if not folder.exists():
+            raise InputError(f"--data-path {folder}: folder not found; give the folder of the raw images")
+        if not folder.is_dir():
+            raise InputError(f"--data-path {folder}: not a folder; give the folder of the raw images")
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise InputError(f"--data-path {folder}: folder not readable (permission denied); fix its permissions")
+        if not any(entry.is_file() for entry in folder.iterdir()):
+            raise InputError(f"--data-path {folder}: the folder holds no files; give the folder of the raw images "
+                             f"(pgc<id>_{config.root}_<band>.png, ..._gri.sdss.jpg)")
+    if config.catalog:
+        catalog = Path(config.catalog)
+        if not catalog.exists():
+            raise InputError(f"--catalog {catalog}: file not found; give the path of the catalog file")
+        if not catalog.is_file():
+            raise InputError(f"--catalog {catalog}: not a regular file; give the path of the catalog file")
+        if not os.access(catalog, os.R_OK):
+            raise InputError(f"--catalog {catalog}: not readable (permission denied); fix its permissions")
+
+
+def check_found_images(config, jobs, missing):
+    """Refuse real data of which not one raw image was found: the data path or root is wrong."""
+    if config.synthetic or not missing:
+        return
+    if not any(lfn.startswith(dag.RAW_GALAXIES + "/") for job in jobs for lfn in job.inputs):
+        example = missing[0][2]
+        raise InputError(f"--data-path {config.data_path}: none of the catalog's galaxies has an image there "
+                         f"(e.g. {example} not found); check --data-path, --catalog and --root")
+
+
 def run_build(args, argv=None):
     config = config_from_args(args)
     run_dir = default_output_dir(args)
     start = time.perf_counter()
+    check_inputs(config, run_dir)
     missing = []
     jobs = dag.build_jobs(config, missing=missing)
+    check_found_images(config, jobs, missing)
     write_run(run_dir, jobs, config, args, argv)
     if missing:
         from inclinet.report import SkipReport

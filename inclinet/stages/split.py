@@ -19,7 +19,7 @@ import numpy as np
 
 from inclinet import naming
 from inclinet._helpers import rng_for
-from inclinet.catalog import binary_label
+from inclinet.catalog import OUT_OF_RANGE, binary_label
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.io import atomic_write_json, check_outputs
@@ -81,6 +81,27 @@ def draw_split(labels_by_pgc, *, seed, test_fraction=0.1, binary_test_fraction=0
     return subsets
 
 
+def _label_reason(label):
+    """``(reason, usable)`` for a numeric class: reason None for J (0), F (1) and 45..90.
+
+    Never relabels: an accepted galaxy with an impossible inclination is not made a reject.
+    An accepted galaxy with inclination 10..44 stays an accept for the binary task
+    (``usable``) and is reported as left out of regression.
+    """
+    if label in (CLASS_J, CLASS_F) or MIN_INCLINATION <= label <= MAX_INCLINATION:
+        return None, True
+    if label == OUT_OF_RANGE:
+        return ("accepted catalog row (inc_flg 0) whose inc is below 10 or above 90 (see the catalog); "
+                "left out of both tasks: fix inc or flag the row"), False
+    if 10 <= label < MIN_INCLINATION:
+        return (f"accepted galaxy with inclination {label}, below {MIN_INCLINATION}: an accept for the binary "
+                "task, left out of regression"), True
+    if 1 < label < 10:
+        return (f"accepted galaxy with inclination {label}: not an inclination the tasks can use and not a "
+                "reject; left out of both tasks: fix inc or flag the row in the catalog"), False
+    return f"label {label} is not 0 (J), 1 (F) or an inclination 10..{MAX_INCLINATION}; left out", False
+
+
 def _read_band(path, size):
     band, labels, pgcs, n_rows = read_band_file(path, size, hint="re-run inclinet-prep/compress at this size")
     if n_rows == 0:
@@ -121,7 +142,7 @@ def run(*, inputs, output_dir, size, n_subsamples=3, test_fraction=0.1, binary_t
         bands[band] = {"path": path, "labels": labels, "pgcs": pgcs}
 
     # One label per galaxy over all bands; conflicting, out-of-range or repeated rows are left out.
-    labels_by_pgc, conflicts = {}, set()
+    labels_by_pgc, conflicts, label_noted = {}, set(), set()
     for band, info in bands.items():
         seen = set()
         for pgc, label in zip(info["pgcs"].tolist(), info["labels"].tolist()):
@@ -130,9 +151,11 @@ def run(*, inputs, output_dir, size, n_subsamples=3, test_fraction=0.1, binary_t
                 conflicts.add(pgc)
                 continue
             seen.add(pgc)
-            if not 0 <= label <= MAX_INCLINATION:
-                skips.skip(pgc, f"label {label} out of range 0..{MAX_INCLINATION}; left out", band=band,
-                           file=info["path"])
+            reason, usable = _label_reason(label)
+            if reason and pgc not in label_noted:  # a catalog fact: once per galaxy, not per band
+                skips.skip(pgc, reason, band=band, file=info["path"])
+                label_noted.add(pgc)
+            if not usable:
                 conflicts.add(pgc)
                 continue
             if pgc in labels_by_pgc and labels_by_pgc[pgc] != label:
