@@ -26,7 +26,17 @@ are rejected (``J``: ``inc_flg=1``) for a cause that is rendered: a bright star 
 disk ``[star]``, an overlapping second galaxy ``[multiple]``, a very faint galaxy
 ``[faint]``, or an elliptical ``[not_spiral]``.
 
-Every galaxy is drawn from its own random stream ``rng_for(seed, "synth", index)``, so a
+The *observation* of each galaxy is drawn wide on purpose, so that the universe contains
+real SDSS cutouts and goes beyond them (ranges in :data:`OBSERVATION_RANGES`): galaxy size
+in the frame (the catalog's D25 is only roughly the visible size), centring errors, PSF
+width, Moffat index and ellipticity, sky level, noise and sky gradients, the asinh
+softening and a gamma of the stretch, saturation, JPEG quality, colour balance, rotation
+corners (the black or white triangles left by rotating a cutout), and a field of faint
+stars and background galaxies. Intrinsic disk thickness follows a truncated normal
+(mean 0.2, sd 0.06, 0.08-0.40), bulges range from none to 60% of the light.
+
+Every galaxy is drawn from its own random streams ``rng_for(seed, "synth", index)`` (the
+galaxy) and ``rng_for(seed, "synth-observation", index)`` (how it is observed), so a
 shard renders byte-identical files to an unsharded run, and the catalog is computed
 without rendering anything.
 """
@@ -72,6 +82,28 @@ BAND_WEIGHTS = {
     "knots": (1.80, 1.0, 0.65),
 }
 SERSIC_INDICES = (1.0, 1.5, 2.0, 3.0, 4.0)  # a few fixed values: GalSim caches each one
+#: Ranges of the observation of a galaxy (log: drawn log-uniformly). Real SDSS cutouts
+#: (../shared/reference/real-look, measured by bench/bench_look.py) lie inside them.
+OBSERVATION_RANGES = {
+    "frame": (0.8, 2.0, "log"),  # field of view / (2 x D25)
+    "centring": (0.0, 0.04, "sd"),  # galaxy centre offset, fraction of the field (normal sd)
+    "psf_fwhm": (0.8, 2.4, "log"),  # arcsec
+    "psf_beta": (2.2, 5.0, "lin"),  # Moffat index
+    "psf_shear": (0.0, 0.08, "lin"),  # PSF ellipticity |g|
+    "noise_level": (0.12, 2.0, "log"),  # sky noise per pixel at 512 px, units of the D25 brightness
+    "gradient": (0.0, 3.0, "lin"),  # sky gradient across the field, units of the sky noise
+    "softening": (0.2, 3.0, "log"),  # asinh softening, units of the D25 brightness
+    "gamma": (0.8, 1.25, "lin"),  # applied to the stretched values
+    "saturation": (0.5, 5.0, "log"),  # full scale, units of the disk centre brightness
+    "sky_gray": (185.0, 250.0, "lin"),  # grey level of the sky of the g, r, i PNGs
+    "sky_dark": (1.0, 30.0, "log"),  # level of the sky of the colour JPEG
+    "colour_balance": (0.75, 1.3, "lin"),  # per-band factor of the light (gray bands and composite)
+    "composite_g": (0.55, 1.05, "lin"),  # scale of the g (blue) channel of the composite, r = 1
+    "composite_i": (0.9, 1.4, "lin"),  # scale of the i (red) channel of the composite
+    "jpeg_quality": (55, 95, "int"),
+    "corner_probability": (0.25, None, "p"),  # rotation corners in the frame
+    "field_sources": (20.0, None, "poisson"),  # mean number of faint stars and background galaxies
+}
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -148,6 +180,16 @@ class GalaxyParams:
     stars: list = field(default_factory=list)  # dicts: x, y (arcsec from centre), flux, colour
     dust_tau: float = 0.0  # central optical depth (r band) of the dust lane of an edge-on disk
     dust_side: float = 1.0  # which side of the major axis the near (obscuring) half lies on
+    frame: float = 1.0  # field of view over 2 x D25 (truth.csv: fov_arcsec, whatever the pixel count)
+    centre_offset: tuple = (0.0, 0.0)  # galaxy centre, fraction of the field (x, y)
+    psf_beta: float = 3.0
+    psf_shear: tuple = (0.0, 0.0)  # g1, g2
+    gradient: tuple = (0.0, 0.0)  # sky gradient (x, y) across the field, units of the sky noise
+    gamma: float = 1.0
+    jpeg_quality: int = JPEG_QUALITY
+    composite: tuple = (1.0, 1.0, 1.0)  # scale of the g, r, i channels of the colour composite
+    corners: dict = field(default_factory=dict)  # angle, half_side (fraction of the side), gray, colour fill
+    field_sources: list = field(default_factory=list)  # dicts: x, y (fraction of field), flux, size, q, angle
 
     @property
     def b_a(self):
@@ -200,6 +242,14 @@ class GalaxyParams:
             "noise_level": f"{self.noise_level:.3f}",
             "brightness": f"{self.brightness:.3f}",
             "n_stars": len(self.stars),
+            "frame": f"{self.frame:.3f}",
+            "psf_beta": f"{self.psf_beta:.2f}",
+            "softening": f"{self.softening:.3f}",
+            "gamma": f"{self.gamma:.3f}",
+            "jpeg_quality": self.jpeg_quality,
+            "corners": int(bool(self.corners)),
+            "n_field": len(self.field_sources),
+            "fov_arcsec": f"{4.0 * self.d25 * 30.0 * self.frame:.2f}",
         }
 
     def _misalignment(self):
@@ -210,6 +260,7 @@ class GalaxyParams:
 TRUTH_COLUMNS = (
     "pgc", "index", "label", "cause", "true_inc", "b_a", "thickness", "sky_pa", "catalog_pa", "misalignment",
     "d25", "bulge_fraction", "bulge_n", "bar", "n_arms", "pitch", "psf_fwhm", "noise_level", "brightness", "n_stars",
+    "frame", "psf_beta", "softening", "gamma", "jpeg_quality", "corners", "n_field", "fov_arcsec",
 )
 
 
@@ -232,12 +283,12 @@ def galaxy_params(index, seed, pgc=None):
     inc_n = int(rng.integers(3, 13))
     # Intrinsic thickness and bulges spread as in real spirals: this is what makes the
     # axial-ratio formula (fixed q0 = 0.2) fail for a good fraction of galaxies.
-    thickness = rng.uniform(0.08, 0.35)
-    r25_over_h = rng.uniform(3.0, 3.8)
-    bulge_fraction = rng.uniform(0.0, 0.55)
+    thickness = _truncated_normal(rng, 0.2, 0.06, 0.08, 0.40)
+    r25_over_h = rng.uniform(2.6, 4.4)
+    bulge_fraction = rng.uniform(0.0, 0.6)
     bulge_n = float(SERSIC_INDICES[int(rng.integers(len(SERSIC_INDICES)))])
-    bulge_hlr_over_h = rng.uniform(0.15, 0.45)
-    bulge_q = rng.uniform(0.6, 0.95)
+    bulge_hlr_over_h = rng.uniform(0.1, 0.6)
+    bulge_q = rng.uniform(0.5, 1.0)
     has_bar = bool(rng.random() < 0.4)
     bar_fraction = rng.uniform(0.05, 0.2)
     bar_sigma_over_h = rng.uniform(0.35, 0.7)
@@ -250,6 +301,8 @@ def galaxy_params(index, seed, pgc=None):
     arm_phase = rng.uniform(0.0, 360.0)
     arm_inner_over_h = rng.uniform(0.3, 0.8)
     arm_outer_over_h = rng.uniform(2.8, 3.6)
+    # The next eight quantities are redrawn from the observation stream (_draw_observation);
+    # they are still drawn here so that the draws after them keep their order.
     psf_fwhm = rng.uniform(1.0, 1.6)
     noise_level = rng.uniform(0.4, 1.0)
     softening = rng.uniform(0.6, 1.5)
@@ -293,7 +346,70 @@ def galaxy_params(index, seed, pgc=None):
         dust_tau=float(dust_tau), dust_side=dust_side,
     )
     params.stars = _place_stars(params, star_draws, edge_star_draw)
+    _draw_observation(params, rng_for(seed, "synth-observation", index))
     return params
+
+
+def _truncated_normal(rng, mean, sd, low, high):
+    for _ in range(100):
+        value = rng.normal(mean, sd)
+        if low <= value <= high:
+            return float(value)
+    return float(np.clip(mean, low, high))
+
+
+def _draw_range(rng, name):
+    low, high, kind = OBSERVATION_RANGES[name]
+    if kind == "log":
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    if kind == "int":
+        return int(rng.integers(low, high + 1))
+    return float(rng.uniform(low, high))
+
+
+def _draw_observation(params, rng):
+    """How the galaxy is observed and rendered, from its own stream (fixed draw order)."""
+    params.frame = _draw_range(rng, "frame")
+    centring_sd = OBSERVATION_RANGES["centring"][1] / 2.0
+    params.centre_offset = tuple(float(v) for v in np.clip(rng.normal(0.0, centring_sd, 2), -0.08, 0.08))
+    params.psf_fwhm = _draw_range(rng, "psf_fwhm")
+    params.psf_beta = _draw_range(rng, "psf_beta")
+    shear, shear_angle = _draw_range(rng, "psf_shear"), rng.uniform(0.0, np.pi)
+    params.psf_shear = (float(shear * np.cos(2 * shear_angle)), float(shear * np.sin(2 * shear_angle)))
+    params.noise_level = _draw_range(rng, "noise_level")
+    gradient, gradient_angle = _draw_range(rng, "gradient"), rng.uniform(0.0, 2 * np.pi)
+    params.gradient = (float(gradient * np.cos(gradient_angle)), float(gradient * np.sin(gradient_angle)))
+    params.softening = _draw_range(rng, "softening")
+    params.gamma = _draw_range(rng, "gamma")
+    params.saturation = _draw_range(rng, "saturation")
+    params.sky_gray = _draw_range(rng, "sky_gray")
+    params.sky_dark = _draw_range(rng, "sky_dark")
+    low, high, _ = OBSERVATION_RANGES["colour_balance"]
+    params.colour_jitter = tuple(float(v) for v in rng.uniform(low, high, size=3))
+    params.jpeg_quality = _draw_range(rng, "jpeg_quality")
+    params.composite = (_draw_range(rng, "composite_g"), 1.0, _draw_range(rng, "composite_i"))
+    corner_draws = rng.random(5)
+    if corner_draws[0] < OBSERVATION_RANGES["corner_probability"][0]:
+        params.corners = {
+            "angle": float(5.0 + 40.0 * corner_draws[1]),
+            "half_side": float(0.55 + 0.15 * corner_draws[2]),
+            "gray": 0 if corner_draws[3] < 0.6 else 255,
+            "colour": 255 if corner_draws[4] < 0.5 else 0,
+        }
+    n_field = int(rng.poisson(OBSERVATION_RANGES["field_sources"][0]))
+    draws = rng.random(size=(n_field, 7))
+    params.field_sources = [
+        {
+            "x": float(u[0] - 0.5), "y": float(u[1] - 0.5),
+            # Mostly faint: fluxes log-uniform over 2.5 decades, in units of the D25 brightness x PSF area.
+            "flux": float(np.exp(np.log(0.3) + u[2] * np.log(300.0))),
+            "galaxy": bool(u[3] < 0.4),
+            "size": float(0.3 + 1.5 * u[4]),  # arcsec (background galaxies only)
+            "q": float(0.3 + 0.7 * u[5]),
+            "angle": float(np.pi * u[6]),
+        }
+        for u in draws
+    ]
 
 
 def _place_stars(params, draws, edge_draw=None):
@@ -435,7 +551,7 @@ def _draw_star(galsim, profile, star, size, pixel_scale, fwhm):
     return full
 
 
-def _dust_lane(params, size, pixel_scale, h):
+def _dust_lane(params, size, pixel_scale, h, offset=(0.0, 0.0)):
     """Optical depth map (r band) of the dust lane of a disk seen at more than 60 deg, or None.
 
     A thin dust layer in the disk plane: strongest along the major axis, offset towards the
@@ -449,6 +565,7 @@ def _dust_lane(params, size, pixel_scale, h):
     tau0 = params.dust_tau * ((params.true_inc - 60.0) / 30.0) ** 1.5
     coords = (np.arange(size) - (size - 1) / 2.0) * pixel_scale
     y, x = np.meshgrid(coords, coords, indexing="ij")  # GalSim orientation: row index is y
+    x, y = x - offset[0] * pixel_scale, y - offset[1] * pixel_scale
     angle = math.radians(params._misalignment())
     along = x * math.cos(angle) + y * math.sin(angle)
     across = -x * math.sin(angle) + y * math.cos(angle)
@@ -466,27 +583,33 @@ def render_galaxy(params, size, seed):
     gsparams = _gsparams()
     size = int(size)
     r25 = params.d25 * 30.0  # arcsec
-    pixel_scale = 4.0 * r25 / size  # field of view 2 x D25
+    pixel_scale = 4.0 * r25 * params.frame / size  # field of view 2 x D25 x frame
     h = r25 / params.r25_over_h
     inc = params.true_inc
     cos_i = max(math.cos(math.radians(inc)), 0.02)
     sin_i = math.sin(math.radians(inc))
     rotation = params._misalignment()
-    psf = galsim.Moffat(beta=3.0, fwhm=params.psf_fwhm, trunc=8.0 * params.psf_fwhm, gsparams=gsparams)
-    star_psf = galsim.Moffat(beta=2.5, fwhm=params.psf_fwhm)
+    g1, g2 = params.psf_shear
+    psf = galsim.Moffat(beta=params.psf_beta, fwhm=params.psf_fwhm, trunc=8.0 * params.psf_fwhm,
+                        gsparams=gsparams).shear(g1=g1, g2=g2)
+    star_psf = galsim.Moffat(beta=max(params.psf_beta - 0.5, 1.8), fwhm=params.psf_fwhm).shear(g1=g1, g2=g2)
+    # The galaxy's centre in the frame (pixels from the centre; GalSim's y is up).
+    offset = (params.centre_offset[0] * size, params.centre_offset[1] * size)
     # Face-on central surface brightness of the disk is 1 (times ``brightness``).
     disk_plane_flux = 2.0 * math.pi * h * h * params.brightness
     components = {}  # the galaxy itself: dust dims these
     neighbours = {}  # a second galaxy
 
     def draw(obj):
-        image = galsim.Convolve(obj, psf).drawImage(nx=size, ny=size, scale=pixel_scale, dtype=np.float64)
+        image = galsim.Convolve(obj, psf).drawImage(nx=size, ny=size, scale=pixel_scale, dtype=np.float64,
+                                                    offset=offset)
         return image.array
 
     def shoot(obj, key, n_photons):
         image = galsim.Convolve(obj, psf).drawImage(
             nx=size, ny=size, scale=pixel_scale, dtype=np.float64, method="phot", n_photons=n_photons,
             rng=galsim.BaseDeviate(derive_seed(seed, "synth-photons", params.index, key)), poisson_flux=False,
+            offset=offset,
         )
         return image.array
 
@@ -554,7 +677,10 @@ def render_galaxy(params, size, seed):
     i25 = math.exp(-params.r25_over_h)
     sigma = params.noise_level * i25 * size / 512.0
     noise_rng = rng_for(seed, "synth-noise", params.index)
-    tau = _dust_lane(params, size, pixel_scale, h)
+    tau = _dust_lane(params, size, pixel_scale, h, offset)
+    field_light = _field_sources(params, size, pixel_scale, i25)
+    yy, xx = (np.indices((size, size)) - (size - 1) / 2.0) / size
+    gradient = sigma * (params.gradient[0] * xx + params.gradient[1] * yy)
     surface = []
     for band in range(3):
         galaxy = np.zeros((size, size))
@@ -565,7 +691,8 @@ def render_galaxy(params, size, seed):
         total = stars[band] + galaxy
         for name, image in neighbours.items():
             total += image * BAND_WEIGHTS[name][band] * params.colour_jitter[band]
-        surface.append(total / area + noise_rng.normal(0.0, sigma, size=(size, size)))
+        total = total / area + field_light * params.colour_jitter[band] * (0.8, 1.0, 1.15)[band]
+        surface.append(total + gradient + noise_rng.normal(0.0, sigma, size=(size, size)))
 
     softening = params.softening * i25
     full_scale = math.asinh(params.saturation / softening)
@@ -573,13 +700,58 @@ def render_galaxy(params, size, seed):
     rgb = np.empty((size, size, 3), dtype=np.uint8)
     for band, name in enumerate(GRAY_BANDS):
         stretched = np.arcsinh(surface[band] / softening) / full_scale
+        stretched = np.sign(stretched) * np.power(np.abs(stretched), params.gamma)
         gray[name] = np.clip(np.rint(params.sky_gray * (1.0 - stretched)), 0, 255).astype(np.uint8)
         # Colour: R, G, B = i, r, g on a dark sky.
         channel = 2 - band
-        rgb[:, :, channel] = np.clip(np.rint(params.sky_dark + (255.0 - params.sky_dark) * stretched), 0, 255)
+        rgb[:, :, channel] = np.clip(
+            np.rint(params.sky_dark + (255.0 - params.sky_dark) * stretched * params.composite[band]), 0, 255)
+    if params.corners:
+        corners = _corner_mask(params.corners, size)
+        for array in gray.values():
+            array[corners] = params.corners["gray"]
+        rgb[corners] = params.corners["colour"]
     # GalSim images are (y, x) with y up; flip so that image rows run top to bottom as in a file.
     gray = {name: np.ascontiguousarray(array[::-1]) for name, array in gray.items()}
     return gray, np.ascontiguousarray(rgb[::-1])
+
+
+def _corner_mask(corners, size):
+    """Pixels outside a square of half-side ``half_side x size`` rotated by ``angle``: a rotated cutout's corners."""
+    yy, xx = np.indices((size, size)) - (size - 1) / 2.0
+    angle = math.radians(corners["angle"])
+    u = xx * math.cos(angle) + yy * math.sin(angle)
+    v = -xx * math.sin(angle) + yy * math.cos(angle)
+    return np.maximum(np.abs(u), np.abs(v)) > corners["half_side"] * size
+
+
+def _field_sources(params, size, pixel_scale, i25):
+    """Surface brightness of the faint field: stars and small background galaxies, PSF-blurred Gaussians.
+
+    Drawn directly (not through GalSim) on a stamp around each source: they are many, small
+    and faint, and only their look matters.
+    """
+    light = np.zeros((size, size))
+    psf_sigma = params.psf_fwhm / 2.3548
+    for source in params.field_sources:
+        x = (size - 1) / 2.0 + source["x"] * size
+        y = (size - 1) / 2.0 + source["y"] * size
+        extent = source["size"] if source["galaxy"] else 0.0
+        major = math.hypot(psf_sigma, extent) / pixel_scale
+        minor = math.hypot(psf_sigma, extent * source["q"]) / pixel_scale
+        half = int(math.ceil(4 * major)) + 1
+        x0, x1 = max(int(x) - half, 0), min(int(x) + half + 1, size)
+        y0, y1 = max(int(y) - half, 0), min(int(y) + half + 1, size)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        sy, sx = np.mgrid[y0:y1, x0:x1]
+        dx, dy = sx - x, sy - y
+        cos, sin = math.cos(source["angle"]), math.sin(source["angle"])
+        u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+        # Peak surface brightness: flux (units of i25 x PSF area) spread over the blurred area.
+        peak = source["flux"] * i25 * (psf_sigma / pixel_scale) ** 2 / (major * minor)
+        light[y0:y1, x0:x1] += peak * np.exp(-0.5 * ((u / major) ** 2 + (v / minor) ** 2))
+    return light
 
 
 def _save_image(path, array, **options):
@@ -650,7 +822,7 @@ def run(*, n_galaxies, output, size=512, seed=0, shard=None, catalog_only=False,
         paths = galaxy_files(output, params.pgc)
         for band, path in zip(GRAY_BANDS, paths):
             _save_image(path, gray[band], format="PNG")
-        _save_image(paths[3], rgb, format="JPEG", quality=JPEG_QUALITY)
+        _save_image(paths[3], rgb, format="JPEG", quality=params.jpeg_quality)
         written.extend(paths)
         if done % every == 0 or done == len(indices):
             logger.info("rendered %d/%d galaxies", done, len(indices))
