@@ -22,6 +22,7 @@ descriptions count 139. :data:`CATALOG_COLUMNS` is the exact list of the origina
 import csv
 import dataclasses
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,15 +390,20 @@ _ROOT_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def find_raw_image(data_dir, pgc, band, root=DEFAULT_ROOT):
-    """The raw image of a galaxy in a band under ``data_dir``, or None if there is none.
+    """The raw image of a galaxy in a band under ``data_dir``, or None if nothing has its name.
 
     g, r, i: ``pgc<id>_<root>_<band>.png``; gri: ``..._gri.sdss.jpg``, then ``..._gri.jpg``.
     """
     if not _ROOT_PATTERN.match(str(root)):
         raise ValueError(f"invalid root: {root!r}; must be a plain file-name part like {DEFAULT_ROOT}")
     data_dir = Path(data_dir)
-    for name in raw_image_names(pgc, band, root):
-        candidate = data_dir / name
+    candidates = [data_dir / name for name in raw_image_names(pgc, band, root)]
+    for candidate in candidates:
         if candidate.is_file():
+            return candidate
+    # Something else under an image's name (a directory, a FIFO, a broken link or a link
+    # loop): return it, so that reading it reports what it is rather than "no image".
+    for candidate in candidates:
+        if os.path.lexists(candidate):
             return candidate
     return None

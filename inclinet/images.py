@@ -4,6 +4,9 @@ Grayscale images come back as three identical channels and alpha channels are dr
 (the original averaged an ``LA`` image's alpha into its luminance; we do not).
 """
 
+import errno
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -25,10 +28,9 @@ def load_image(path):
     when it is missing, empty, truncated, corrupt or not a PNG/JPEG/GIF.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: image not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty image file (0 bytes); re-download or re-render it")
+    problem = file_problem(path)
+    if problem:
+        raise InputError(f"{path}: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -41,6 +43,8 @@ def load_image(path):
                 array = _to_rgb_array(image)
     except InputError:
         raise
+    except PermissionError:
+        raise InputError(f"{path}: image not readable (permission denied); fix its permissions") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"{path}: not a readable image ({exc}); use a PNG, JPEG or GIF file") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -48,6 +52,39 @@ def load_image(path):
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{path}: image has no pixels")
     return array
+
+
+def file_problem(path):
+    """Why ``path`` cannot be opened as an image file (one phrase with what to do), or None.
+
+    Tells apart a missing file, a dangling link, a symbolic-link loop, a directory, a FIFO
+    or other special file, an unreadable (permission) file and an empty one, instead of
+    calling them all "not found".
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (points to {os.readlink(path)}, which does not exist); fix or remove it"
+        return "image not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself); replace it with the image file"
+        if exc.errno == errno.EACCES:
+            return "image not reachable (permission denied on its folder); fix the permissions"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not an image file; give the image inside it"
+    if stat.S_ISFIFO(info.st_mode):
+        return "is a named pipe (FIFO), not an image file; give a regular PNG/JPEG/GIF file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is a special file (device or socket), not an image file; give a regular PNG/JPEG/GIF file"
+    if not os.access(path, os.R_OK):
+        return "image not readable (permission denied); fix its permissions"
+    if info.st_size == 0:
+        return "empty image file (0 bytes); re-download or re-render it"
+    return None
 
 
 def _to_rgb_array(image):

@@ -91,8 +91,9 @@ class NpzRows:
 
     Use as a context manager. ``shape``/``dtype`` come from the npy header, ``read(indices)``
     returns the requested rows. A deflated member is decompressed once, streaming, into an
-    unlinked scratch file (in ``scratch_dir`` or the system temp folder); its CRC is checked,
-    so a corrupt file raises :class:`InputError` naming it.
+    unlinked scratch file (in ``scratch_dir`` or the system temp folder); a stored one is
+    read through once. Either way its CRC is checked, so a corrupt file raises
+    :class:`InputError` naming it.
     """
 
     def __init__(self, path, key="images", *, scratch_dir=None):
@@ -140,6 +141,10 @@ class NpzRows:
                     if header_only:
                         return
                     if info.compress_type == zipfile.ZIP_STORED:
+                        # Rows are read in place, past zipfile's CRC check: read the member
+                        # through once so that a damaged file is named before it is used.
+                        while source.read(_CHUNK_BYTES):
+                            pass
                         self._fd = os.open(self.path, os.O_RDONLY)
                         self._offset = self._data_start(info) + header_bytes
                     else:

@@ -245,6 +245,17 @@ def check_found_images(config, jobs, missing):
                          f"(e.g. {example} not found); check --data-path, --catalog and --root")
 
 
+def _missing_reason(config, pgc, band):
+    """Why a raw image was not declared: not there, or something that is not an image under its name."""
+    from inclinet.images import file_problem
+
+    folder = Path(config.data_path)
+    for name in naming.raw_image_names(pgc, band, config.root):
+        if os.path.lexists(folder / name):
+            return f"{folder / name}: {file_problem(folder / name) or 'not a regular file'}"
+    return "raw image not found"
+
+
 def run_build(args, argv=None):
     config = config_from_args(args)
     run_dir = default_output_dir(args)
@@ -259,7 +270,7 @@ def run_build(args, argv=None):
 
         report = SkipReport("workflow")
         for pgc, band, path in missing:
-            report.rows.append({"pgc": pgc, "band": band, "file": path, "reason": "raw image not found"})
+            report.rows.append({"pgc": pgc, "band": band, "file": path, "reason": _missing_reason(config, pgc, band)})
         report.write(run_dir / "missing_inputs.csv")
         logger.warning("%d raw images not found (not declared; prep reports them): see %s", len(missing),
                        run_dir / "missing_inputs.csv")

@@ -123,8 +123,12 @@ def collect_inputs(inputs=(), *, catalog=None, data_path=None):
     items = []
     for entry in inputs:
         entry = Path(entry)
-        if entry.is_dir():
-            files = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # A directory named like an image is a mistake, not a folder to expand: it is
+        # passed on as an input, fails to load ("is a directory") and is counted as failed.
+        if entry.is_dir() and entry.suffix.lower() not in IMAGE_SUFFIXES:
+            # Anything named like an image is taken (a FIFO or a directory among them then
+            # fails with its reason) rather than skipped silently.
+            files = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 logger.warning("%s: no PNG/JPEG/GIF files in this folder", entry)
             items.extend((p, {}) for p in files)
