@@ -134,3 +134,61 @@ def test_bad_bundles_and_arguments(tmp_path, bundle, capsys):
     assert "nothing to predict" in capsys.readouterr().err
     assert predict.main(["--bundle", str(bundle), "--data-path", str(tmp_path), "x.png", "-q"]) == 2
     assert "--catalog" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def reference_bundle(bundle, tmp_path_factory):
+    """The same members with a peer calibration, reject temperatures and an out-of-distribution reference."""
+    import shutil
+
+    from inclinet import peer, reliability
+
+    root = tmp_path_factory.mktemp("reference")
+    rng = np.random.default_rng(3)
+    raws = [galaxy_image(64, 64, seed=int(seed)) for seed in rng.integers(0, 1000, 24)]
+    images = np.stack([normalise_image(raw, SIZE) for raw in raws])
+    measured = peer.measure(images)
+    truth = np.full(len(images), 60.0)
+    calibration = peer.fit_peer(measured, truth)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    members = [{**m, "path": bundle / m["file"]} for m in manifest["members"]]
+    reference = reliability.reference_ranges(images, np.full(len(images), 0.5))
+    evaluate.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2, peer_calibration=calibration,
+                          reject_temperatures={"model4-binary": 2.0}, ood_reference=reference)
+    shutil.rmtree(root / "unused", ignore_errors=True)
+    return root / "bundle"
+
+
+def test_answers_carry_peer_spread_and_out_of_distribution_warnings(reference_bundle, tmp_path):
+    Image.fromarray(galaxy_image(64, 64, seed=5)).save(tmp_path / "galaxy.png")
+    rng = np.random.default_rng(1)
+    field = np.full((64, 64, 3), 10, np.uint8)
+    for x, y in rng.integers(3, 61, size=(30, 2)):
+        field[y - 1:y + 2, x - 1:x + 2] = 250
+    Image.fromarray(field).save(tmp_path / "stars.png")
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "blank.png")
+    answers = predict.run(bundle=reference_bundle, inputs=[tmp_path / n for n in ("galaxy.png", "stars.png",
+                                                                                 "blank.png")])
+    galaxy, stars, blank = answers
+    for answer in answers:
+        assert answer["status"] == "success"
+        assert set(answer) >= {"member_spread", "peer", "out_of_distribution", "warnings"}
+        assert answer["peer"]["method"] in ("moments", "adaptive", "isophote")
+    # The members disagree (untrained), so the spread rule fires everywhere; the star field and
+    # the blank frame are also far from the test images' statistics or have no galaxy at all.
+    assert [w for w in galaxy["warnings"] if "disagree" not in w] == []  # like the reference images
+    assert any("disagree" in w for w in galaxy["warnings"]) and galaxy["out_of_distribution"]
+    assert any("edge flux" in w for w in stars["warnings"]) and any("asymmetry" in w for w in stars["warnings"])
+    assert any("no galaxy" in w for w in blank["warnings"])
+    assert galaxy["peer"]["inclination"] is None or 45 <= galaxy["peer"]["inclination"] <= 90
+
+
+def test_rejection_likelihood_uses_the_members_temperature(bundle, reference_bundle, tmp_path):
+    Image.fromarray(galaxy_image(40, 40, seed=7)).save(tmp_path / "g.png")
+    plain = predict.run(bundle=bundle, inputs=[tmp_path / "g.png"])[0]["rejection_likelihood"]
+    warmed = predict.run(bundle=reference_bundle, inputs=[tmp_path / "g.png"])[0]["rejection_likelihood"]
+    from inclinet.reliability import apply_temperature
+
+    expected = 100 * apply_temperature(plain["model4-binary"] / 100, 2.0)
+    assert warmed["model4-binary"] == pytest.approx(float(expected), rel=1e-4)
+    assert warmed["model6-binary"] == pytest.approx(plain["model6-binary"], rel=1e-6)

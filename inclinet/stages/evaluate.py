@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from inclinet import models as inclinet_models
-from inclinet import naming
+from inclinet import naming, reliability
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError, invalid
 from inclinet.io import atomic_path, atomic_write_json, atomic_write_text, check_outputs, load_npz
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT_VERSION = 1
+#: 2: members trained on normalised images; peer calibration, reject temperatures, OOD reference.
+BUNDLE_FORMAT_VERSION = 2
 FIT_WINDOW = 10.0
 BIN_EDGES = tuple(range(45, 95, 5))
 FAMILY_GROUPS = {"model4": "Group_0", "model5": "Group_1", "model6": "Group_2"}
@@ -227,17 +228,51 @@ def load_test_files(paths, *, binary):
     return sets
 
 
-def peer_inclinations(images):
-    """Classical axial-ratio inclinations (q0 = 0.2), clipped to 45..90 like the CNN; NaN if unmeasurable."""
-    from inclinet.axial import classical_inclination
+def strong_peer(test_sets):
+    """The strongest classical peer on the test images, honestly calibrated.
 
-    result = np.full(len(images), np.nan)
-    for index, image in enumerate(images):
+    Every method of :mod:`inclinet.peer` measures every test image; each method's ``q0`` and
+    linear correction are fitted 2-fold across galaxies (pgc parity: each half is
+    calibrated on the other half, never on itself), and the method with the lowest RMS is
+    "the peer". Returns ``(method, inclinations of every method, calibration fitted on all
+    test galaxies for the bundle or None)``.
+    """
+    from inclinet import peer
+
+    truth = np.concatenate([s["labels"] for s in test_sets]).astype(np.float64)
+    pgc = np.concatenate([s["pgc"] for s in test_sets])
+    measurements = {}
+    for test_set in test_sets:
+        for method, q in peer.measure(test_set["images"]).items():
+            measurements.setdefault(method, []).append(q)
+    measurements = {method: np.concatenate(parts) for method, parts in measurements.items()}
+    fold = (pgc % 2).astype(bool)
+    values = {method: np.full(len(truth), np.nan) for method in measurements}
+    for part in (False, True):
+        train, apply = fold != part, fold == part
         try:
-            result[index] = classical_inclination(image, q0=0.2)
-        except (InputError, ValueError):
-            continue
-    return np.clip(result, inclinet_models.INCLINATION_MIN, inclinet_models.INCLINATION_MAX)
+            calibration = peer.fit_peer({m: q[train] for m, q in measurements.items()}, truth[train])
+            fitted = calibration.apply({m: q[apply] for m, q in measurements.items()})
+        except ValueError:  # too few galaxies to fit: the fixed q0
+            fitted = {m: peer.peer_inclination(q[apply]) for m, q in measurements.items()}
+        for method, inclinations in fitted.items():
+            values[method][apply] = inclinations
+    name = _best_cross_fitted(peer, values, truth)
+    try:
+        full = peer.fit_peer(measurements, truth)
+        full = peer.PeerCalibration(methods=full.methods, best=name)
+    except ValueError:
+        full = None
+    return name, values, full
+
+
+def _best_cross_fitted(peer, values, truth, min_coverage=0.9):
+    """Lowest RMS among the methods measuring at least ``min_coverage`` of the images (else among all)."""
+    table = {m: peer.scores(v, truth) for m, v in values.items()}
+    eligible = [m for m in peer.METHODS if m in table and np.isfinite(table[m]["rms"])
+                and table[m]["coverage"] >= min_coverage]
+    eligible = eligible or [m for m in peer.METHODS if m in table and np.isfinite(table[m]["rms"])] or list(table)
+    return min(eligible, key=lambda m: table[m]["rms"] if np.isfinite(table[m]["rms"]) else math.inf)
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -326,10 +361,21 @@ def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=8, seed=0
                 name: _short(regression_metrics(rows["truth"], per_view[name])) for name in names
             },
         }
-    binary_rows = None
+    metrics["peer"] = {
+        "method": rows["peer_method"],
+        "calibration": "q0 and a linear inclination correction per method, fitted 2-fold across galaxies "
+                       "(each half calibrated on the other); the method with the lowest RMS is the peer",
+        "methods": {method: _short(regression_metrics(rows["truth"], values))
+                    for method, values in rows["peer_methods"].items()},
+    }
+    binary_rows, temperatures = None, {}
     if binary:
         binary_rows = _binary_predictions(binary, networks, binary_sets, views, batch_size)
-        metrics["binary"] = _binary_metrics(binary_rows, [m["name"] for m in binary])
+        binary_names = [m["name"] for m in binary]
+        metrics["binary"] = _binary_metrics(binary_rows, binary_names)
+        metrics["reject_calibration"], temperatures = _calibrate_rejection(binary_rows, binary_names)
+    ood_reference = reliability.reference_ranges(
+        np.concatenate([s["images"] for s in test_sets]), columns["values"]["ensemble_std"])
 
     output_dir, bundle_dir = Path(output_dir), Path(bundle_dir)
     paths = {Path(name).name: output_dir / Path(name).name for name in naming.EVALUATION_FILES}
@@ -337,15 +383,18 @@ def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=8, seed=0
     atomic_write_json(paths["metrics.json"], metrics)
     _write_plots(paths, rows, columns, metrics, test_sets, binary_rows)
     _write_html(paths["report.html"], metrics, names, columns["order"], view_counts)
-    manifest = write_bundle(bundle_dir, members, input_size=size, metrics=metrics, seed=seed, views=views)
+    manifest = write_bundle(bundle_dir, members, input_size=size, metrics=metrics, seed=seed, views=views,
+                            peer_calibration=rows["peer_calibration"], reject_temperatures=temperatures,
+                            ood_reference=ood_reference)
     check_outputs(list(paths.values()) + [bundle_dir / "manifest.json"])
     overall = metrics["regression"]["ensemble_mean"]["all"]
     peer = metrics["regression"]["peer"]["all"]
     logger.info(
         "evaluate: %d member(s) (%d binary) on %d test image(s) in %d band(s), %d view(s): ensemble RMS %.2f "
-        "MAE %.2f deg, peer RMS %s deg; bundle %s; %.1f s, seed %d",
+        "MAE %.2f deg, peer (%s) RMS %s deg; bundle %s; %.1f s, seed %d",
         len(members), len(binary), len(rows["truth"]), len(test_sets), views, overall.get("rms", float("nan")),
-        overall.get("mae", float("nan")), f"{peer['rms']:.2f}" if "rms" in peer else "n/a", bundle_dir,
+        overall.get("mae", float("nan")), rows["peer_method"], f"{peer['rms']:.2f}" if "rms" in peer else "n/a",
+        bundle_dir,
         time.perf_counter() - start, seed,
     )
     metrics["bundle"] = manifest
@@ -383,7 +432,8 @@ def _regression_predictions(members, networks, test_sets, views, view_counts, ba
             )
         rows[member["name"]] = rows["views"][views][member["name"]]
         logger.info("evaluated %s on %d images x %d views", member["name"], per_view.shape[1], views)
-    rows["peer"] = np.concatenate([peer_inclinations(s["images"]) for s in test_sets])
+    rows["peer_method"], rows["peer_methods"], rows["peer_calibration"] = strong_peer(test_sets)
+    rows["peer"] = rows["peer_methods"][rows["peer_method"]]
     return rows
 
 
@@ -398,7 +448,14 @@ def _ensemble_columns(rows, names, families, members):
         family_stack = np.stack([rows[m["name"]] for m in members if m["model"] == family])
         values[f"{family}_mean"] = family_stack.mean(axis=0)
         values[f"{family}_median"] = np.median(family_stack, axis=0)
-    order = ["ensemble_mean", "ensemble_median"] + [f"{f}_{k}" for f in families for k in ("mean", "median")]
+    # All images of a galaxy (g, r, i, colour): the median of their ensemble means.
+    galaxy_median = np.empty(len(rows["pgc"]))
+    for pgc in np.unique(rows["pgc"]):
+        same = rows["pgc"] == pgc
+        galaxy_median[same] = np.median(values["ensemble_mean"][same])
+    values["galaxy_median"] = galaxy_median
+    order = ["ensemble_mean", "ensemble_median", "galaxy_median"] + [
+        f"{f}_{k}" for f in families for k in ("mean", "median")]
     return {"values": values, "order": order}
 
 
@@ -417,6 +474,31 @@ def _binary_predictions(members, networks, binary_sets, views, batch_size):
             probabilities.append(mean[:, 1])
         rows[member["name"]] = np.concatenate(probabilities)
     return rows
+
+
+def _calibrate_rejection(rows, names):
+    """Temperatures of the binary members and the reliability of raw and (cross-fitted) calibrated P(reject)."""
+    truth = rows["truth"]
+    calibrated = {name: reliability.cross_fitted(rows[name], truth, rows["pgc"]) for name in names}
+    rows["calibrated"] = calibrated
+    raw_mean = np.mean(np.stack([rows[name] for name in names]), axis=0)
+    calibrated_mean = np.mean(np.stack([calibrated[name] for name in names]), axis=0)
+    raw_table, raw_ece = reliability.reliability_table(raw_mean, truth)
+    calibrated_table, calibrated_ece = reliability.reliability_table(calibrated_mean, truth)
+    temperatures = {name: reliability.fit_temperature(rows[name], truth) for name in names}
+    accepted = truth == 0
+    summary_metrics = {
+        "temperatures": temperatures,
+        "ece_raw": raw_ece,
+        "ece_calibrated": calibrated_ece,
+        "rejection_rate_of_accepted_raw": float((raw_mean[accepted] > 0.5).mean()) if accepted.any() else None,
+        "rejection_rate_of_accepted_calibrated": (
+            float((calibrated_mean[accepted] > 0.5).mean()) if accepted.any() else None),
+        "reliability_raw": raw_table,
+        "reliability_calibrated": calibrated_table,
+        "calibrated_ensemble": binary_metrics(truth, calibrated_mean),
+    }
+    return summary_metrics, temperatures
 
 
 def _binary_metrics(rows, names):
@@ -481,7 +563,8 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
     band_names = rows["band_name"]
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
-    for axis, values, title in ((axes[0], ensemble, "CNN ensemble (mean)"), (axes[1], peer, "axial-ratio peer")):
+    peer_title = f"classical peer ({metrics['peer']['method']})"
+    for axis, values, title in ((axes[0], ensemble, "CNN ensemble (mean)"), (axes[1], peer, peer_title)):
         for band in sorted(set(band_names)):
             keep = band_names == band
             axis.plot(truth[keep], values[keep], ".", alpha=0.6, label=band)
@@ -529,11 +612,23 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
     figure.tight_layout()
     _save(figure, paths["outliers.png"])
 
-    figure, axis = plt.subplots(figsize=(5, 4.5))
+    figure, (axis, reliability_axis) = plt.subplots(1, 2, figsize=(10, 4.5))
     if binary_rows is None:
         axis.axis("off")
+        reliability_axis.axis("off")
         axis.text(0.5, 0.5, "no binary (accept/reject) models\nwere evaluated", ha="center", va="center", fontsize=12)
     else:
+        calibration = metrics["reject_calibration"]
+        for key, label in (("reliability_raw", f"raw (ECE {calibration['ece_raw']:.3f})"),
+                           ("reliability_calibrated", f"calibrated (ECE {calibration['ece_calibrated']:.3f})")):
+            table = [row for row in calibration[key] if row[2]]
+            reliability_axis.plot([r[3] for r in table], [r[4] for r in table], "o-", label=label)
+        reliability_axis.plot([0, 1], [0, 1], "k--", lw=1)
+        reliability_axis.set_xlabel("predicted P(reject), ensemble mean")
+        reliability_axis.set_ylabel("observed fraction rejected")
+        reliability_axis.set_title("reliability (calibrated: 2-fold cross-fit)")
+        reliability_axis.legend(fontsize=8)
+        reliability_axis.grid(alpha=0.3)
         counts = metrics["binary"]["ensemble_mean"]["all"]["confusion"]
         matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
         axis.imshow(matrix, cmap="Blues")
@@ -544,6 +639,7 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
         axis.set_xlabel("predicted (ensemble mean vote)")
         axis.set_ylabel("true")
         axis.set_title("binary confusion matrix")
+    figure.tight_layout()
     _save(figure, paths["confusion.png"])
 
 
@@ -574,6 +670,13 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
             f"<td>{_fmt(fit.get('m'), 4)}</td><td>{_fmt(fit.get('b'))}</td>"
             f"<td>{_fmt(entry['all'].get('rms_corrected'))}</td></tr>"
         )
+    peer = metrics["peer"]
+    parts.append(f"</table><h2>The classical peer: {html.escape(peer['method'])}</h2>"
+                 f"<p>{html.escape(peer['calibration'])}.</p><table><tr><th>method</th><th>RMS</th><th>MAE</th>"
+                 "<th>bias</th><th>N</th></tr>")
+    for method, entry in peer["methods"].items():
+        parts.append(f"<tr><th>{html.escape(method)}</th><td>{_fmt(entry.get('rms'))}</td>"
+                     f"<td>{_fmt(entry.get('mae'))}</td><td>{_fmt(entry.get('bias'))}</td><td>{entry.get('n')}</td></tr>")
     parts.append("</table><h2>Test-time augmentation (ensemble mean, all bands)</h2><table><tr><th>views</th>"
                  "<th>RMS</th><th>MAE</th></tr>")
     for n_views in view_counts:
@@ -598,24 +701,38 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
                 f"<td>{_fmt(entry['auc'], 3)}</td></tr>"
             )
         parts.append("</table>")
+        calibration = metrics.get("reject_calibration")
+        if calibration:
+            rate_raw = calibration["rejection_rate_of_accepted_raw"]
+            rate_cal = calibration["rejection_rate_of_accepted_calibrated"]
+            parts.append(
+                f"<p>Calibration of P(reject) by a temperature per member: expected calibration error "
+                f"{_fmt(calibration['ece_raw'], 3)} raw, {_fmt(calibration['ece_calibrated'], 3)} calibrated "
+                f"(2-fold cross-fit); accepted galaxies rejected at 50%: {_fmt(rate_raw, 3)} raw, "
+                f"{_fmt(rate_cal, 3)} calibrated. Temperatures: "
+                + html.escape(", ".join(f"{k} {v:.2f}" for k, v in calibration["temperatures"].items())) + ".</p>")
     else:
         parts.append("<p>No binary models were evaluated.</p>")
     for image, caption in (
         ("predicted_vs_true.png", "Predicted vs true"),
         ("residuals.png", "Residuals with the linear bias fit"),
         ("outliers.png", "Outlier gallery"),
-        ("confusion.png", "Binary confusion matrix"),
+        ("confusion.png", "Binary confusion matrix and reliability"),
     ):
         parts.append(f"<h2>{caption}</h2><img src='{image}' alt='{caption}'>")
     parts.append("</body></html>\n")
     atomic_write_text(path, "\n".join(parts))
 
 
-def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views=8):
+def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views=8, peer_calibration=None,
+                 reject_temperatures=None, ood_reference=None):
     """Copy every member to ``bundle_dir/<name>.keras`` and write ``manifest.json`` last.
 
     ``members`` are records with ``name``, ``model``, ``task``, ``subset`` and ``path``
-    (see :func:`describe_members`). Returns the manifest.
+    (see :func:`describe_members`). The manifest also carries the classical peer's
+    calibration (:class:`inclinet.peer.PeerCalibration`), the reject members' temperatures
+    and the out-of-distribution reference (:func:`inclinet.reliability.reference_ranges`),
+    each ``null`` when not given. Returns the manifest.
     """
     from inclinet.stages.train import versions
 
@@ -658,6 +775,10 @@ def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views
         "versions": versions(),
         "seed": int(seed),
         "views": int(views),
+        "normalisation": "inclinet.normalise.normalise_image",
+        "peer": peer_calibration.as_dict() if peer_calibration is not None else None,
+        "reject_temperatures": dict(reject_temperatures or {}),
+        "out_of_distribution": ood_reference,
     }
     atomic_write_json(bundle_dir / "manifest.json", manifest)
     return manifest

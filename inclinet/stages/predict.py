@@ -8,8 +8,14 @@ Prints one JSON object per image, as the original web API's ``/api/file`` answer
      "rejection_likelihood": {"model4-binary": 12.3, ..., "summary": {...}}}
 
 Regression values are degrees rounded to integers (half to even, as ``np.round``), the
-binary values are P(reject) in percent, unrounded; ``stdev`` is the population standard
+binary values are P(reject) in percent, unrounded, after the member's calibration
+temperature from evaluation (:mod:`inclinet.reliability`); ``stdev`` is the population standard
 deviation. Groups (and ``rejection_likelihood``) appear only for members in the bundle.
+Beyond the original's keys every answer carries ``member_spread`` (standard deviation of the
+regression members, deg), ``peer`` (``{"method", "inclination"}``: the bundle's calibrated
+classical axial-ratio measurement of the same normalised image), ``out_of_distribution``
+(bool) and ``warnings`` (why the image looks unlike the training data: see
+:func:`inclinet.reliability.warnings_for`); each warning is also logged.
 Images may be PNG, JPEG or GIF, gray or colour, of any size and either polarity: they go
 through the same canonical normalisation as the training data
 (:func:`inclinet.normalise.normalise_image`) at the bundle's input size. A file that cannot be read gets
@@ -29,7 +35,8 @@ import numpy as np
 from inclinet import models as inclinet_models
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
-from inclinet.normalise import load_normalised
+from inclinet import reliability
+from inclinet.normalise import image_statistics, load_normalised
 from inclinet.io import atomic_write_text
 from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
 
@@ -92,8 +99,13 @@ class Bundle:
         for _, names in self.regression_groups():
             for name in names:
                 outputs[name] = self._run(name, images)[:, 0]
+        temperatures = self.manifest.get("reject_temperatures") or {}
         for name in self.binary_members():
-            outputs[name] = self._run(name, images)[:, 1]
+            # The calibrated P(reject): the member's temperature from evaluation (1 = as trained).
+            outputs[name] = reliability.apply_temperature(self._run(name, images)[:, 1], temperatures.get(name, 1.0))
+        spreads = np.std(np.stack([inclinet_models.target_to_inclination(outputs[name])
+                                   for _, names in self.regression_groups() for name in names]), axis=0)
+        peer_values = self._peer(images)
         answers = []
         for index in range(len(images)):
             inclinations = {}
@@ -105,13 +117,26 @@ class Bundle:
                     inclinations[group][name] = degrees
                     values.append(degrees)
             inclinations["summary"] = summary(values)
-            answer = {"inclinations": inclinations}
+            answer = {"inclinations": inclinations, "member_spread": float(spreads[index])}
+            if peer_values is not None:
+                answer["peer"] = {"method": peer_values[0], "inclination": _rounded(peer_values[1][index])}
             if self.binary_members():
                 rejection = {name: float(100.0 * outputs[name][index]) for name in self.binary_members()}
                 rejection["summary"] = summary(list(rejection.values()))
                 answer["rejection_likelihood"] = rejection
             answers.append(answer)
         return answers
+
+    def _peer(self, images):
+        """``(method, inclinations)`` of the bundle's calibrated classical peer, or None without one."""
+        calibration = self.manifest.get("peer")
+        if not calibration:
+            return None
+        from inclinet import peer
+
+        fitted = peer.PeerCalibration.from_dict(calibration)
+        method = fitted.best
+        return method, fitted.methods[method].inclination(peer.measure(images, methods=(method,))[method])
 
     def _run(self, name, images):
         mean, _ = inclinet_models.predict_views(self.network(name), images, self.views)
@@ -166,12 +191,12 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
             }
             continue
         try:
-            image = load_normalised(path, loaded.input_size)
+            image, info = load_normalised(path, loaded.input_size, with_info=True)
         except InputError as exc:
             answers[index] = {"status": "failed", "filename": str(path), **extra, "message": str(exc)}
             logger.warning("%s", exc)
             continue
-        pending.append((index, image))
+        pending.append((index, image, info.as_dict()))
         if len(pending) == CHUNK:
             _predict_chunk(loaded, pending, items, answers)
             pending = []
@@ -191,10 +216,21 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
 
 
 def _predict_chunk(loaded, pending, items, answers):
-    predictions = loaded.predict(np.stack([image for _, image in pending]))
-    for (index, _), prediction in zip(pending, predictions):
+    images = np.stack([image for _, image, _ in pending])
+    predictions = loaded.predict(images)
+    statistics = image_statistics(images)
+    reference = loaded.manifest.get("out_of_distribution")
+    for (index, _, info), prediction, row in zip(pending, predictions, statistics):
         path, extra = items[index]
-        answers[index] = {"status": "success", "filename": str(path), **extra, **prediction}
+        warnings = reliability.warnings_for(info, row, prediction["member_spread"], reference)
+        for warning in warnings:
+            logger.warning("%s: out of the training distribution: %s", path, warning)
+        answers[index] = {"status": "success", "filename": str(path), **extra, **prediction,
+                          "out_of_distribution": bool(warnings), "warnings": warnings}
+
+
+def _rounded(value):
+    return None if not np.isfinite(value) else float(np.round(value))
 
 
 def add_arguments(parser):
