@@ -105,6 +105,7 @@ KZ = 9.0  # the disk is integrated to |z| < KZ h_z
 N_NODES = 12  # Gauss-Legendre nodes on each side of the mid-plane
 MAP_CELLS = 160  # face-on map resolution (cells across 2 R_map)
 N_ROWS = 4 * MAP_CELLS  # rows of the per-column resampled maps
+CHUNK = 2048  # sky points integrated at once
 TRUTH_COLUMNS = (
     "pgc", "index", "label", "cause", "true_inc", "q0", "hz_over_h", "b_a", "psf_fwhm", "pixel_scale", "fov_arcsec",
     "d25", "r25_over_h", "mu0_r", "bulge_bt", "bulge_kind", "bar", "arms", "dust_tau", "misalignment", "dx", "dy",
@@ -246,7 +247,7 @@ def _radial_profile(r_over_h, h_out_ratio, break_radius):
     outer = math.exp(-break_radius) * np.exp(-(r - break_radius) / h_out_ratio)
     # Smooth junction over ~0.3 h.
     w = 1.0 / (1.0 + np.exp(-(r - break_radius) / 0.15))
-    return ((1.0 - w) * inner + w * outer) / (1.0 + np.exp((r - 7.0) / 0.3))
+    return ((1.0 - w) * inner + w * outer) / (1.0 + np.exp(np.minimum((r - 7.0) / 0.3, 500.0)))
 
 
 def _radial_r2(h_out_ratio, break_radius):
@@ -256,13 +257,22 @@ def _radial_r2(h_out_ratio, break_radius):
     return float(np.trapezoid(p * r * r, r) / np.trapezoid(p, r))
 
 
-def _r25(h_out_ratio, break_radius, mu0):
-    """Radius (units of h) where the face-on disk reaches 24.3 mag/arcsec^2 in r."""
-    r = np.linspace(0.0, 7.5, 1501)
-    level = 10.0 ** (-0.4 * (24.3 - mu0))
-    profile = _radial_profile(r, h_out_ratio, break_radius)
-    below = np.nonzero(profile < level)[0]
-    return float(r[below[0]]) if len(below) else 7.5
+def _major_axis_r25(h_out_ratio, break_radius, mu0, inc, hz_over_h):
+    """Radius (units of h) where the inclined disk's major axis reaches 24.3 mag/arcsec^2 in r.
+
+    Catalog diameters are measured on the galaxy as seen: an inclined disk is brighter
+    along its major axis (longer lines of sight), so it looks bigger than face-on.
+    """
+    inc = math.radians(min(inc, 89.9))
+    ci, si = math.cos(inc), math.sin(inc)
+    x = np.linspace(0.0, 7.5, 301)[:, None]
+    z = np.linspace(-KZ, KZ, 361)[None, :] * hz_over_h  # units of h
+    big_y = z * si / ci
+    density = _radial_profile(np.hypot(x, big_y), h_out_ratio, break_radius)
+    vertical = np.exp(-np.abs(z) / hz_over_h) / (2.0 * hz_over_h)
+    surface = np.trapezoid(density * vertical, z, axis=1) / ci
+    below = np.nonzero(surface < 10.0 ** (-0.4 * (24.3 - mu0)))[0]
+    return float(x[below[0], 0]) if len(below) else 7.5
 
 
 def _category(rng):
@@ -299,7 +309,8 @@ def draw_galaxy(index, seed, pgc=None):
     break_radius = rng.uniform(1.8, 3.2)
     mu0_r = float(np.clip(rng.normal(20.7, 0.55), 19.3, 22.3))
     mu_sky_r = rng.uniform(20.5, 21.2)
-    r25_over_h = float(np.clip(_r25(h_out_ratio, break_radius, mu0_r), 1.8, 5.0))
+    hz_over_h = q0 * math.sqrt(_radial_r2(h_out_ratio, break_radius)) / 2.0
+    r25_over_h = float(np.clip(_major_axis_r25(h_out_ratio, break_radius, mu0_r, inc, hz_over_h), 1.8, 6.0))
     d25_true = math.exp(rng.uniform(math.log(0.5), math.log(3.5)))  # arcmin
     r25 = d25_true * 30.0
     d25_catalog = d25_true * 10.0 ** rng.normal(0.0, 0.07)
@@ -338,7 +349,7 @@ def draw_galaxy(index, seed, pgc=None):
     dx, dy = (float(v) for v in np.clip(rng.standard_t(4, size=2) * 0.015, -0.08, 0.08))
     stretch = str(rng.choice(["asinh", "log", "power"], p=[0.55, 0.3, 0.15]))
     softening = rng.uniform(1.5, 4.0)
-    mu_black = rng.uniform(17.8, 19.6)
+    mu_black = rng.uniform(18.8, 20.4)
     power = rng.uniform(0.4, 0.55)
     gamma = rng.uniform(0.85, 1.2)
     sky_gray = rng.uniform(228.0, 244.0) if rng.random() < 0.85 else rng.uniform(192.0, 228.0)
@@ -350,7 +361,7 @@ def draw_galaxy(index, seed, pgc=None):
     pedestal = rng.normal(0.0, 0.15)
     gradient = (rng.normal(0.0, 0.25), rng.normal(0.0, 0.25))
     holes = bool(rng.random() < 0.4)
-    corners = rng.uniform(1.0, 1.3) if rng.random() < 0.2 else 0.0
+    corners = rng.uniform(1.12, 1.35) if rng.random() < 0.2 else 0.0
     corner_angle = rng.uniform(5.0, 40.0) * (1 if rng.random() < 0.5 else -1)
     corner_white = bool(rng.random() < 0.6)
     ra = rng.uniform(0.0, 360.0)
@@ -359,7 +370,7 @@ def draw_galaxy(index, seed, pgc=None):
     inc_e = round(float(np.clip(rng.gamma(4.0, 0.8), 1.0, 8.0)), 1)
     inc_n = int(rng.integers(3, 9))
     elliptical_q = rng.uniform(0.6, 1.0)
-    star_density = math.exp(rng.uniform(math.log(0.4), math.log(3.0)))  # per arcmin^2 to r = 22.5
+    star_density = math.exp(rng.uniform(math.log(1.0), math.log(5.0)))  # per arcmin^2 to r = 23
     galaxy_density = rng.uniform(0.5, 2.5)
     neighbour_draw = rng.random(size=8)
 
@@ -391,9 +402,9 @@ def _place_field(g, rng, star_density, galaxy_density, neighbour_draw):
     """Stars, background galaxies and neighbours, in frame fractions (x right, y up, centre 0)."""
     area = (g.fov / 60.0) ** 2
     n_stars = min(int(rng.poisson(star_density * area)), 250)
-    # dN/dm ~ 10^(0.3 m) between 14 and 22.5.
+    # dN/dm ~ 10^(0.3 m) between 14 and 23.
     u = rng.random(n_stars)
-    lo, hi = 10.0 ** (0.3 * 14.0), 10.0 ** (0.3 * 22.5)
+    lo, hi = 10.0 ** (0.3 * 14.0), 10.0 ** (0.3 * 23.0)
     mags = np.log10(lo + u * (hi - lo)) / 0.3
     xy = rng.uniform(-0.5, 0.5, size=(n_stars, 2))
     colours = rng.beta(2.0, 2.0, size=n_stars)
@@ -557,7 +568,23 @@ def _gauss_legendre(n):
     return (nodes + 1.0) / 2.0, weights / 2.0
 
 
-def _integrate_disk(x, y, g, maps, cell, r_map, column_step, young=True, dust=True):
+class _ColumnMaps:
+    """The face-on maps resampled once per galaxy on columns ``column_step`` apart (see _column_profiles)."""
+
+    def __init__(self, maps, cell, r_map, column_step):
+        self.r_map = r_map
+        self.step = column_step
+        self.n_cols = int(math.ceil(2.0 * r_map / column_step)) + 1
+        columns = (np.arange(self.n_cols) - (self.n_cols - 1) / 2.0) * column_step
+        self.profiles, self.dy = _column_profiles(maps, cell, r_map, columns, N_ROWS)
+
+    def lookup(self, x, big_y):
+        col = np.clip(np.rint(x / self.step + (self.n_cols - 1) / 2.0).astype(np.int64), 0, self.n_cols - 1)
+        row = np.clip(((big_y + self.r_map) / self.dy).astype(np.int64), 0, N_ROWS - 1)
+        return self.profiles[col[:, None] * N_ROWS + row]  # (P, K, 3)
+
+
+def _integrate_disk(x, y, g, columns, young=True, dust=True):
     """Line-of-sight integrals through the 3-D disk at sky points (x along the major axis, y minor; arcsec).
 
     Returns ``(light (3, P) per band, total dust optical depth in r (P,))``.
@@ -570,6 +597,7 @@ def _integrate_disk(x, y, g, maps, cell, r_map, column_step, young=True, dust=Tr
     ci, si = math.cos(inc), math.sin(inc)
     ti = si / ci
     hz = g.hz
+    r_map = columns.r_map
     half = np.sqrt(np.maximum(r_map * r_map - x * x, 0.0))
     zmax = KZ * hz
     if ti > 1e-9:
@@ -595,14 +623,7 @@ def _integrate_disk(x, y, g, maps, cell, r_map, column_step, young=True, dust=Tr
     z = np.concatenate([hz * np.log(tn), -hz * np.log(tp)], axis=1)
     dz = np.concatenate([wn, wp], axis=1) * hz / t  # dZ weights
     big_y = y[:, None] / ci + z * ti
-    # Nearest column (spacing ``cell_x``) and nearest of the finely resampled rows.
-    cell_x = column_step
-    n_cols = int(math.ceil(2.0 * r_map / cell_x)) + 1
-    columns = (np.arange(n_cols) - (n_cols - 1) / 2.0) * cell_x
-    profiles, dy = _column_profiles(maps, cell, r_map, columns, N_ROWS)
-    col = np.clip(np.rint(x / cell_x + (n_cols - 1) / 2.0).astype(np.int64), 0, n_cols - 1)
-    row = np.clip(((big_y + r_map) / dy).astype(np.int64), 0, N_ROWS - 1)
-    values = profiles[col[:, None] * N_ROWS + row]  # (P, K, 3)
+    values = columns.lookup(x, big_y)
     d_old, d_young, d_dust = values[..., 0], values[..., 1], values[..., 2]
     weight = dz / ci
     old = d_old * (t / (2.0 * hz)) * weight
@@ -690,11 +711,15 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
         maps[:2] *= s0
         foot = (np.abs(gx) < r_map) & (np.abs(gy) < r_map * ci + KZ * g.hz * si)
         idx = np.nonzero(foot.ravel())[0]
-        light, tau = _integrate_disk(gx.ravel()[idx], gy.ravel()[idx], g, maps, cell, r_map, fine,
-                                     young="young" in components, dust="dust" in components)
         flat = image.reshape(3, -1)
-        flat[:, idx] = light
-        tau_total.ravel()[idx] = tau
+        columns = _ColumnMaps(maps, cell, r_map, fine)
+        # In chunks: small temporaries are reused instead of mapped and unmapped each time.
+        for start in range(0, len(idx), CHUNK):
+            part = idx[start:start + CHUNK]
+            light, tau = _integrate_disk(gx.ravel()[part], gy.ravel()[part], g, columns,
+                                         young="young" in components, dust="dust" in components)
+            flat[:, part] = light
+            tau_total.ravel()[part] = tau
     if "bulge" in components and (elliptical or g.bulge_kind != "none"):
         if elliptical:
             flux, kind, q_proj = 3.0 * disk_flux, "hernquist", g.elliptical_q
@@ -771,7 +796,7 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
             if m < 15.5:  # diffraction spikes along the detector axes
                 length = (15.5 - m + 1.0) * 4.0 * g.psf_fwhm / fine
                 steps = np.arange(1.5, length, 0.7)
-                amp = 4e-4 * 0.7 / (1.0 + steps / (0.3 * length)) ** 2
+                amp = 1.2e-4 * 0.7 / (1.0 + steps / (0.3 * length)) ** 2
                 for k in range(4):
                     d = rot + k * math.pi / 2
                     for s, wgt in zip(steps, amp):
@@ -979,13 +1004,18 @@ def comparison_figure(path, real_dir, *, n=4, size=256, seed=11, real=None):
 
     real_dir = Path(real_dir)
     real = real or ["pgc3738", "pgc46153", "pgc55224", "pgc1844"]
-    tile = 160
+    tile = 150
+    # The first accepted galaxies near inclinations spread over 45-90.
+    targets = list(np.linspace(50.0, 88.0, n))
     picks, k = [], 0
-    while len(picks) < n:  # accepted galaxies of several inclinations
+    while targets and k < 2000:
         g = draw_galaxy(k, seed)
-        if g.label == "A":
+        near = [t for t in targets if abs(g.inc - t) < 4.0]
+        if g.label == "A" and near:
             picks.append(g)
+            targets.remove(near[0])
         k += 1
+    picks.sort(key=lambda galaxy: galaxy.inc)
     canvas = Image.new("RGB", (tile * 2 * n + 8, tile * 2 + 22), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), "foreign universe (r, colour)", fill=(0, 0, 0))
@@ -1004,7 +1034,8 @@ def comparison_figure(path, real_dir, *, n=4, size=256, seed=11, real=None):
         canvas.paste(r, (tile * n + 8 + j * tile, 20))
         canvas.paste(c, (tile * n + 8 + j * tile, 20 + tile))
     with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG", optimize=True)
+        canvas.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
+            tmp, format="PNG", optimize=True)
 
 
 # -- command line -----------------------------------------------------------------------------------
