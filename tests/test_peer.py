@@ -142,3 +142,15 @@ def test_fit_peer_on_images_and_inclination_clipping():
     assert calibration.methods["adaptive"].rms < 4.0
     assert peer.peer_inclination([1.0, 0.05, math.nan]).tolist()[:2] == [45.0, 90.0]
     assert np.isnan(peer.peer_inclination([math.nan]))[0]
+
+
+def test_rotation_corners_are_not_sky():
+    q = 0.45
+    clean = _draw(q, size=64, hlr=6.0, angle=10.0)
+    cornered = clean.copy()
+    yy, xx = np.indices(cornered.shape)
+    cornered[xx + yy < 14] = 0  # a black triangle left by rotating the cutout
+    cornered[(63 - xx) + (63 - yy) < 14] = 255
+    for method, values in peer.measure(np.stack([clean, cornered])).items():
+        assert abs(values[1] - values[0]) < 0.02, method
+    assert peer.psf_fwhm_pixels(1.5, 1.0, 256, fov_arcsec=240.0) == pytest.approx(1.5 / (240.0 / 256))
