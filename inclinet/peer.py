@@ -198,9 +198,14 @@ def moments_q(image):
         return math.nan
 
 
+def _hsm_params(galsim):
+    # The default bound on the moments (sigma about 63 px) is too small for 512 px galaxies.
+    return galsim.hsm.HSMParams(max_amoment=1.0e6)
+
+
 def _adaptive_matrix(galsim, array, centre, sigma_guess):
     result = galsim.hsm.FindAdaptiveMom(
-        galsim.ImageD(np.ascontiguousarray(array, dtype=np.float64)), strict=False,
+        galsim.ImageD(np.ascontiguousarray(array, dtype=np.float64)), strict=False, hsmparams=_hsm_params(galsim),
         guess_sig=max(float(sigma_guess), 1.0),
         guess_centroid=galsim.PositionD(centre[1] + 1.0, centre[0] + 1.0),
     )
@@ -292,6 +297,7 @@ def adaptive_q(image, *, psf_fwhm_pixels=None, prepared=None):
             psf, psf_matrix = _psf_entry(psf_fwhm_pixels)
             result = galsim.hsm.EstimateShear(
                 galsim.ImageD(np.ascontiguousarray(prepared["signal"])), psf, shear_est="REGAUSS", strict=False,
+                hsmparams=_hsm_params(galsim),
                 guess_sig_gal=max(sigma_guess, 1.0), guess_sig_PSF=max(float(psf_fwhm_pixels) / 2.355, 0.5),
                 guess_centroid=galsim.PositionD(centre[1] + 1.0, centre[0] + 1.0),
             )
