@@ -88,7 +88,7 @@ OBSERVATION_RANGES = {
     "frame": (0.8, 2.0, "log"),  # field of view / (2 x D25)
     "centring": (0.0, 0.04, "sd"),  # galaxy centre offset, fraction of the field (normal sd)
     "psf_fwhm": (0.8, 2.4, "log"),  # arcsec
-    "psf_beta": (2.2, 5.0, "lin"),  # Moffat index
+    "psf_beta": ((2.5, 3.0, 3.5, 4.5), None, "choice"),  # Moffat index (a few values: GalSim caches each)
     "psf_shear": (0.0, 0.08, "lin"),  # PSF ellipticity |g|
     "noise_level": (0.12, 2.0, "log"),  # sky noise per pixel at 512 px, units of the D25 brightness
     "gradient": (0.0, 3.0, "lin"),  # sky gradient across the field, units of the sky noise
@@ -364,6 +364,8 @@ def _draw_range(rng, name):
         return float(np.exp(rng.uniform(np.log(low), np.log(high))))
     if kind == "int":
         return int(rng.integers(low, high + 1))
+    if kind == "choice":
+        return float(low[int(rng.integers(len(low)))])
     return float(rng.uniform(low, high))
 
 
@@ -592,7 +594,7 @@ def render_galaxy(params, size, seed):
     g1, g2 = params.psf_shear
     psf = galsim.Moffat(beta=params.psf_beta, fwhm=params.psf_fwhm, trunc=8.0 * params.psf_fwhm,
                         gsparams=gsparams).shear(g1=g1, g2=g2)
-    star_psf = galsim.Moffat(beta=max(params.psf_beta - 0.5, 1.8), fwhm=params.psf_fwhm).shear(g1=g1, g2=g2)
+    star_psf = galsim.Moffat(beta=params.psf_beta, fwhm=params.psf_fwhm).shear(g1=g1, g2=g2)
     # The galaxy's centre in the frame (pixels from the centre; GalSim's y is up).
     offset = (params.centre_offset[0] * size, params.centre_offset[1] * size)
     # Face-on central surface brightness of the disk is 1 (times ``brightness``).
