@@ -403,10 +403,11 @@ def _draw_observation(params, rng):
     params.field_sources = [
         {
             "x": float(u[0] - 0.5), "y": float(u[1] - 0.5),
-            # Mostly faint: fluxes log-uniform over 2.5 decades, in units of the D25 brightness x PSF area.
-            "flux": float(np.exp(np.log(0.3) + u[2] * np.log(300.0))),
+            # Mostly faint (as in real cutouts): log-flux weighted towards the faint end over 2.5
+            # decades, in units of the D25 brightness x PSF area.
+            "flux": float(np.exp(np.log(0.2) + u[2] ** 2 * np.log(150.0))),
             "galaxy": bool(u[3] < 0.4),
-            "size": float(0.3 + 1.5 * u[4]),  # arcsec (background galaxies only)
+            "size": float(0.3 + 1.2 * u[4]),  # arcsec (background galaxies only)
             "q": float(0.3 + 0.7 * u[5]),
             "angle": float(np.pi * u[6]),
         }
