@@ -129,6 +129,21 @@ def _fill_mask(image):
     keep = edge[np.asarray(sizes) >= max(16, flat.size // 1000)]
     if not len(keep):
         return np.zeros_like(flat)
+    # A black (or white) region is fill only if the sky around it is not black (or white)
+    # itself: a clipped dark sky is sky.
+    luminance = image.mean(axis=2)
+    candidate = np.isin(labels, keep)
+    border = np.zeros_like(flat)
+    border[:4] = border[-4:] = True
+    border[:, :4] = border[:, -4:] = True
+    sky = luminance[border & ~ndimage.binary_dilation(candidate, iterations=3)]
+    if sky.size < 16:
+        return ndimage.binary_dilation(candidate, iterations=2)
+    sky_level = float(np.median(sky))
+    kept = [label for label in keep if abs(float(luminance[labels == label].mean()) - sky_level) > 4.0]
+    if not kept:
+        return np.zeros_like(flat)
+    keep = np.asarray(kept)
     # Two more pixels: the anti-aliased or JPEG-blurred edge of the fill.
     return ndimage.binary_dilation(np.isin(labels, keep), iterations=2)
 

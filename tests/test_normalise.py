@@ -138,3 +138,12 @@ def test_image_statistics_tell_a_galaxy_from_a_star_field():
     assert columns["edge_flux"][1] > 5 * columns["edge_flux"][0]
     assert columns["asymmetry"][1] > columns["asymmetry"][0]
     assert 0.0 < TARGET_SIGMA < 0.25
+
+
+def test_a_clipped_black_sky_is_sky_not_fill():
+    light = disk(128, 0.5, radius=12, noise=0.3)
+    image = colour_light_on_dark(light, sky=0.0)  # most of the frame is exactly 0
+    assert (image == 0).all(axis=2).mean() > 0.5
+    out, info = normalise_image(image, SIZE, with_info=True)
+    assert info.fill_fraction == 0.0 and info.detected
+    assert out[SIZE // 2, SIZE // 2].mean() > 150
