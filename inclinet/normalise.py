@@ -136,6 +136,8 @@ def _fill_mask(image):
     border = np.zeros_like(flat)
     border[:4] = border[-4:] = True
     border[:, :4] = border[:, -4:] = True
+    if (candidate & border).sum() > 0.8 * border.sum():
+        return np.zeros_like(flat)  # a frame that is black (white) all round is its sky
     sky = luminance[border & ~ndimage.binary_dilation(candidate, iterations=3)]
     if sky.size < 16:
         return ndimage.binary_dilation(candidate, iterations=2)
