@@ -36,7 +36,7 @@ from inclinet import models as inclinet_models
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
 from inclinet import reliability
-from inclinet.normalise import image_statistics, load_normalised
+from inclinet.normalise import image_statistics, load_normalised, normalise_image
 from inclinet.io import atomic_write_text
 from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
 
@@ -212,6 +212,34 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
         "predict: %d image(s), %d predicted, %d failed, %d member(s), %d view(s), %.1f s",
         len(answers), len(answers) - failed, failed, len(loaded.members), loaded.views, time.perf_counter() - start,
     )
+    return answers
+
+
+def predict_images(bundle, images, *, names=None):
+    """Answers for images already in memory, in order: the in-memory twin of :func:`run`.
+
+    ``images`` are ``uint8 (H, W, 3)`` arrays of any size (as :func:`inclinet.images.load_image`
+    returns them); each goes through the same canonical normalisation, members, peer and
+    out-of-distribution checks as a file given to ``inclinet-predict``, and ``names`` (one per
+    image) become the answers' ``filename``. An image the normaliser refuses gets a
+    ``failed`` answer naming why; the others are still predicted. ``inclinet-serve`` calls this.
+    """
+    loaded = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    names = list(names) if names is not None else [f"image {index}" for index in range(len(images))]
+    if len(names) != len(images):
+        raise ValueError(f"{len(names)} names for {len(images)} images")
+    items = [(name, {}) for name in names]
+    answers = [None] * len(images)
+    pending = []
+    for index, image in enumerate(images):
+        try:
+            normalised, info = normalise_image(image, loaded.input_size, with_info=True)
+        except ValueError as exc:
+            answers[index] = {"status": "failed", "filename": names[index], "message": f"{names[index]}: {exc}"}
+            continue
+        pending.append((index, normalised, info.as_dict()))
+    for start in range(0, len(pending), CHUNK):
+        _predict_chunk(loaded, pending[start : start + CHUNK], items, answers)
     return answers
 
 
