@@ -12,7 +12,9 @@ logger = logging.getLogger("inclinet")
 def add_common_arguments(parser, *, seed=True):
     """Add ``--seed`` and ``-v/-q`` to a stage parser."""
     if seed:
-        parser.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
+        from inclinet import config
+
+        config.add_argument(parser, "seed", metavar="SEED")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

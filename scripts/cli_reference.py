@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
-STAGES = ("synth", "prep", "compress", "split", "augment", "train", "evaluate", "predict")
+sys.path.insert(0, str(ROOT))
+from inclinet.stages import STAGES  # noqa: E402 - the registry, from this checkout
+
 WORKFLOW = (("run_workflow.py", []), ("run_workflow.py status", ["status"]),
             ("run_workflow.py resume", ["resume"]), ("run_workflow.py cancel", ["cancel"]))
 
@@ -35,7 +37,7 @@ def reference():
     for title, sub in WORKFLOW:
         parts += [f"#### `{title}`", "```", _help([str(ROOT / "run_workflow.py"), *sub]), "```"]
     for stage in STAGES:
-        parts += [f"#### `inclinet-{stage}`", "```", _help(["-m", f"inclinet.stages.{stage}"]), "```"]
+        parts += [f"#### `{stage.executable}`", "```", _help(["-m", stage.module_name]), "```"]
     parts.append(END)
     return "\n".join(parts)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from inclinet import stages as registry
 from inclinet.errors import InputError
 from inclinet.io import atomic_path, atomic_write_text
 
@@ -302,7 +303,7 @@ def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_
     catalog = TransformationCatalog()
     catalog.add_containers(*dict.fromkeys(by_site.values()))
     for stage in stages or STAGES:
-        transformation = Transformation(f"inclinet-{stage}")
+        transformation = Transformation(registry.get(stage).executable)
         for site in sites:
             profiles = (gpu_site_profiles or {}).get(site) if STAGE_SLOTS[stage][1] else None
             transformation.add_sites(_transformation_site(site, stage, by_site[site], profiles))
@@ -313,7 +314,8 @@ def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_
 def _transformation_site(site, stage, container, profiles=None):
     from Pegasus.api import Namespace, TransformationSite
 
-    entry = TransformationSite(site, f"{CONTAINER_BIN}/inclinet-{stage}", is_stageable=False, container=container)
+    entry = TransformationSite(site, f"{CONTAINER_BIN}/{registry.get(stage).executable}", is_stageable=False,
+                               container=container)
     for namespace, values in (profiles or {}).items():
         for key, value in values.items():
             entry.add_profiles(Namespace(namespace), key=key, value=str(value))

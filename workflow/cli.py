@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from inclinet import config as settings
 from inclinet import naming
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
@@ -74,26 +75,24 @@ def add_build_arguments(parser):
     data.add_argument("--data-path", help="folder of the raw images pgc<id>_d25x2_rot_<band>.{png,sdss.jpg}")
     data.add_argument("--catalog", help="catalog file (pipe-separated original or CSV) of the raw images")
     data.add_argument("--root", help="root of the raw image names pgc<id>_<root>_<band>.png (d25x2_rot)")
-    data.add_argument("--synthetic-size", type=int, help="pixel size of rendered synthetic raw images (512)")
+    settings.add_argument(data, "synthetic_size", default=None)
     data.add_argument("--demo", action="store_true",
                       help="the embedded default: 500 synthetic galaxies, 64 px, two model4 members + binary, "
                            "local engine")
 
     science = parser.add_argument_group("science settings")
     science.add_argument("--bands", type=_csv_list, help="comma list of g,r,i,gri (default all four)")
-    science.add_argument("--size", type=int, help="image size the networks see, in pixels (128)")
-    science.add_argument("--galaxies-per-job", type=int, help="catalog rows per synth/prep job (500)")
-    science.add_argument("--subsamples", type=int, help="regression subsamples m besides the full set (3)")
+    settings.add_argument(science, "size", default=None)
     science.add_argument("--models", type=_csv_list, help="comma list of model4,model5,model6 (default all)")
     science.add_argument("--tasks", type=_csv_list, help="comma list of regression,binary (default both)")
-    science.add_argument("--epochs", type=int, help="training epochs (10)")
-    science.add_argument("--batch-size", type=int, help="training batch size (64)")
-    science.add_argument("--lr-schedule", choices=("constant", "cosine"),
-                         help="learning rate over the epochs: constant, or cosine decay to zero (cosine)")
-    science.add_argument("--n-batches", type=int, help="augmented batches per training subset (5)")
-    science.add_argument("--per-bin", type=int, help="augmented colour images per 5-degree bin and batch (100)")
-    science.add_argument("--views", type=int, help="augmented views per test image in evaluation (8)")
-    science.add_argument("--retries", type=int, help="retries of a failed job (2; training gets more on Pegasus)")
+    for name in ("subsamples", "epochs", "batch_size", "lr_schedule", "n_batches", "per_bin", "views"):
+        settings.add_argument(science, name, default=None)
+
+    execution = parser.add_argument_group("execution settings")
+    settings.add_argument(execution, "galaxies_per_job", default=None)
+    settings.add_argument(execution, "retries", default=None,
+                          help="retries of a failed job (exit code 2, a usage or input error, is never retried; "
+                               "training gets more on Pegasus)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--engine", choices=ENGINES, default="local", help="where the jobs run (default local)")

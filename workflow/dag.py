@@ -20,11 +20,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inclinet import config as settings
 from inclinet import naming
+from inclinet import stages as registry
 from inclinet.errors import ConfigError, InputError, invalid
 from inclinet.io import atomic_write_json
 
-STAGES = ("synth", "prep", "compress", "split", "augment", "train", "evaluate")
+#: The stages the DAG runs, in data-flow order (from the stage registry).
+STAGES = registry.DAG_STAGES
 
 #: Logical folder of the raw inputs: ``raw/catalog.csv`` and ``raw/galaxies/<image>``.
 RAW_DIR = "raw"
@@ -66,12 +69,8 @@ class Resources:
     gpus: int = 0
 
 
-#: Cores and GPUs per stage. Training and evaluation ask for 2 cores: TensorFlow runs
-#: several threads, and on a small machine two such jobs at once would only thrash.
-STAGE_SLOTS = {
-    "synth": (1, 0), "prep": (1, 0), "compress": (1, 0), "split": (1, 0), "augment": (1, 0),
-    "train": (2, 1), "evaluate": (2, 1),
-}
+#: Cores and GPUs per stage (declared in the stage registry).
+STAGE_SLOTS = {name: (registry.get(name).cores, registry.get(name).gpus) for name in STAGES}
 
 # -- sizing rule ------------------------------------------------------------------------
 #
@@ -91,7 +90,7 @@ RUNTIME_FLOOR_S = 600
 TRAIN_IMAGES_PER_S = {"model4": 530, "model5": 265, "model6": 265}
 #: Colour + gray augmented images per 5-degree bin and batch: 9 bins x 2 (see inclinet-augment).
 IMAGES_PER_BIN = 18
-TEST_FRACTION = 0.1
+TEST_FRACTION = settings.DEFAULTS.test_fraction
 RESOURCE_KEYS = {"cores": "cores", "gpus": "gpus", "memory": "memory_mb", "runtime": "runtime_s"}
 
 
@@ -171,20 +170,20 @@ class WorkflowConfig:
     data_path: str | None = None
     catalog: str | None = None
     bands: tuple = naming.BANDS
-    size: int = 128
-    synthetic_size: int = 512
-    galaxies_per_job: int = 500
-    subsamples: int = 3
+    size: int = settings.DEFAULTS.size
+    synthetic_size: int = settings.DEFAULTS.synthetic_size
+    galaxies_per_job: int = settings.DEFAULTS.galaxies_per_job
+    subsamples: int = settings.DEFAULTS.subsamples
     models: tuple = naming.MODELS
     tasks: tuple = naming.TASKS
-    epochs: int = 10
-    batch_size: int = 64
-    lr_schedule: str = "cosine"
-    n_batches: int = 5
-    per_bin: int = 100
-    views: int = 8
-    seed: int = 0
-    retries: int = 2
+    epochs: int = settings.DEFAULTS.epochs
+    batch_size: int = settings.DEFAULTS.batch_size
+    lr_schedule: str = settings.DEFAULTS.lr_schedule
+    n_batches: int = settings.DEFAULTS.n_batches
+    per_bin: int = settings.DEFAULTS.per_bin
+    views: int = settings.DEFAULTS.views
+    seed: int = settings.DEFAULTS.seed
+    retries: int = settings.DEFAULTS.retries
     root: str = naming.DEFAULT_ROOT
     name: str = "inclinet"
     #: Resource overrides, ``STAGE.KEY=VALUE`` (see :func:`sized_resources`).
@@ -217,32 +216,21 @@ class WorkflowConfig:
                     raise invalid(name, value, "one of " + ", ".join(allowed))
             if len(set(values)) != len(values):
                 raise invalid(name, ",".join(values), "a list without repeats")
-        for name, value, low in (
-            ("--size", self.size, 8),
-            ("--synthetic-size", self.synthetic_size, 8),
-            ("--galaxies-per-job", self.galaxies_per_job, 1),
-            ("--subsamples", self.subsamples, 0),
-            ("--epochs", self.epochs, 1),
-            ("--batch-size", self.batch_size, 1),
-            ("--n-batches", self.n_batches, 1),
-            ("--per-bin", self.per_bin, 1),
-            ("--views", self.views, 1),
-            ("--retries", self.retries, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise invalid(name, value, f"an integer >= {low}")
+        for name in SETTING_FIELDS:
+            settings.check(name, getattr(self, name))
         if self.cluster_size is not None and (not isinstance(self.cluster_size, int) or self.cluster_size < 1):
             raise invalid("--cluster-size", self.cluster_size, "an integer >= 1")
         if self.container_mode not in CONTAINER_MODES:
             raise invalid("--container-mode", self.container_mode, " or ".join(CONTAINER_MODES))
         resource_overrides(self)
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise invalid("--lr-schedule", self.lr_schedule, "constant or cosine")
         if "regression" not in self.tasks:
             raise invalid("--tasks", ",".join(self.tasks), "a list with regression (evaluation needs its test set)")
-        if "model5" in self.models and self.size < 76:
-            raise invalid("--models", "model5", "left out for --size below 76 (its convolutions need >= 76 px)")
+        settings.check_models_fit(self.models, self.size)
         return self
+
+    def stage_values(self):
+        """``{setting: value}`` of the settings a stage flag carries (what the jobs' command lines pass)."""
+        return {name: getattr(self, name) for name in SETTING_FIELDS}
 
     def to_dict(self):
         data = dataclasses.asdict(self)
@@ -258,6 +246,10 @@ class WorkflowConfig:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+#: WorkflowConfig fields defined by :mod:`inclinet.config` (default, bounds, help).
+SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(WorkflowConfig) if f.name in settings.SETTINGS)
 
 
 # -- counting ---------------------------------------------------------------------------
@@ -298,7 +290,7 @@ def _job(job_id, stage, args, inputs, outputs, config, *, resources, **extra):
     spec = JobSpec(
         id=job_id,
         stage=stage,
-        executable=f"inclinet-{stage}",
+        executable=registry.get(stage).executable,
         args=[str(a) for a in args],
         inputs=list(dict.fromkeys(inputs)),
         outputs=list(dict.fromkeys(outputs)),
@@ -377,7 +369,7 @@ def build_jobs(config, *, missing=None):
             parts.append(out)
         out = naming.compressed(config.size, band)
         jobs.append(_job(f"compress_{naming.band_tag(band)}", "compress",
-                         ["-i", *parts, "-o", out, "--report", naming.report_for(out)],
+                         ["-i", *parts, "-o", out, "-s", config.size, "--report", naming.report_for(out)],
                          parts, [out, naming.report_for(out)], config,
                          resources=sized_resources("compress", config, n_galaxies=len(ids))))
         compressed.append(out)

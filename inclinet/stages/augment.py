@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inclinet import naming
+from inclinet import config, naming
 from inclinet._helpers import rng_for
 from inclinet.augmentation import augment_batch
 from inclinet.cli import add_common_arguments, run_main
@@ -105,7 +105,8 @@ def plan_batch(pools, task, per_bin, rng):
     return entries
 
 
-def run(*, inputs, output_dir, size, task="regression", n_batches=5, per_bin=3, seed=0, subset=None, report=None,
+def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULTS.n_batches,
+        per_bin=config.DEFAULTS.per_bin, seed=config.DEFAULTS.seed, subset=None, report=None,
         scratch_dir=None):
     """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
 
@@ -232,11 +233,11 @@ def add_arguments(parser):
                         help="the subset's sample file of every band (samples/<TAG>_<S>x<S>_train_<jjj>.npz)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
                         help="folder of the batches (augmented/Uset_<jjj>_npz)")
-    parser.add_argument("-s", "--size", type=int, required=True, help="image size in pixels (checked)")
+    config.add_argument(parser, "size", "-s", required=True, help="image size in pixels (checked)")
     parser.add_argument("--task", choices=naming.TASKS, default="regression", help="regression (default) or binary")
-    parser.add_argument("-b", "--n-batches", type=int, default=5, help="number of batches (default 5)")
-    parser.add_argument("-z", "--per-bin", type=int, default=3,
-                        help="colour images per bin (per class for binary) per batch; as many gray (default 3)")
+    config.add_argument(parser, "n_batches", "-b", help="number of batches")
+    config.add_argument(parser, "per_bin", "-z",
+                        help="colour images per bin (per class for binary) per batch; as many gray")
     parser.add_argument("--subset", default=None,
                         help="subset name used in the batch seeds (default: from the input names, e.g. Uset_001)")
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT_DIR.report.csv)")

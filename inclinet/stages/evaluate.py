@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inclinet import config, naming, reliability
 from inclinet import models as inclinet_models
-from inclinet import naming, reliability
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError, invalid
 from inclinet.io import atomic_path, atomic_write_json, atomic_write_text, check_outputs, load_npz
@@ -292,7 +292,8 @@ def _load_models(members):
     return loaded
 
 
-def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=8, seed=0, batch_size=256):
+def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DEFAULTS.views,
+        seed=config.DEFAULTS.seed, batch_size=256):
     """Evaluate ``models`` on ``test`` (and binary members on ``binary_test``); write the report and bundle.
 
     Returns the metrics dictionary that is also written to ``metrics.json``.
@@ -793,22 +794,25 @@ def add_arguments(parser):
                         help="binary_test sample of every band (needed with binary models)")
     parser.add_argument("--output-dir", required=True, help="folder for the evaluation files")
     parser.add_argument("--bundle-dir", required=True, help="folder for the model bundle")
-    parser.add_argument("--views", type=int, default=8, choices=inclinet_models.TTA_VIEW_COUNTS,
-                        help="test-time views: rotations by 90 deg and flips (default 8)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per prediction call (default 256)")
+    config.add_argument(parser, "views", help="test-time views: rotations by 90 deg and flips")
+    # Not the training batch size: its own dest, so it is never mistaken for that setting.
+    parser.add_argument("--batch-size", dest="prediction_batch_size", type=int, default=256, metavar="BATCH_SIZE",
+                        help="images per prediction call (default 256)")
     add_common_arguments(parser)
     return parser
 
 
 def _run_args(args):
     run(models=args.models, test=args.test, binary_test=args.binary_test, output_dir=args.output_dir,
-        bundle_dir=args.bundle_dir, views=args.views, seed=args.seed, batch_size=args.batch_size)
+        bundle_dir=args.bundle_dir, views=args.views, seed=args.seed, batch_size=args.prediction_batch_size)
+
+
+def build_parser():
+    return add_arguments(argparse.ArgumentParser(prog="inclinet-evaluate", description=__doc__.splitlines()[0]))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="inclinet-evaluate", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_main(parser, _run_args, argv)
+    return run_main(build_parser(), _run_args, argv)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from inclinet import models as inclinet_models
+from inclinet import reliability
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
-from inclinet import reliability
-from inclinet.normalise import image_statistics, load_normalised, normalise_image
 from inclinet.io import atomic_write_text
+from inclinet.normalise import image_statistics, load_normalised, normalise_image
 from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
 
 logger = logging.getLogger(__name__)
@@ -284,9 +284,12 @@ def _run_args(args):
         )
 
 
+def build_parser():
+    return add_arguments(argparse.ArgumentParser(prog="inclinet-predict", description=__doc__.splitlines()[0]))
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="inclinet-predict", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    parser = build_parser()
     return run_main(parser, _run_args, argv)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from inclinet import naming
+from inclinet import config, naming
 from inclinet._helpers import parse_shard, shard_range
 from inclinet.catalog import find_raw_image, read_catalog
 from inclinet.cli import add_common_arguments, run_main
@@ -57,8 +57,8 @@ def prepare(path, band, size):
     return normalise_image(image, size)
 
 
-def run(*, data_dir, catalog, band, size=128, output, root=naming.DEFAULT_ROOT, shard=None, report=None,
-        jpeg_dir=None):
+def run(*, data_dir, catalog, band, size=config.DEFAULTS.size, output, root=naming.DEFAULT_ROOT, shard=None,
+        report=None, jpeg_dir=None):
     """Resize the images of catalog rows ``shard`` (``(I, K)``, default all) of ``band`` into ``output``.
 
     Returns a summary dict. Rows are the catalog rows in file order; shard I of K takes
@@ -130,7 +130,7 @@ def add_arguments(parser):
     parser.add_argument("-p", "--data-path", required=True, metavar="DATA_DIR", help="folder of the raw images")
     parser.add_argument("-c", "--catalog", required=True, help="galaxy catalog (pipe-separated or CSV)")
     parser.add_argument("-b", "--band", required=True, choices=naming.BANDS, help="band: g, r, i or gri (colour)")
-    parser.add_argument("-s", "--size", type=int, default=128, help="output image size in pixels (default 128)")
+    config.add_argument(parser, "size", "-s", help="output image size in pixels")
     parser.add_argument("-r", "--root", default=naming.DEFAULT_ROOT,
                         help=f"raw file name root, pgc<id>_<root>_<band> (default {naming.DEFAULT_ROOT})")
     parser.add_argument("--shard", default=None, metavar="I/K", help="process catalog rows of shard I of K only")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inclinet import naming
+from inclinet import config, naming
 from inclinet._helpers import rng_for
 from inclinet.catalog import OUT_OF_RANGE, binary_label
 from inclinet.cli import add_common_arguments, run_main
@@ -109,7 +109,9 @@ def _read_band(path, size):
     return band, labels, pgcs
 
 
-def run(*, inputs, output_dir, size, n_subsamples=3, test_fraction=0.1, binary_test_fraction=0.1, seed=0,
+def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
+        test_fraction=config.DEFAULTS.test_fraction, binary_test_fraction=config.DEFAULTS.binary_test_fraction,
+        seed=config.DEFAULTS.seed,
         scratch_dir=None):
     """Split the compressed bands ``inputs`` into ``output_dir``; returns the summary dict.
 
@@ -241,13 +243,11 @@ def add_arguments(parser):
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="COMPRESSED.npz",
                         help="compressed npz of every band (compressed/<S>x<S>_<TAG>.npz)")
     parser.add_argument("-o", "--output", required=True, metavar="SAMPLES_DIR", help="folder of the sample files")
-    parser.add_argument("-s", "--size", type=int, required=True, help="image size in pixels (checked)")
-    parser.add_argument("-n", "--n-subsamples", type=int, default=3,
-                        help="number of 2/3 training subsamples train_001..train_00m (default 3)")
-    parser.add_argument("--test-fraction", type=float, default=0.1,
-                        help="fraction of the galaxies with inclination >= 45 held out as test_000 (default 0.1)")
-    parser.add_argument("--binary-test-fraction", type=float, default=0.1,
-                        help="fraction of all galaxies held out for the binary task, per class (default 0.1)")
+    config.add_argument(parser, "size", "-s", required=True, help="image size in pixels (checked)")
+    config.add_argument(parser, "subsamples", "-n", flag="--n-subsamples", metavar="N_SUBSAMPLES",
+                        help="number of 2/3 training subsamples train_001..train_00m")
+    config.add_argument(parser, "test_fraction")
+    config.add_argument(parser, "binary_test_fraction")
     add_common_arguments(parser)
     return parser
 
@@ -261,7 +261,7 @@ def main(argv=None):
     parser = build_parser()
 
     def _run(args):
-        run(inputs=args.input, output_dir=args.output, size=args.size, n_subsamples=args.n_subsamples,
+        run(inputs=args.input, output_dir=args.output, size=args.size, n_subsamples=args.subsamples,
             test_fraction=args.test_fraction, binary_test_fraction=args.binary_test_fraction, seed=args.seed)
 
     return run_main(parser, _run, argv)

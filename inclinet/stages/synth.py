@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inclinet import naming
+from inclinet import config, naming
 from inclinet._helpers import derive_seed, parse_shard, rng_for, shard_range
 from inclinet.catalog import write_catalog
 from inclinet.cli import add_common_arguments, run_main
@@ -786,7 +786,8 @@ def _validate(n_galaxies, size):
         raise invalid("--size", size, "an integer number of pixels >= 16 (the originals use 512)")
 
 
-def run(*, n_galaxies, output, size=512, seed=0, shard=None, catalog_only=False, no_catalog=False):
+def run(*, n_galaxies, output, size=config.DEFAULTS.synthetic_size, seed=0, shard=None, catalog_only=False,
+        no_catalog=False):
     """Render a synthetic universe (or one shard of it) and/or write its catalog.
 
     ``shard`` is ``"I/K"`` or ``(I, K)``; it selects ``shard_range(n_galaxies, I, K)`` and,
@@ -847,7 +848,8 @@ def add_arguments(parser):
                         help="number of galaxies in the universe (required)")
     parser.add_argument("--output", "-o", type=Path, required=True,
                         help="output directory: images under galaxies/, catalog.csv and truth.csv")
-    parser.add_argument("--size", "-s", type=int, default=512, help="image size in pixels (default 512)")
+    parser.add_argument("--size", "-s", type=int, default=config.DEFAULTS.synthetic_size,
+                        help=f"image size in pixels (default {config.DEFAULTS.synthetic_size})")
     parser.add_argument("--shard", default=None, metavar="I/K",
                         help="render only shard I of K (1-based); the catalog is then not written "
                              "unless --catalog-only")

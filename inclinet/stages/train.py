@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from inclinet import config
 from inclinet import models as inclinet_models
 from inclinet._helpers import derive_seed, require_positive, rng_for
 from inclinet.cli import add_common_arguments, run_main
@@ -50,7 +51,7 @@ from inclinet.npzstream import array_info, load_arrays
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 3
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = config.setting("lr_schedule").choices
 CHECKPOINT_FORMAT = 2
 _MODEL_MEMBER = "model.keras"
 _BEST_MEMBER = "best.weights.h5"
@@ -416,12 +417,12 @@ def run(
     checkpoint,
     metrics,
     plot,
-    epochs=10,
-    batch_size=64,
+    epochs=config.DEFAULTS.epochs,
+    batch_size=config.DEFAULTS.batch_size,
     early_stopping=None,
-    learning_rate=1e-3,
-    lr_schedule="constant",
-    seed=0,
+    learning_rate=config.DEFAULTS.learning_rate,
+    lr_schedule=config.DEFAULTS.lr_schedule,
+    seed=config.DEFAULTS.seed,
 ):
     """Train ``model`` for ``task`` and write ``output`` (.keras), ``metrics`` (JSON) and ``plot`` (PNG).
 
@@ -678,15 +679,15 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file (resumed if present)")
     parser.add_argument("--metrics", required=True, metavar="METRICS.json", help="per-epoch metrics")
     parser.add_argument("--plot", required=True, metavar="METRICS.png", help="plot of the metrics")
-    parser.add_argument("--epochs", type=int, default=10, help="epoch budget (default 10)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    config.add_argument(parser, "epochs", help="epoch budget")
+    config.add_argument(parser, "batch_size", help="images per step")
     parser.add_argument(
         "--early-stopping", type=int, default=None, metavar="PATIENCE",
         help="stop after PATIENCE epochs without a better validation loss and keep the best weights",
     )
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                        help="constant (default, as the original) or cosine decay over the epoch budget")
+    config.add_argument(parser, "learning_rate")
+    config.add_argument(parser, "lr_schedule",
+                        help="constant (as the original) or cosine decay to 5%% of the rate over the epoch budget")
     add_common_arguments(parser)
     return parser
 
@@ -700,14 +701,16 @@ def _run_args(args):
     )
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
+def build_parser():
+    return add_arguments(argparse.ArgumentParser(
         prog="inclinet-train",
         description=__doc__.splitlines()[0],
         epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 interrupted (checkpoint saved; rerun to resume).",
-    )
-    add_arguments(parser)
-    return run_main(parser, _run_args, argv)
+    ))
+
+
+def main(argv=None):
+    return run_main(build_parser(), _run_args, argv)
 
 
 if __name__ == "__main__":

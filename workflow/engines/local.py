@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from inclinet.io import atomic_write_json
+from inclinet.stages import DAG_STAGES
 from workflow.engines.common import (
     data_dir,
     describe_problems,
@@ -46,7 +47,7 @@ POLL_S = 0.05
 #: rerunning it continues from the checkpoint (docs/architecture.md).
 CHECKPOINTED_EXIT = 3
 MAX_INTERRUPTIONS = 10
-STAGE_ORDER = ("synth", "prep", "compress", "split", "augment", "train", "evaluate")
+STAGE_ORDER = DAG_STAGES  # earlier stages are started first
 
 
 def add_arguments(parser):

@@ -1,0 +1,147 @@
+"""Every setting shared by the workflow and the stages, defined once: default, type, bounds, help.
+
+The workflow's build flags (``run_workflow.py``), the fields of
+:class:`workflow.dag.WorkflowConfig` and each stage's own flags are derived from
+:data:`SETTINGS`: a stage adds its flag with :func:`add_argument`, the workflow reads the
+default with :func:`default` and validates with :func:`check`. So ``--epochs`` has one
+default (10) whether training runs inside the workflow or by hand, and the model5 size
+minimum comes from the model itself (:func:`check_models_fit`).
+
+Science settings (what is computed) are apart from execution settings (how and where it
+runs: ``galaxies_per_job``, ``retries``, the engines' own flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, make_dataclass
+
+from inclinet import naming
+from inclinet.errors import invalid
+from inclinet.models import TTA_VIEW_COUNTS
+
+#: Flag help texts end with the default, as ``(default X)``; ``None`` shows no default.
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: the flag ``--<name with dashes>``, its type, default and bounds."""
+
+    name: str
+    type: type
+    default: object
+    help: str
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    choices: tuple | None = None
+    science: bool = True
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value, *, flag=None):
+        """``value`` if it is valid, else :class:`~inclinet.errors.ConfigError` naming the flag."""
+        flag = flag or self.flag
+        if self.choices is not None:
+            if value not in self.choices:
+                raise invalid(flag, value, "one of " + ", ".join(map(str, self.choices)))
+            return value
+        if self.type is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise invalid(flag, value, self._range_text())
+        if self.type is float and not isinstance(value, (int, float)):
+            raise invalid(flag, value, self._range_text())
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise invalid(flag, value, self._range_text())
+        return value
+
+    def _range_text(self):
+        kind = "an integer" if self.type is int else "a number"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{kind} in {self.minimum}..{self.maximum}"
+        if self.minimum is not None:
+            return f"{kind} >= {self.minimum}"
+        return kind
+
+
+SETTINGS = {s.name: s for s in (
+    # -- science: what is computed ------------------------------------------------------
+    Setting("size", int, 128, "image size the networks see, in pixels", minimum=8),
+    Setting("synthetic_size", int, 512, "pixel size of rendered synthetic raw images", minimum=16),
+    Setting("subsamples", int, 3, "regression subsamples m besides the full set", minimum=0),
+    Setting("test_fraction", float, 0.1,
+            "fraction of the galaxies with inclination >= 45 held out as test_000"),
+    Setting("binary_test_fraction", float, 0.1, "fraction of all galaxies held out for the binary task, per class"),
+    Setting("n_batches", int, 5, "augmented batches per training subset", minimum=1),
+    Setting("per_bin", int, 100, "augmented colour images per 5-degree bin and batch", minimum=1),
+    Setting("epochs", int, 10, "training epochs", minimum=1),
+    Setting("batch_size", int, 64, "training batch size (images per step)", minimum=1),
+    Setting("learning_rate", float, 1e-3, "Adam learning rate", minimum=0.0),
+    Setting("lr_schedule", str, "cosine",
+            "learning rate over the epochs: constant, or cosine decay to a twentieth of it", choices=("constant", "cosine")),
+    Setting("views", int, 8, "augmented views per test image in evaluation", choices=TTA_VIEW_COUNTS),
+    Setting("seed", int, 0, "random seed of the run"),
+    # -- execution: how the work is cut and retried ---------------------------------------
+    Setting("galaxies_per_job", int, 500, "catalog rows per synth/prep job", minimum=1, science=False),
+    Setting("retries", int, 2, "retries of a failed job (exit code 2, a usage or input error, is never retried)",
+            minimum=0, science=False),
+)}
+
+#: The defaults as one frozen dataclass instance: ``DEFAULTS.epochs`` is 10.
+DEFAULTS = make_dataclass("Defaults", [(name, item.type, item.default) for name, item in SETTINGS.items()],
+                          frozen=True)()
+
+#: The default raw-image root (``pgc<id>_<root>_<band>.png``).
+DEFAULT_ROOT = naming.DEFAULT_ROOT
+
+
+def setting(name):
+    return SETTINGS[name]
+
+
+def default(name):
+    """The one default of setting ``name``."""
+    return SETTINGS[name].default
+
+
+def check(name, value, *, flag=None):
+    """Validate ``value`` for setting ``name`` (see :meth:`Setting.check`)."""
+    return SETTINGS[name].check(value, flag=flag)
+
+
+def help_text(name, *, show_default=True):
+    """The flag help of setting ``name``, ending with its default."""
+    item = SETTINGS[name]
+    return f"{item.help} (default {item.default})" if show_default else item.help
+
+
+def add_argument(parser, name, *short, default=_UNSET, required=False, help=None, flag=None, metavar=None):
+    """Add the flag of setting ``name`` (plus ``short`` aliases) to ``parser``; its dest is ``name``.
+
+    The default is the setting's unless given (the workflow passes ``default=None`` so
+    that it can tell which flags were set); ``help`` replaces the generic help text and
+    ``flag`` the long flag (a stage that mirrors an original script spells it its way).
+    """
+    item = SETTINGS[name]
+    kwargs = {"type": item.type}
+    if item.choices is not None:
+        kwargs["choices"] = item.choices
+    if required:
+        kwargs["required"] = True
+        text = help or item.help
+    else:
+        kwargs["default"] = item.default if default is _UNSET else default
+        text = f"{help or item.help} (default {item.default})"
+    if metavar is not None:
+        kwargs["metavar"] = metavar
+    return parser.add_argument(*short, flag or item.flag, dest=name, help=text, **kwargs)
+
+
+def check_models_fit(models, size, *, flag="--models"):
+    """Refuse a model whose convolutions need more than ``size`` pixels (model5: 76)."""
+    from inclinet.models import minimum_input_size
+
+    for model in models:
+        needed = minimum_input_size(model)
+        if size < needed:
+            raise invalid(flag, model, f"left out for --size below {needed} (its convolutions need >= {needed} px)")
