@@ -1,5 +1,6 @@
-"""Small shared helpers: shard parsing, per-item seeds, argument validation."""
+"""Small shared helpers: shard parsing, per-item seeds, argument validation, library versions."""
 
+import sys
 import zlib
 
 import numpy as np
@@ -54,3 +55,16 @@ def require_positive(name, value, *, allow_zero=False):
     if value is None or (value < 0 if allow_zero else value <= 0):
         raise invalid(name, value, "a non-negative number" if allow_zero else "a positive number")
     return value
+
+
+def versions():
+    """Versions of the libraries a trained model depends on."""
+    import importlib.metadata as metadata
+
+    found = {"python": sys.version.split()[0]}
+    for package in ("inclinet", "keras", "tensorflow", "tensorflow-cpu", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

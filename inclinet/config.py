@@ -77,8 +77,8 @@ SETTINGS = {s.name: s for s in (
     Setting("epochs", int, 10, "training epochs", minimum=1),
     Setting("batch_size", int, 64, "training batch size (images per step)", minimum=1),
     Setting("learning_rate", float, 1e-3, "Adam learning rate", minimum=0.0),
-    Setting("lr_schedule", str, "cosine",
-            "learning rate over the epochs: constant, or cosine decay to a twentieth of it", choices=("constant", "cosine")),
+    Setting("lr_schedule", str, "cosine", "learning rate over the epochs: constant, or cosine decay to 1/20 of it",
+            choices=("constant", "cosine")),
     Setting("views", int, 8, "augmented views per test image in evaluation", choices=TTA_VIEW_COUNTS),
     Setting("seed", int, 0, "random seed of the run"),
     # -- execution: how the work is cut and retried ---------------------------------------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inclinet import bundle as model_bundle
 from inclinet import models
 from inclinet.catalog import Galaxy, write_catalog
 from inclinet.normalise import normalise_image
@@ -26,7 +27,7 @@ def bundle(tmp_path_factory):
         models.build_model(model, input_size=SIZE, task=task).save(path)
         members.append({"name": evaluate.naming.member_name(model, subset), "model": model, "task": task,
                         "subset": subset, "path": path})
-    evaluate.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2)
+    model_bundle.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2)
     return root / "bundle"
 
 
@@ -41,11 +42,11 @@ def galaxy_image(height, width, *, colour=True, seed=0):
 
 
 def test_summary_reproduces_the_original_example():
-    result = predict.summary([69, 72, 76, 71, 73, 73, 74, 74, 73, 76, 76, 67])
+    result = model_bundle.summary([69, 72, 76, 71, 73, 73, 74, 74, 73, 76, 76, 67])
     assert result["mean"] == pytest.approx(72.8333, abs=5e-5)
     assert result["median"] == 73.0
     assert result["stdev"] == pytest.approx(2.67187, abs=5e-6)
-    rejection = predict.summary([50.3969, 20.4981, 65.3705])
+    rejection = model_bundle.summary([50.3969, 20.4981, 65.3705])
     assert rejection["median"] == pytest.approx(50.3969)
     assert rejection["mean"] == pytest.approx(45.4219, abs=1e-4)
     assert rejection["stdev"] == pytest.approx(18.6538, abs=1e-4)
@@ -97,7 +98,7 @@ def test_prediction_equals_the_models_on_the_prepared_pixels(bundle, tmp_path):
     answer = predict.run(bundle=bundle, inputs=[tmp_path / "g.png"], output=tmp_path / "out.jsonl")[0]
     # The models see the canonical normalisation of the file, the same function as prep's.
     padded = normalise_image(array, 32)
-    loaded = predict.Bundle(bundle)
+    loaded = model_bundle.Bundle(bundle)
     mean, _ = models.predict_views(loaded.network("model42"), padded[None], 2)
     expected = float(np.round(models.target_to_inclination(mean[0, 0])))
     assert answer["inclinations"]["Group_0"]["model42"] == expected
@@ -153,7 +154,7 @@ def reference_bundle(bundle, tmp_path_factory):
     manifest = json.loads((bundle / "manifest.json").read_text())
     members = [{**m, "path": bundle / m["file"]} for m in manifest["members"]]
     reference = reliability.reference_ranges(images, np.full(len(images), 0.5))
-    evaluate.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2, peer_calibration=calibration,
+    model_bundle.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2, peer_calibration=calibration,
                           reject_temperatures={"model4-binary": 2.0}, ood_reference=reference)
     shutil.rmtree(root / "unused", ignore_errors=True)
     return root / "bundle"

@@ -20,7 +20,7 @@ else:  # pragma: no cover - Python 3.10
 
 def test_pyproject_console_scripts_are_the_registry():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    stage_scripts = {name: target for name, target in scripts.items() if name != "inclinet-workflow"}
+    stage_scripts = {name: target for name, target in scripts.items() if target.startswith("inclinet.stages.")}
     assert stage_scripts == registry.CONSOLE_SCRIPTS
 
 

@@ -21,8 +21,6 @@ import io
 import logging
 import math
 import re
-import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,17 +29,15 @@ import numpy as np
 
 from inclinet import config, naming, reliability
 from inclinet import models as inclinet_models
+from inclinet.bundle import write_bundle
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError, invalid
 from inclinet.io import atomic_path, atomic_write_json, atomic_write_text, check_outputs, load_npz
 
 logger = logging.getLogger(__name__)
 
-#: 2: members trained on normalised images; peer calibration, reject temperatures, OOD reference.
-BUNDLE_FORMAT_VERSION = 2
 FIT_WINDOW = 10.0
 BIN_EDGES = tuple(range(45, 95, 5))
-FAMILY_GROUPS = {"model4": "Group_0", "model5": "Group_1", "model6": "Group_2"}
 BAND_NAMES = {"gri": "colour", "g": "g", "r": "r", "i": "i"}
 N_OUTLIERS = 12
 _MODEL_FILE = re.compile(r"^(?:Uset_(?P<subset>\d{3})|(?P<binary>Binary))_(?P<model>model[0-9]+)\.keras$")
@@ -83,18 +79,6 @@ def describe_members(paths):
 
 
 # -- statistics ---------------------------------------------------------------------------
-
-def summary(values):
-    """Mean, median and population standard deviation of ``values`` (the API's summary)."""
-    values = [float(v) for v in values]
-    if not values:
-        return {"mean": None, "median": None, "stdev": None}
-    return {
-        "mean": statistics.fmean(values),
-        "median": float(statistics.median(values)),
-        "stdev": statistics.pstdev(values),
-    }
-
 
 def _finite(value):
     value = float(value)
@@ -723,66 +707,6 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
         parts.append(f"<h2>{caption}</h2><img src='{image}' alt='{caption}'>")
     parts.append("</body></html>\n")
     atomic_write_text(path, "\n".join(parts))
-
-
-def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views=8, peer_calibration=None,
-                 reject_temperatures=None, ood_reference=None):
-    """Copy every member to ``bundle_dir/<name>.keras`` and write ``manifest.json`` last.
-
-    ``members`` are records with ``name``, ``model``, ``task``, ``subset`` and ``path``
-    (see :func:`describe_members`). The manifest also carries the classical peer's
-    calibration (:class:`inclinet.peer.PeerCalibration`), the reject members' temperatures
-    and the out-of-distribution reference (:func:`inclinet.reliability.reference_ranges`),
-    each ``null`` when not given. Returns the manifest.
-    """
-    from inclinet.stages.train import versions
-
-    bundle_dir = Path(bundle_dir)
-    entries = []
-    for member in members:
-        file_name = Path(naming.bundle_member(member["name"], "bundle")).name
-        with atomic_path(bundle_dir / file_name) as tmp:
-            shutil.copyfile(member["path"], tmp)
-        entries.append({
-            "name": member["name"], "file": file_name, "model": member["model"],
-            "task": member["task"], "subset": member["subset"],
-        })
-    groups = {}
-    for entry in entries:
-        group = "binary" if entry["task"] == "binary" else FAMILY_GROUPS[entry["model"]]
-        groups.setdefault(group, []).append(entry["name"])
-    calibration, summary_metrics = {}, {}
-    if metrics:
-        for column, per_band in metrics["regression"].items():
-            overall = per_band["all"]
-            if "fit" in overall:
-                calibration[column] = overall["fit"]
-            summary_metrics[column] = {k: overall.get(k) for k in ("n", "rms", "mae", "bias", "rms_corrected")}
-        for column, per_band in metrics.get("binary", {}).items():
-            keys = ("n", "precision", "recall", "accuracy", "auc")
-            summary_metrics[column] = {k: per_band["all"].get(k) for k in keys}
-    manifest = {
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "members": entries,
-        "groups": {key: groups[key] for key in ("Group_0", "Group_1", "Group_2", "binary") if key in groups},
-        "input_size": int(input_size),
-        "pixel_scaling": inclinet_models.PIXEL_SCALING,
-        "label_scaling": inclinet_models.LABEL_SCALING,
-        "calibration": {
-            "formula": "i_pc = (i_p + b) / (1 - m), fitted on |true - predicted| < 10; reported, not applied",
-            "fits": calibration,
-        },
-        "metrics": summary_metrics,
-        "versions": versions(),
-        "seed": int(seed),
-        "views": int(views),
-        "normalisation": "inclinet.normalise.normalise_image",
-        "peer": peer_calibration.as_dict() if peer_calibration is not None else None,
-        "reject_temperatures": dict(reject_temperatures or {}),
-        "out_of_distribution": ood_reference,
-    }
-    atomic_write_json(bundle_dir / "manifest.json", manifest)
-    return manifest
 
 
 def add_arguments(parser):

@@ -32,115 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from inclinet import models as inclinet_models
 from inclinet import reliability
+
+# Bundle and summary are re-exported: inclinet.stages.predict.Bundle is where callers used to find them.
+from inclinet.bundle import Bundle, summary  # noqa: F401
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError
 from inclinet.io import atomic_write_text
 from inclinet.normalise import image_statistics, load_normalised, normalise_image
-from inclinet.stages.evaluate import BUNDLE_FORMAT_VERSION, summary
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
 CHUNK = 256
-GROUP_ORDER = ("Group_0", "Group_1", "Group_2")
-
-
-class Bundle:
-    """A loaded model bundle: its manifest and Keras models (loaded on first use)."""
-
-    def __init__(self, directory):
-        self.directory = Path(directory)
-        manifest_path = self.directory / "manifest.json"
-        if not manifest_path.is_file():
-            raise InputError(f"{manifest_path}: bundle manifest not found; run inclinet-evaluate to build the bundle")
-        try:
-            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{manifest_path}: unreadable manifest ({exc}); rebuild the bundle") from None
-        missing = [k for k in ("format_version", "members", "groups", "input_size", "views") if k not in self.manifest]
-        if missing:
-            raise InputError(f"{manifest_path}: manifest lacks {', '.join(missing)}; rebuild the bundle")
-        if self.manifest["format_version"] != BUNDLE_FORMAT_VERSION:
-            raise InputError(
-                f"{manifest_path}: bundle format {self.manifest['format_version']} is not {BUNDLE_FORMAT_VERSION}; "
-                "rebuild the bundle with this version of inclinet"
-            )
-        self.input_size = int(self.manifest["input_size"])
-        self.views = int(self.manifest["views"])
-        self.members = {m["name"]: m for m in self.manifest["members"]}
-        for member in self.members.values():
-            if not (self.directory / member["file"]).is_file():
-                raise InputError(f"{self.directory / member['file']}: bundle member missing; rebuild the bundle")
-        self._networks = {}
-
-    def network(self, name):
-        if name not in self._networks:
-            keras = inclinet_models.import_keras()
-            path = self.directory / self.members[name]["file"]
-            try:
-                self._networks[name] = keras.models.load_model(path, compile=False)
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{path}: not a readable Keras model ({exc}); rebuild the bundle") from None
-        return self._networks[name]
-
-    def regression_groups(self):
-        groups = self.manifest["groups"]
-        return [(group, groups[group]) for group in GROUP_ORDER if groups.get(group)]
-
-    def binary_members(self):
-        return list(self.manifest["groups"].get("binary", []))
-
-    def predict(self, images):
-        """API answers (without status/filename) for uint8 images (N, S, S, 3) at the bundle's size."""
-        images = np.asarray(images)
-        outputs = {}
-        for _, names in self.regression_groups():
-            for name in names:
-                outputs[name] = self._run(name, images)[:, 0]
-        temperatures = self.manifest.get("reject_temperatures") or {}
-        for name in self.binary_members():
-            # The calibrated P(reject): the member's temperature from evaluation (1 = as trained).
-            outputs[name] = reliability.apply_temperature(self._run(name, images)[:, 1], temperatures.get(name, 1.0))
-        spreads = np.std(np.stack([inclinet_models.target_to_inclination(outputs[name])
-                                   for _, names in self.regression_groups() for name in names]), axis=0)
-        peer_values = self._peer(images)
-        answers = []
-        for index in range(len(images)):
-            inclinations = {}
-            values = []
-            for group, names in self.regression_groups():
-                inclinations[group] = {}
-                for name in names:
-                    degrees = float(np.round(inclinet_models.target_to_inclination(outputs[name][index])))
-                    inclinations[group][name] = degrees
-                    values.append(degrees)
-            inclinations["summary"] = summary(values)
-            answer = {"inclinations": inclinations, "member_spread": float(spreads[index])}
-            if peer_values is not None:
-                answer["peer"] = {"method": peer_values[0], "inclination": _rounded(peer_values[1][index])}
-            if self.binary_members():
-                rejection = {name: float(100.0 * outputs[name][index]) for name in self.binary_members()}
-                rejection["summary"] = summary(list(rejection.values()))
-                answer["rejection_likelihood"] = rejection
-            answers.append(answer)
-        return answers
-
-    def _peer(self, images):
-        """``(method, inclinations)`` of the bundle's calibrated classical peer, or None without one."""
-        calibration = self.manifest.get("peer")
-        if not calibration:
-            return None
-        from inclinet import peer
-
-        fitted = peer.PeerCalibration.from_dict(calibration)
-        method = fitted.best
-        return method, fitted.methods[method].inclination(peer.measure(images, methods=(method,))[method])
-
-    def _run(self, name, images):
-        mean, _ = inclinet_models.predict_views(self.network(name), images, self.views)
-        return mean
 
 
 def collect_inputs(inputs=(), *, catalog=None, data_path=None):
@@ -255,10 +159,6 @@ def _predict_chunk(loaded, pending, items, answers):
             logger.warning("%s: out of the training distribution: %s", path, warning)
         answers[index] = {"status": "success", "filename": str(path), **extra, **prediction,
                           "out_of_distribution": bool(warnings), "warnings": warnings}
-
-
-def _rounded(value):
-    return None if not np.isfinite(value) else float(np.round(value))
 
 
 def add_arguments(parser):

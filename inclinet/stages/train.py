@@ -42,7 +42,7 @@ import numpy as np
 
 from inclinet import config
 from inclinet import models as inclinet_models
-from inclinet._helpers import derive_seed, require_positive, rng_for
+from inclinet._helpers import derive_seed, require_positive, rng_for, versions
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import ConfigError, InputError, StageError, invalid
 from inclinet.io import atomic_path, atomic_write_json, check_outputs, load_npz
@@ -652,19 +652,6 @@ def _log_epoch(record, task, epochs):
             record["epoch"], epochs, record.get("loss", float("nan")), record.get("accuracy", float("nan")),
             record["val_loss"], record.get("val_accuracy", float("nan")), record["images_per_second"] or 0.0,
         )
-
-
-def versions():
-    """Versions of the libraries a trained model depends on."""
-    import importlib.metadata as metadata
-
-    found = {"python": sys.version.split()[0]}
-    for package in ("inclinet", "keras", "tensorflow", "tensorflow-cpu", "numpy"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def add_arguments(parser):
