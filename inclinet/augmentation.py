@@ -19,7 +19,7 @@ batch is reproducible from its seed. Images are ``uint8 (N, S, S, 3)``; grayscal
 keep 3 identical channels.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -59,7 +59,6 @@ COLOUR_CHAIN = ChainParameters(
     desaturate_probability=0.1,
 )
 # Validation and test-time colour views: as in the original, half become fully gray.
-COLOUR_VALIDATION_CHAIN = replace(COLOUR_CHAIN, full_gray_probability=0.5)
 
 
 def _ring(image):
@@ -214,45 +213,3 @@ def augment_batch(images, filters, rng, *, colour_params=COLOUR_CHAIN, gray_para
             augmented = augment_gray(image[np.newaxis], rng, params=gray_params)[0]
         out[index] = normalise_image(augmented, size)
     return out
-
-
-def validation_set(samples, rng, *, colour_params=COLOUR_VALIDATION_CHAIN, gray_params=GRAY_CHAIN):
-    """A fixed augmented validation/test set from held-out samples (the original's recipe).
-
-    ``samples`` maps band (``gri``, ``g``, ``r``, ``i``) to a dict with ``images``,
-    ``labels``, ``pgcIDs``. All colour images are augmented with the validation colour
-    chain (half of them become fully gray); as many grayscale images are drawn at random
-    from the pooled g/r/i samples and augmented with the gray chain. The result is
-    shuffled; returns a dict with ``images``, ``labels``, ``pgcIDs`` and ``filter`` (S1).
-    Labels are returned unscaled.
-    """
-    parts = []
-    colour = samples.get("gri")
-    if colour is not None and len(colour["images"]):
-        n = len(colour["images"])
-        parts.append((colour["images"], colour["labels"], colour["pgcIDs"], ["c"] * n))
-    n_colour = len(parts[0][0]) if parts else 0
-    gray_bands = [band for band in ("g", "r", "i") if band in samples and len(samples[band]["images"])]
-    if gray_bands:
-        pool = [(band, row) for band in gray_bands for row in range(len(samples[band]["images"]))]
-        n_gray = n_colour if n_colour else len(pool)
-        picks = rng.permutation(len(pool))[: min(n_gray, len(pool))]
-        chosen = [pool[p] for p in picks]
-        parts.append((
-            np.stack([samples[b]["images"][r] for b, r in chosen]),
-            np.array([samples[b]["labels"][r] for b, r in chosen]),
-            np.array([samples[b]["pgcIDs"][r] for b, r in chosen]),
-            [b for b, _ in chosen],
-        ))
-    if not parts:
-        raise ValueError("validation_set needs at least one non-empty band")
-    images = np.concatenate([p[0] for p in parts])
-    filters = np.array([code for p in parts for code in p[3]], dtype="S1")
-    augmented = augment_batch(images, filters, rng, colour_params=colour_params, gray_params=gray_params)
-    order = rng.permutation(len(images))
-    return {
-        "images": augmented[order],
-        "labels": np.concatenate([p[1] for p in parts]).astype(np.int32)[order],
-        "pgcIDs": np.concatenate([p[2] for p in parts]).astype(np.int32)[order],
-        "filter": filters[order],
-    }

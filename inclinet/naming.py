@@ -27,6 +27,39 @@ def filter_code(band):
     return "c" if band == "gri" else band
 
 
+# -- run directory (RUN/...) ------------------------------------------------------------
+
+RUN_FILE = "run.json"
+JOBS_FILE = "jobs.json"
+DATA_DIR = "data"
+LOGS_DIR = "logs"
+STATE_DIR = "state"
+MISSING_INPUTS = "missing_inputs.csv"
+DEMO_RUN_DIR = "demo-run"
+
+
+def default_run_dir(now=None):
+    """``runs/inclinet-YYYYmmdd-HHMMSS`` (local time ``now``, a ``time.struct_time``, default now)."""
+    import time
+
+    return f"runs/{time.strftime('inclinet-%Y%m%d-%H%M%S', now or time.localtime())}"
+
+
+def job_log(job_id):
+    """``logs/<job-id>.log``, relative to the run directory."""
+    return f"{LOGS_DIR}/{job_id}.log"
+
+
+# -- a run's data directory: raw inputs and final products -------------------------------
+
+RAW_DIR = "raw"
+RAW_CATALOG = f"{RAW_DIR}/catalog.csv"
+RAW_TRUTH = f"{RAW_DIR}/truth.csv"
+RAW_GALAXIES = f"{RAW_DIR}/galaxies"
+EVALUATION_DIR = "evaluation"
+BUNDLE_DIR = "bundle"
+
+
 # -- raw inputs -------------------------------------------------------------------------
 
 def raw_image_names(pgc, band, root=DEFAULT_ROOT):
@@ -75,6 +108,11 @@ def split_summary(size):
     return f"samples/{size_tag(size)}_split.json"
 
 
+def split_report(size):
+    """The report inclinet-split writes beside its summary."""
+    return f"samples/{size_tag(size)}_split.report.csv"
+
+
 def uset(subset):
     """Name of a training subset: ``Uset_000`` .. ``Uset_00m``, or ``Binary``."""
     return "Binary" if subset == "binary" else f"Uset_{int(subset):03d}"
@@ -110,6 +148,19 @@ def training_metrics(model, subset):
 
 def training_plot(model, subset):
     return model_stem(model, subset) + ".metrics.png"
+
+
+def member_id(model, subset):
+    """How a job names a member on evaluate's command line: ``model4:1``, ``model4:binary``."""
+    return f"{model}:{'binary' if subset == 'binary' else int(subset)}"
+
+
+def parse_member_id(text):
+    """``"model4:1"`` -> ``("model4", 1)``; ``"model4:binary"`` -> ``("model4", "binary")``; else ValueError."""
+    model, sep, subset = str(text).partition(":")
+    if not sep or not model or not (subset == "binary" or subset.isdigit()):
+        raise ValueError(text)
+    return model, ("binary" if subset == "binary" else int(subset))
 
 
 def member_name(model, subset):

@@ -208,20 +208,6 @@ class NpzRows:
             flat[position] = np.frombuffer(data, dtype=np.uint8)
         return out
 
-    def read_range(self, start, stop):
-        """Rows ``start:stop`` in one read."""
-        start, stop = max(0, int(start)), min(len(self), int(stop))
-        count = max(0, stop - start)
-        data = os.pread(self._fd, count * self._row_bytes, self._offset + start * self._row_bytes)
-        if len(data) != count * self._row_bytes:
-            raise unreadable_npz_error(self.path, f"rows {start}:{stop} truncated")
-        return np.frombuffer(data, dtype=self.dtype).reshape(count, *self.row_shape).copy()
-
-    def iter_chunks(self, rows_per_chunk=256):
-        """Yield ``(start, rows)`` blocks covering the array in order."""
-        for start in range(0, len(self), rows_per_chunk):
-            yield start, self.read_range(start, start + rows_per_chunk)
-
     def close(self):
         if self._fd is not None:
             os.close(self._fd)

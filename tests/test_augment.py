@@ -137,16 +137,9 @@ def test_tolerance_fails_for_independent_xy_scaling():
         assert abs(axial_ratio(_anisotropic(image, scale_x, scale_y)) - before) > TOLERANCE
 
 
-def test_augment_batch_dispatch_and_validation_set(samples):
+def test_augment_batch_dispatch(samples):
     rng = np.random.default_rng(0)
     data = {band: dict(np.load(path)) for band, path in samples.items()}
-    val = augmentation.validation_set(data, rng)
-    n_colour = len(data["gri"]["images"])
-    assert len(val["images"]) == 2 * n_colour
-    assert (val["filter"].astype(str) == "c").sum() == n_colour
-    assert "inverted" not in val
-    again = augmentation.validation_set(data, np.random.default_rng(0))
-    assert np.array_equal(val["images"], again["images"])
     with pytest.raises(ValueError):
         augmentation.augment_batch(data["g"]["images"][:2], ["g"], rng)
 

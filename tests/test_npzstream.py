@@ -30,8 +30,6 @@ def test_written_file_is_a_normal_npz_and_rows_read_back(tmp_path, images, n_row
     with NpzRows(path) as rows:
         assert len(rows) == 11 and rows.row_shape == ROW
         assert np.array_equal(rows.read([10, 0, 3, 3]), images[[10, 0, 3, 3]])
-        assert np.array_equal(rows.read_range(4, 9), images[4:9])
-        assert np.array_equal(np.concatenate([chunk for _, chunk in rows.iter_chunks(4)]), images)
         with pytest.raises(IndexError):
             rows.read([11])
     assert load_arrays(path, ("labels",))["labels"].tolist() == list(range(11))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inclinet import config
+from inclinet import config, naming
 from inclinet import stages as registry
+from inclinet.stages import augment, evaluate
 from workflow import dag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,15 @@ def test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values(
                 carried.setdefault(job.stage, set()).add(name)
         if job.stage == "synth":
             assert args.size == workflow_config.synthetic_size
+        # Identity is passed, and agrees with what the file names say.
+        if job.stage == "augment":
+            assert args.subset == job.id.removeprefix("augment_") == augment.subset_name(args.input, args.output)
+        if job.stage == "evaluate":
+            passed = evaluate.describe_members(args.models, args.members)
+            assert [m["name"] for m in passed] == [m["name"] for m in evaluate.describe_members(args.models)]
+            assert len(passed) == len(workflow_config.models) * len(dag.training_subsets(workflow_config))
+        if job.stage == "split":
+            assert naming.split_report(args.size) in job.outputs
     assert {"epochs", "batch_size", "lr_schedule", "seed"} <= carried["train"]
     assert {"size", "n_batches", "per_bin", "seed"} <= carried["augment"]
     assert {"size", "subsamples", "seed"} <= carried["split"]
@@ -104,3 +114,14 @@ def test_model5_minimum_comes_from_the_model():
         dag.WorkflowConfig(synthetic=10, size=needed - 1, models=("model5",)).validate()
     with pytest.raises(ConfigError, match="--views"):
         dag.WorkflowConfig(synthetic=10, views=3).validate()
+
+
+def test_member_identities_are_checked():
+    from inclinet.errors import ConfigError
+
+    paths = ["models/a.keras", "models/b.keras"]
+    members = evaluate.describe_members(paths, ["model6:binary", "model4:2"])
+    assert [(m["name"], m["task"]) for m in members] == [("model42", "regression"), ("model6-binary", "binary")]
+    for bad in (["model4:0"], ["model4:0", "model9:1"], ["model4:0", "model4-1"]):
+        with pytest.raises(ConfigError, match="--members"):
+            evaluate.describe_members(paths, bad)

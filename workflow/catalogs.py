@@ -182,18 +182,6 @@ def execution_sites(sites):
 
 # -- replicas ---------------------------------------------------------------------------
 
-def default_replica_catalog(data_path="/data/inclinet/galaxies", catalog="/data/inclinet/catalog.csv"):
-    """The editable default: the catalog file and one regex entry for every raw image."""
-    from Pegasus.api import ReplicaCatalog
-
-    from workflow.dag import RAW_CATALOG, RAW_GALAXIES
-
-    rc = ReplicaCatalog()
-    rc.add_replica("local", RAW_CATALOG, f"file://{Path(catalog)}")
-    rc.add_regex_replica("local", f"{RAW_GALAXIES}/(.+)", f"file://{Path(data_path)}/[1]")
-    return rc
-
-
 def _matches(entry, lfns):
     if entry.get("regex"):
         pattern = re.compile(entry["lfn"])

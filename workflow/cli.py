@@ -57,7 +57,7 @@ DEMO = {
     "per_bin": 60,
     "views": 4,
 }
-DEMO_OUTPUT_DIR = "demo-run"
+DEMO_OUTPUT_DIR = naming.DEMO_RUN_DIR
 
 #: WorkflowConfig fields set by a flag of the same name (seed is always given; name has no
 #: flag), and every flag that belongs to the build rather than to the engine.
@@ -166,7 +166,7 @@ def default_output_dir(args):
         return Path(args.output_dir)
     if args.demo:
         return Path(DEMO_OUTPUT_DIR)
-    return Path("runs") / time.strftime("inclinet-%Y%m%d-%H%M%S")
+    return Path(naming.default_run_dir())
 
 
 def write_run(run_dir, jobs, config, args, argv):
@@ -177,14 +177,14 @@ def write_run(run_dir, jobs, config, args, argv):
                           "another --output-dir, or --force to rebuild it")
     if args.force:
         # The bookkeeping of the old DAG would mislead status and resume.
-        for stale in ("state", "logs"):
+        for stale in (naming.STATE_DIR, naming.LOGS_DIR):
             shutil.rmtree(run_dir / stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     dag.save_jobs(run_dir, jobs)
     catalogs.write_run_catalogs(run_dir, jobs, config, sites_file=args.sites, replicas_file=args.replicas,
                                 image=args.container_image)
     engine_args = {k: v for k, v in vars(args).items() if k not in _BUILD_KEYS}
-    atomic_write_json(run_dir / "run.json", {
+    atomic_write_json(run_dir / naming.RUN_FILE, {
         "format_version": 1,
         "engine": args.engine,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -270,9 +270,9 @@ def run_build(args, argv=None):
         report = SkipReport("workflow")
         for pgc, band, path in missing:
             report.rows.append({"pgc": pgc, "band": band, "file": path, "reason": _missing_reason(config, pgc, band)})
-        report.write(run_dir / "missing_inputs.csv")
+        report.write(run_dir / naming.MISSING_INPUTS)
         logger.warning("%d raw images not found (not declared; prep reports them): see %s", len(missing),
-                       run_dir / "missing_inputs.csv")
+                       run_dir / naming.MISSING_INPUTS)
     logger.info("built %d jobs (%s) in %.2f s into %s", len(jobs), summarize_counts(jobs),
                 time.perf_counter() - start, run_dir)
     if args.dry_run:
@@ -286,8 +286,8 @@ def run_build(args, argv=None):
 
 
 def print_next_steps(run_dir, config):
-    data = Path(run_dir) / "data"
-    report = data / "evaluation" / "report.html"
+    data = Path(run_dir) / naming.DATA_DIR
+    report = data / naming.EVALUATION_DIR / "report.html"
     bundle = data / dag.BUNDLE_DIR
     try:
         ids = dag._synthetic_ids(config) if config.synthetic else None
@@ -295,7 +295,7 @@ def print_next_steps(run_dir, config):
         ids = None
     example = (data / dag.RAW_GALAXIES / naming.raw_image_names(ids[0], "gri", config.root)[0]) if ids else "IMAGE.jpg"
     print(f"evaluation report: {report}")
-    print(f"metrics:           {data / 'evaluation' / 'metrics.json'}")
+    print(f"metrics:           {data / naming.EVALUATION_DIR / 'metrics.json'}")
     print(f"model bundle:      {bundle}")
     print(f"predict with it:   inclinet-predict --bundle {bundle} {example}")
 

@@ -29,13 +29,14 @@ from inclinet.io import atomic_write_json
 #: The stages the DAG runs, in data-flow order (from the stage registry).
 STAGES = registry.DAG_STAGES
 
-#: Logical folder of the raw inputs: ``raw/catalog.csv`` and ``raw/galaxies/<image>``.
-RAW_DIR = "raw"
-RAW_CATALOG = f"{RAW_DIR}/catalog.csv"
-RAW_TRUTH = f"{RAW_DIR}/truth.csv"
-RAW_GALAXIES = f"{RAW_DIR}/galaxies"
-EVALUATION_DIR = "evaluation"
-BUNDLE_DIR = "bundle"
+#: Logical folder of the raw inputs (``raw/catalog.csv``, ``raw/galaxies/<image>``) and of
+#: the final products; the names are :mod:`inclinet.naming`'s.
+RAW_DIR = naming.RAW_DIR
+RAW_CATALOG = naming.RAW_CATALOG
+RAW_TRUTH = naming.RAW_TRUTH
+RAW_GALAXIES = naming.RAW_GALAXIES
+EVALUATION_DIR = naming.EVALUATION_DIR
+BUNDLE_DIR = naming.BUNDLE_DIR
 
 
 @dataclass
@@ -376,7 +377,7 @@ def build_jobs(config, *, missing=None):
 
     samples = _sample_files(config)
     summary = naming.split_summary(config.size)
-    split_report = summary[: -len(".json")] + ".report.csv"  # what inclinet-split writes
+    split_report = naming.split_report(config.size)
     split_outputs = [lfn for files in samples.values() for lfn in files] + [summary, split_report]
     jobs.append(_job("split", "split", ["-i", *compressed, "-o", "samples", "-s", config.size,
                                         "-n", config.subsamples, "--seed", config.seed],
@@ -395,7 +396,8 @@ def build_jobs(config, *, missing=None):
         report = naming.report_for(naming.augmented_dir(subset))
         jobs.append(_job(f"augment_{naming.uset(subset)}", "augment",
                          ["-i", *train_samples, "-o", naming.augmented_dir(subset), "-s", config.size,
-                          "--task", task, "-b", config.n_batches, "-z", config.per_bin, "--report", report,
+                          "--task", task, "--subset", naming.uset(subset), "-b", config.n_batches,
+                          "-z", config.per_bin, "--report", report,
                           "--seed", config.seed],
                          train_samples, batches + [report], config,
                          resources=sized_resources("augment", config, n_galaxies=len(ids))))
@@ -446,7 +448,8 @@ def _sample_files(config):
 
 
 def _evaluate_job(config, models, n_galaxies):
-    args = ["--models", *models]
+    identities = [naming.member_id(model, subset) for subset in training_subsets(config) for model in config.models]
+    args = ["--models", *models, "--members", *identities]
     inputs = list(models)
     if "regression" in config.tasks:
         tests = [naming.sample(config.size, b, "test", 0) for b in config.bands]
@@ -513,7 +516,7 @@ def final_outputs(jobs):
 
 # -- persistence ------------------------------------------------------------------------
 
-JOBS_FILE = "jobs.json"
+JOBS_FILE = naming.JOBS_FILE
 
 
 def save_jobs(run_dir, jobs):

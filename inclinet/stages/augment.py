@@ -239,7 +239,8 @@ def add_arguments(parser):
     config.add_argument(parser, "per_bin", "-z",
                         help="colour images per bin (per class for binary) per batch; as many gray")
     parser.add_argument("--subset", default=None,
-                        help="subset name used in the batch seeds (default: from the input names, e.g. Uset_001)")
+                        help="subset name used in the batch seeds, e.g. Uset_001 or Binary (the workflow passes it; "
+                             "default: read from the input names)")
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT_DIR.report.csv)")
     add_common_arguments(parser)
     return parser

@@ -57,11 +57,26 @@ def parse_model_file(path):
     return match["model"], subset
 
 
-def describe_members(paths):
-    """Member records sorted as the API lists them: regression by family and subset, then binary."""
+def describe_members(paths, identities=None):
+    """Member records sorted as the API lists them: regression by family and subset, then binary.
+
+    ``identities`` are ``model:subset`` strings (:func:`inclinet.naming.member_id`), one per
+    path, as the workflow passes them; without them each identity is read from the file name.
+    """
+    if identities is not None and len(identities) != len(paths):
+        raise invalid("--members", " ".join(identities), f"one model:subset per --models file ({len(paths)})")
     members = []
-    for path in paths:
-        model, subset = parse_model_file(path)
+    for position, path in enumerate(paths):
+        if identities is None:
+            model, subset = parse_model_file(path)
+        else:
+            try:
+                model, subset = naming.parse_member_id(identities[position])
+            except ValueError:
+                raise invalid("--members", identities[position], "model:subset, e.g. model4:0, model5:2 or "
+                              "model4:binary") from None
+            if model not in inclinet_models.MODEL_NAMES:
+                raise invalid("--members", identities[position], "a model of " + ", ".join(inclinet_models.MODEL_NAMES))
         task = "binary" if subset == "binary" else "regression"
         members.append({
             "name": naming.member_name(model, subset),
@@ -277,17 +292,18 @@ def _load_models(members):
 
 
 def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DEFAULTS.views,
-        seed=config.DEFAULTS.seed, batch_size=256):
+        seed=config.DEFAULTS.seed, batch_size=256, members=None):
     """Evaluate ``models`` on ``test`` (and binary members on ``binary_test``); write the report and bundle.
 
-    Returns the metrics dictionary that is also written to ``metrics.json``.
+    ``members``: the ``model:subset`` identity of each model file (:func:`naming.member_id`),
+    as the workflow passes it; None reads it from the file names. Returns the metrics dictionary that is also written to ``metrics.json``.
     """
     start = time.perf_counter()
     if views not in inclinet_models.TTA_VIEW_COUNTS:
         raise invalid("--views", views, "one of " + ", ".join(map(str, inclinet_models.TTA_VIEW_COUNTS)))
     if not models:
         raise ConfigError("invalid --models: nothing given; must be one or more trained .keras files")
-    members = describe_members(models)
+    members = describe_members(models, members)
     regression = [m for m in members if m["task"] == "regression"]
     binary = [m for m in members if m["task"] == "binary"]
     if not regression:
@@ -712,6 +728,9 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", required=True, metavar="MODEL.keras",
                         help="trained models named Uset_<jjj>_<model>.keras or Binary_<model>.keras")
+    parser.add_argument("--members", nargs="+", default=None, metavar="MODEL:SUBSET",
+                        help="identity of each --models file, in the same order: model4:0 (full set), model4:2 "
+                             "(subsample 2), model4:binary (the workflow passes them; default: from the file names)")
     parser.add_argument("--test", nargs="+", required=True, metavar="SAMPLE.npz",
                         help="test_000 sample of every band (inclination labels)")
     parser.add_argument("--binary-test", nargs="+", default=[], metavar="SAMPLE.npz",
@@ -728,7 +747,8 @@ def add_arguments(parser):
 
 def _run_args(args):
     run(models=args.models, test=args.test, binary_test=args.binary_test, output_dir=args.output_dir,
-        bundle_dir=args.bundle_dir, views=args.views, seed=args.seed, batch_size=args.prediction_batch_size)
+        bundle_dir=args.bundle_dir, views=args.views, seed=args.seed, batch_size=args.prediction_batch_size,
+        members=args.members)
 
 
 def build_parser():

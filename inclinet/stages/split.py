@@ -133,7 +133,7 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
         raise invalid("--size", size, "a positive number of pixels")
     output_dir = Path(output_dir)
     summary_path = output_dir / Path(naming.split_summary(size)).name
-    report_path = output_dir / f"{naming.size_tag(size)}_split.report.csv"
+    report_path = output_dir / Path(naming.split_report(size)).name
     skips = SkipReport("split")
 
     bands = {}

@@ -12,14 +12,15 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from inclinet import naming
 from inclinet.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-RUN_FILE = "run.json"
-DATA_DIR = "data"
-LOGS_DIR = "logs"
-STATE_DIR = "state"
+RUN_FILE = naming.RUN_FILE
+DATA_DIR = naming.DATA_DIR
+LOGS_DIR = naming.LOGS_DIR
+STATE_DIR = naming.STATE_DIR
 
 
 def data_dir(run_dir):
@@ -29,7 +30,7 @@ def data_dir(run_dir):
 
 def log_path(run_dir, job):
     """``RUN/logs/<job-id>.log``: stdout and stderr of a job (all attempts)."""
-    return Path(run_dir) / LOGS_DIR / f"{_job_id(job)}.log"
+    return Path(run_dir) / naming.job_log(_job_id(job))
 
 
 def state_dir(run_dir):

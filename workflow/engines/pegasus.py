@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from inclinet import naming
 from inclinet.errors import InputError, StageError
 from inclinet.io import atomic_write_json
 from workflow.engines.common import read_run_info, state_dir
@@ -158,7 +159,7 @@ def read_braindump(submit_dir):
 def reused_submit_dir(path):
     """The submit directory that ``--reuse PATH`` means: PATH itself, a run's recorded one, or the newest below."""
     path = Path(path).resolve()
-    if (path / "run.json").is_file():
+    if (path / naming.RUN_FILE).is_file():
         recorded = _recorded(path).get("submit_dir")
         if recorded and (Path(recorded) / BRAINDUMP).is_file():
             return Path(recorded)
