@@ -124,7 +124,7 @@ function showResult(answer) {
       cell(row, group); cell(row, member); cell(row, fixed(value, 0));
     }
   }
-  $("inc-median").textContent = fixed(inclinations.summary.median, 0);
+  $("inc-median").textContent = fixed(inclinations.summary.median, 1);
   $("inc-mean").textContent = fixed(inclinations.summary.mean, 1);
   $("inc-stdev").textContent = fixed(inclinations.summary.stdev, 1);
   const rejection = answer.rejection_likelihood;
@@ -138,7 +138,7 @@ function showResult(answer) {
       cell(row, member); cell(row, fixed(value, 1));
     }
     const median = $("rej-median");
-    median.textContent = fixed(rejection.summary.median, 0);
+    median.textContent = fixed(rejection.summary.median, 1);
     median.className = rejection.summary.median > 50 ? "reject-high" : "reject-low";
     $("rej-mean").textContent = fixed(rejection.summary.mean, 0);
     $("rej-stdev").textContent = fixed(rejection.summary.stdev, 0);
