@@ -67,7 +67,7 @@ def test_failed_job_stops_only_its_descendants_then_resume_completes(tmp_path, c
     assert attempts_in_log(run_dir, "b") == 2  # one retry
     assert not (run_dir / "logs" / "d.log").exists()
 
-    assert main(["status", str(run_dir)]) == 0
+    assert main(["status", str(run_dir)]) == 1  # a job failed: the same meaning on every engine
     out = capsys.readouterr().out
     header, counts = out.splitlines()[:2]
     assert header.split()[:6] == ["UNRDY", "READY", "RUN", "DONE", "FAIL", "%DONE"]
@@ -81,6 +81,14 @@ def test_failed_job_stops_only_its_descendants_then_resume_completes(tmp_path, c
     assert attempts_in_log(run_dir, "b") == 3
     assert main(["status", str(run_dir)]) == 0
     assert "100.0 Success" in capsys.readouterr().out
+
+
+def test_usage_error_is_never_retried(tmp_path):
+    job = fake_job("u", retries=3)
+    job.args = ["-c", "import sys; print('bad flag'); sys.exit(2)"]
+    run_dir = make_run(tmp_path / "run", [job], retries=3)
+    assert main(["resume", str(run_dir)]) == 1
+    assert states(run_dir) == {"u": "failed"} and attempts_in_log(run_dir, "u") == 1
 
 
 def test_done_job_with_damaged_output_runs_again(tmp_path):
@@ -257,7 +265,8 @@ def test_changed_output_is_detected_by_verify_and_rerun_by_resume(tmp_path, caps
     out = capsys.readouterr().out
     assert "MISMATCH b:" in out and "b.txt: content changed since the job finished" in out
     assert main(["resume", str(run_dir), "-q"]) == 0
-    assert "b: done before, but its outputs no longer match; running it again: b.txt: content changed" in capsys.readouterr().err
+    expected = "b: done before, but its outputs no longer match; running it again: b.txt: content changed"
+    assert expected in capsys.readouterr().err
     assert attempts_in_log(run_dir, "a") == 1 and attempts_in_log(run_dir, "b") == 2
     assert (run_dir / "data" / "b.txt").read_text() == "ok"
     assert main(["status", str(run_dir), "--verify"]) == 0

@@ -152,6 +152,9 @@ def test_cluster_labels_never_mix_bands_or_stages(tmp_path):
         # condorio puts all files of a clustered job in one directory: no two may share a base name.
         lfns = {u["lfn"] for job in members for u in job["uses"]}
         assert len({lfn.rsplit("/", 1)[-1] for lfn in lfns}) == len(lfns)
+    # Clustering is part of the DAG: jobs.json carries the same labels as workflow.yml.
+    recorded = {job.id: job.cluster for job in dag.load_jobs(run_dir)}
+    assert recorded == {job["id"]: job["profiles"]["pegasus"].get("label") for job in workflow["jobs"]}
 
 
 def test_shared_container_is_read_in_place_on_every_site(tmp_path, capsys):
@@ -303,7 +306,7 @@ def test_without_htcondor_a_run_is_planned_not_submitted_and_says_how(tmp_path, 
         "3 create_dir_inclinet_0_local POST_SCRIPT_SUCCESS 0 local - 1\n"
         "4 inclinet-prep_prep_g_0001 EXECUTE 2.0 slurm - 2\n"
         "5 inclinet-prep_prep_g_0001 POST_SCRIPT_FAILURE 1 slurm - 2\n")
-    assert main(["status", str(run_dir)]) == 0
+    assert main(["status", str(run_dir)]) == 1  # a job failed: the same exit code on every engine
     out = capsys.readouterr().out
     assert "from jobstate.log" in out and "failed: inclinet-prep_prep_g_0001" in out
     assert "    1     0     0     1     1   33.3" in out  # UNRDY READY RUN DONE FAIL %DONE

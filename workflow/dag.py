@@ -60,6 +60,8 @@ class JobSpec:
     checkpoint: str | None = None
     retries: int = 2
     parents: list[str] = field(default_factory=list)
+    #: Pegasus label-clustering group (``--cluster-size``), None when not clustered.
+    cluster: str | None = None
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,10 @@ def build_jobs(config, *, missing=None):
 
     jobs.append(_evaluate_job(config, models, len(ids)))
     infer_parents(jobs)
+    if config.cluster_size:
+        labels = cluster_labels(jobs, config.cluster_size)
+        for job in jobs:
+            job.cluster = labels.get(job.id)
     return jobs
 
 
@@ -580,12 +586,12 @@ def to_pegasus(jobs, config):
     jobs gpus; the GPU queue of a site comes from the transformation catalog); training
     jobs a checkpoint file with ``checkpoint_time``/``max_walltime``, a runtime of one
     attempt and their retries. With ``config.cluster_size`` synth and prep jobs carry the
-    ``label`` profile of :func:`cluster_labels` (plan with ``--cluster label``).
+    ``label`` profile their JobSpec carries (:func:`cluster_labels`, set by :func:`build_jobs`;
+    plan with ``--cluster label``), so ``workflow.yml`` and ``jobs.json`` agree.
     """
     from Pegasus.api import File, Job, Namespace, Workflow
 
     keep = set(final_outputs(jobs))
-    labels = cluster_labels(jobs, config.cluster_size) if config.cluster_size else {}
     files = {}
 
     def file_of(lfn):
@@ -612,7 +618,7 @@ def to_pegasus(jobs, config):
         if spec.checkpoint:
             job.add_checkpoint(file_of(spec.checkpoint), stage_out=True, register_replica=False)
             job.add_pegasus_profile(checkpoint_time=CHECKPOINT_TIME_MIN, max_walltime=MAX_WALLTIME_MIN)
-        if spec.id in labels:
-            job.add_profiles(Namespace.PEGASUS, key="label", value=labels[spec.id])
+        if spec.cluster:
+            job.add_profiles(Namespace.PEGASUS, key="label", value=spec.cluster)
         workflow.add_jobs(job)
     return workflow

@@ -296,7 +296,8 @@ def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DE
     """Evaluate ``models`` on ``test`` (and binary members on ``binary_test``); write the report and bundle.
 
     ``members``: the ``model:subset`` identity of each model file (:func:`naming.member_id`),
-    as the workflow passes it; None reads it from the file names. Returns the metrics dictionary that is also written to ``metrics.json``.
+    as the workflow passes it; None reads it from the file names. Returns the metrics
+    dictionary that is also written to ``metrics.json``.
     """
     start = time.perf_counter()
     if views not in inclinet_models.TTA_VIEW_COUNTS:

@@ -23,6 +23,23 @@ LOGS_DIR = naming.LOGS_DIR
 STATE_DIR = naming.STATE_DIR
 
 
+# -- the policy every engine follows ------------------------------------------------------
+
+#: Exit code of a usage, configuration or input error: the same command cannot succeed on a
+#: retry, so no engine retries it (the SLURM wrapper applies the same rule).
+USAGE_ERROR_EXIT = 2
+
+
+def may_retry(exit_code, failures, retries):
+    """True when a job that failed for the ``failures``-th time with ``exit_code`` runs again."""
+    return exit_code != USAGE_ERROR_EXIT and failures <= retries
+
+
+def status_exit_code(any_failed):
+    """``status``'s exit code on every engine: 1 when a job failed (or cannot run because of one), else 0."""
+    return 1 if any_failed else 0
+
+
 def data_dir(run_dir):
     """``RUN/data``: the working directory of every job."""
     return Path(run_dir) / DATA_DIR

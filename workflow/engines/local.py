@@ -23,17 +23,20 @@ from pathlib import Path
 from inclinet.io import atomic_write_json
 from inclinet.stages import DAG_STAGES
 from workflow.engines.common import (
+    USAGE_ERROR_EXIT,
     data_dir,
     describe_problems,
     file_problem,
     job_command,
     log_path,
+    may_retry,
     output_problems,
     prepare_data_dir,
     read_json,
     read_run_info,
     record_outputs,
     state_dir,
+    status_exit_code,
 )
 
 logger = logging.getLogger(__name__)
@@ -326,7 +329,9 @@ class LocalRunner:
                       interruptions=record.get("interruptions", 0) + 1)
             return False
         failures = record.get("failures", 0) + 1
-        if failures <= self._retries(job):
+        if code == USAGE_ERROR_EXIT:
+            logger.error("%s: exit code 2 is a usage or input error; not retrying", job_id)
+        if may_retry(code, failures, self._retries(job)):
             logger.warning("%s failed (exit %s, attempt %d); retrying; log: %s", job_id, code, running.attempt,
                            log_path(self.run_dir, job))
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, failures=failures)
@@ -596,9 +601,10 @@ def status(run_dir, args):
         if present:
             print(f"note: {state.dir} has no job records, but {present} job(s) have all their outputs on disk; "
                   f"'run_workflow.py resume {run_dir}' rebuilds the state from the intact ones")
+    code = status_exit_code(any(row["state"] in (FAILED, BLOCKED) for row in rows))
     if getattr(args, "verify", False):
-        return verify(run_dir, jobs, rows)
-    return 0
+        return max(code, verify(run_dir, jobs, rows))
+    return code
 
 
 def verify(run_dir, jobs, rows=None):

@@ -30,7 +30,7 @@ import yaml
 from inclinet import naming
 from inclinet.errors import InputError, StageError
 from inclinet.io import atomic_write_json
-from workflow.engines.common import read_run_info, state_dir
+from workflow.engines.common import read_run_info, state_dir, status_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -332,9 +332,10 @@ def status(run_dir, args):
         print(f"submit it with: pegasus-run {submit_dir}  (or: python run_workflow.py resume {run_dir})")
     elif states:
         _print_summary(submit_dir, planned, counts, "from jobstate.log (HTCondor is not on this machine)")
-        for name in planned:
-            if states.get(name) in _FAILED:
-                print(f"  failed: {name} ({states[name]}); see pegasus-analyzer {submit_dir}")
+        failed = [name for name in planned if states.get(name) in _FAILED]
+        for name in failed:
+            print(f"  failed: {name} ({states[name]}); see pegasus-analyzer {submit_dir}")
+        return status_exit_code(bool(failed))
     else:
         _print_summary(submit_dir, planned, counts,
                        "submitted, no jobstate.log yet (HTCondor is not on this machine: no live state)")

@@ -108,7 +108,7 @@ while [ "$attempt" -lt "$attempts" ]; do
     child=""
     [ "$rc" -eq 0 ] && break
     echo "inclinet-slurm: attempt $attempt of $attempts exited with code $rc"
-    if [ "$rc" -eq 2 ]; then
+    if [ "$rc" -eq 2 ]; then  # common.USAGE_ERROR_EXIT
         echo "inclinet-slurm: exit code 2 is a usage or input error; not retrying"
         break
     fi
@@ -652,7 +652,7 @@ def status(run_dir, args):
     jobs = _load_jobs(run_dir)
     statuses = collect_status(run_dir, jobs)
     print_status(statuses, show_all=getattr(args, "verbose", 0) > 0)
-    code = 1 if any(s.state in PROBLEM_STATES for s in statuses.values()) else 0
+    code = common.status_exit_code(any(s.state in PROBLEM_STATES for s in statuses.values()))
     if getattr(args, "verify", False):
         # No checksums are recorded on SLURM: every output of a finished job is re-read
         # and must open (zip members pass their CRC check, JSON parses, files not empty).
