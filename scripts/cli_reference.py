@@ -23,6 +23,8 @@ from inclinet.stages import STAGES  # noqa: E402 - the registry, from this check
 
 WORKFLOW = (("run_workflow.py", []), ("run_workflow.py status", ["status"]),
             ("run_workflow.py resume", ["resume"]), ("run_workflow.py cancel", ["cancel"]))
+#: Tools that are not workflow stages: (executable, module).
+TOOLS = (("inclinet-serve", "inclinet.service.cli"),)
 
 
 def _help(argv):
@@ -38,6 +40,8 @@ def reference():
         parts += [f"#### `{title}`", "```", _help([str(ROOT / "run_workflow.py"), *sub]), "```"]
     for stage in STAGES:
         parts += [f"#### `{stage.executable}`", "```", _help(["-m", stage.module_name]), "```"]
+    for executable, module in TOOLS:
+        parts += [f"#### `{executable}`", "```", _help(["-m", module]), "```"]
     parts.append(END)
     return "\n".join(parts)
 
