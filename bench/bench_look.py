@@ -121,7 +121,8 @@ def main(argv=None):
         measured[name] = measure_set(*files[name])
 
     result = {}
-    print(f"{'statistic':<22}" + "".join(f"{name + ' p10/p50/p90':>30}" for name in sets) + "   real inside synth 2-98%")
+    header = "".join(f"{name + ' p10/p50/p90':>30}" for name in sets)
+    print(f"{'statistic':<22}{header}   real inside synth 2-98%")
     for kind in ("gray", "colour"):
         for stat in STATISTICS:
             key = f"{kind}:{stat}"
