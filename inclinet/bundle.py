@@ -5,6 +5,7 @@ complete) and ``<member>.keras`` for every member. docs/architecture.md lists th
 keys. Stages import this module; none imports another stage for the bundle.
 """
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -93,6 +94,39 @@ def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views
     }
     atomic_write_json(bundle_dir / MANIFEST, manifest)
     return manifest
+
+
+def identity(directory, *, length=12):
+    """The bundle's identity: the first ``length`` hex digits of the SHA-256 of its manifest and members.
+
+    Two bundles with the same identity hold the same bytes; a retrained or re-evaluated
+    bundle gets another. The survey workflow names its catalog by it and refuses to merge
+    chunks measured with different bundles.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = [MANIFEST] + sorted(member["file"] for member in manifest["members"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest_path}: not a readable bundle manifest ({exc}); give a bundle made by "
+                         "inclinet-evaluate") from None
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        try:
+            with open(directory / name, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise InputError(f"{directory / name}: bundle file not readable ({exc}); rebuild the bundle") from None
+    return digest.hexdigest()[:length]
+
+
+def files(directory):
+    """Names of the bundle's files, manifest first (what a workflow job must be given)."""
+    manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    return [MANIFEST] + [member["file"] for member in manifest["members"]]
 
 
 class Bundle:

@@ -190,3 +190,31 @@ def bundle_manifest(bundle="bundle"):
 
 def bundle_member(name, bundle="bundle"):
     return f"{bundle}/{name}.keras"
+
+
+# -- the survey workflow (run_workflow.py --predict-with BUNDLE) ----------------------------
+#
+# Every survey product carries the bundle's identity (inclinet.bundle.identity) in its name,
+# so a rerun with another bundle writes new files beside the old ones and never mixes them.
+
+SURVEY_DIR = "survey"
+
+
+def survey_chunk(identity, index, count):
+    """Rows of catalog chunk ``index`` of ``count`` measured with bundle ``identity``."""
+    return f"{SURVEY_DIR}/{identity}/part{index:04d}of{count:04d}.csv"
+
+
+def survey_gallery(identity, index, count):
+    """The most uncertain galaxies of a chunk (normalised images) for the report's gallery."""
+    return f"{SURVEY_DIR}/{identity}/part{index:04d}of{count:04d}_gallery.npz"
+
+
+def survey_catalog(identity, suffix=".csv"):
+    """The merged survey catalog (``.csv`` or ``.parquet``)."""
+    return f"{SURVEY_DIR}/inclinet_{identity}{suffix}"
+
+
+def survey_report(identity, suffix=".html"):
+    """The survey's summary report (``.html``, and ``.json`` for its numbers)."""
+    return f"{SURVEY_DIR}/inclinet_{identity}_report{suffix}"

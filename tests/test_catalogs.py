@@ -112,7 +112,7 @@ def test_sites_local_points_into_the_run_and_keeps_user_sites(tmp_path):
 def test_transformations_run_every_stage_in_the_container(tmp_path):
     run_dir = build(tmp_path, "--synthetic", "10", "--size", "96", "--container-image", "docker://me/inclinet:1")
     tc = yaml.safe_load((run_dir / "transformations.yml").read_text())
-    assert {t["name"] for t in tc["transformations"]} == {f"inclinet-{s}" for s in dag.STAGES}
+    assert {t["name"] for t in tc["transformations"]} == {f"inclinet-{s}" for s in dag.TRAINING_STAGES}
     (container,) = tc["containers"]
     assert container["image"] == "docker://me/inclinet:1" and container["image.site"] == "docker_hub"
     assert container["type"] == "singularity"

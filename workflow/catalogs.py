@@ -6,8 +6,9 @@ for their cluster and data. :func:`write_run_catalogs` reads them (or files give
 
 * ``sites.yml``: the user's sites, with the ``local`` site pointed at the run directory;
 * ``replicas.yml``: the user's entries, plus the raw inputs given by flags (catalog file,
-  one regex entry for all raw images), plus an empty placeholder per training checkpoint
-  (with ``condorio`` Pegasus must find a checkpoint file before the first attempt);
+  one regex entry for all raw images, the files of the ``--predict-with`` bundle), plus an
+  empty placeholder per training checkpoint (with ``condorio`` Pegasus must find a
+  checkpoint file before the first attempt);
 * ``transformations.yml``: one transformation per stage, inside the inclinet container,
   on every execution site; the GPU stages carry each site's ``gpu`` tag profiles (queue,
   ``glite.arguments``), so that the run's ``sites.yml`` has no ``x-tags`` (Pegasus 5.1.2
@@ -209,6 +210,13 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
     if config.data_path:
         generated.append({"lfn": f"{RAW_GALAXIES}/(.+)", "pfns": [{"site": "local",
                           "pfn": _file_url(config.data_path) + "/[1]"}], "regex": True})
+    if getattr(config, "predict_with", None):
+        # The survey workflow's bundle: every measure job reads it; on a nonsharedfs site
+        # Pegasus stages each file once into the site's scratch and links it into the jobs.
+        from workflow.dag import bundle_inputs
+
+        for lfn, path in bundle_inputs(config).items():
+            generated.append({"lfn": lfn, "pfns": [{"site": "local", "pfn": _file_url(path)}]})
     placeholders = Path(run_dir).resolve() / "pegasus" / "placeholders"
     for job in jobs:
         if job.checkpoint:

@@ -76,6 +76,9 @@ def add_build_arguments(parser):
     data.add_argument("--catalog", help="catalog file (pipe-separated original or CSV) of the raw images")
     data.add_argument("--root", help="root of the raw image names pgc<id>_<root>_<band>.png (d25x2_rot)")
     settings.add_argument(data, "synthetic_size", default=None)
+    data.add_argument("--predict-with", metavar="BUNDLE",
+                      help="survey workflow: measure the catalog's galaxies with this model bundle (measure per "
+                           "chunk, merge, summarize) instead of training")
     data.add_argument("--demo", action="store_true",
                       help="the embedded default: 500 synthetic galaxies, 64 px, two model4 members + binary, "
                            "local engine")
@@ -154,6 +157,8 @@ def config_from_args(args):
         if value is not None:
             values[name] = value
     values["seed"] = args.seed
+    if args.demo and args.predict_with:
+        raise ConfigError("--demo trains a bundle: give --predict-with with --synthetic N or --data-path/--catalog")
     if args.demo and (args.data_path or args.catalog):
         raise ConfigError("--demo draws synthetic galaxies: give it without --data-path/--catalog")
     if "bands" in values:
@@ -281,12 +286,18 @@ def run_build(args, argv=None):
         return 0
     code = load_engine(args.engine).run(run_dir, jobs, args)
     if code == 0 and args.engine == "local":
-        print_next_steps(run_dir, config)
+        print_next_steps(run_dir, config, jobs)
     return code
 
 
-def print_next_steps(run_dir, config):
+def print_next_steps(run_dir, config, jobs=None):
     data = Path(run_dir) / naming.DATA_DIR
+    if config.predict_with is not None:
+        jobs = jobs if jobs is not None else dag.load_jobs(run_dir)
+        products = [lfn for job in jobs if job.stage in ("merge", "summarize") for lfn in job.outputs]
+        for lfn in products:
+            print(f"survey {Path(lfn).suffix[1:]:8s} {data / lfn}")
+        return
     report = data / naming.EVALUATION_DIR / "report.html"
     bundle = data / dag.BUNDLE_DIR
     try:

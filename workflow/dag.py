@@ -10,6 +10,10 @@ Job graph::
 
     [synth-catalog, synth x K] -> prep (band x chunk) -> compress (band) -> split
         -> augment (training subset) -> train (model x subset) -> evaluate (+ bundle)
+
+and with ``predict_with`` (a finished bundle), the survey workflow::
+
+    [synth-catalog, synth x K] -> measure (chunk, all bands) -> merge -> summarize
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from inclinet.io import atomic_write_json
 
 #: The stages the DAG runs, in data-flow order (from the stage registry).
 STAGES = registry.DAG_STAGES
+#: The survey workflow's stages (``predict_with``), and those of the training workflow.
+SURVEY_STAGES = ("measure", "merge", "summarize")
+TRAINING_STAGES = tuple(stage for stage in STAGES if stage not in SURVEY_STAGES)
 
 #: Logical folder of the raw inputs (``raw/catalog.csv``, ``raw/galaxies/<image>``) and of
 #: the final products; the names are :mod:`inclinet.naming`'s.
@@ -94,6 +101,8 @@ TRAIN_IMAGES_PER_S = {"model4": 530, "model5": 265, "model6": 265}
 #: Colour + gray augmented images per 5-degree bin and batch: 9 bins x 2 (see inclinet-augment).
 IMAGES_PER_BIN = 18
 TEST_FRACTION = settings.DEFAULTS.test_fraction
+#: Galaxies an inclinet-measure job holds at once (inclinet.survey.GALAXIES_PER_BATCH).
+GALAXIES_PER_BATCH = 64
 RESOURCE_KEYS = {"cores": "cores", "gpus": "gpus", "memory": "memory_mb", "runtime": "runtime_s"}
 
 
@@ -136,6 +145,16 @@ def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", membe
         per_epoch = (augmented + test_images) / TRAIN_IMAGES_PER_S[model] * _pixels(size, 64)
         seconds = 60 + config.epochs * per_epoch
         memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
+    elif stage == "measure":
+        # Per image: reading and normalising (~10 ms) plus every member over every view.
+        seconds = 10 + items * bands * (0.01 + members * config.views / 400 * _pixels(size, 64))
+        memory = 1500 + GALAXIES_PER_BATCH * bands * size * size * 3 * 4 / 1e6
+    elif stage == "merge":
+        seconds = 10 + n_galaxies / 5000
+        memory = 1000 + config.galaxies_per_job * 2000 / 1e6
+    elif stage == "summarize":
+        seconds = 30 + n_galaxies / 20000
+        memory = 1000 + n_galaxies * 200 / 1e6
     else:  # evaluate: every member over every test view, then the report
         seconds = 60 + members * test_images * config.views / 1500 * _pixels(size, 64)
         memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
@@ -195,6 +214,8 @@ class WorkflowConfig:
     cluster_size: int | None = None
     #: Pegasus: ``stage`` the container image to each site, or read it in place (``shared``).
     container_mode: str = "stage"
+    #: The survey workflow: measure the catalog's galaxies with this bundle instead of training.
+    predict_with: str | None = None
 
     def validate(self):
         """Raise :class:`ConfigError` for flags that cannot make a DAG."""
@@ -226,6 +247,12 @@ class WorkflowConfig:
         if self.container_mode not in CONTAINER_MODES:
             raise invalid("--container-mode", self.container_mode, " or ".join(CONTAINER_MODES))
         resource_overrides(self)
+        if self.predict_with is not None:
+            manifest = Path(self.predict_with) / "manifest.json"
+            if not manifest.is_file():
+                raise InputError(f"--predict-with {self.predict_with}: no bundle there ({manifest} not found); "
+                                 "give the bundle folder inclinet-evaluate wrote (RUN/data/bundle)")
+            return self
         if "regression" not in self.tasks:
             raise invalid("--tasks", ",".join(self.tasks), "a list with regression (evaluation needs its test set)")
         settings.check_models_fit(self.models, self.size)
@@ -350,6 +377,14 @@ def build_jobs(config, *, missing=None):
         ids = _catalog_ids(config)
         if not ids:
             raise InputError(f"{config.catalog}: the catalog has no rows")
+    if config.predict_with is not None:
+        jobs.extend(_survey_jobs(config, ids, missing))
+        infer_parents(jobs)
+        if config.cluster_size:
+            labels = cluster_labels(jobs, config.cluster_size)
+            for job in jobs:
+                job.cluster = labels.get(job.id)
+        return jobs
     chunks = n_chunks(len(ids), config.galaxies_per_job)
     from inclinet._helpers import shard_range
 
@@ -442,6 +477,59 @@ def _synth_jobs(config, ids):
     return jobs
 
 
+def bundle_inputs(config):
+    """``{LFN: path}`` of the bundle's files (``bundle/manifest.json``, ``bundle/<member>.keras``)."""
+    from inclinet import bundle as model_bundle
+
+    folder = Path(config.predict_with)
+    try:
+        names = model_bundle.files(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--predict-with {folder}: unreadable bundle manifest ({exc}); give a bundle made by "
+                         "inclinet-evaluate") from None
+    return {f"{BUNDLE_DIR}/{name}": folder / name for name in names}
+
+
+def _survey_jobs(config, ids, missing):
+    """measure (one per chunk, all bands; the bundle an input of each) -> merge -> summarize."""
+    from inclinet import bundle as model_bundle
+    from inclinet._helpers import shard_range
+
+    identity = model_bundle.identity(config.predict_with)
+    bundle_files = list(bundle_inputs(config))
+    manifest = json.loads(Path(config.predict_with, "manifest.json").read_text(encoding="utf-8"))
+    sizing = dataclasses.replace(config, size=int(manifest.get("input_size", config.size)),
+                                 views=int(manifest.get("views", config.views)))
+    n_members = len(manifest.get("members", [])) or 1
+    chunks = n_chunks(len(ids), config.galaxies_per_job)
+    jobs, parts, galleries = [], [], []
+    for index in range(1, chunks + 1):
+        rows = shard_range(len(ids), index, chunks)
+        images = [lfn for row in rows for band in config.bands
+                  if (lfn := _raw_image_for(config, ids[row], band, missing)) is not None]
+        out = naming.survey_chunk(identity, index, chunks)
+        gallery = naming.survey_gallery(identity, index, chunks)
+        args = ["--bundle", BUNDLE_DIR, "--bundle-id", identity, "-c", RAW_CATALOG, "-p", RAW_GALAXIES,
+                "-r", config.root, "--bands", ",".join(config.bands), "--shard", f"{index}/{chunks}",
+                "-o", out, "--gallery", gallery]
+        jobs.append(_job(f"measure_{index:04d}", "measure", args, [*bundle_files, RAW_CATALOG, *images],
+                         [out, gallery], config,
+                         resources=sized_resources("measure", sizing, n_galaxies=len(ids), items=len(rows),
+                                                   members=n_members)))
+        parts.append(out)
+        galleries.append(gallery)
+    csv_out, parquet_out = naming.survey_catalog(identity), naming.survey_catalog(identity, ".parquet")
+    jobs.append(_job("merge", "merge", ["-i", *parts, "-o", csv_out, "--parquet", parquet_out], parts,
+                     [csv_out, parquet_out], config,
+                     resources=sized_resources("merge", sizing, n_galaxies=len(ids))))
+    report, numbers = naming.survey_report(identity), naming.survey_report(identity, ".json")
+    jobs.append(_job("summarize", "summarize",
+                     ["-c", csv_out, "--galleries", *galleries, "-o", report, "--numbers", numbers],
+                     [csv_out, *galleries], [report, numbers], config,
+                     resources=sized_resources("summarize", sizing, n_galaxies=len(ids))))
+    return jobs
+
+
 def _sample_files(config):
     """Files split writes, per band."""
     files = {}
@@ -517,7 +605,11 @@ def raw_inputs(jobs):
 
 def final_outputs(jobs):
     """Products worth keeping after the run: models, metrics, evaluation and bundle."""
-    return [lfn for job in jobs if job.stage in ("train", "evaluate") for lfn in job.outputs]
+    return [lfn for job in jobs if job.stage in FINAL_STAGES for lfn in job.outputs]
+
+
+#: Stages whose outputs are staged out and registered (models, evaluation, bundle, survey catalog and report).
+FINAL_STAGES = ("train", "evaluate", "merge", "summarize")
 
 
 # -- persistence ------------------------------------------------------------------------
@@ -555,7 +647,7 @@ def pegasus_retries(spec):
     return spec.retries + math.ceil(spec.runtime_s / 60 / CHECKPOINT_TIME_MIN)
 
 
-CLUSTERED_STAGES = ("synth", "prep")
+CLUSTERED_STAGES = ("synth", "prep", "measure")
 
 
 def cluster_labels(jobs, size):
@@ -569,7 +661,7 @@ def cluster_labels(jobs, size):
     groups = {}
     for job in jobs:
         if job.stage in CLUSTERED_STAGES:
-            key = "synth" if job.stage == "synth" else job.id.rsplit("_", 1)[0]
+            key = job.stage if job.stage in ("synth", "measure") else job.id.rsplit("_", 1)[0]
             groups.setdefault(key, []).append(job.id)
     labels = {}
     for key, ids in groups.items():

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 class Stage:
     """One stage: module ``inclinet.stages.<name>``, executable ``inclinet-<name>``.
 
-    ``in_dag``: the workflow runs it as jobs (predict applies a finished bundle instead).
+    ``in_dag``: the workflow runs it as jobs (predict applies a finished bundle by hand; the
+    survey workflow runs measure, merge and summarize instead of the training stages).
     ``cores``/``gpus``: what one job of the stage asks for (training and evaluation ask
     for 2 cores: TensorFlow runs several threads, and on a small machine two such jobs at
     once would only thrash).
@@ -55,6 +56,10 @@ STAGES = (
     Stage("train", "train one model x subset x task, resumable", cores=2, gpus=1),
     Stage("evaluate", "score the members and ensembles; write the bundle", cores=2, gpus=1),
     Stage("predict", "apply a model bundle to new images", in_dag=False),
+    # The survey workflow (run_workflow.py --predict-with BUNDLE): a finished bundle over a catalog.
+    Stage("measure", "one catalog chunk through a model bundle, every band (survey workflow)"),
+    Stage("merge", "join the survey chunks into one catalog, CSV and Parquet"),
+    Stage("summarize", "the survey's report: distributions, agreement, most uncertain galaxies"),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -147,18 +147,38 @@ def predict_images(bundle, images, *, names=None):
     return answers
 
 
-def _predict_chunk(loaded, pending, items, answers):
-    images = np.stack([image for _, image, _ in pending])
+def answer_images(bundle, images, infos, *, names=None):
+    """Answers (``status`` success, prediction, ``out_of_distribution``, ``warnings``) for normalised images.
+
+    ``images`` are ``uint8 (N, S, S, 3)`` at the bundle's input size, as
+    :func:`inclinet.normalise.load_normalised` returns them; ``infos`` their normalisation
+    records (``NormalisationInfo.as_dict()``); ``names`` only label the logged warnings.
+    The core of :func:`run` and :func:`predict_images`, and what the survey workflow's
+    ``inclinet-measure`` calls per batch.
+    """
+    loaded = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    images = np.asarray(images)
     predictions = loaded.predict(images)
     statistics = image_statistics(images)
     reference = loaded.manifest.get("out_of_distribution")
-    for (index, _, info), prediction, row in zip(pending, predictions, statistics):
-        path, extra = items[index]
+    answers = []
+    for index, (info, prediction, row) in enumerate(zip(infos, predictions, statistics)):
         warnings = reliability.warnings_for(info, row, prediction["member_spread"], reference)
         for warning in warnings:
-            logger.warning("%s: out of the training distribution: %s", path, warning)
-        answers[index] = {"status": "success", "filename": str(path), **extra, **prediction,
-                          "out_of_distribution": bool(warnings), "warnings": warnings}
+            logger.warning("%s: out of the training distribution: %s",
+                           names[index] if names is not None else f"image {index}", warning)
+        answers.append({"status": "success", **prediction, "out_of_distribution": bool(warnings),
+                        "warnings": warnings})
+    return answers
+
+
+def _predict_chunk(loaded, pending, items, answers):
+    images = np.stack([image for _, image, _ in pending])
+    names = [items[index][0] for index, _, _ in pending]
+    results = answer_images(loaded, images, [info for _, _, info in pending], names=names)
+    for (index, _, _), result in zip(pending, results):
+        path, extra = items[index]
+        answers[index] = {"status": "success", "filename": str(path), **extra, **result}
 
 
 def add_arguments(parser):

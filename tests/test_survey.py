@@ -1,0 +1,268 @@
+"""The survey workflow: inclinet-measure / merge / summarize, the DAG of --predict-with, its Pegasus files,
+and a local run killed and resumed."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inclinet import bundle as model_bundle
+from inclinet import models, naming, survey
+from inclinet import stages as registry
+from inclinet.stages import measure, merge, predict, summarize, synth
+from workflow import dag
+from workflow.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def make_bundle(root, seed):
+    """Untrained members at 32 px (two regression, one binary): fast, and enough to test the plumbing."""
+    root.mkdir(parents=True, exist_ok=True)
+    members = []
+    for index, (model, subset, task) in enumerate((("model4", 0, "regression"), ("model4", 1, "regression"),
+                                                   ("model4", "binary", "binary"))):
+        models.import_keras().utils.set_random_seed(seed * 10 + index)
+        path = root / f"{Path(naming.model_stem(model, subset)).name}.keras"
+        models.build_model(model, input_size=SIZE, task=task).save(path)
+        members.append({"name": naming.member_name(model, subset), "model": model, "task": task,
+                        "subset": subset, "path": path})
+    model_bundle.write_bundle(root / "bundle", members, input_size=SIZE, seed=seed, views=1)
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def survey_data(tmp_path_factory):
+    """24 synthetic galaxies at 48 px in all bands, and two bundles."""
+    root = tmp_path_factory.mktemp("survey")
+    assert synth.main(["-n", "24", "--size", "48", "--output", str(root / "data"), "-q"]) == 0
+    return {"galaxies": root / "data" / "galaxies", "catalog": root / "data" / "catalog.csv",
+            "bundle": make_bundle(root / "b1", 1), "other_bundle": make_bundle(root / "b2", 2)}
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def damaged_copy(survey_data, tmp_path):
+    """The images with g missing for the 2nd galaxy, r unreadable for the 3rd, nothing for the 4th."""
+    folder = tmp_path / "galaxies"
+    shutil.copytree(survey_data["galaxies"], folder)
+    pgcs = [row["pgc"] for row in read_rows_catalog(survey_data["catalog"])]
+    (folder / naming.raw_image_names(pgcs[1], "g")[0]).unlink()
+    (folder / naming.raw_image_names(pgcs[2], "r")[0]).write_bytes(b"not an image")
+    for band in naming.BANDS:
+        for name in naming.raw_image_names(pgcs[3], band):
+            if (folder / name).exists():
+                (folder / name).unlink()
+    return folder, pgcs
+
+
+def read_rows_catalog(path):
+    from inclinet.catalog import read_catalog
+
+    return [{"pgc": int(galaxy.pgc)} for galaxy in read_catalog(path)]
+
+
+def test_measure_rows_statuses_and_the_predict_answers(survey_data, tmp_path):
+    folder, pgcs = damaged_copy(survey_data, tmp_path)
+    out, gallery = tmp_path / "chunk.csv", tmp_path / "gallery.npz"
+    args = ["--bundle", str(survey_data["bundle"]), "-c", str(survey_data["catalog"]), "-p", str(folder),
+            "--shard", "1/3", "-o", str(out), "--gallery", str(gallery), "-q"]
+    assert measure.main(args) == 0
+    rows = read_rows(out)
+    assert [int(r["pgc"]) for r in rows] == pgcs[:8]
+    assert list(rows[0]) == survey.columns(naming.BANDS, ["model4", "model41"], ["model4-binary"])
+    assert [r["status"] for r in rows[:5]] == ["ok", "partial", "partial", "failed", "ok"]
+    assert rows[1]["bands"] == "r,i,gri" and rows[1]["reason"].startswith("g: missing (")
+    assert rows[2]["reason"].startswith("r: unreadable (") and "not a readable image" in rows[2]["reason"]
+    assert rows[3]["inc_median"] == "" and rows[3]["reason"].count("missing") == 4
+    assert rows[1]["g_model4"] == "" and rows[1]["r_model4"] != ""
+    assert {r["bundle"] for r in rows} == {model_bundle.identity(survey_data["bundle"])}
+    # The numbers are inclinet-predict's for the same file.
+    image = folder / naming.raw_image_names(pgcs[0], "gri")[0]
+    answer = predict.run(bundle=survey_data["bundle"], inputs=[image], stream=open(os.devnull, "w"))[0]
+    assert float(rows[0]["gri_model4"]) == answer["inclinations"]["Group_0"]["model4"]
+    assert float(rows[0]["gri_model4-binary"]) == pytest.approx(answer["rejection_likelihood"]["model4-binary"])
+    assert float(rows[0]["gri_median"]) == answer["inclinations"]["summary"]["median"]
+    # Batches change nothing: one galaxy at a time gives the same bytes.
+    again = tmp_path / "again.csv"
+    assert measure.main([*args[:-5], "-o", str(again), "--galaxies-per-batch", "1", "-q"]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    arrays = dict(__import__("numpy").load(gallery))
+    assert arrays["images"].shape[1:] == (SIZE, SIZE, 3) and len(arrays["pgcIDs"]) == 7
+    assert list(arrays["inc_std"]) == sorted(arrays["inc_std"], reverse=True)
+
+
+def test_measure_refuses_a_bundle_that_changed_since_the_build(survey_data, tmp_path, capsys):
+    code = measure.main(["--bundle", str(survey_data["bundle"]), "--bundle-id", "000000000000", "-c",
+                         str(survey_data["catalog"]), "-p", str(survey_data["galaxies"]), "--shard", "1/24",
+                         "-o", str(tmp_path / "c.csv"), "-q"])
+    assert code == 2
+    assert "bundle changed: build the survey workflow again" in capsys.readouterr().err
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_merge_joins_chunks_and_refuses_two_bundles(survey_data, tmp_path, capsys):
+    parts = []
+    for index, key in ((1, "bundle"), (2, "bundle"), (3, "other_bundle")):
+        out = tmp_path / f"part{index}.csv"
+        assert measure.main(["--bundle", str(survey_data[key]), "-c", str(survey_data["catalog"]), "-p",
+                             str(survey_data["galaxies"]), "--bands", "gri", "--shard", f"{index}/12", "-o", str(out),
+                             "-q"]) == 0
+        parts.append(out)
+    catalog, parquet = tmp_path / "catalog.csv", tmp_path / "catalog.parquet"
+    assert merge.main(["-i", *map(str, parts[:2]), "-o", str(catalog), "--parquet", str(parquet), "-q"]) == 0
+    rows = read_rows(catalog)
+    assert len(rows) == 4 and rows[0]["status"] == "ok"
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    assert table.schema.metadata[b"inclinet.bundle"].decode() == rows[0]["bundle"]
+    frame = pd.read_parquet(parquet)
+    assert list(frame["pgc"]) == [int(r["pgc"]) for r in rows]
+    assert frame["gri_model4"].tolist() == [float(r["gri_model4"]) for r in rows]
+    assert str(frame["ood"].dtype) == "boolean" and frame["reason"].isna().all()
+
+    mixed = tmp_path / "mixed.csv"
+    assert merge.main(["-i", *map(str, parts), "-o", str(mixed), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{parts[2]}, line 2: measured with bundle" in err and "never merge two bundles" in err
+    assert not mixed.exists()
+
+    report, numbers = tmp_path / "report.html", tmp_path / "report.json"
+    gallery = tmp_path / "gallery.npz"
+    assert measure.main(["--bundle", str(survey_data["bundle"]), "-c", str(survey_data["catalog"]), "-p",
+                         str(survey_data["galaxies"]), "--shard", "1/6", "-o", str(tmp_path / "g.csv"),
+                         "--gallery", str(gallery), "-q"]) == 0
+    assert summarize.main(["-c", str(catalog), "--galleries", str(gallery), "-o", str(report), "--numbers",
+                           str(numbers), "-q"]) == 0
+    result = json.loads(numbers.read_text())
+    assert result["galaxies"] == 4 and result["statuses"]["ok"] == 4
+    assert len(result["most_uncertain"]) == 4
+    assert "Most uncertain galaxies" in report.read_text()
+
+
+SURVEY_FLAGS = ["--galaxies-per-job", "6", "--bands", "g,gri"]
+
+
+def survey_flags(survey_data, key="bundle"):
+    return ["--predict-with", str(survey_data[key]), "--data-path", str(survey_data["galaxies"]),
+            "--catalog", str(survey_data["catalog"]), *SURVEY_FLAGS]
+
+
+def test_survey_dag_jobs_files_and_command_lines(survey_data, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main([*survey_flags(survey_data), "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
+    jobs = dag.load_jobs(run_dir)
+    identity = model_bundle.identity(survey_data["bundle"])
+    assert [job.stage for job in jobs] == ["measure"] * 4 + ["merge", "summarize"]
+    bundle_files = [f"bundle/{name}" for name in model_bundle.files(survey_data["bundle"])]
+    for job in jobs[:4]:
+        assert set(bundle_files) <= set(job.inputs)
+        assert sum(lfn.startswith("raw/galaxies/") for lfn in job.inputs) == 6 * 2
+    assert jobs[4].parents == [job.id for job in jobs[:4]]
+    assert jobs[4].outputs == [naming.survey_catalog(identity), naming.survey_catalog(identity, ".parquet")]
+    assert jobs[5].parents == ["merge", *[job.id for job in jobs[:4]]]
+    for job in jobs:
+        registry.get(job.stage).build_parser().parse_args(job.args)
+    # Another bundle: other file names, so the two catalogs never mix.
+    other = tmp_path / "other"
+    assert main([*survey_flags(survey_data, "other_bundle"), "--output-dir", str(other), "--dry-run", "-q"]) == 0
+    outputs = {lfn for job in dag.load_jobs(other) for lfn in job.outputs}
+    assert not outputs & {lfn for job in jobs for lfn in job.outputs}
+
+
+def test_survey_pegasus_files_validate_and_stage_the_bundle_once(survey_data, tmp_path):
+    from test_catalogs import SCHEMA_DIR, SCHEMAS, errors
+
+    if not SCHEMA_DIR.is_dir():
+        pytest.skip(f"{SCHEMA_DIR} not present")
+    import jsonschema
+    import referencing
+    from referencing.jsonschema import DRAFT7
+
+    resources = {path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()),
+                                                               default_specification=DRAFT7)
+                 for path in SCHEMA_DIR.glob("*.yml")}
+    schema_registry = referencing.Registry().with_resources(resources.items())
+    run_dir = tmp_path / "run"
+    assert main([*survey_flags(survey_data), "--engine", "pegasus", "--cluster-size", "2", "--output-dir",
+                 str(run_dir), "--dry-run", "-q"]) == 0
+    for name, schema in SCHEMAS.items():
+        validator = jsonschema.Draft7Validator(resources[schema].contents, registry=schema_registry)
+        assert errors(validator, yaml.safe_load((run_dir / name).read_text())) == [], name
+    workflow = yaml.safe_load((run_dir / "workflow.yml").read_text())
+    measures = [job for job in workflow["jobs"] if job["name"] == "inclinet-measure"]
+    assert len(measures) == 4
+    for job in measures:
+        uses = {use["lfn"]: use for use in job["uses"]}
+        assert uses["bundle/manifest.json"]["type"] == "input"
+        assert job["profiles"]["pegasus"]["label"].startswith("measure_c")
+    merged = next(job for job in workflow["jobs"] if job["name"] == "inclinet-merge")
+    assert all(use["stageOut"] for use in merged["uses"] if use["type"] == "output")
+    replicas = yaml.safe_load((run_dir / "replicas.yml").read_text())["replicas"]
+    manifest = [r for r in replicas if r["lfn"] == "bundle/manifest.json"]
+    assert manifest == [{"lfn": "bundle/manifest.json", "pfns": [
+        {"site": "local", "pfn": f"file://{(survey_data['bundle'] / 'manifest.json').resolve()}"}]}]
+    names = {t["name"] for t in yaml.safe_load((run_dir / "transformations.yml").read_text())["transformations"]}
+    assert names == {"inclinet-measure", "inclinet-merge", "inclinet-summarize"}
+
+
+def _states(run_dir):
+    return {p.name[:-5]: json.loads(p.read_text())["state"] for p in (run_dir / "state").glob("*.json")
+            if not p.name.endswith(".rc.json") and p.name != "runner.json" and not p.name.startswith(".tmp-")}
+
+
+def _attempts(run_dir, job_id):
+    return (run_dir / "logs" / f"{job_id}.log").read_text().count(f"=== {job_id} attempt")
+
+
+@pytest.mark.slow
+def test_survey_run_killed_and_resumed_then_rerun_with_another_bundle(survey_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = [*survey_flags(survey_data), "--max-parallel", "1", "--output-dir", str(run_dir), "-q"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", *flags], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (_states(run_dir).get("measure_0001") == "done" if (run_dir / "state").is_dir() else False):
+            assert time.monotonic() < deadline and runner.poll() is None
+            time.sleep(0.1)
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    finished = json.loads((run_dir / "state" / "measure_0001.json").read_text())
+    assert main(["resume", str(run_dir), "-q"]) == 0
+    assert set(_states(run_dir).values()) == {"done"}
+    assert json.loads((run_dir / "state" / "measure_0001.json").read_text())["started"] == finished["started"]
+    assert _attempts(run_dir, "measure_0001") == 1
+    identity = model_bundle.identity(survey_data["bundle"])
+    data = run_dir / "data"
+    rows = read_rows(data / naming.survey_catalog(identity))
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"ok"} and {r["bands"] for r in rows} == {"g,gri"}
+    assert (data / naming.survey_catalog(identity, ".parquet")).stat().st_size > 0
+    assert json.loads((data / naming.survey_report(identity, ".json")).read_text())["galaxies"] == 24
+    assert str(data / naming.survey_catalog(identity)) in capsys.readouterr().out
+    # The same run directory with another bundle: a new catalog beside the first, which is untouched.
+    first = (data / naming.survey_catalog(identity)).read_bytes()
+    assert main([*survey_flags(survey_data, "other_bundle"), "--max-parallel", "2", "--output-dir", str(run_dir),
+                 "--force", "-q"]) == 0
+    other = model_bundle.identity(survey_data["other_bundle"])
+    assert other != identity
+    assert {r["bundle"] for r in read_rows(data / naming.survey_catalog(other))} == {other}
+    assert (data / naming.survey_catalog(identity)).read_bytes() == first
