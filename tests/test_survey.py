@@ -266,3 +266,60 @@ def test_survey_run_killed_and_resumed_then_rerun_with_another_bundle(survey_dat
     assert other != identity
     assert {r["bundle"] for r in read_rows(data / naming.survey_catalog(other))} == {other}
     assert (data / naming.survey_catalog(identity)).read_bytes() == first
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_survey_under_slurm(survey_data, tmp_path):
+    from test_slurm import _slurm_problem
+
+    conf = Path(os.environ.get("INCLINET_SLURM_DIR", "/tmp/inclinet-slurm")) / "slurm.conf"
+    env = {"SLURM_CONF": str(conf)} if not Path("/etc/slurm/slurm.conf").exists() and conf.exists() else {}
+    os.environ.update(env)
+    try:
+        problem = _slurm_problem()
+        if problem:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI is set but the SLURM tests cannot run: {problem}")
+            pytest.skip(problem)
+        run_dir = tmp_path / "run"
+        code = main([*survey_flags(survey_data), "--galaxies-per-job", "12", "--bands", "gri", "--retries", "0",
+                     "--engine", "slurm", "--output-dir", str(run_dir), "--sbatch-option=--mem=1500M",
+                     "--wait", "--poll-interval", "1", "--wait-timeout", "300", "-q"])
+        logs = {p.name: p.read_text()[-600:] for p in (run_dir / "logs").glob("*.log")}
+        assert code == 0, logs
+        identity = model_bundle.identity(survey_data["bundle"])
+        rows = read_rows(run_dir / "data" / naming.survey_catalog(identity))
+        assert len(rows) == 24 and {r["bands"] for r in rows} == {"gri"}
+        assert "SLURM_JOB_ID=" in (run_dir / "logs" / "measure_0001.log").read_text()
+        assert main(["status", str(run_dir)]) == 0
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+
+
+@pytest.mark.pegasus
+def test_survey_plans_on_slurm_with_the_bundle_staged_once(survey_data, tmp_path, monkeypatch):
+    if not (shutil.which("pegasus-plan") and shutil.which("condor_submit_dag")):
+        message = "pegasus-plan and the HTCondor stand-ins are not on PATH (see ../shared/pegasus-planner)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must install them (.ci/run)")
+        pytest.skip(message)
+    if shutil.which("condor_submit"):
+        pytest.skip("HTCondor is installed here: this test would submit")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    from workflow.engines import pegasus
+
+    run_dir = tmp_path / "run"
+    assert main([*survey_flags(survey_data), "--engine", "pegasus", "--pegasus-site", "slurm", "--output-dir",
+                 str(run_dir), "-q"]) == 0
+    submit_dir = pegasus.find_submit_dir(run_dir)
+    assert submit_dir is not None and (submit_dir / "braindump.yml").is_file()
+    measures = list(submit_dir.glob("**/inclinet-measure_measure_*.sub"))
+    assert len(measures) == 4 and all("batch_queue = cpu" in p.read_text() for p in measures)
+    transfers = "".join(p.read_text() for p in submit_dir.glob("**/stage_in_*.in"))
+    # Each bundle file goes once to the site's shared scratch; every measuring job links it.
+    for name in model_bundle.files(survey_data["bundle"]):
+        assert transfers.count(f'"lfn": "bundle/{name}"') == 1, name
+    assert all("bundle/manifest.json" in p.read_text() for p in submit_dir.glob("**/inclinet-measure_*.sh"))

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Survey workflow benchmarks: one inclinet-measure job's throughput and peak memory by chunk size; the DAG at scale.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/bench_survey.py --work /tmp/bench_survey --chunks 500 5000
+    .venv/bin/python bench/bench_survey.py --work /tmp/bench_survey --only dag --rows 1000000
+
+``measure``: a bundle shaped like the demo's (two model4 regression members and the model4
+reject member at ``--size`` px, ``--views`` views; untrained weights, the same arithmetic),
+``--sources`` distinct synthetic galaxies rendered at ``--raw-size`` px in all four bands,
+and a catalog of N rows whose images are links to those sources (every row is read,
+normalised and predicted in every band: the work of N distinct galaxies). Each job runs as
+the engines run it: one process pinned to one core (``taskset``) with TensorFlow at one
+thread. Reported: wall and CPU seconds, galaxies per second (all four images), peak RSS.
+
+``dag``: ``run_workflow.py --synthetic ROWS --predict-with BUNDLE --engine pegasus --dry-run``
+(synthetic, so no millions of files have to exist): build time and the size of every file.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from inclinet import naming  # noqa: E402
+
+
+def executable(name):
+    beside = Path(sys.executable).parent / name
+    return [str(beside)] if beside.is_file() else [sys.executable, str(REPO / "bin" / name)]
+
+
+def make_sources(work, n_sources, raw_size):
+    source = work / "sources"
+    if not (source / "catalog.csv").is_file():
+        subprocess.run([*executable("inclinet-synth"), "-n", str(n_sources), "--size", str(raw_size), "--output",
+                        str(source), "-q"], check=True)
+    return source
+
+
+def make_catalog(work, source, n_rows, n_sources):
+    """A folder of links (row k -> source k mod n_sources, all bands) and a CSV catalog of n_rows."""
+    from inclinet.catalog import read_catalog
+
+    pgcs = [int(g.pgc) for g in read_catalog(source / "catalog.csv")][:n_sources]
+    folder = work / "galaxies"
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for row in range(n_rows):
+        pgc = 5_000_000 + row
+        rows.append(f"{pgc},60\n")
+        for band in naming.BANDS:
+            link = folder / naming.raw_image_names(pgc, band)[0]
+            if not os.path.lexists(link):
+                os.symlink(source / "galaxies" / naming.raw_image_names(pgcs[row % len(pgcs)], band)[0], link)
+    catalog = work / f"catalog_{n_rows}.csv"
+    catalog.write_text("pgc,inc\n" + "".join(rows))
+    return folder, catalog
+
+
+def measure_job(work, bundle, folder, catalog, n_rows, core):
+    out = work / f"chunk_{n_rows}.csv"
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    command = ["taskset", "-c", str(core), *executable("inclinet-measure"), "--bundle", str(bundle), "-c",
+               str(catalog), "-p", str(folder), "-o", str(out), "--gallery", str(work / f"gallery_{n_rows}.npz"), "-q"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"inclinet-measure failed (status {status}) on {n_rows} rows")
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"rows": n_rows, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "galaxies_per_s": round(n_rows / wall, 2), "galaxies_per_cpu_s": round(n_rows / cpu, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def bench_dag(work, bundle, rows, galaxies_per_job):
+    run_dir = work / f"dag_{rows}_{galaxies_per_job}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [sys.executable, str(REPO / "run_workflow.py"), "--synthetic", str(rows), "--predict-with", str(bundle),
+               "--galaxies-per-job", str(galaxies_per_job), "--engine", "pegasus", "--output-dir", str(run_dir),
+               "--dry-run", "-q"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    sizes = {name: round((run_dir / name).stat().st_size / 1e6, 2)
+             for name in ("jobs.json", "workflow.yml", "replicas.yml", "transformations.yml", "sites.yml")}
+    n_jobs = json.loads((run_dir / "run.json").read_text())["n_jobs"]
+    return {"rows": rows, "galaxies_per_job": galaxies_per_job, "jobs": n_jobs, "build_s": round(seconds, 1),
+            "sizes_mb": sizes, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "survey")
+    parser.add_argument("--only", choices=("measure", "dag"))
+    parser.add_argument("--chunks", type=int, nargs="+", default=[500, 5000], help="galaxies per job to measure")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="catalog rows of the DAG benchmark")
+    parser.add_argument("--dag-galaxies-per-job", type=int, nargs="+", default=[500, 5000])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--sources", type=int, default=100)
+    parser.add_argument("--raw-size", type=int, default=128)
+    parser.add_argument("--core", type=int, default=0, help="the core the measuring job is pinned to")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    from bench_serve import build_bundle
+
+    bundle = args.work / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        bundle = build_bundle(args.work, args.size, args.views)
+    results = {"size": args.size, "views": args.views, "raw_size": args.raw_size, "measure": [], "dag": []}
+    if args.only in (None, "measure"):
+        source = make_sources(args.work, args.sources, args.raw_size)
+        for n_rows in args.chunks:
+            folder, catalog = make_catalog(args.work, source, n_rows, args.sources)
+            result = measure_job(args.work, bundle, folder, catalog, n_rows, args.core)
+            print(json.dumps(result), flush=True)
+            results["measure"].append(result)
+    if args.only in (None, "dag"):
+        for per_job in args.dag_galaxies_per_job:
+            result = bench_dag(args.work, bundle, args.rows, per_job)
+            print(json.dumps(result), flush=True)
+            results["dag"].append(result)
+    (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
