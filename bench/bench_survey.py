@@ -14,8 +14,10 @@ normalised and predicted in every band: the work of N distinct galaxies). Each j
 the engines run it: one process pinned to one core (``taskset``) with TensorFlow at one
 thread. Reported: wall and CPU seconds, galaxies per second (all four images), peak RSS.
 
-``dag``: ``run_workflow.py --synthetic ROWS --predict-with BUNDLE --engine pegasus --dry-run``
-(synthetic, so no millions of files have to exist): build time and the size of every file.
+``dag``: ``run_workflow.py --predict-with BUNDLE --engine pegasus --dry-run`` over ROWS catalog
+rows, either real data (``--dag-data real``: a catalog and ROWS x 4 image links the builder
+checks one by one) or ``--synthetic ROWS`` (no files needed; the DAG then also holds the
+synth jobs): build time, peak memory and the size of every file.
 """
 
 import argparse
@@ -86,10 +88,12 @@ def measure_job(work, bundle, folder, catalog, n_rows, core):
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
-def bench_dag(work, bundle, rows, galaxies_per_job):
+def bench_dag(work, bundle, rows, galaxies_per_job, data=None):
+    """Build the survey DAG of ``rows`` catalog rows: real data (``data`` = (folder, catalog)) or synthetic."""
     run_dir = work / f"dag_{rows}_{galaxies_per_job}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, str(REPO / "run_workflow.py"), "--synthetic", str(rows), "--predict-with", str(bundle),
+    source = ["--data-path", str(data[0]), "--catalog", str(data[1])] if data else ["--synthetic", str(rows)]
+    command = [sys.executable, str(REPO / "run_workflow.py"), *source, "--predict-with", str(bundle),
                "--galaxies-per-job", str(galaxies_per_job), "--engine", "pegasus", "--output-dir", str(run_dir),
                "--dry-run", "-q"]
     start = time.perf_counter()
@@ -98,7 +102,8 @@ def bench_dag(work, bundle, rows, galaxies_per_job):
     sizes = {name: round((run_dir / name).stat().st_size / 1e6, 2)
              for name in ("jobs.json", "workflow.yml", "replicas.yml", "transformations.yml", "sites.yml")}
     n_jobs = json.loads((run_dir / "run.json").read_text())["n_jobs"]
-    return {"rows": rows, "galaxies_per_job": galaxies_per_job, "jobs": n_jobs, "build_s": round(seconds, 1),
+    return {"rows": rows, "data": "real" if data else "synthetic", "galaxies_per_job": galaxies_per_job,
+            "jobs": n_jobs, "build_s": round(seconds, 1),
             "sizes_mb": sizes, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
 
@@ -109,6 +114,9 @@ def main(argv=None):
     parser.add_argument("--chunks", type=int, nargs="+", default=[500, 5000], help="galaxies per job to measure")
     parser.add_argument("--rows", type=int, default=1_000_000, help="catalog rows of the DAG benchmark")
     parser.add_argument("--dag-galaxies-per-job", type=int, nargs="+", default=[500, 5000])
+    parser.add_argument("--dag-data", choices=("real", "synthetic"), default="synthetic",
+                        help="real: a catalog and a folder of ROWS x 4 image links (the builder checks each); "
+                             "synthetic: --synthetic ROWS (synth jobs too, no files needed)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--sources", type=int, default=100)
@@ -130,8 +138,12 @@ def main(argv=None):
             print(json.dumps(result), flush=True)
             results["measure"].append(result)
     if args.only in (None, "dag"):
+        data = None
+        if args.dag_data == "real":
+            data = make_catalog(args.work, make_sources(args.work, args.sources, args.raw_size), args.rows,
+                                args.sources)
         for per_job in args.dag_galaxies_per_job:
-            result = bench_dag(args.work, bundle, args.rows, per_job)
+            result = bench_dag(args.work, bundle, args.rows, per_job, data)
             print(json.dumps(result), flush=True)
             results["dag"].append(result)
     (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
