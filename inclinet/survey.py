@@ -427,7 +427,7 @@ def summarize(*, catalog, galleries=(), output, numbers_path=None, gallery_size=
     if shown:
         columns_ = min(6, len(shown))
         lines = (len(shown) + columns_ - 1) // columns_
-        figure, axes = plt.subplots(lines, columns_, figsize=(1.8 * columns_, 2.1 * lines), squeeze=False)
+        figure, axes = plt.subplots(lines, columns_, figsize=(1.8 * columns_, 2.6 * lines), squeeze=False)
         for axis in axes.ravel():
             axis.axis("off")
         for axis, (spread, pgc, image, median, reject) in zip(axes.ravel(), shown):
