@@ -421,7 +421,9 @@ def score_all(args, work, manifest):
         import numpy as np
 
         extra = dict(np.load(work / naming.sample(args.size, band, "binary_test")))
-        keep = ~np.isin(extra["pgcIDs"], own[band]["pgcIDs"]) & (extra["labels"] < 10)
+        # Binary samples hold binary labels (1 = reject): add the rejects as numeric class 0 (J).
+        keep = ~np.isin(extra["pgcIDs"], own[band]["pgcIDs"]) & (extra["labels"] == 1)
+        extra["labels"] = np.where(extra["labels"] == 1, 0, extra["labels"])
         for key in ("images", "labels", "pgcIDs"):
             own[band][key] = np.concatenate([own[band][key], extra[key][keep]])
     scores = {"own": score_universe("own", work / "raw", own, networks, manifest, calibrations, args)}
