@@ -664,12 +664,15 @@ def fit_peer(images_or_q, truth, *, psf_fwhm_pixels=None, linear=True, min_cover
             continue
     if not fitted:
         raise ValueError("no method measured enough galaxies to calibrate the peer")
-    best = _best_name({m: (c.rms, c.coverage) for m, c in fitted.items()}, min_coverage)
+    best = best_method({m: (c.rms, c.coverage) for m, c in fitted.items()}, min_coverage)
     return PeerCalibration(methods=fitted, best=best)
 
 
-def _best_name(table, min_coverage):
-    """Lowest RMS among methods with enough coverage (else among all); ties keep :data:`METHODS` order."""
+def best_method(table, min_coverage=0.9):
+    """The method with the lowest RMS among those with enough coverage (else among all).
+
+    ``table`` maps method -> ``(rms, coverage)``; ties keep :data:`METHODS` order.
+    """
     order = {name: index for index, name in enumerate(METHODS)}
     eligible = {m: v for m, v in table.items() if np.isfinite(v[0]) and v[1] >= min_coverage}
     if not eligible:
@@ -712,6 +715,6 @@ def best_peer(measurements, truth, *, calibration=None, q0=DEFAULT_Q0, min_cover
     for method, inclinations in values.items():
         score = scores(inclinations, truth)
         table[method] = (score["rms"], score["coverage"])
-    name = _best_name(table, min_coverage)
+    name = best_method(table, min_coverage)
     return name, values[name]
 

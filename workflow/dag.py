@@ -379,12 +379,7 @@ def build_jobs(config, *, missing=None):
             raise InputError(f"{config.catalog}: the catalog has no rows")
     if config.predict_with is not None:
         jobs.extend(_survey_jobs(config, ids, missing))
-        infer_parents(jobs)
-        if config.cluster_size:
-            labels = cluster_labels(jobs, config.cluster_size)
-            for job in jobs:
-                job.cluster = labels.get(job.id)
-        return jobs
+        return _linked(jobs, config)
     chunks = n_chunks(len(ids), config.galaxies_per_job)
     from inclinet._helpers import shard_range
 
@@ -452,6 +447,11 @@ def build_jobs(config, *, missing=None):
             models.append(outputs[0])
 
     jobs.append(_evaluate_job(config, models, len(ids)))
+    return _linked(jobs, config)
+
+
+def _linked(jobs, config):
+    """Parents inferred from the files, and the cluster labels of ``--cluster-size``."""
     infer_parents(jobs)
     if config.cluster_size:
         labels = cluster_labels(jobs, config.cluster_size)

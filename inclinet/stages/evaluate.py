@@ -265,13 +265,10 @@ def strong_peer(test_sets):
     return name, values, full
 
 
-def _best_cross_fitted(peer, values, truth, min_coverage=0.9):
-    """Lowest RMS among the methods measuring at least ``min_coverage`` of the images (else among all)."""
+def _best_cross_fitted(peer, values, truth):
+    """The method whose cross-fitted inclinations have the lowest RMS (among those measuring 90%)."""
     table = {m: peer.scores(v, truth) for m, v in values.items()}
-    eligible = [m for m in peer.METHODS if m in table and np.isfinite(table[m]["rms"])
-                and table[m]["coverage"] >= min_coverage]
-    eligible = eligible or [m for m in peer.METHODS if m in table and np.isfinite(table[m]["rms"])] or list(table)
-    return min(eligible, key=lambda m: table[m]["rms"] if np.isfinite(table[m]["rms"]) else math.inf)
+    return peer.best_method({m: (t["rms"], t["coverage"]) for m, t in table.items()})
 
 
 # -- the job ------------------------------------------------------------------------------
