@@ -403,7 +403,7 @@ def score_real_look(args, networks, manifest):
 
 
 def score_all(args, work, manifest):
-    import sys as _sys
+    import numpy as np
 
     from inclinet import models
 
@@ -413,13 +413,9 @@ def score_all(args, work, manifest):
     calibrations = fit_strong_peer(args, work)
     own = {}
     for band in naming.BANDS:
-        import numpy as np
-
         own[band] = dict(np.load(work / naming.sample(args.size, band, "test", 0)))
     # The binary test split has the rejects; score them on the held-out accepted + binary test together.
     for band in naming.BANDS:
-        import numpy as np
-
         extra = dict(np.load(work / naming.sample(args.size, band, "binary_test")))
         # Binary samples hold binary labels (1 = reject): add the rejects as numeric class 0 (J).
         keep = ~np.isin(extra["pgcIDs"], own[band]["pgcIDs"]) & (extra["labels"] == 1)
@@ -428,7 +424,7 @@ def score_all(args, work, manifest):
             own[band][key] = np.concatenate([own[band][key], extra[key][keep]])
     scores = {"own": score_universe("own", work / "raw", own, networks, manifest, calibrations, args)}
     if args.n_foreign:
-        _sys.path.insert(0, str(ROOT / "bench"))
+        sys.path.insert(0, str(ROOT / "bench"))
         from foreign_universe import render_universe
 
         foreign_raw = work / "foreign"

@@ -424,17 +424,21 @@ def normalise_batch(images, size):
     return out
 
 
-def load_normalised(path, size, *, with_info=False):
-    """Read an image file (:func:`inclinet.images.load_image`) and normalise it to ``size`` pixels."""
-    from inclinet.images import load_image
-
-    image = load_image(path)
+def normalise_file_image(image, size, path, *, with_info=False):
+    """:func:`normalise_image` of an image read from ``path``: too small an image is an InputError naming the file."""
     if min(image.shape[:2]) < 8:
         from inclinet.errors import InputError
 
         raise InputError(f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is too small; "
                          "at least 8 x 8 are needed")
     return normalise_image(image, size, with_info=with_info)
+
+
+def load_normalised(path, size, *, with_info=False):
+    """Read an image file (:func:`inclinet.images.load_image`) and normalise it to ``size`` pixels."""
+    from inclinet.images import load_image
+
+    return normalise_file_image(load_image(path), size, path, with_info=with_info)
 
 
 #: Statistics of a normalised image compared with the training distribution by predict.

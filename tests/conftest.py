@@ -73,3 +73,25 @@ def ellipse_images(n, size, seed, *, colour, major=0.3):
         image = profile * 255 if colour else 255 - profile * 200
         images.append(np.repeat(image[..., None], 3, axis=-1))
     return np.clip(np.round(images), 0, 255).astype(np.uint8), inclinations.astype(np.int32)
+
+
+def untrained_bundle(root, members, *, size=32, seed=1, views=2, seed_offset=0):
+    """``root/bundle`` of untrained members ``(model, subset, task)`` at ``size`` px: fast, enough for plumbing tests.
+
+    Member ``k`` is initialised with Keras seed ``seed_offset + k``. Returns the bundle folder.
+    """
+    from pathlib import Path
+
+    from inclinet import bundle, models, naming
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    records = []
+    for index, (model, subset, task) in enumerate(members):
+        models.import_keras().utils.set_random_seed(seed_offset + index)
+        path = root / f"{Path(naming.model_stem(model, subset)).name}.keras"
+        models.build_model(model, input_size=size, task=task).save(path)
+        records.append({"name": naming.member_name(model, subset), "model": model, "task": task,
+                        "subset": subset, "path": path})
+    bundle.write_bundle(root / "bundle", records, input_size=size, seed=seed, views=views)
+    return root / "bundle"

@@ -4,31 +4,23 @@ import json
 
 import numpy as np
 import pytest
+from conftest import untrained_bundle
 from PIL import Image
 
 from inclinet import bundle as model_bundle
 from inclinet import models
 from inclinet.catalog import Galaxy, write_catalog
 from inclinet.normalise import normalise_image
-from inclinet.stages import evaluate, predict
+from inclinet.stages import predict
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    members = []
-    for index, (model, subset, task) in enumerate((("model4", 0, "regression"), ("model4", 2, "regression"),
-                                                   ("model6", 1, "regression"), ("model4", "binary", "binary"),
-                                                   ("model6", "binary", "binary"))):
-        models.import_keras().utils.set_random_seed(index)
-        path = root / f"{'Binary' if subset == 'binary' else f'Uset_{subset:03d}'}_{model}.keras"
-        models.build_model(model, input_size=SIZE, task=task).save(path)
-        members.append({"name": evaluate.naming.member_name(model, subset), "model": model, "task": task,
-                        "subset": subset, "path": path})
-    model_bundle.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2)
-    return root / "bundle"
+    members = (("model4", 0, "regression"), ("model4", 2, "regression"), ("model6", 1, "regression"),
+               ("model4", "binary", "binary"), ("model6", "binary", "binary"))
+    return untrained_bundle(tmp_path_factory.mktemp("predict"), members, size=SIZE)
 
 
 def galaxy_image(height, width, *, colour=True, seed=0):

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import untrained_bundle
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -23,7 +24,7 @@ from inclinet.catalog import Galaxy, write_catalog  # noqa: E402
 from inclinet.service import cli  # noqa: E402
 from inclinet.service.app import create_app  # noqa: E402
 from inclinet.service.sources import transform  # noqa: E402
-from inclinet.stages import evaluate, predict  # noqa: E402
+from inclinet.stages import predict  # noqa: E402
 
 SIZE = 32
 KNOWN_PGC = 1000001
@@ -57,16 +58,8 @@ def png_header_only(width, height):
 
 
 def build_bundle(root):
-    members = []
-    for index, (model, subset, task) in enumerate((("model4", 0, "regression"), ("model4", 1, "regression"),
-                                                   ("model4", "binary", "binary"))):
-        models.import_keras().utils.set_random_seed(index)
-        path = root / f"{'Binary' if subset == 'binary' else f'Uset_{subset:03d}'}_{model}.keras"
-        models.build_model(model, input_size=SIZE, task=task).save(path)
-        members.append({"name": evaluate.naming.member_name(model, subset), "model": model, "task": task,
-                        "subset": subset, "path": path})
-    evaluate.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2)
-    return root / "bundle"
+    members = (("model4", 0, "regression"), ("model4", 1, "regression"), ("model4", "binary", "binary"))
+    return untrained_bundle(root, members, size=SIZE)
 
 
 def build_galaxies(root):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import untrained_bundle
 
 from inclinet import bundle as model_bundle
-from inclinet import models, naming, survey
+from inclinet import naming, survey
 from inclinet import stages as registry
 from inclinet.stages import measure, merge, predict, summarize, synth
 from workflow import dag
@@ -27,17 +28,8 @@ SIZE = 32
 
 def make_bundle(root, seed):
     """Untrained members at 32 px (two regression, one binary): fast, and enough to test the plumbing."""
-    root.mkdir(parents=True, exist_ok=True)
-    members = []
-    for index, (model, subset, task) in enumerate((("model4", 0, "regression"), ("model4", 1, "regression"),
-                                                   ("model4", "binary", "binary"))):
-        models.import_keras().utils.set_random_seed(seed * 10 + index)
-        path = root / f"{Path(naming.model_stem(model, subset)).name}.keras"
-        models.build_model(model, input_size=SIZE, task=task).save(path)
-        members.append({"name": naming.member_name(model, subset), "model": model, "task": task,
-                        "subset": subset, "path": path})
-    model_bundle.write_bundle(root / "bundle", members, input_size=SIZE, seed=seed, views=1)
-    return root / "bundle"
+    members = (("model4", 0, "regression"), ("model4", 1, "regression"), ("model4", "binary", "binary"))
+    return untrained_bundle(root, members, size=SIZE, seed=seed, views=1, seed_offset=seed * 10)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.images import load_image
 from inclinet.io import atomic_path, check_outputs
-from inclinet.normalise import normalise_image
+from inclinet.normalise import normalise_file_image
 from inclinet.npzstream import NpzWriter
 from inclinet.report import SkipReport
 
@@ -51,10 +51,7 @@ def prepare(path, band, size):
         raise InputError(f"{path}: colour image for the grayscale band {band}; expected a one-channel image")
     if band == "gri" and gray:
         raise InputError(f"{path}: grayscale image for the colour band gri; expected an RGB composite")
-    if min(image.shape[:2]) < 8:
-        raise InputError(f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is too small; "
-                         "at least 8 x 8 are needed")
-    return normalise_image(image, size)
+    return normalise_file_image(image, size, path)
 
 
 def run(*, data_dir, catalog, band, size=config.DEFAULTS.size, output, root=naming.DEFAULT_ROOT, shard=None,
