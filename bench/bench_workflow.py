@@ -47,7 +47,7 @@ def bench_overhead(n_jobs, max_parallel):
     atomic_write_json(run_dir / "run.json", {"engine": "local", "config": {"retries": 0},
                                              "engine_args": {"max_parallel": max_parallel}})
     start = time.perf_counter()
-    runner = local.LocalRunner(run_dir, jobs, max_parallel=max_parallel, max_retries=0, progress=False)
+    runner = local.LocalRunner(run_dir, jobs, max_parallel=max_parallel, retries=0, progress=False)
     failed = runner.execute()
     wall = time.perf_counter() - start
     assert failed == 0, "trivial jobs failed"

@@ -148,11 +148,16 @@ def test_sigterm_to_runner_stops_jobs_and_resume_finishes(tmp_path):
     runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: states(run_dir).get("a") == "running")
+    # The wrapper writes the attempt's first log line when it starts the job.
+    assert _wait_for(lambda: attempts_in_log(run_dir, "a") == 1)
     pid = json.loads((run_dir / "state" / "a.json").read_text())["pid"]
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
     assert not local._alive(pid, None)
     assert states(run_dir)["a"] == "pending"
+    record = json.loads((run_dir / "state" / "exit" / "a.json").read_text())
+    assert (record["job"], record["attempt"], record["signal"]) == ("a", 1, "TERM")
+    assert record["exit_code"] == 128 + signal.SIGTERM  # the job was killed by the SIGTERM passed on
     # Make the job quick and resume.
     jobs[0].args[2] = "0"
     dag.save_jobs(run_dir, jobs)
@@ -175,7 +180,10 @@ def test_cancel_stops_the_runner_and_its_jobs(tmp_path, capsys):
         if runner.poll() is None:
             runner.kill()
     assert not local._alive(pid, None)
-    assert states(run_dir) == {"long": "pending", "after": "pending"}
+    # A job never started has no state file; status names both in the engines' common states.
+    assert states(run_dir) == {"long": "pending"}
+    rows = {row["id"]: row["state"] for row in local.collect(run_dir, dag.load_jobs(run_dir))}
+    assert rows == {"long": "cancelled", "after": "unsubmitted"}
     assert "cancelled" in capsys.readouterr().out
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from inclinet.errors import ConfigError, StageError
 from workflow.dag import JobSpec, WorkflowConfig, expected_job_counts, infer_parents, save_jobs
-from workflow.engines import slurm
+from workflow.engines import common, jobwrap, slurm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,10 +84,16 @@ def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
     assert "--signal=B:TERM@120" in argv  # checkpointing job: warned before its time limit
     # extra options come after the engine's own, so that sbatch lets them win
     assert argv.index("--mem=8G") > argv.index("--mem=16000M")
-    wrapper = argv.index(f"{run}/state/slurm/wrapper.sh")
-    assert argv[wrapper + 1] == f"{run}/state/slurm/exit/train_Uset_000_model4.json"
-    assert argv[wrapper + 2] == "4"  # 1 + retries attempts
-    assert argv[wrapper + 3].endswith("inclinet-train") and argv[-2:] == ["--epochs", "1"]
+    # the batch script is the job wrapper of every engine: record, job, first attempt, tries, command
+    wrapper = argv.index(f"{run}/state/jobwrap.sh")
+    assert argv[wrapper + 1:wrapper + 5] == [f"{run}/state/exit/train_Uset_000_model4.json",
+                                             "train_Uset_000_model4", "1", "4"]  # 1 + retries tries
+    assert argv[wrapper + 5].endswith("inclinet-train") and argv[-2:] == ["--epochs", "1"]
+    # resume --retries N replaces the job's own retries, up or down
+    for retries, tries in ((0, "1"), (5, "6")):
+        options.retries = retries
+        argv = slurm.sbatch_argv(job, tmp_path, options, ["11"], use_gpus=True)
+        assert argv[argv.index(f"{run}/state/jobwrap.sh") + 4] == tries
 
 
 def test_sbatch_argv_without_gpus_or_parents_and_gpus_flag(tmp_path):
@@ -144,13 +150,19 @@ def _fake_run(tmp_path, monkeypatch, queue, accounting=None):
         shell_job("g", "", [], ["g"])])
     run_dir = tmp_path / "run"
     state = slurm.slurm_state_dir(run_dir)
-    (state / "exit").mkdir(parents=True)
+    state.mkdir(parents=True)
+    jobwrap.record_path(run_dir, "a").parent.mkdir(parents=True)
     ids = {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6"}  # g never submitted
     slurm._append_lines(state / "submissions.tsv", [f"{k}\t{v}\tt" for k, v in ids.items()])
-    for job_id, code in (("a", 0), ("b", 2)):
-        (state / "exit" / f"{job_id}.json").write_text(json.dumps({"slurm_job_id": ids[job_id], "exit_code": code}))
-    # a stale record of an earlier submission of d must not count
-    (state / "exit" / "d.json").write_text(json.dumps({"slurm_job_id": "999", "exit_code": 0}))
+
+    def record(job_id, slurm_id, code):
+        jobwrap.record_path(run_dir, job_id).write_text(json.dumps({
+            "format": 1, "job": job_id, "attempt": 1, "exit_code": code, "signal": "", "host": "n1",
+            "started": 1.0, "ended": 2.0, "slurm_job_id": slurm_id}))
+
+    record("a", ids["a"], 0)
+    record("b", ids["b"], 2)
+    record("d", "999", 0)  # a stale record of an earlier submission of d must not count
 
     def fake_squeue(slurm_ids):
         wanted = set(slurm_ids)
@@ -166,9 +178,11 @@ def test_status_combines_records_queue_and_inference(tmp_path, monkeypatch):
     run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue, accounting=None)
     statuses = slurm.collect_status(run_dir, jobs)
     states = {k: v.state for k, v in statuses.items()}
-    assert states == {"a": "done", "b": "failed", "c": "dependency-failed", "d": "running", "e": "pending",
+    assert states == {"a": "done", "b": "failed", "c": "blocked", "d": "running", "e": "pending",
                       "f": "lost", "g": "unsubmitted"}
     assert statuses["b"].exit_code == 2 and "parent b" in statuses["c"].reason
+    assert "exit code 2 after 1 attempt(s)" in statuses["b"].reason
+    assert set(states.values()) <= set(common.JOB_STATES)
 
 
 def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkeypatch):
@@ -176,8 +190,7 @@ def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkey
     run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue, accounting={"6": ("CANCELLED", 0),
                                                                        "5": ("OUT_OF_MEMORY", 0)})
     states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
-    assert (states["c"], states["d"], states["e"], states["f"]) == ("dependency-failed", "failed", "failed",
-                                                                    "cancelled")
+    assert (states["c"], states["d"], states["e"], states["f"]) == ("blocked", "failed", "failed", "cancelled")
     slurm.collect_status(run_dir, jobs)  # seen twice, remembered once
     observed = (slurm.slurm_state_dir(run_dir) / "observed.tsv").read_text().splitlines()
     assert sorted(observed) == ["3\tCANCELLED\tDependencyNeverSatisfied", "4\tTIMEOUT\tTimeLimit"]
@@ -185,7 +198,7 @@ def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkey
     monkeypatch.setattr(slurm, "squeue_states", lambda ids: {})
     monkeypatch.setattr(slurm, "sacct_states", lambda ids: None)
     states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
-    assert (states["c"], states["d"], states["f"]) == ("dependency-failed", "failed", "lost")
+    assert (states["c"], states["d"], states["f"]) == ("blocked", "failed", "lost")
 
 
 def test_resume_selects_unfinished_jobs_and_replaces_queued_descendants(tmp_path, monkeypatch):
@@ -201,7 +214,7 @@ def test_resume_selects_unfinished_jobs_and_replaces_queued_descendants(tmp_path
         return {job_id: str(100 + i) for i, job_id in enumerate(sorted(selected))}
 
     monkeypatch.setattr(slurm, "submit", fake_submit)
-    assert slurm.resume(run_dir, engine_args("--account", "x")) == 0
+    assert slurm.resume(run_dir, jobs, engine_args("--account", "x")) == 0
     assert submitted["selected"] == {"b", "c", "f", "g"}
     assert submitted["live"] == {"d": "4", "e": "5"}
     assert submitted["options"].account == "x"
@@ -209,8 +222,8 @@ def test_resume_selects_unfinished_jobs_and_replaces_queued_descendants(tmp_path
     # a finished job whose output is gone runs again, with everything still queued below it
     (run_dir / "data" / "a").unlink()
     queue["2"] = ("PENDING", "Dependency")
-    (slurm.slurm_state_dir(run_dir) / "exit" / "b.json").unlink()
-    slurm.resume(run_dir, engine_args())
+    jobwrap.record_path(run_dir, "b").unlink()
+    slurm.resume(run_dir, jobs, engine_args())
     assert submitted["selected"] >= {"a", "b", "c"}
 
 
@@ -243,24 +256,24 @@ def test_sacct_parsing_and_disabled_accounting(monkeypatch):
 
 
 def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
-    wrapper = tmp_path / "wrapper.sh"
-    wrapper.write_text(slurm.WRAPPER)
-    exit_file = tmp_path / "exit" / "x.json"
+    wrapper = jobwrap.install(tmp_path)
+    exit_file = jobwrap.record_path(tmp_path, "x")
     env = dict(os.environ, SLURM_JOB_ID="42")
-    result = subprocess.run(["bash", str(wrapper), str(exit_file), "3", "sh", "-c", "echo try; exit 3"], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(["bash", str(wrapper), str(exit_file), "x", "1", "3", "sh", "-c", "echo try; exit 3"],
+                            env=env, capture_output=True, text=True)
     assert result.returncode == 3 and result.stdout.splitlines().count("try") == 3
-    assert "SLURM_JOB_ID=42" in result.stdout
-    record = json.loads(exit_file.read_text())
-    assert (record["slurm_job_id"], record["exit_code"], record["attempts"]) == ("42", 3, 3)
+    assert "SLURM_JOB_ID=42" in result.stdout and result.stdout.count("=== x attempt ") == 3
+    record = jobwrap.read_record(tmp_path, "x")
+    assert (record["slurm_job_id"], record["exit_code"], record["attempt"], record["job"]) == ("42", 3, 3, "x")
+    assert record["format"] == jobwrap.RECORD_FORMAT and record["started"] <= record["ended"]
     # exit code 2 (usage or input error) would fail the same way again: no retry
-    result = subprocess.run(["bash", str(wrapper), str(exit_file), "3", "sh", "-c", "exit 2"], env=env,
+    result = subprocess.run(["bash", str(wrapper), str(exit_file), "x", "1", "3", "sh", "-c", "exit 2"], env=env,
                             capture_output=True, text=True)
-    assert result.returncode == 2 and json.loads(exit_file.read_text())["attempts"] == 1
+    assert result.returncode == 2 and jobwrap.read_record(tmp_path, "x")["attempt"] == 1
 
     # SIGTERM (time limit, cancel) is passed on; the job's own exit code is kept
     child = "trap 'echo saved; exit 3' TERM; echo ready; while true; do sleep 0.1; done"
-    process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "1", "sh", "-c", child], env=env,
+    process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "x", "1", "1", "sh", "-c", child], env=env,
                                stdout=subprocess.PIPE, text=True)
     lines = []
     while "ready" not in lines and len(lines) < 20:
@@ -326,8 +339,7 @@ def test_failure_stops_descendants_only_and_resume_completes(slurm_cluster, tmp_
 
     statuses = slurm.collect_status(run_dir, jobs)
     states = {k: v.state for k, v in statuses.items()}
-    assert states == {"a": "done", "b": "failed", "c": "dependency-failed", "d": "dependency-failed",
-                      "e": "done", "f": "done"}
+    assert states == {"a": "done", "b": "failed", "c": "blocked", "d": "blocked", "e": "done", "f": "done"}
     # SLURM itself cancelled the descendants: the dependency can never be satisfied
     assert statuses["c"].reason == "DependencyNeverSatisfied"
     assert [run_count(run_dir, j) for j in "abcdef"] == [1, 1, 0, 0, 1, 1]
@@ -344,6 +356,27 @@ def test_failure_stops_descendants_only_and_resume_completes(slurm_cluster, tmp_
     assert [run_count(run_dir, j) for j in "abcdef"] == [1, 2, 1, 1, 1, 2]
     assert (run_dir / "data" / "d.txt").read_text() == "a\na\n"
     assert workflow_main(["status", str(run_dir)]) == 0
+
+
+@pytest.mark.slurm
+def test_resume_retries_replaces_each_jobs_own(slurm_cluster, tmp_path):
+    from workflow.cli import main as workflow_main
+
+    run_dir = tmp_path / "run"
+    jobs = make_run(run_dir, [shell_job("a", "exit 3", outputs=["a.txt"], retries=1)])
+    wait = ["--wait", "--poll-interval", "0.5", "--wait-timeout", "60"]
+    assert workflow_main(["resume", str(run_dir), *wait]) == 1
+    assert run_count(run_dir, "a") == 2  # its own retry (--retries 1 at build)
+    assert workflow_main(["resume", str(run_dir), "--retries", "0", *wait]) == 1
+    assert run_count(run_dir, "a") == 3
+    assert workflow_main(["resume", str(run_dir), "--retries", "2", *wait]) == 1
+    assert run_count(run_dir, "a") == 6
+    record = jobwrap.read_record(run_dir, "a")
+    assert (record["attempt"], record["exit_code"]) == (3, 3)
+    assert record["slurm_job_id"] == slurm.submissions(run_dir)["a"]
+    # the override is not kept: the next resume uses the job's own retries again
+    assert "retries" not in json.loads((slurm.slurm_state_dir(run_dir) / "options.json").read_text())
+    assert jobs[0].retries == 1
 
 
 @pytest.mark.slurm
@@ -461,7 +494,7 @@ def test_refused_submission_is_reported_and_resume_submits_the_rest(slurm_cluste
     assert list(slurm.submissions(run_dir)) == ["a"]
     jobs[1].memory_mb = 100
     save_jobs(run_dir, jobs)
-    assert slurm.resume(run_dir, engine_args("--wait", "--poll-interval", "0.5", "--wait-timeout", "60")) == 0
+    assert slurm.resume(run_dir, jobs, engine_args("--wait", "--poll-interval", "0.5", "--wait-timeout", "60")) == 0
     assert (run_dir / "data" / "b.txt").read_text() == "a\n" and run_count(run_dir, "a") == 1
 
 

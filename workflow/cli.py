@@ -143,10 +143,24 @@ def build_command_parser(command):
         parser.add_argument("--verify", action="store_true",
                             help="re-read every output of every finished job and compare its size and SHA-256 "
                                  "with what was recorded when the job ended (exit 1 on a mismatch)")
+    if command == "resume":
+        parser.add_argument("--retries", dest="retries_override", type=_retries_flag, metavar="N",
+                            help="retries of every job run again now, instead of the --retries of the build "
+                                 "(local and slurm engines; exit code 2 is never retried)")
     add_engine_arguments(parser)
     add_common_arguments(parser, seed=False)
     parser.set_defaults(command=command)
     return parser
+
+
+def _retries_flag(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid --retries: {text!r}; must be an integer >= 0")
+    return value
 
 
 def config_from_args(args):
@@ -312,11 +326,23 @@ def print_next_steps(run_dir, config, jobs=None):
 
 
 def run_command(args):
+    """``status``/``resume``/``cancel`` of a run: the engine recorded in ``run.json`` gets the run's jobs.
+
+    Flags the engine recorded at build (its ``RECORDED_FLAGS``: the local engine's
+    ``--max-parallel``, Pegasus's site and submit directory) apply again unless given now;
+    engines never read ``run.json`` themselves.
+    """
     from workflow.engines.common import read_run_info
 
     info = read_run_info(args.run_dir)
     engine_name = info.get("engine", "local")
-    code = getattr(load_engine(engine_name), args.command)(Path(args.run_dir), args)
+    engine = load_engine(engine_name)
+    recorded = info.get("engine_args") or {}
+    for name in getattr(engine, "RECORDED_FLAGS", ()):
+        if getattr(args, name, None) is None and recorded.get(name) is not None:
+            setattr(args, name, recorded[name])
+    jobs = dag.load_jobs(args.run_dir)
+    code = getattr(engine, args.command)(Path(args.run_dir), jobs, args)
     if args.command == "resume" and code == 0 and engine_name == "local" and "config" in info:
         try:
             config = dag.WorkflowConfig.from_dict(info["config"])

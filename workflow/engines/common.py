@@ -26,8 +26,35 @@ STATE_DIR = naming.STATE_DIR
 # -- the policy every engine follows ------------------------------------------------------
 
 #: Exit code of a usage, configuration or input error: the same command cannot succeed on a
-#: retry, so no engine retries it (the SLURM wrapper applies the same rule).
+#: retry, so no engine retries it (the job wrapper, :mod:`workflow.engines.jobwrap`, applies it).
 USAGE_ERROR_EXIT = 2
+
+#: The states of a job, the same on every engine; each engine maps its own onto them
+#: (docs/workflow.md, "Job states").
+UNSUBMITTED = "unsubmitted"
+PENDING = "pending"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+BLOCKED = "blocked"
+CANCELLED = "cancelled"
+LOST = "lost"
+JOB_STATES = (UNSUBMITTED, PENDING, RUNNING, DONE, FAILED, BLOCKED, CANCELLED, LOST)
+STATE_MEANINGS = {
+    UNSUBMITTED: "nothing will start it until 'resume' hands it over: a --dry-run build, a plan not "
+                 "submitted, a SLURM submission that stopped part-way, a local run stopped before it started",
+    PENDING: "handed over and waiting: for its parents, a free core, or the batch queue",
+    RUNNING: "started and not ended (retries of a failed attempt included)",
+    DONE: "ended with exit code 0 and its declared outputs present",
+    FAILED: "ended with a non-zero exit code after its retries (or exit code 2, never retried)",
+    BLOCKED: "will not run: a job it depends on failed, was cancelled or was lost",
+    CANCELLED: "stopped by 'cancel' or a signal before it ended; 'resume' runs it again",
+    LOST: "started, but neither the engine nor an exit record tells how it ended; 'resume' runs it again",
+}
+#: States that need 'resume' (after fixing the cause): 'status' exits 1 when a job is in one.
+PROBLEM_STATES = (FAILED, BLOCKED, CANCELLED, LOST)
+#: States in which the engine still works on a job.
+LIVE_STATES = (PENDING, RUNNING)
 
 
 def may_retry(exit_code, failures, retries):
@@ -35,9 +62,22 @@ def may_retry(exit_code, failures, retries):
     return exit_code != USAGE_ERROR_EXIT and failures <= retries
 
 
-def status_exit_code(any_failed):
-    """``status``'s exit code on every engine: 1 when a job failed (or cannot run because of one), else 0."""
-    return 1 if any_failed else 0
+def status_exit_code(states):
+    """``status``'s exit code on every engine: 1 when a job is in a :data:`PROBLEM_STATES` state, else 0."""
+    return 1 if any(state in PROBLEM_STATES for state in states) else 0
+
+
+def count_states(states):
+    """``"3 done, 1 failed, 1 blocked"``: how many jobs are in each state, in :data:`JOB_STATES` order."""
+    counts = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{counts[s]} {s}" for s in JOB_STATES if s in counts) or "no jobs"
+
+
+def effective_retries(job, override=None):
+    """Retries of ``job`` on this run: its own (``--retries`` at build), or ``override`` (``resume --retries``)."""
+    return int(job.retries) if override is None else int(override)
 
 
 def data_dir(run_dir):

@@ -2,18 +2,26 @@
 
 Bookkeeping lives in ``RUN/state/``: one JSON file per job, rewritten atomically at every
 change (pending, running with the pids, done, failed, blocked), plus ``runner.json`` for
-the runner itself. Each job runs under a tiny wrapper (``_jobwrap.py``) in its own
-session; the wrapper writes the job's exit code to ``state/<id>.rc.json`` when it ends,
-even when the runner is gone. So after the runner is killed, even with SIGKILL,
-``resume`` knows which jobs finished, adopts those still running (waiting for them), and
-re-runs only the rest. SIGTERM/SIGINT to the runner is passed on to the jobs as SIGTERM:
-a training job saves its checkpoint and continues from it on resume.
+the runner itself. Each job runs under the job wrapper of every engine
+(:mod:`workflow.engines.jobwrap`, a bash script) in its own session; the wrapper writes the
+job's exit record to ``state/exit/<id>.json`` when it ends, even when the runner is gone.
+So after the runner is killed, even with SIGKILL, ``resume`` knows which jobs finished,
+adopts those still running (waiting for them), and re-runs only the rest. SIGTERM/SIGINT to
+the runner is passed on to the jobs as SIGTERM: a training job saves its checkpoint and
+continues from it on resume. Retries are the runner's (one attempt per wrapper), so that an
+interrupted checkpointing job can be continued without using one.
+
+The runner notices a job's end at once (a pidfd per job, :func:`os.pidfd_open`) rather than
+at the next poll: with the bash wrapper that keeps the engine's cost per job to a few
+milliseconds (BENCHMARKS.md, "Local-engine overhead per job").
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -22,10 +30,21 @@ from pathlib import Path
 
 from inclinet.io import atomic_write_json
 from inclinet.stages import DAG_STAGES
+from workflow.engines import jobwrap
 from workflow.engines.common import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    LOST,
+    PENDING,
+    RUNNING,
+    UNSUBMITTED,
     USAGE_ERROR_EXIT,
+    count_states,
     data_dir,
     describe_problems,
+    effective_retries,
     file_problem,
     job_command,
     log_path,
@@ -33,7 +52,6 @@ from workflow.engines.common import (
     output_problems,
     prepare_data_dir,
     read_json,
-    read_run_info,
     record_outputs,
     state_dir,
     status_exit_code,
@@ -41,14 +59,21 @@ from workflow.engines.common import (
 
 logger = logging.getLogger(__name__)
 
-PENDING, RUNNING, DONE, FAILED, BLOCKED = "pending", "running", "done", "failed", "blocked"
+#: What a job's state file records (a subset of :data:`~workflow.engines.common.JOB_STATES`).
 STATES = (PENDING, RUNNING, DONE, FAILED, BLOCKED)
+#: Flags recorded at build (``run.json``) that status/resume/cancel reuse when not given again.
+RECORDED_FLAGS = ("max_parallel",)
 #: Seconds a job gets to save its state after SIGTERM before it is killed.
 TERM_GRACE_S = 60
 POLL_S = 0.05
+#: Longest sleep of the runner while every running job has a pidfd (a signal wakes it too).
+IDLE_WAIT_S = 1.0
 #: Exit code of a job stopped by SIGTERM after saving its checkpoint (inclinet-train):
 #: rerunning it continues from the checkpoint (docs/architecture.md).
 CHECKPOINTED_EXIT = 3
+#: Exit codes of a job stopped by SIGTERM: the wrapper's (128 + 15, as the shell reports it)
+#: and Python's for a process it started itself (-15).
+TERMINATED_EXITS = (128 + signal.SIGTERM, -signal.SIGTERM)
 MAX_INTERRUPTIONS = 10
 STAGE_ORDER = DAG_STAGES  # earlier stages are started first
 
@@ -89,11 +114,6 @@ def _alive(pid, start):
     return start is None or now == start
 
 
-# -- the job wrapper --------------------------------------------------------------------
-
-WRAPPER = Path(__file__).with_name("_jobwrap.py")
-
-
 # -- state ------------------------------------------------------------------------------
 
 class RunState:
@@ -106,14 +126,17 @@ class RunState:
     def path(self, job_id):
         return self.dir / f"{job_id}.json"
 
-    def rc_path(self, job_id):
-        return self.dir / f"{job_id}.rc.json"
-
     def get(self, job_id):
         return read_json(self.path(job_id)) or {"state": PENDING, "attempts": 0}
 
     def put(self, job_id, record):
-        atomic_write_json(self.path(job_id), record)
+        # Atomic, and lean (one temporary name per job: only the runner writes state
+        # files), since it happens twice per job (BENCHMARKS.md, local-engine overhead).
+        path = self.path(job_id)
+        tmp = path.with_name(f".tmp-{path.name}")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        os.replace(tmp, path)
 
     def runner(self):
         return read_json(self.dir / "runner.json")
@@ -142,17 +165,47 @@ class _Running:
         self.job, self.attempt, self.pid, self.pid_start = job, attempt, pid, pid_start
         self.process = process
         self.started = started or time.time()
+        #: A pidfd of a job this runner started: readable once the process has ended.
+        self.pidfd = _pidfd(process.pid) if process is not None else None
 
     def finished(self):
         if self.process is not None:
             return self.process.poll() is not None
         return not _alive(self.pid, self.pid_start)
 
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _pidfd(pid):
+    """A pidfd of ``pid`` (Linux >= 5.3), or None where there is none: the runner then polls."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _wait_for_change(running, timeout):
+    """Sleep until a job of ``running`` ends (pidfd readable), a signal arrives, or ``timeout`` passes."""
+    fds = [r.pidfd for r in running if r.pidfd is not None]
+    if not fds or len(fds) < len(running):
+        # Adopted jobs (from a dead runner) have no pidfd of ours: poll them.
+        timeout = min(timeout, POLL_S)
+    if not fds:
+        time.sleep(timeout)
+        return
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    poller.poll(timeout * 1000)
+
 
 class LocalRunner:
     """Runs the jobs of one run directory (see the module docstring)."""
 
-    def __init__(self, run_dir, jobs, *, max_parallel=None, max_retries=None, progress=None):
+    def __init__(self, run_dir, jobs, *, max_parallel=None, retries=None, progress=None):
         self.run_dir = Path(run_dir)
         self.jobs = {job.id: job for job in jobs}
         self.order = [job.id for job in jobs]
@@ -164,7 +217,8 @@ class LocalRunner:
             for parent in job.parents:
                 self.children[parent].append(job.id)
         self.max_parallel = max(1, max_parallel or os.cpu_count() or 1)
-        self.max_retries = max_retries
+        #: ``resume --retries N``: the retries of every job on this run (None: each job's own).
+        self.retries = retries
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.state = RunState(run_dir)
         self.status = {}
@@ -185,14 +239,19 @@ class LocalRunner:
         return min(max(1, job.cores), self.max_parallel)
 
     def _retries(self, job):
-        return job.retries if self.max_retries is None else min(job.retries, self.max_retries)
+        return effective_retries(job, self.retries)
 
     def _recover(self):
         """Read the state of every job; adopt jobs a dead runner left running."""
         if not self._has_records():
             self._rebuild_state()
         for job_id in self.order:
-            record = self.state.get(job_id)
+            stored = read_json(self.state.path(job_id))
+            if stored is None:  # never started: pending without a state file (see job_state)
+                self.records[job_id] = {"state": PENDING, "attempts": 0}
+                self.status[job_id] = PENDING
+                continue
+            record = stored
             self.records[job_id] = record
             job = self.jobs[job_id]
             state = record.get("state", PENDING)
@@ -248,8 +307,8 @@ class LocalRunner:
                        self.state.dir, len(adopted), len(self.order), len(self.order) - len(adopted))
 
     def _outcome_of_dead(self, job_id, record):
-        rc = read_json(self.state.rc_path(job_id))
-        if rc and rc.get("attempt") == record.get("attempts") and rc.get("returncode") == 0 \
+        rc = jobwrap.read_record(self.run_dir, job_id)
+        if rc and rc.get("attempt") == record.get("attempts") and rc["exit_code"] == 0 \
                 and not any(file_problem(data_dir(self.run_dir) / lfn) for lfn in self.jobs[job_id].outputs):
             self._set(job_id, DONE, returncode=0, ended=rc.get("ended"), outputs=self._record(job_id),
                       duration=(rc.get("ended") or time.time()) - (record.get("started") or time.time()))
@@ -268,21 +327,14 @@ class LocalRunner:
     def _start(self, job):
         attempt = int(self.records[job.id].get("attempts", 0)) + 1
         log = log_path(self.run_dir, job)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.state.rc_path(job.id).unlink(missing_ok=True)
-        command = job_command(job)
-        wrapper = [sys.executable, str(WRAPPER), str(self.state.rc_path(job.id).resolve()), str(attempt), "--",
-                   *command]
-        env = dict(os.environ)
+        jobwrap.record_path(self.run_dir, job.id).unlink(missing_ok=True)
+        # One attempt per wrapper: the runner decides on retries (see the module docstring).
+        wrapper = jobwrap.command(self.run_dir, job.id, attempt, 1, job_command(job))
+        env = dict(self._env)
         env.setdefault("OMP_NUM_THREADS", str(self._cores(job)))
         env.setdefault("TF_NUM_INTRAOP_THREADS", str(self._cores(job)))
-        env.setdefault("TF_NUM_INTEROP_THREADS", "1")
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"=== {job.id} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                         f"{' '.join(command)}\n")
-            handle.flush()
-            process = subprocess.Popen(wrapper, cwd=data_dir(self.run_dir), stdout=handle, stderr=subprocess.STDOUT,
+        with open(log, "ab") as handle:
+            process = subprocess.Popen(wrapper, cwd=self._data, stdout=handle, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         started = time.time()
         pid_start = _process_start(process.pid)
@@ -293,10 +345,11 @@ class LocalRunner:
 
     def _reap(self, job_id):
         running = self.running.pop(job_id)
+        running.close()
         job = running.job
-        rc = read_json(self.state.rc_path(job_id))
+        rc = jobwrap.read_record(self.run_dir, job_id)
         if rc and rc.get("attempt") == running.attempt:
-            code = rc.get("returncode")
+            code = rc["exit_code"]
         elif running.process is not None:
             code = running.process.returncode
         else:
@@ -320,7 +373,7 @@ class LocalRunner:
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, interrupted=True)
             return False
         record = self.records[job_id]
-        interrupted = code in (CHECKPOINTED_EXIT, -signal.SIGTERM)
+        interrupted = code == CHECKPOINTED_EXIT or code in TERMINATED_EXITS
         if interrupted and job.checkpoint and record.get("interruptions", 0) < MAX_INTERRUPTIONS:
             # Stopped from outside (after saving its checkpoint, or by a SIGTERM that came
             # before its handler was in place): run it again, no retry used.
@@ -385,6 +438,11 @@ class LocalRunner:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             prepare_data_dir(self.run_dir, list(self.jobs.values()))
+            jobwrap.install(self.run_dir)
+            log_path(self.run_dir, "x").parent.mkdir(parents=True, exist_ok=True)
+            self._data = data_dir(self.run_dir)
+            self._env = dict(os.environ, TF_NUM_INTEROP_THREADS=os.environ.get("TF_NUM_INTEROP_THREADS", "1"),
+                             TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
             self._recover()
             return self._loop()
         finally:
@@ -414,7 +472,7 @@ class LocalRunner:
                     if time.time() - term_sent > TERM_GRACE_S:
                         for running in self.running.values():
                             _signal(running.pid, signal.SIGKILL, group=True)
-                    time.sleep(POLL_S)
+                    _wait_for_change(list(self.running.values()), POLL_S)
                     continue
                 free = self.max_parallel - self._used_cores()
                 for job in self._ready():
@@ -425,8 +483,10 @@ class LocalRunner:
                         free -= self._cores(job)
                 if not self.running:
                     break
-                time.sleep(POLL_S)
+                _wait_for_change(list(self.running.values()), IDLE_WAIT_S)
         finally:
+            for running in self.running.values():
+                running.close()
             bar.close()
         if self.stop_signal is not None:
             return -int(self.stop_signal)
@@ -462,17 +522,37 @@ def _progress_bar(total, initial, enabled):
 
 # -- summaries and status ---------------------------------------------------------------
 
+def job_state(run_dir, job_id, record, *, runner_alive=False):
+    """The state (:data:`~workflow.engines.common.JOB_STATES`) of a job from its state file ``record``.
+
+    No state file: ``pending`` while a runner works on the run, else ``unsubmitted``;
+    pending after a stop (``cancel``, a signal): ``cancelled``; recorded running but its
+    process is gone (the runner was killed): its exit record says ``done`` or ``failed``,
+    and without one it is ``lost``.
+    """
+    if record is None:
+        return PENDING if runner_alive else UNSUBMITTED
+    current = record.get("state", PENDING)
+    if current == PENDING and record.get("interrupted"):
+        return CANCELLED
+    if current == RUNNING and not _alive(record.get("pid"), record.get("pid_start")):
+        rc = jobwrap.read_record(run_dir, job_id)
+        if rc is None or rc.get("attempt") != record.get("attempts"):
+            return LOST
+        return DONE if rc["exit_code"] == 0 else FAILED
+    return current
+
+
 def collect(run_dir, jobs):
     """Per-job records (state file + derived fields) of a run, in DAG order."""
     state = RunState(run_dir)
+    runner = state.runner()
+    runner_alive = bool(runner and _alive(runner.get("pid"), runner.get("pid_start")))
     rows = []
     for job in jobs:
-        record = state.get(job.id)
-        current = record.get("state", PENDING)
-        if current == RUNNING and not _alive(record.get("pid"), record.get("pid_start")):
-            rc = read_json(state.rc_path(job.id))
-            current = DONE if rc and rc.get("returncode") == 0 and rc.get("attempt") == record.get("attempts") \
-                else "unfinished"
+        stored = read_json(state.path(job.id))
+        record = stored or {"attempts": 0}
+        current = job_state(run_dir, job.id, stored, runner_alive=runner_alive)
         duration = record.get("duration")
         if current == RUNNING and record.get("started"):
             duration = time.time() - record["started"]
@@ -507,21 +587,16 @@ def summary_text(rows):
     return "\n".join(lines)
 
 
-#: pegasus-status column names for the local states.
-_PEGASUS_COLUMNS = (("UNRDY", (PENDING, BLOCKED)), ("READY", ()), ("PRE", ()), ("IN_Q", ()),
-                    ("POST", ()), ("DONE", (DONE,)), ("FAIL", (FAILED,)))
-
-
 def status_text(run_dir, rows, *, table=True):
     counts = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     finished = {r["id"] for r in rows if r["state"] == DONE}
-    ready = {r["id"] for r in rows if r["state"] in (PENDING, "unfinished")
-             and all(p in finished for p in r["parents"])}
+    waiting = (UNSUBMITTED, PENDING, CANCELLED, LOST)
+    ready = {r["id"] for r in rows if r["state"] in waiting and all(p in finished for p in r["parents"])}
     n_running = counts.get(RUNNING, 0)
     n_ready = len(ready)
-    n_unready = sum(1 for r in rows if r["state"] in (PENDING, BLOCKED, "unfinished")) - n_ready
+    n_unready = sum(1 for r in rows if r["state"] in (*waiting, BLOCKED)) - n_ready
     n_done, n_failed = counts.get(DONE, 0), counts.get(FAILED, 0)
     total = len(rows)
     percent = 100.0 * n_done / total if total else 100.0
@@ -538,7 +613,7 @@ def status_text(run_dir, rows, *, table=True):
     lines = [f"{'UNRDY':>6} {'READY':>6} {'RUN':>6} {'DONE':>6} {'FAIL':>6} {'%DONE':>6} STATE    RUN",
              f"{n_unready:>6} {n_ready:>6} {n_running:>6} {n_done:>6} {n_failed:>6} {percent:>6.1f} "
              f"{overall:<8} {run_dir}",
-             f"Summary: {total} jobs; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+             f"Summary: {total} jobs; {count_states(r['state'] for r in rows)}"]
     if table:
         lines.append("")
         lines.append(f"{'JOB':<28} {'STATE':<10} {'TRY':>3} {'SECONDS':>8}  LOG")
@@ -549,14 +624,6 @@ def status_text(run_dir, rows, *, table=True):
 
 
 # -- engine interface -------------------------------------------------------------------
-
-def _settings(run_dir, args):
-    info = read_run_info(run_dir)
-    saved = info.get("engine_args", {})
-    max_parallel = getattr(args, "max_parallel", None) or saved.get("max_parallel")
-    retries = info.get("config", {}).get("retries")
-    return max_parallel, retries
-
 
 def _finish(run_dir, jobs, outcome):
     rows = collect(run_dir, jobs)
@@ -574,24 +641,18 @@ def _finish(run_dir, jobs, outcome):
 
 def run(run_dir, jobs, args):
     """Run every job of ``jobs`` on this machine; exit code 0 when all finished."""
-    max_parallel, retries = _settings(run_dir, args)
-    runner = LocalRunner(run_dir, jobs, max_parallel=max_parallel, max_retries=retries)
+    runner = LocalRunner(run_dir, jobs, max_parallel=getattr(args, "max_parallel", None),
+                         retries=getattr(args, "retries_override", None))
     return _finish(run_dir, jobs, runner.execute())
 
 
-def resume(run_dir, args):
+def resume(run_dir, jobs, args):
     """Re-run failed and unfinished jobs, keeping finished ones whose outputs are intact."""
-    from workflow.dag import load_jobs
-
-    jobs = load_jobs(run_dir)
     return run(run_dir, jobs, args)
 
 
-def status(run_dir, args):
+def status(run_dir, jobs, args):
     """Print the state of a run; with ``--verify`` also re-check every output of every done job."""
-    from workflow.dag import load_jobs
-
-    jobs = load_jobs(run_dir)
     rows = collect(run_dir, jobs)
     print(status_text(run_dir, rows))
     state = RunState(run_dir)
@@ -601,7 +662,7 @@ def status(run_dir, args):
         if present:
             print(f"note: {state.dir} has no job records, but {present} job(s) have all their outputs on disk; "
                   f"'run_workflow.py resume {run_dir}' rebuilds the state from the intact ones")
-    code = status_exit_code(any(row["state"] in (FAILED, BLOCKED) for row in rows))
+    code = status_exit_code(row["state"] for row in rows)
     if getattr(args, "verify", False):
         return max(code, verify(run_dir, jobs, rows))
     return code
@@ -635,10 +696,8 @@ def verify(run_dir, jobs, rows=None):
     return 0
 
 
-def cancel(run_dir, args):
+def cancel(run_dir, jobs, args):
     """Stop the runner of a run and every job it started (SIGTERM, then SIGKILL)."""
-    from workflow.dag import load_jobs
-
     state = RunState(run_dir)
     runner = state.runner()
     if runner and _alive(runner.get("pid"), runner.get("pid_start")):
@@ -648,7 +707,7 @@ def cancel(run_dir, args):
         while time.time() < deadline and _alive(runner["pid"], runner.get("pid_start")):
             time.sleep(0.2)
     targets = []
-    for job in load_jobs(run_dir):
+    for job in jobs:
         record = state.get(job.id)
         if record.get("state") == RUNNING and _alive(record.get("pid"), record.get("pid_start")):
             _signal(record["pid"], signal.SIGTERM)

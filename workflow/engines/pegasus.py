@@ -13,6 +13,12 @@ submit directory's ``jobstate.log`` (written by DAGMan's monitor) and otherwise 
 planned jobs. ``resume`` plans a run that never was, submits a planned one, and resubmits
 the rescue DAG of a failed one (``pegasus-run``; finished jobs are skipped); ``cancel``
 calls ``pegasus-remove``.
+
+The engine plans the ``workflow.yml`` the builder wrote, through the planner's public
+command line: it never rebuilds the workflow, reads ``run.json`` or touches the Pegasus
+API's objects. What it needs comes with the call: the jobs (whether they carry cluster
+labels decides ``--cluster label``) and the flags, those of the build included
+(:data:`RECORDED_FLAGS`, filled in by the workflow CLI).
 """
 
 from __future__ import annotations
@@ -28,19 +34,35 @@ from pathlib import Path
 import yaml
 
 from inclinet import naming
-from inclinet.errors import InputError, StageError
+from inclinet.errors import ConfigError, InputError, StageError
 from inclinet.io import atomic_write_json
-from workflow.engines.common import read_run_info, state_dir, status_exit_code
+from workflow.engines.common import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    UNSUBMITTED,
+    count_states,
+    state_dir,
+    status_exit_code,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "pegasus.json"
 BRAINDUMP = "braindump.yml"
 
+#: Flags of the build that status/resume/cancel reuse when not given again (the CLI fills them in).
+RECORDED_FLAGS = ("pegasus_site", "submit_dir", "reuse")
+
 #: jobstate.log states (last one per job) and the column pegasus-status counts them in.
 _DONE = {"JOB_SUCCESS", "POST_SCRIPT_SUCCESS"}
 _FAILED = {"JOB_FAILURE", "POST_SCRIPT_FAILURE", "PRE_SCRIPT_FAILURE", "SUBMIT_FAILED", "JOB_ABORTED"}
 _RUNNING = {"EXECUTE", "JOB_TERMINATED", "POST_SCRIPT_STARTED", "POST_SCRIPT_TERMINATED", "JOB_EVICTED"}
+#: DAGMan's end state of a job removed by pegasus-remove.
+_CANCELLED = {"JOB_ABORTED"}
 
 
 def add_arguments(parser):
@@ -65,24 +87,9 @@ def add_arguments(parser):
 
 # -- options ----------------------------------------------------------------------------
 
-def _engine_args(run_dir, args):
-    """The pegasus flags of the build (run.json), overridden by those given now."""
-    recorded = {}
-    try:
-        recorded = dict(read_run_info(run_dir).get("engine_args") or {})
-    except InputError:
-        pass
-    for key in ("pegasus_site", "submit_dir", "reuse"):
-        value = getattr(args, key, None)
-        if value is not None:
-            recorded[key] = value
-    return recorded
-
-
-def _config(run_dir):
-    from workflow.dag import WorkflowConfig
-
-    return WorkflowConfig.from_dict(read_run_info(run_dir).get("config") or {})
+def _clustered(jobs):
+    """True when the DAG carries cluster labels (``--cluster-size``): plan with ``--cluster label``."""
+    return any(job.cluster for job in jobs)
 
 
 def _staging(run_dir, site):
@@ -98,7 +105,7 @@ def _staging(run_dir, site):
     raise InputError(f"invalid --pegasus-site: {site}; must be a site of {Path(run_dir) / 'sites.yml'}: {known}")
 
 
-def plan_options(run_dir, args, *, cluster=None):
+def plan_options(run_dir, args, *, cluster=False):
     """Options of ``pegasus-plan`` for this run (keyword names of ``Workflow.plan``)."""
     run_dir = Path(run_dir).resolve()
     values = args if isinstance(args, dict) else vars(args)
@@ -113,14 +120,14 @@ def plan_options(run_dir, args, *, cluster=None):
     staging = _staging(run_dir, site)
     if staging:
         options["staging_sites"] = staging
-    if cluster if cluster is not None else values.get("cluster_size"):
+    if cluster:
         options["cluster"] = ["label"]
     if values.get("reuse"):
         options["reuse"] = [str(reused_submit_dir(path)) for path in values["reuse"]]
     return options
 
 
-def plan_command(run_dir, args, *, submit=True, cluster=None):
+def plan_command(run_dir, args, *, submit=True, cluster=False):
     """The ``pegasus-plan`` command line of this run."""
     options = plan_options(run_dir, args, cluster=cluster)
     argv = ["pegasus-plan", "--conf", options["conf"], "--dir", options["dir"], "--sites", ",".join(options["sites"]),
@@ -182,21 +189,20 @@ def _recorded(run_dir):
 
 
 def find_submit_dir(run_dir, args=None):
-    """The real submit directory of a run: recorded at planning, else the newest braindump below --dir."""
-    explicit = getattr(args, "submit_dir", None) if args is not None else None
-    if explicit:
-        found = braindumps(Path(explicit).resolve())
-        return found[-1] if found else None
+    """The real submit directory of a run: the one recorded at planning (when it lies below ``--submit-dir``,
+    if that is given), else the newest braindump below ``--submit-dir`` (default ``RUN/submit``)."""
+    base = getattr(args, "submit_dir", None) if args is not None else None
+    base = Path(base or Path(run_dir) / "submit").resolve()
     recorded = _recorded(run_dir).get("submit_dir")
-    if recorded and (Path(recorded) / BRAINDUMP).is_file():
+    if recorded and (Path(recorded) / BRAINDUMP).is_file() and Path(recorded).resolve().is_relative_to(base):
         return Path(recorded)
-    found = braindumps(Path(_engine_args(run_dir, args).get("submit_dir") or Path(run_dir) / "submit").resolve())
+    found = braindumps(base)
     return found[-1] if found else None
 
 
 # -- planning ---------------------------------------------------------------------------
 
-def plan(run_dir, args, *, cluster=None):
+def plan(run_dir, args, *, cluster=False):
     """Run ``pegasus-plan`` (with ``--submit`` where HTCondor is here); record and return the submit dir."""
     run_dir = Path(run_dir)
     submit = shutil.which("condor_submit") is not None
@@ -235,12 +241,13 @@ def _not_submitted_hint(submit_dir):
 def run(run_dir, jobs, args):
     """Plan (and submit) through Pegasus, or print the command when Pegasus is not installed here."""
     run_dir = Path(run_dir)
-    command = _quote(plan_command(run_dir, args))
+    cluster = _clustered(jobs)
+    command = _quote(plan_command(run_dir, args, cluster=cluster))
     if not shutil.which("pegasus-plan"):
         print(f"pegasus-plan is not on PATH here, so the workflow was written but not planned.\n"
               f"Run on the Pegasus submit host (with HTCondor running):\n  {command}")
         return 0
-    submit_dir, submitted, version = plan(run_dir, args)
+    submit_dir, submitted, version = plan(run_dir, args, cluster=cluster)
     print(f"planned with Pegasus {version or '?'}: {submit_dir}")
     if submitted:
         print(f"submitted; watch it with: pegasus-status -l {submit_dir}\n"
@@ -284,6 +291,53 @@ def jobstate(submit_dir):
     return states
 
 
+def planned_edges(submit_dir):
+    """``{parent: [children]}`` of the planned DAG (its ``PARENT ... CHILD ...`` lines)."""
+    brain = read_braindump(submit_dir)
+    dag_file = Path(submit_dir) / str(brain.get("dag", ""))
+    edges = {}
+    if dag_file.is_file():
+        for line in dag_file.read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if parts[:1] == ["PARENT"] and "CHILD" in parts:
+                cut = parts.index("CHILD")
+                for parent in parts[1:cut]:
+                    edges.setdefault(parent, []).extend(parts[cut + 1:])
+    return edges
+
+
+def job_states(submit_dir, planned, states, *, submitted=True):
+    """``{planned job: state}`` in the engines' states (:data:`~workflow.engines.common.JOB_STATES`).
+
+    From the last ``jobstate.log`` line of each job: success is ``done``, a failure ``failed``
+    (``JOB_ABORTED``, a removed job, ``cancelled``), ``EXECUTE`` and after ``running``, any
+    other (submitted, held, pre script) ``pending``; a job without a line is ``pending`` (or
+    ``unsubmitted`` before submission), and ``blocked`` below a job that failed: DAGMan
+    does not run it.
+    """
+    result = {}
+    for name in planned:
+        state = states.get(name)
+        if state in _CANCELLED:
+            result[name] = CANCELLED
+        elif state in _DONE:
+            result[name] = DONE
+        elif state in _FAILED:
+            result[name] = FAILED
+        elif state in _RUNNING:
+            result[name] = RUNNING
+        else:
+            result[name] = PENDING if submitted else UNSUBMITTED
+    edges = planned_edges(submit_dir)
+    stack = [name for name, state in result.items() if state in (FAILED, CANCELLED)]
+    while stack:
+        for child in edges.get(stack.pop(), []):
+            if result.get(child) in (PENDING, UNSUBMITTED):
+                result[child] = BLOCKED
+                stack.append(child)
+    return result
+
+
 def summarize(submit_dir):
     """Counts as pegasus-status prints them: UNRDY READY RUN DONE FAIL, from the plan and jobstate.log."""
     planned = planned_jobs(submit_dir)
@@ -316,42 +370,51 @@ def _print_summary(submit_dir, planned, counts, title):
     print(f"submit directory: {submit_dir}")
 
 
-def status(run_dir, args):
+def status(run_dir, jobs, args):
+    """Print the state of the planned workflow; exit 1 when a job is failed, blocked or cancelled."""
     submit_dir = find_submit_dir(run_dir, args)
     if submit_dir is None:
-        argv = plan_command(run_dir, _engine_args(run_dir, args))
+        argv = plan_command(run_dir, args, cluster=_clustered(jobs))
         print(f"not planned yet: no {BRAINDUMP} below the submit directory.\n"
               f"plan and submit with: python run_workflow.py resume {run_dir}\n  (= {_quote(argv)})")
+        print(f"states: {count_states([UNSUBMITTED] * len(jobs))}")
         return 0
     submitted = _recorded(run_dir).get("submitted", True) or (Path(submit_dir) / "jobstate.log").is_file()
-    if submitted and shutil.which("pegasus-status") and shutil.which("condor_q"):
-        return subprocess.call(["pegasus-status", "-l", str(submit_dir)])
     planned, states, counts = summarize(submit_dir)
+    mapped = job_states(submit_dir, planned, states, submitted=submitted)
+    if submitted and shutil.which("pegasus-status") and shutil.which("condor_q"):
+        code = subprocess.call(["pegasus-status", "-l", str(submit_dir)])
+        if states:
+            print(f"states: {count_states(mapped.values())} (of {len(planned)} planned jobs, from jobstate.log)")
+        return max(code, status_exit_code(mapped.values()))
     if not submitted:
         _print_summary(submit_dir, planned, counts, "planned, not submitted")
         print(f"submit it with: pegasus-run {submit_dir}  (or: python run_workflow.py resume {run_dir})")
     elif states:
         _print_summary(submit_dir, planned, counts, "from jobstate.log (HTCondor is not on this machine)")
-        failed = [name for name in planned if states.get(name) in _FAILED]
-        for name in failed:
-            print(f"  failed: {name} ({states[name]}); see pegasus-analyzer {submit_dir}")
-        return status_exit_code(bool(failed))
+        for name in planned:
+            if mapped[name] in (FAILED, CANCELLED):
+                print(f"  {mapped[name]}: {name} ({states[name]}); see pegasus-analyzer {submit_dir}")
     else:
         _print_summary(submit_dir, planned, counts,
                        "submitted, no jobstate.log yet (HTCondor is not on this machine: no live state)")
-    return 0
+    print(f"states: {count_states(mapped.values())} (of {len(planned)} planned jobs)")
+    return status_exit_code(mapped.values())
 
 
-def resume(run_dir, args):
+def resume(run_dir, jobs, args):
     """Plan a run never planned; submit a planned one; resubmit the rescue DAG of a failed one."""
+    if getattr(args, "retries_override", None) is not None:
+        raise ConfigError("resume --retries: the pegasus engine plans each job's retries into the workflow "
+                          "(dagman retry); build the run again with --retries N instead")
     submit_dir = find_submit_dir(run_dir, args)
+    cluster = _clustered(jobs)
     if submit_dir is None:
         if not shutil.which("pegasus-plan"):
-            argv = plan_command(run_dir, _engine_args(run_dir, args))
+            argv = plan_command(run_dir, args, cluster=cluster)
             print(f"not planned yet, and pegasus-plan is not on PATH here. On the submit host run:\n  {_quote(argv)}")
             return 0
-        values = _engine_args(run_dir, args)
-        submit_dir, submitted, version = plan(run_dir, values, cluster=bool(_config(run_dir).cluster_size))
+        submit_dir, submitted, version = plan(run_dir, args, cluster=cluster)
         print(f"planned with Pegasus {version or '?'}: {submit_dir}")
         if not submitted:
             print(_not_submitted_hint(submit_dir))
@@ -362,7 +425,7 @@ def resume(run_dir, args):
                  "submit it (or resubmit its rescue DAG: finished jobs are skipped)", run_dir)
 
 
-def cancel(run_dir, args):
+def cancel(run_dir, jobs, args):
     submit_dir = find_submit_dir(run_dir, args)
     if submit_dir is None:
         print("not planned, so nothing to cancel")

@@ -3,28 +3,27 @@
 SLURM does the scheduling: every job of the DAG is submitted at once, each with
 ``--dependency=afterok:<its parents' SLURM ids>`` and ``--kill-on-invalid-dep=yes``, so a
 failed job's descendants are cancelled by SLURM ("DependencyNeverSatisfied") and never
-run, while independent branches go on. Jobs run a small batch script (the wrapper) that
-logs ``SLURM_JOB_ID``, runs the job's command (retrying it up to ``job.retries`` times,
-capped at the run's ``--retries``, never after exit code 2) and records its exit code
-atomically, so that ``status`` works on clusters without accounting.
+run, while independent branches go on. Each job's batch script is the job wrapper of every
+engine (:mod:`workflow.engines.jobwrap`, ``RUN/state/jobwrap.sh``): it logs
+``SLURM_JOB_ID``, runs the job's command (retrying it up to the job's retries, or
+``resume --retries N``; never after exit code 2) and writes the exit record
+``RUN/state/exit/<job-id>.json`` atomically, so that ``status`` works on clusters without
+accounting.
 
 Bookkeeping lives in ``RUN/state/slurm/``:
 
 ``options.json``
     the submission options (partition, account, container, ...), reused by ``resume``;
-``wrapper.sh``
-    the batch script every job runs;
 ``submissions.tsv``
     append-only ``job-id<TAB>slurm-id<TAB>time`` lines; the last line of a job is current;
-``exit/<job-id>.json``
-    written by the wrapper when the job ends: SLURM id, exit code, attempts, host;
 ``cancelled.tsv`` / ``observed.tsv``
     SLURM ids cancelled by ``cancel``, and end states seen in ``squeue`` (which forgets
     jobs after ``MinJobAge``), so that ``status`` can still tell them apart later.
 
-A job's state (:data:`STATES`) comes, in this order, from its exit record, ``squeue``,
-``sacct`` (when accounting is enabled), the two logs above, and finally its parents: a
-job that never ran because an ancestor failed is ``dependency-failed``.
+A job's state (one of :data:`~workflow.engines.common.JOB_STATES`) comes, in this order,
+from its exit record, ``squeue``, ``sacct`` (when accounting is enabled), the two logs
+above, and finally its parents: a job that never ran because an ancestor failed is
+``blocked`` (SLURM's ``DependencyNeverSatisfied``).
 """
 
 from __future__ import annotations
@@ -43,19 +42,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inclinet.errors import ConfigError, InputError, StageError, invalid
-from inclinet.io import atomic_write_json, atomic_write_text
-from workflow.engines import common
+from inclinet.io import atomic_write_json
+from workflow.engines import common, jobwrap
+from workflow.engines.common import (
+    BLOCKED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    LIVE_STATES,
+    LOST,
+    PENDING,
+    RUNNING,
+    UNSUBMITTED,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_SUBDIR = "slurm"
-STATES = ("unsubmitted", "pending", "running", "done", "failed", "cancelled", "dependency-failed", "lost")
 #: States ``resume`` submits again.
-RESUBMIT_STATES = ("unsubmitted", "failed", "cancelled", "dependency-failed", "lost")
-LIVE_STATES = ("pending", "running")
-PROBLEM_STATES = ("failed", "cancelled", "dependency-failed", "lost", "unsubmitted")
+RESUBMIT_STATES = (UNSUBMITTED, FAILED, CANCELLED, BLOCKED, LOST)
+#: Flags recorded at build that status/resume/cancel reuse: none (``options.json`` keeps them).
+RECORDED_FLAGS = ()
 
-# SLURM job states (squeue %T / sacct State) -> engine states.
+# SLURM job states (squeue %T / sacct State) -> the engines' job states.
 _SLURM_RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
                   "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT"}
 _SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -65,58 +74,6 @@ SBATCH_ATTEMPTS = 4
 CHECKPOINT_GRACE_S = 120
 _TRANSIENT = ("try again", "temporarily", "timed out", "timeout", "connection refused", "busy")
 
-WRAPPER = r"""#!/bin/bash
-# inclinet SLURM wrapper: run one job of the workflow, retrying it, and record its exit code.
-# usage: wrapper.sh EXIT_FILE ATTEMPTS COMMAND [ARGS...]
-exit_file="$1"
-attempts="$2"
-shift 2
-echo "inclinet-slurm: job ${SLURM_JOB_NAME:-?} SLURM_JOB_ID=${SLURM_JOB_ID:-none} on $(hostname) in $PWD"
-echo "inclinet-slurm: started at $(date -u +%Y-%m-%dT%H:%M:%SZ); GPUs: ${SLURM_JOB_GPUS:-none}"
-echo "inclinet-slurm: command: $*"
-rc=0
-attempt=0
-signal=""
-child=""
-record() {
-    local tmp="$exit_file.tmp.$$"
-    mkdir -p "$(dirname "$exit_file")"
-    printf '{"slurm_job_id": "%s", "exit_code": %d, "attempts": %d, "signal": "%s", "host": "%s", "finished": "%s"}\n' \
-        "${SLURM_JOB_ID:-}" "$rc" "$attempt" "$signal" "$(hostname)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$tmp" \
-        && mv -f "$tmp" "$exit_file"
-}
-on_signal() {
-    signal="$1"
-    echo "inclinet-slurm: received SIG$1 (cancelled or out of time); stopping the job"
-    rc=143
-    if [ -n "$child" ]; then
-        kill -TERM "$child" 2>/dev/null
-        wait "$child"
-        rc=$?
-    fi
-    record
-    exit "$rc"
-}
-trap 'on_signal TERM' TERM
-trap 'on_signal INT' INT
-while [ "$attempt" -lt "$attempts" ]; do
-    attempt=$((attempt + 1))
-    "$@" &
-    child=$!
-    wait "$child"
-    rc=$?
-    child=""
-    [ "$rc" -eq 0 ] && break
-    echo "inclinet-slurm: attempt $attempt of $attempts exited with code $rc"
-    if [ "$rc" -eq 2 ]; then  # common.USAGE_ERROR_EXIT
-        echo "inclinet-slurm: exit code 2 is a usage or input error; not retrying"
-        break
-    fi
-done
-record
-echo "inclinet-slurm: finished with exit code $rc after $attempt attempt(s) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-exit "$rc"
-"""
 
 
 # -- options ----------------------------------------------------------------------------
@@ -134,9 +91,9 @@ class SlurmOptions:
     request_gpus: str = "auto"
     gpu_flag: str = "gres"
     submit_workers: int = 8
-    #: Cap on every job's retries (the run's ``--retries``): the extra retries training jobs
-    #: carry for Pegasus's checkpoint intervals are not needed under one SLURM time limit.
-    max_retries: int | None = None
+    #: ``resume --retries N``: the retries of every job of this submission instead of its own
+    #: (None: each job's, from the build's ``--retries``). Not kept for later submissions.
+    retries: int | None = None
 
     def validate(self):
         if self.container_runtime not in ("apptainer", "singularity"):
@@ -201,12 +158,9 @@ def slurm_state_dir(run_dir):
     return common.state_dir(run_dir) / STATE_SUBDIR
 
 
-def _exit_file(run_dir, job_id):
-    return slurm_state_dir(run_dir) / "exit" / f"{job_id}.json"
-
-
 def save_options(run_dir, options):
-    atomic_write_json(slurm_state_dir(run_dir) / "options.json", dataclasses.asdict(options))
+    kept = {k: v for k, v in dataclasses.asdict(options).items() if k != "retries"}
+    atomic_write_json(slurm_state_dir(run_dir) / "options.json", kept)
 
 
 def load_options(run_dir):
@@ -214,7 +168,9 @@ def load_options(run_dir):
     if not path.is_file():
         return SlurmOptions()
     try:
-        return SlurmOptions(**json.loads(path.read_text(encoding="utf-8"))).validate()
+        known = {f.name for f in dataclasses.fields(SlurmOptions)} - {"retries"}
+        values = json.loads(path.read_text(encoding="utf-8"))
+        return SlurmOptions(**{k: v for k, v in values.items() if k in known}).validate()
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: unreadable SLURM options ({exc}); delete it and pass the flags again") from None
 
@@ -246,10 +202,6 @@ def _append_lines(path, lines):
         handle.write("".join(line + "\n" for line in lines))
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _read_exit(run_dir, job_id):
-    return common.read_json(_exit_file(run_dir, job_id))
 
 
 # -- SLURM commands ---------------------------------------------------------------------
@@ -340,7 +292,6 @@ def job_command(job, run_dir, options, *, use_gpus=False):
 def sbatch_argv(job, run_dir, options, dependencies=(), *, use_gpus=False):
     """The full ``sbatch`` command line of one job (``dependencies``: SLURM ids)."""
     run_dir = Path(run_dir).resolve()
-    state = slurm_state_dir(run_dir)
     argv = ["sbatch", "--parsable", f"--job-name={job.id}",
             f"--output={common.log_path(run_dir, job)}", "--open-mode=append",
             f"--chdir={common.data_dir(run_dir)}", "--nodes=1", "--ntasks=1",
@@ -361,10 +312,10 @@ def sbatch_argv(job, run_dir, options, dependencies=(), *, use_gpus=False):
     if dependencies:
         argv += [f"--dependency=afterok:{':'.join(str(d) for d in dependencies)}", "--kill-on-invalid-dep=yes"]
     argv += list(options.sbatch_options)
-    retries = int(job.retries) if options.max_retries is None else min(int(job.retries), options.max_retries)
-    attempts = 1 + max(0, retries)
-    argv += [str(state / "wrapper.sh"), str(_exit_file(run_dir, job.id)), str(attempts)]
-    return argv + job_command(job, run_dir, options, use_gpus=use_gpus)
+    tries = 1 + max(0, common.effective_retries(job, options.retries))
+    # The wrapper is the batch script; sbatch runs it with its own arguments.
+    wrapped = jobwrap.command(run_dir, job.id, 1, tries, job_command(job, run_dir, options, use_gpus=use_gpus))
+    return argv + wrapped[1:]
 
 
 def _levels(jobs, selected):
@@ -405,15 +356,14 @@ def submit(run_dir, jobs, options, *, selected=None, live=None):
     selected = {job.id for job in jobs} if selected is None else set(selected)
     live = dict(live or {})
     state = slurm_state_dir(run_dir)
-    (state / "exit").mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
     (run_dir / common.LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state / "wrapper.sh", WRAPPER)
-    os.chmod(state / "wrapper.sh", 0o755)
+    jobwrap.install(run_dir)
     save_options(run_dir, options)
     use_gpus = _decide_gpus([job for job in jobs if job.id in selected], options)
 
     for job_id in selected:
-        _exit_file(run_dir, job_id).unlink(missing_ok=True)
+        jobwrap.record_path(run_dir, job_id).unlink(missing_ok=True)
     ids = {}
     log = state / "submissions.tsv"
     start = time.perf_counter()
@@ -473,99 +423,150 @@ class JobStatus:
 
 
 def _from_slurm_state(slurm_state, reason=""):
+    """``(state, reason)`` of a SLURM job state (squeue ``%T`` / sacct ``State``), or None when unknown."""
     if slurm_state == "PENDING":
-        return ("dependency-failed", _NEVER_SATISFIED) if reason == _NEVER_SATISFIED else ("pending", reason)
+        return (BLOCKED, _NEVER_SATISFIED) if reason == _NEVER_SATISFIED else (PENDING, reason)
     if slurm_state in _SLURM_RUNNING:
-        return "running", slurm_state.lower()
+        return RUNNING, slurm_state.lower()
     if slurm_state == "COMPLETED":
-        return "done", ""
+        return DONE, ""
     if slurm_state == "CANCELLED":
-        return ("dependency-failed", _NEVER_SATISFIED) if reason == _NEVER_SATISFIED else ("cancelled", reason)
+        return (BLOCKED, _NEVER_SATISFIED) if reason == _NEVER_SATISFIED else (CANCELLED, reason)
     if slurm_state in _SLURM_FAILED:
-        return "failed", slurm_state.lower()
+        return FAILED, slurm_state.lower()
     return None
+
+
+@dataclass
+class _Sources:
+    """Everything ``status`` knows about the SLURM jobs of a run, read once per call."""
+
+    #: ``{job_id: slurm_id}`` of the current submission of every submitted job.
+    current: dict
+    #: ``{job_id: exit record}`` of jobs whose record belongs to their current submission.
+    records: dict
+    #: ``{slurm_id: (STATE, reason)}`` from one ``squeue`` call.
+    queue: dict
+    #: ``{slurm_id: (STATE, reason)}`` end states seen in earlier calls (``observed.tsv``).
+    observed: dict
+    #: ``{slurm_id: (STATE, exit_code)}`` from ``sacct``; empty without accounting.
+    accounting: dict
+    #: SLURM ids cancelled by ``cancel``.
+    cancelled: set
+
+
+def _current_records(run_dir, jobs, current):
+    """Exit records that belong to each job's current SLURM submission (older ones are stale)."""
+    records = {}
+    for job in jobs:
+        if job.id not in current:
+            continue
+        record = jobwrap.read_record(run_dir, job.id)
+        if record and str(record.get("slurm_job_id")) == current[job.id]:
+            records[job.id] = record
+    return records
+
+
+def _read_sources(run_dir, jobs, use_sacct):
+    """Exit records first; ``squeue`` for the rest; ``sacct`` only for what neither nor the logs know."""
+    state_dir = slurm_state_dir(run_dir)
+    current = submissions(run_dir)
+    records = _current_records(run_dir, jobs, current)
+    waiting = [current[j.id] for j in jobs if j.id in current and j.id not in records]
+    queue = squeue_states(waiting)
+    observed = {row[0]: (row[1], row[2] if len(row) > 2 else "") for row in _read_tsv(state_dir / "observed.tsv")}
+    unresolved = [i for i in waiting if i not in queue and i not in observed]
+    accounting = (sacct_states(unresolved) or {}) if use_sacct and unresolved else {}
+    cancelled = {row[0] for row in _read_tsv(state_dir / "cancelled.tsv")}
+    return _Sources(current, records, queue, observed, accounting, cancelled)
+
+
+def _state_from_record(record):
+    """``(state, reason), exit_code`` from a job's exit record."""
+    code = int(record["exit_code"])
+    if code == 0:
+        return (DONE, ""), code
+    if record.get("signal"):
+        return (FAILED, f"stopped by SIG{record['signal']} (exit {code})"), code
+    return (FAILED, f"exit code {code} after {record.get('attempt', '?')} attempt(s)"), code
+
+
+def _state_from_scheduler(slurm_id, sources):
+    """``(state, reason) or None, exit_code`` from squeue, the states seen before, or sacct."""
+    if slurm_id in sources.queue:
+        return _from_slurm_state(*sources.queue[slurm_id]), None
+    if slurm_id in sources.observed:
+        return _from_slurm_state(*sources.observed[slurm_id]), None
+    if slurm_id in sources.accounting:
+        slurm_state, code = sources.accounting[slurm_id]
+        return _from_slurm_state(slurm_state), code
+    return None, None
+
+
+def _from_parents(job, statuses):
+    """A job SLURM and the records know nothing of: blocked by a parent that did not succeed, else lost."""
+    bad = [p for p in job.parents if statuses.get(p) and statuses[p].state in (FAILED, CANCELLED, BLOCKED, LOST)]
+    if bad:
+        return BLOCKED, f"parent {bad[0]} did not succeed"
+    return LOST, "SLURM no longer knows the job and it recorded no exit code"
+
+
+def _job_status(job, sources, statuses):
+    """The :class:`JobStatus` of one job; ``statuses`` holds those of its parents (topological order)."""
+    slurm_id = sources.current.get(job.id)
+    status = JobStatus(job.id, UNSUBMITTED, slurm_id)
+    if slurm_id is None:
+        return status
+    record = sources.records.get(job.id)
+    if record is not None:
+        mapped, status.exit_code = _state_from_record(record)
+    else:
+        mapped, status.exit_code = _state_from_scheduler(slurm_id, sources)
+    if slurm_id in sources.cancelled and (mapped is None or mapped[0] not in (DONE, PENDING, RUNNING)):
+        # pending/running: SLURM has not processed the scancel yet
+        mapped = (CANCELLED, "cancelled by 'cancel'")
+    status.state, status.reason = mapped or _from_parents(job, statuses)
+    return status
+
+
+def _newly_observed(sources):
+    """``observed.tsv`` lines for end states squeue shows now and will forget after ``MinJobAge``."""
+    lines = []
+    for slurm_id, seen in sources.queue.items():
+        mapped = _from_slurm_state(*seen)
+        if mapped and mapped[0] not in LIVE_STATES and sources.observed.get(slurm_id) != seen:
+            lines.append(f"{slurm_id}\t{seen[0]}\t{seen[1]}")
+    return lines
 
 
 def collect_status(run_dir, jobs, *, use_sacct=True):
     """``{job_id: JobStatus}`` for every job, in the order of ``jobs`` (topological)."""
     run_dir = Path(run_dir)
-    state_dir = slurm_state_dir(run_dir)
-    current = submissions(run_dir)
-    cancelled = {row[0] for row in _read_tsv(state_dir / "cancelled.tsv")}
-    observed = {row[0]: (row[1], row[2] if len(row) > 2 else "") for row in _read_tsv(state_dir / "observed.tsv")}
-
-    records = {}
-    for job in jobs:
-        record = _read_exit(run_dir, job.id) if job.id in current else None
-        if record and str(record.get("slurm_job_id")) == current[job.id]:
-            records[job.id] = record
-    queue = squeue_states(current[j.id] for j in jobs if j.id in current and j.id not in records)
-    unresolved = [current[j.id] for j in jobs if j.id in current and j.id not in records
-                  and current[j.id] not in queue and current[j.id] not in observed]
-    accounting = sacct_states(unresolved) if use_sacct and unresolved else {}
-
+    sources = _read_sources(run_dir, jobs, use_sacct)
     statuses = {}
-    newly_observed = []
     for job in jobs:
-        slurm_id = current.get(job.id)
-        status = JobStatus(job.id, "unsubmitted", slurm_id)
-        if slurm_id is None:
-            statuses[job.id] = status
-            continue
-        record = records.get(job.id)
-        mapped = None
-        if record is not None:
-            status.exit_code = int(record.get("exit_code", -1))
-            if status.exit_code == 0:
-                mapped = ("done", "")
-            elif record.get("signal"):
-                mapped = ("failed", f"stopped by SIG{record['signal']} (exit {status.exit_code})")
-            else:
-                mapped = ("failed", f"exit code {status.exit_code} after {record.get('attempts', '?')} attempt(s)")
-        elif slurm_id in queue:
-            mapped = _from_slurm_state(*queue[slurm_id])
-            if mapped and mapped[0] not in LIVE_STATES and observed.get(slurm_id) != queue[slurm_id]:
-                newly_observed.append(f"{slurm_id}\t{queue[slurm_id][0]}\t{queue[slurm_id][1]}")
-        elif slurm_id in observed:
-            mapped = _from_slurm_state(*observed[slurm_id])
-        elif accounting and slurm_id in accounting:
-            slurm_state, code = accounting[slurm_id]
-            mapped = _from_slurm_state(slurm_state)
-            status.exit_code = code
-        if slurm_id in cancelled and (mapped is None or mapped[0] not in ("done", "pending", "running")):
-            # pending/running: SLURM has not processed the scancel yet
-            mapped = ("cancelled", "cancelled by 'cancel'")
-        if mapped is None:
-            bad = [p for p in job.parents if statuses.get(p) and statuses[p].state in
-                   ("failed", "cancelled", "dependency-failed", "lost")]
-            mapped = ("dependency-failed", f"parent {bad[0]} did not succeed") if bad else (
-                "lost", "SLURM no longer knows the job and it recorded no exit code")
-        status.state, status.reason = mapped
-        statuses[job.id] = status
-    _append_lines(state_dir / "observed.tsv", newly_observed)
+        statuses[job.id] = _job_status(job, sources, statuses)
+    _append_lines(slurm_state_dir(run_dir) / "observed.tsv", _newly_observed(sources))
     return statuses
 
 
 def summarize(statuses):
     """One line: counts per state and the percentage done."""
-    counts = {}
-    for status in statuses.values():
-        counts[status.state] = counts.get(status.state, 0) + 1
-    if not counts:
+    if not statuses:
         return "no jobs"
-    percent = 100.0 * counts.get("done", 0) / len(statuses)
-    return ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts) + f" ({percent:.1f}% done)"
+    percent = 100.0 * sum(s.state == DONE for s in statuses.values()) / len(statuses)
+    return common.count_states(s.state for s in statuses.values()) + f" ({percent:.1f}% done)"
 
 
 def print_status(statuses, *, show_all=False, file=None):
     file = file or sys.stdout
-    rows = [s for s in statuses.values() if show_all or s.state != "done"]
+    rows = [s for s in statuses.values() if show_all or s.state != DONE]
     if rows:
         width = max(len(s.id) for s in rows)
-        print(f"{'job':<{width}}  {'state':<17}  {'slurm id':>9}  {'exit':>4}  reason", file=file)
+        print(f"{'job':<{width}}  {'state':<11}  {'slurm id':>9}  {'exit':>4}  reason", file=file)
         for s in rows:
             exit_code = "" if s.exit_code is None else str(s.exit_code)
-            print(f"{s.id:<{width}}  {s.state:<17}  {s.slurm_id or '':>9}  {exit_code:>4}  {s.reason}", file=file)
+            print(f"{s.id:<{width}}  {s.state:<11}  {s.slurm_id or '':>9}  {exit_code:>4}  {s.reason}", file=file)
     print(f"slurm: {len(statuses)} jobs: {summarize(statuses)}", file=file)
 
 
@@ -606,23 +607,17 @@ def _finish(run_dir, jobs, args):
     interval = getattr(args, "slurm_poll_interval", None) or 10.0
     statuses = wait(run_dir, jobs, poll_interval=interval, timeout=getattr(args, "slurm_wait_timeout", None))
     print_status(statuses)
-    return 0 if all(s.state == "done" for s in statuses.values()) else 1
+    return 0 if all(s.state == DONE for s in statuses.values()) else 1
 
 
 # -- engine interface -------------------------------------------------------------------
 
-def _load_jobs(run_dir):
-    from workflow.dag import load_jobs
-
-    return load_jobs(run_dir)
-
-
-def _run_retries(run_dir):
-    """The run's ``--retries`` from ``run.json``, or None."""
-    if not (Path(run_dir) / common.RUN_FILE).is_file():
-        return None
-    retries = common.read_run_info(run_dir).get("config", {}).get("retries")
-    return int(retries) if isinstance(retries, int) else None
+def _options(args, base=None):
+    """Submission options from the flags given now over ``base``; ``--retries`` of this submission only."""
+    args = args if args is not None else argparse.Namespace()
+    options = SlurmOptions.from_args(args, base)
+    options.retries = getattr(args, "retries_override", None)
+    return options
 
 
 def run(run_dir, jobs, args):
@@ -638,25 +633,23 @@ def run(run_dir, jobs, args):
         # A rebuilt run (run_workflow.py --force) starts afresh; the old bookkeeping is kept aside.
         old = slurm_state_dir(run_dir)
         old.rename(old.with_name(f"{STATE_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"))
-    options = SlurmOptions.from_args(args if args is not None else argparse.Namespace())
-    options.max_retries = _run_retries(run_dir)
+    options = _options(args)
     common.prepare_data_dir(run_dir, jobs)
     ids = submit(run_dir, jobs, options)
     print(f"slurm: submitted {len(ids)} jobs (first SLURM id {min(ids.values(), key=int, default='-')})")
     return _finish(run_dir, jobs, args)
 
 
-def status(run_dir, args):
+def status(run_dir, jobs, args):
     """Print the state of every job that has not finished (all with ``-v``); exit 1 if one failed."""
     run_dir = Path(run_dir).resolve()
-    jobs = _load_jobs(run_dir)
     statuses = collect_status(run_dir, jobs)
     print_status(statuses, show_all=getattr(args, "verbose", 0) > 0)
-    code = common.status_exit_code(any(s.state in PROBLEM_STATES for s in statuses.values()))
+    code = common.status_exit_code(s.state for s in statuses.values())
     if getattr(args, "verify", False):
         # No checksums are recorded on SLURM: every output of a finished job is re-read
         # and must open (zip members pass their CRC check, JSON parses, files not empty).
-        problems = [(job.id, lfn, reason) for job in jobs if statuses[job.id].state == "done"
+        problems = [(job.id, lfn, reason) for job in jobs if statuses[job.id].state == DONE
                     for lfn, reason in common.output_problems(job, run_dir, None, full=True)]
         for job_id, lfn, reason in problems:
             print(f"MISMATCH {job_id}: {common.data_dir(run_dir) / lfn}: {reason}")
@@ -666,20 +659,17 @@ def status(run_dir, args):
     return code
 
 
-def resume(run_dir, args):
+def resume(run_dir, jobs, args):
     """Submit again the failed, cancelled, never-run and lost jobs (and finished ones whose outputs are gone)."""
     run_dir = Path(run_dir).resolve()
-    jobs = _load_jobs(run_dir)
-    options = SlurmOptions.from_args(args if args is not None else argparse.Namespace(), load_options(run_dir))
-    if options.max_retries is None:
-        options.max_retries = _run_retries(run_dir)
+    options = _options(args, load_options(run_dir))
     statuses = collect_status(run_dir, jobs)
     selected = set()
     for job in jobs:  # topological order: parents are decided first
         state = statuses[job.id].state
-        if state in RESUBMIT_STATES or (state == "done" and not common.outputs_intact(job, run_dir)):
+        if state in RESUBMIT_STATES or (state == DONE and not common.outputs_intact(job, run_dir)):
             selected.add(job.id)
-        elif state == "pending" and any(p in selected for p in job.parents):
+        elif state == PENDING and any(p in selected for p in job.parents):
             # It waits on the old submission of a job that runs again: replace it too.
             selected.add(job.id)
     # Selected jobs SLURM still holds (pending below a re-run job, or kept pending on a
@@ -696,15 +686,14 @@ def resume(run_dir, args):
         return _finish(run_dir, jobs, args) if live else 0
     common.prepare_data_dir(run_dir, jobs)
     ids = submit(run_dir, jobs, options, selected=selected, live=live)
-    done = sum(1 for s in statuses.values() if s.state == "done" and s.id not in selected)
+    done = sum(1 for s in statuses.values() if s.state == DONE and s.id not in selected)
     print(f"slurm: submitted {len(ids)} job(s); {len(live)} still queued or running; {done} done, kept")
     return _finish(run_dir, jobs, args)
 
 
-def cancel(run_dir, args):
+def cancel(run_dir, jobs, args):
     """``scancel`` every job of the run that is queued or running."""
     run_dir = Path(run_dir).resolve()
-    jobs = _load_jobs(run_dir)
     statuses = collect_status(run_dir, jobs, use_sacct=False)
     live = [s.slurm_id for s in statuses.values() if s.state in LIVE_STATES]
     if not live:
