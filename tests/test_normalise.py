@@ -147,3 +147,63 @@ def test_a_clipped_black_sky_is_sky_not_fill():
     out, info = normalise_image(image, SIZE, with_info=True)
     assert info.fill_fraction == 0.0 and info.detected
     assert out[SIZE // 2, SIZE // 2].mean() > 150
+
+
+def _reference_cases():
+    """Synthetic inputs covering every branch of the normaliser, and augmented views as augmentation makes them."""
+    from _prep_data import galaxy_image, inclination_to_q
+
+    from inclinet import augmentation
+
+    cases = []
+    for seed, (q, radius, centre, side) in enumerate(
+        [(0.3, 20, None, 256), (0.6, 14, (110, 140), 256), (0.9, 40, None, 256), (0.5, 6, (60, 70), 128),
+         (0.4, 60, None, 512), (0.2, 30, (200, 300), 512)]
+    ):
+        light = disk(side, q, radius=radius, centre=centre, seed=seed)
+        cases += [gray_dark_on_light(light), colour_light_on_dark(light)]
+    cornered = gray_dark_on_light(disk(256, 0.5, radius=20, seed=3))
+    yy, xx = np.mgrid[:256, :256] - 127.5
+    u, v = xx * np.cos(0.5) + yy * np.sin(0.5), -xx * np.sin(0.5) + yy * np.cos(0.5)
+    cornered[np.maximum(np.abs(u), np.abs(v)) > 150] = 0
+    cases.append(cornered)
+    cases.append(colour_light_on_dark(disk(128, 0.5, radius=12, noise=0.3), sky=0.0))
+    cases.append(np.full((64, 64), 200, np.uint8))
+    field = np.full((256, 256), 230, np.uint8)
+    for x, y in np.random.default_rng(0).integers(10, 246, size=(40, 2)):
+        field[y - 2:y + 3, x - 2:x + 3] = 40
+    cases.append(field)
+    cases.append(gray_dark_on_light(disk(256, 0.5, radius=20, seed=9))[28:228])  # not square
+    for k in range(24):
+        colour = k % 2 == 0
+        raw = galaxy_image(256, inclination_to_q(45 + 2 * k), angle_deg=7 * k, colour=colour, seed=k, noise=2.0)
+        chain = augmentation.augment_colour if colour else augmentation.augment_gray
+        cases.append(chain(normalise_image(raw, 128)[None], np.random.default_rng(k))[0])
+    return cases
+
+
+def test_outputs_match_the_reference_normaliser():
+    """The speed-ups of normalise.py (exact medians, normal equations, row/column moments, batched
+    percentiles) change nothing but float rounding: against the normaliser as it was before them
+    (tests/_normalise_reference.py), every pixel of every output is within 1 grey level, and the
+    +-1 differences (a value within ~1e-9 of a .5 rounding boundary) are at most 1 pixel in 10,000.
+    A real change (another stretch, sky, centre or zoom) moves thousands of pixels by several levels.
+    """
+    import _normalise_reference as reference
+
+    differing = total = 0
+    for size in (64, 128):
+        for index, image in enumerate(_reference_cases()):
+            expected, expected_info = reference.normalise_image(image, size, with_info=True)
+            got, info = normalise_image(image, size, with_info=True)
+            difference = np.abs(expected.astype(int) - got.astype(int))
+            assert difference.max() <= 1, (size, index, difference.max())
+            differing += int((difference > 0).sum())
+            total += difference.size
+            for key, value in expected_info.as_dict().items():
+                if isinstance(value, float):
+                    assert getattr(info, key) == pytest.approx(getattr(expected_info, key), rel=1e-6, abs=1e-6,
+                                                               nan_ok=True), (size, index, key)
+                else:
+                    assert info.as_dict()[key] == value, (size, index, key)
+    assert differing <= total / 10_000, (differing, total)
