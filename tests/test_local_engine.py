@@ -91,6 +91,34 @@ def test_usage_error_is_never_retried(tmp_path):
     assert states(run_dir) == {"u": "failed"} and attempts_in_log(run_dir, "u") == 1
 
 
+def test_resume_retries_replaces_each_jobs_own_retries(tmp_path, capsys):
+    job = fake_job("f", retries=1)
+    job.args = ["-c", "import sys; sys.exit(3)"]
+    run_dir = make_run(tmp_path / "run", [job], retries=1)
+    assert main(["resume", str(run_dir)]) == 1
+    assert attempts_in_log(run_dir, "f") == 2  # its own retry
+    assert main(["resume", str(run_dir), "--retries", "0"]) == 1
+    assert attempts_in_log(run_dir, "f") == 3
+    assert main(["resume", str(run_dir), "--retries", "2"]) == 1
+    assert attempts_in_log(run_dir, "f") == 6
+    record = json.loads((run_dir / "state" / "exit" / "f.json").read_text())
+    assert (record["job"], record["attempt"], record["exit_code"], record["slurm_job_id"]) == ("f", 3, 3, "")
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--retries", "-1"]) == 2
+    assert "invalid --retries" in capsys.readouterr().err
+
+
+def test_status_speaks_the_common_job_states(tmp_path, capsys):
+    jobs = [fake_job("a"), fake_job("b", ["a.txt"], needs="fix.txt"), fake_job("c", ["b.txt"])]
+    run_dir = make_run(tmp_path / "run", jobs)
+    assert main(["status", str(run_dir)]) == 0  # nothing ran yet: unsubmitted is no problem
+    assert "Summary: 3 jobs; 3 unsubmitted" in capsys.readouterr().out
+    assert main(["resume", str(run_dir)]) == 1
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 1
+    assert "Summary: 3 jobs; 1 done, 1 failed, 1 blocked" in capsys.readouterr().out
+
+
 def test_done_job_with_damaged_output_runs_again(tmp_path):
     jobs = [fake_job("a"), fake_job("b", ["a.txt"])]
     run_dir = make_run(tmp_path / "run", jobs)

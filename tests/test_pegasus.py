@@ -320,8 +320,52 @@ def test_dry_run_then_resume_plans_the_run(tmp_path, monkeypatch, capsys):
                  "--dry-run", "-q"]) == 0
     assert main(["cancel", str(run_dir)]) == 0
     assert "not planned" in capsys.readouterr().out
+    assert main(["status", str(run_dir)]) == 0
+    assert "states: " in capsys.readouterr().out  # every job unsubmitted
+    # Retries are planned into the workflow (dagman retry): resume cannot change them.
+    assert main(["resume", str(run_dir), "--retries", "1"]) == 2
+    assert "resume --retries" in capsys.readouterr().err
     assert main(["resume", str(run_dir)]) == 0
     args = json.loads((bin_dir / "plan-args.json").read_text())
     assert args[args.index("--cluster") + 1] == "label"
     assert "planned, not submitted" in capsys.readouterr().out
     assert json.loads((run_dir / "state" / "pegasus.json").read_text())["submitted"] is False
+
+
+def test_jobstate_maps_onto_the_common_job_states(tmp_path):
+    from workflow.engines import common, pegasus
+
+    submit = tmp_path / "submit"
+    submit.mkdir()
+    (submit / "braindump.yml").write_text("dag: w.dag\n")
+    (submit / "w.dag").write_text("JOB a a.sub\nJOB b b.sub\nJOB c c.sub\nJOB d d.sub\nJOB e e.sub\nJOB f f.sub\n"
+                                  "JOB g g.sub\nPARENT a CHILD b\nPARENT b CHILD c\nPARENT d CHILD e\n"
+                                  "PARENT f CHILD g\n")
+    (submit / "jobstate.log").write_text("1 a SUBMIT 1 x - 1\n2 a POST_SCRIPT_FAILURE 1 x - 1\n"
+                                         "3 d EXECUTE 1 x - 1\n4 f JOB_ABORTED 1 x - 1\n")
+    planned, states, _ = pegasus.summarize(submit)
+    mapped = pegasus.job_states(submit, planned, states)
+    assert mapped == {"a": "failed", "b": "blocked", "c": "blocked", "d": "running", "e": "pending",
+                      "f": "cancelled", "g": "blocked"}
+    assert set(mapped.values()) <= set(common.JOB_STATES) and common.status_exit_code(mapped.values()) == 1
+    assert set(pegasus.job_states(submit, planned, {}, submitted=False).values()) == {"unsubmitted"}
+
+
+def test_engines_get_the_dag_from_the_cli_and_leave_the_pegasus_api_alone():
+    """No engine reads run.json or rebuilds the DAG; the Pegasus engine sets no attribute of the Pegasus API."""
+    import ast
+    from pathlib import Path
+
+    engines = Path(__file__).resolve().parents[1] / "workflow" / "engines"
+    for name in ("local.py", "slurm.py", "pegasus.py"):
+        tree = ast.parse((engines / name).read_text(encoding="utf-8"))
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        used |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+        assert not used & {"read_run_info", "load_jobs", "build_jobs", "to_pegasus", "WorkflowConfig"}, name
+    tree = ast.parse((engines / "pegasus.py").read_text(encoding="utf-8"))
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("Pegasus")]
+    targets = [target for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+               for target in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    assert not [t for t in targets if isinstance(t, ast.Attribute) and t.attr.startswith("_")]
