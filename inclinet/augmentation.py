@@ -4,7 +4,8 @@ The chains follow the original IncliNET augmenter with two documented fixes: the
 step uses ONE isotropic scale factor (independent x/y scaling changes the apparent axial
 ratio and so the inclination label), and colour images get the colour chain (the original
 sent them through the gray one). Geometry: rotation by any angle, flips, shifts and one
-scale, with the uncovered border filled with the image's own background and sky noise
+scale in one bilinear warp (OpenCV, all channels at once), with the uncovered border filled
+with the image's own background and sky noise
 (measured on its outer ring), so no white or random-valued frames appear. Photometry:
 gamma, contrast, brightness offset, Gaussian noise, blur and (colour only) partial
 desaturation. Geometry is applied first, then photometry (a fixed order, where the
@@ -15,14 +16,16 @@ unifies polarity (galaxies bright on a dark sky), so the original's inversion of
 gray images is gone: it would be undone.
 
 All functions take a ``numpy.random.Generator`` and draw from it in a fixed order, so a
-batch is reproducible from its seed. Images are ``uint8 (N, S, S, 3)``; grayscale images
+batch is reproducible from its seed (noise is drawn in single precision, as the images are
+processed). Images are ``uint8 (N, S, S, 3)``; grayscale images
 keep 3 identical channels.
 """
 
+import functools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from inclinet.normalise import normalise_image
 
@@ -87,14 +90,26 @@ def warp(planes, matrix, offset, rng):
     noise, so the sky stays statistically uniform (a flat border would look like a frame
     and would bias background/noise estimates such as :func:`inclinet.axial.axial_ratio`).
     """
-    planes = np.asarray(planes, dtype=np.float32)
-    fills = [float(background(plane)) for plane in planes]
-    noises = np.array([float(background_noise(plane)) for plane in planes])
-    out = np.stack([_warp(plane, matrix, offset, fill) for plane, fill in zip(planes, fills)])
+    image = np.ascontiguousarray(np.moveaxis(np.asarray(planes, dtype=np.float32), 0, -1))
+    return np.moveaxis(_warp_image(image, matrix, offset, rng), -1, 0)
+
+
+def _warp_image(image, matrix, offset, rng):
+    """:func:`warp` of one image laid out ``(S, S, C)`` float32 (OpenCV's layout: all channels in one pass)."""
+    height, width, n_channels = image.shape
+    ring = _ring(image)
+    fills = np.median(ring, axis=0)
+    noises = 1.4826 * np.median(np.abs(ring - fills), axis=0)
+    # OpenCV maps (x, y) = (column, row): the same inverse map with its axes swapped.
+    cv_matrix = np.array([[matrix[1][1], matrix[1][0], offset[1]], [matrix[0][1], matrix[0][0], offset[0]]])
+    border = tuple(float(value) for value in fills) + (0.0,) * (4 - n_channels)
+    out = cv2.warpAffine(image, cv_matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=border).reshape(image.shape)
     if noises.any():
-        where = _outside(planes.shape[-2:], matrix, offset)
-        if where.any():
-            out[:, where] += rng.normal(0.0, 1.0, size=(len(planes), int(where.sum()))) * noises[:, None]
+        where = _outside((height, width), matrix, offset)
+        count = int(where.sum())
+        if count:
+            out[where] += rng.standard_normal((count, n_channels), dtype=np.float32) * noises.astype(np.float32)
     return out
 
 
@@ -113,35 +128,34 @@ def _affine_matrix(size, rng, params):
     return matrix, offset
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(shape):
+    rows, columns = np.indices(shape, dtype=np.float64)
+    rows.flags.writeable = columns.flags.writeable = False
+    return rows, columns
+
+
 def _outside(shape, matrix, offset):
-    """Output pixels whose source lies outside the input frame (scipy's ``constant`` mode fills them)."""
-    grid = np.indices(shape, dtype=np.float64).reshape(2, -1)
-    source = np.asarray(matrix) @ grid + np.asarray(offset)[:, None]
-    limits = np.array(shape, dtype=np.float64)[:, None] - 1.0
-    return ((source < 0) | (source > limits)).any(axis=0).reshape(shape)
+    """Output pixels whose source lies outside the input frame (filled with the border value)."""
+    rows, columns = _grid(tuple(shape))
+    source_rows = matrix[0][0] * rows + matrix[0][1] * columns + offset[0]
+    source_columns = matrix[1][0] * rows + matrix[1][1] * columns + offset[1]
+    return ((source_rows < 0) | (source_rows > shape[0] - 1) | (source_columns < 0)
+            | (source_columns > shape[1] - 1))
 
 
-def _warp(plane, matrix, offset, fill):
-    return ndimage.affine_transform(plane, matrix, offset=offset, order=1, mode="constant", cval=float(fill),
-                                    prefilter=False)
+def _augment_image(image, rng, params, colour):
+    """Augment one image given as float32 ``(S, S, C)`` (C = 1 gray, 3 colour); returns uint8 ``(S, S, C)``."""
+    matrix, offset = _affine_matrix(image.shape[0], rng, params)
+    image = _warp_image(image, matrix, offset, rng)
 
-
-def _gamma(values, gamma):
-    return 255.0 * np.power(np.clip(values, 0.0, 255.0) / 255.0, gamma)
-
-
-def _augment_plane_stack(planes, rng, params, colour):
-    """Augment one image given as float planes (C, S, S); returns the new planes."""
-    matrix, offset = _affine_matrix(planes.shape[-1], rng, params)
-    planes = warp(planes, matrix, offset, rng)
-
-    n_channels = planes.shape[0]
+    n_channels = image.shape[-1]
     per_channel = colour and rng.random() < params.per_channel_probability
     draws = n_channels if per_channel else 1
     gamma = rng.uniform(*params.gamma_range)
-    contrast = rng.uniform(*params.contrast_range, size=draws)
+    contrast = rng.uniform(*params.contrast_range, size=draws).astype(np.float32)
     low, high = params.offset_range
-    offsets = rng.integers(low, high + 1, size=draws).astype(float)
+    offsets = rng.integers(low, high + 1, size=draws).astype(np.float32)
     noise_sigma = rng.uniform(0.0, params.noise_max) if params.noise_max > 0 else 0.0
     blur_sigma = rng.uniform(0.0, params.blur_sigma_max) if rng.random() < params.blur_probability else 0.0
     desaturate = rng.uniform(0.0, 1.0) if colour and rng.random() < params.desaturate_probability else 0.0
@@ -149,16 +163,21 @@ def _augment_plane_stack(planes, rng, params, colour):
         desaturate = 1.0
 
     if blur_sigma > 0:
-        planes = ndimage.gaussian_filter(planes, sigma=(0.0, blur_sigma, blur_sigma))
-    planes = _gamma(planes, gamma)
-    planes = planes * contrast[:, None, None] + offsets[:, None, None]
+        # Reflecting border, as scipy.ndimage's default; the kernel reaches 4 sigma.
+        image = cv2.GaussianBlur(image, (0, 0), blur_sigma, borderType=cv2.BORDER_REFLECT).reshape(image.shape)
+    image = _gamma(image, np.float32(gamma))
+    image = image * contrast + offsets
     if noise_sigma > 0:
-        noise_shape = planes.shape if per_channel else planes.shape[1:]
-        planes = planes + rng.normal(0.0, noise_sigma, size=noise_shape)
+        noise_shape = image.shape if per_channel else image.shape[:2] + (1,)
+        image += rng.standard_normal(noise_shape, dtype=np.float32) * np.float32(noise_sigma)
     if desaturate > 0:
-        gray = planes.mean(axis=0, keepdims=True)
-        planes = (1.0 - desaturate) * planes + desaturate * gray
-    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+        gray = image.mean(axis=-1, keepdims=True)
+        image = np.float32(1.0 - desaturate) * image + np.float32(desaturate) * gray
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _gamma(values, gamma):
+    return 255.0 * np.power(np.clip(values, 0.0, 255.0) / np.float32(255.0), gamma)
 
 
 def _check_images(images):
@@ -173,8 +192,7 @@ def augment_gray(images, rng, *, params=GRAY_CHAIN):
     images = _check_images(images)
     out = np.empty_like(images, dtype=np.uint8)
     for index, image in enumerate(images):
-        plane = _augment_plane_stack(image[np.newaxis, :, :, 0].astype(np.float32), rng, params, colour=False)[0]
-        out[index] = plane[:, :, np.newaxis]
+        out[index] = _augment_image(image[:, :, :1].astype(np.float32), rng, params, colour=False)
     return out
 
 
@@ -183,8 +201,7 @@ def augment_colour(images, rng, *, params=COLOUR_CHAIN):
     images = _check_images(images)
     out = np.empty_like(images, dtype=np.uint8)
     for index, image in enumerate(images):
-        planes = np.moveaxis(image.astype(np.float32), -1, 0)
-        out[index] = np.moveaxis(_augment_plane_stack(planes, rng, params, colour=True), 0, -1)
+        out[index] = _augment_image(image.astype(np.float32), rng, params, colour=True)
     return out
 
 

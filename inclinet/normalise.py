@@ -380,7 +380,8 @@ def normalise_image(image, size, *, with_info=False):
         planes[channel] -= np.float32(coefficients[0]) + np.float32(coefficients[1]) * xs + np.float32(
             coefficients[2]) * ys
         noises.append(sigma)
-    planes[:, fill] = 0.0
+    if fill.any():
+        planes[:, fill] = 0.0
     signal = planes.mean(axis=0)
     noise = max(_robust_sigma(signal.ravel()[ring_sample]), 0.3)  # 8-bit quantisation floor
 
@@ -390,8 +391,9 @@ def normalise_image(image, size, *, with_info=False):
     binned_noise = max(_robust_sigma(binned[binned_ring]) if binned_ring.sum() >= 16 else noise / factor, 0.3 / factor)
     mask = _central_object(binned, binned_noise, 1.0)
     plain_window = float(max(height, width))
-    if mask is not None and np.clip(binned, 0, None)[mask].sum() > 0:
-        bx, by, b_sigma, axial_ratio = _moments(np.where(mask, np.clip(binned, 0, None), 0.0))
+    positive = np.clip(binned, 0, None)
+    if mask is not None and positive[mask].sum() > 0:
+        bx, by, b_sigma, axial_ratio = _moments(np.where(mask, positive, 0.0))
         # Binned pixel k covers input pixels k*f .. k*f + f - 1.
         x0, y0 = bx * factor + (factor - 1) / 2.0, by * factor + (factor - 1) / 2.0
         sigma_major = math.sqrt(max(b_sigma**2 - 1.0 / 12.0, 0.0) * factor**2 + 1.0 / 12.0)
@@ -419,9 +421,10 @@ def normalise_image(image, size, *, with_info=False):
     galaxy = region & (ndimage.gaussian_filter(out_luminance, 1.0) > DETECTION_SIGMA * out_noise / 3.5)
     if galaxy.sum() < 4:
         galaxy = region
-    peaks = np.maximum(np.percentile(out[:, galaxy], 99.0, axis=1).astype(np.float64), 1e-3)
     if gray or len(out) == 1:
-        peaks[:] = max(float(np.percentile(out_luminance[galaxy], 99.0)), 1e-3)
+        peaks = np.full(len(out), max(float(np.percentile(out_luminance[galaxy], 99.0)), 1e-3))
+    else:
+        peaks = np.maximum(np.percentile(out[:, galaxy], 99.0, axis=1).astype(np.float64), 1e-3)
     scaled = out / peaks[:, None, None]
     median_level = float(_median(scaled.mean(axis=0)[galaxy]))
     stretched = _stretch(scaled, median_level)
