@@ -8,12 +8,16 @@ default (10) whether training runs inside the workflow or by hand, and the model
 minimum comes from the model itself (:func:`check_models_fit`).
 
 Science settings (what is computed) are apart from execution settings (how and where it
-runs: ``galaxies_per_job``, ``retries``, the engines' own flags).
+runs: ``galaxies_per_job``, ``retries``, the engines' own flags). A configuration file
+(``run_workflow.py --config FILE.yaml``) keeps them in two sections; :func:`setting_schema`
+gives each setting's JSON schema and :func:`validate_document` checks a file against the
+schema with :mod:`jsonschema`, naming the bad key and value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, make_dataclass
+from pathlib import Path
 
 from inclinet import naming
 from inclinet.errors import invalid
@@ -145,3 +149,75 @@ def check_models_fit(models, size, *, flag="--models"):
         needed = minimum_input_size(model)
         if size < needed:
             raise invalid(flag, model, f"left out for --size below {needed} (its convolutions need >= {needed} px)")
+
+
+# -- configuration files (run_workflow.py --config) ------------------------------------------
+
+def setting_schema(name):
+    """The JSON schema of setting ``name`` (type, bounds, choices), with its "must be" text as description."""
+    item = SETTINGS[name]
+    if item.choices is not None:
+        return {"enum": list(item.choices), "description": "one of " + ", ".join(map(str, item.choices))}
+    schema = {"type": "integer" if item.type is int else "number" if item.type is float else "string"}
+    if item.minimum is not None:
+        schema["minimum"] = item.minimum
+    if item.maximum is not None:
+        schema["maximum"] = item.maximum
+    schema["description"] = item._range_text() if item.type in (int, float) else "a string"
+    return schema
+
+
+def load_yaml_mapping(path):
+    """The YAML mapping in ``path``; :class:`~inclinet.errors.InputError` naming the file and line otherwise."""
+    import yaml
+
+    from inclinet.errors import InputError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: configuration file not found; give the path of a YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: configuration file not readable ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise InputError(f"{path}: not valid YAML{where} ({problem}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a configuration file must be a YAML mapping (sections with keys), "
+                         f"not a {type(data).__name__}")
+    return data
+
+
+def validate_document(data, schema, source):
+    """Check ``data`` against the JSON ``schema`` (:mod:`jsonschema`); raise :class:`ConfigError` for the first problem.
+
+    The message names ``source``, the key as ``section.key`` and the value, with the
+    schema's ``description`` as what it must be: ``FILE: invalid science.epochs: 0; must
+    be an integer >= 1``. Unknown keys list the known ones.
+    """
+    import jsonschema
+
+    from inclinet.errors import ConfigError
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if not errors:
+        return data
+    error = errors[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path).lstrip(".")
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(known))
+        key = f"{where}.{extra[0]}" if where else extra[0]
+        hint = error.schema.get("x-misplaced", {}).get(extra[0])
+        raise ConfigError(f"{source}: unknown key {key}" + (f" ({hint})" if hint else "")
+                          + "; must be one of " + ", ".join(known))
+    must = error.schema.get("description") or error.message
+    raise ConfigError(f"{source}: invalid {where or 'file'}: {error.instance!r}; must be {must}")

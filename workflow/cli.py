@@ -3,6 +3,7 @@
 Usage::
 
     run_workflow.py [BUILD FLAGS] [--engine local|pegasus|slurm] [--output-dir RUN] [--dry-run]
+    run_workflow.py --config run.yaml [FLAGS]  # settings from a YAML file; flags override it
     run_workflow.py --demo                 # the embedded default, on the local engine
     run_workflow.py status RUN             # counts by state, percent done, per-job table
     run_workflow.py resume RUN             # re-run failed and unfinished jobs only
@@ -62,7 +63,7 @@ DEMO_OUTPUT_DIR = naming.DEMO_RUN_DIR
 #: WorkflowConfig fields set by a flag of the same name (seed is always given; name has no
 #: flag), and every flag that belongs to the build rather than to the engine.
 _CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(dag.WorkflowConfig) if f.name not in ("seed", "name"))
-_BUILD_KEYS = {*_CONFIG_FLAGS, "seed", "demo", "verbose", "quiet"}
+_BUILD_KEYS = {*_CONFIG_FLAGS, "seed", "demo", "verbose", "quiet", "config"}
 
 
 def _csv_list(text):
@@ -98,6 +99,9 @@ def add_build_arguments(parser):
                                "training gets more on Pegasus)")
 
     run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE.yaml",
+                     help="settings from a YAML file with a 'science:' and an 'execution:' section (keys as the "
+                          "flags, with underscores); flags given as well override it")
     run.add_argument("--engine", choices=ENGINES, default="local", help="where the jobs run (default local)")
     run.add_argument("--output-dir", "-o", help="run directory RUN (default runs/<time>, or demo-run with --demo)")
     run.add_argument("--dry-run", action="store_true", help="build and write the run directory, run nothing")
@@ -163,6 +167,143 @@ def _retries_flag(text):
     return value
 
 
+# -- --config FILE.yaml ----------------------------------------------------------------------
+
+def _text(description="a non-empty string"):
+    return {"type": "string", "minLength": 1, "description": description}
+
+
+def _choice_list(choices):
+    text = ", ".join(choices)
+    return {"type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"enum": list(choices), "description": f"one of {text}"},
+            "description": f"a non-empty list of {text} without repeats"}
+
+
+def _integer(minimum=1):
+    return {"type": "integer", "minimum": minimum, "description": f"an integer >= {minimum}"}
+
+
+def _number(minimum=0):
+    return {"type": "number", "exclusiveMinimum": minimum, "description": f"a number > {minimum}"}
+
+
+#: The keys of a --config file's ``science:`` section (what is computed): the build flags' dests.
+SCIENCE_KEYS = {
+    "synthetic": _integer(1),
+    "data_path": _text("a folder path"),
+    "catalog": _text("a file path"),
+    "root": _text(),
+    "predict_with": _text("a bundle folder path"),
+    "bands": _choice_list(naming.BANDS),
+    "models": _choice_list(naming.MODELS),
+    "tasks": _choice_list(naming.TASKS),
+    **{name: settings.setting_schema(name) for name in ("size", "synthetic_size", "subsamples", "epochs",
+                                                          "batch_size", "lr_schedule", "n_batches", "per_bin",
+                                                          "views", "seed")},
+}
+#: The keys of its ``slurm:`` mapping inside ``execution:`` (dest ``slurm_<key>``).
+SLURM_KEYS = {
+    "partition": _text(), "gpu_partition": _text(), "account": _text(),
+    "sbatch_options": {"type": "array", "items": _text("an sbatch option such as --qos=short"),
+                       "description": "a list of sbatch options"},
+    "container": _text("an Apptainer/Singularity image path"),
+    "container_runtime": {"enum": ["apptainer", "singularity"], "description": "apptainer or singularity"},
+    "request_gpus": {"enum": ["auto", "yes", "no"], "description": "auto, yes or no"},
+    "gpu_flag": {"enum": ["gres", "gpus"], "description": "gres or gpus"},
+    "submit_workers": _integer(1),
+    "wait": {"type": "boolean", "description": "true or false"},
+    "poll_interval": _number(0), "wait_timeout": _number(0),
+}
+#: The keys of the ``execution:`` section (how and where it runs).
+EXECUTION_KEYS = {
+    "engine": {"enum": list(ENGINES), "description": "one of " + ", ".join(ENGINES)},
+    "output_dir": _text("a folder path"),
+    "galaxies_per_job": settings.setting_schema("galaxies_per_job"),
+    "retries": settings.setting_schema("retries"),
+    "resources": {"type": "array", "items": {
+        "type": "string",
+        "pattern": rf"^({'|'.join(dag.STAGES)})\.({'|'.join(dag.RESOURCE_KEYS)})=[0-9]+$",
+        "description": "STAGE.KEY=VALUE with KEY one of " + ", ".join(dag.RESOURCE_KEYS)
+                       + " and a whole number, e.g. train.runtime=7200"},
+        "description": "a list of STAGE.KEY=VALUE strings"},
+    "max_parallel": _integer(1),
+    "cluster_size": _integer(1),
+    "container_mode": {"enum": list(dag.CONTAINER_MODES), "description": " or ".join(dag.CONTAINER_MODES)},
+    "container_image": _text("an image URL (file://, docker://, https://)"),
+    "sites": _text("a file path"), "replicas": _text("a file path"),
+    "pegasus_site": _text(), "submit_dir": _text("a folder path"),
+    "reuse": {"type": "array", "items": _text("a run or submit folder"), "description": "a list of folders"},
+    "slurm": {"type": "object", "properties": SLURM_KEYS, "additionalProperties": False,
+              "description": "a mapping of SLURM engine settings"},
+}
+
+
+def _section(keys, other, other_name):
+    misplaced = {key: f"{key} is {'an execution' if other_name == 'execution' else 'a science'} setting: "
+                      f"put it under {other_name}:" for key in other}
+    return {"type": "object", "properties": keys, "additionalProperties": False, "x-misplaced": misplaced,
+            "description": "a mapping of settings"}
+
+
+def config_file_schema():
+    """The JSON schema of a --config file: a ``science:`` and an ``execution:`` section, nothing else."""
+    top_hints = {key: f"{key} is a science setting: put it under science:" for key in SCIENCE_KEYS}
+    top_hints.update({key: f"{key} is an execution setting: put it under execution:" for key in EXECUTION_KEYS})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {"science": _section(SCIENCE_KEYS, EXECUTION_KEYS, "execution"),
+                       "execution": _section(EXECUTION_KEYS, SCIENCE_KEYS, "science")},
+        "additionalProperties": False,
+        "x-misplaced": top_hints,
+        "description": "a mapping with the sections science and execution",
+    }
+
+
+def read_config_file(path):
+    """``{flag dest: value}`` of a --config file, validated (:class:`ConfigError`/:class:`InputError`, exit 2)."""
+    data = settings.load_yaml_mapping(path)
+    settings.validate_document(data, config_file_schema(), str(path))
+    values = dict(data.get("science") or {})
+    execution = dict(data.get("execution") or {})
+    for key, value in (execution.pop("slurm", None) or {}).items():
+        values[f"slurm_{key}"] = value
+    values.update(execution)
+    for key in ("bands", "models", "tasks", "resources"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return values
+
+
+#: Flags that collect repeated values (argparse "append"): given when their value is not None.
+_APPEND_DESTS = ("reuse", "resources", "slurm_sbatch_options")
+_UNSET = object()
+
+
+def _given_dests(argv, dests):
+    """Those of ``dests`` whose flags are given in ``argv`` (rather than left at their defaults).
+
+    argparse sets a default only where the namespace has no value yet: parsing into a
+    namespace that holds a marker for each dest leaves the marker wherever no flag was given.
+    """
+    namespace = argparse.Namespace(**{dest: None if dest in _APPEND_DESTS else _UNSET for dest in dests})
+    build_parser().parse_args(argv, namespace=namespace)
+    return {dest for dest in dests if getattr(namespace, dest) not in (_UNSET, None)}
+
+
+def apply_config_file(args, argv):
+    """Fill ``args`` from ``args.config``: defaults < the file < flags given on the command line."""
+    if not args.config:
+        return args
+    values = read_config_file(args.config)
+    given = _given_dests(list(argv) if argv is not None else sys.argv[1:], values)
+    for dest, value in values.items():
+        if dest not in given:
+            setattr(args, dest, value)
+    return args
+
+
 def config_from_args(args):
     """The :class:`~workflow.dag.WorkflowConfig` of the flags (--demo fills what is not given)."""
     values = dict(DEMO) if args.demo else {}
@@ -209,6 +350,7 @@ def write_run(run_dir, jobs, config, args, argv):
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": list(argv) if argv is not None else sys.argv[1:],
         "demo": bool(args.demo),
+        "config_file": str(Path(args.config).resolve()) if args.config else None,
         "config": config.to_dict(),
         "engine_args": engine_args,
         "n_jobs": len(jobs),
@@ -275,6 +417,7 @@ def _missing_reason(config, pgc, band):
 
 
 def run_build(args, argv=None):
+    apply_config_file(args, argv)
     config = config_from_args(args)
     run_dir = default_output_dir(args)
     start = time.perf_counter()
