@@ -109,18 +109,7 @@ def _read_band(path, size):
     return band, labels, pgcs
 
 
-def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
-        test_fraction=config.DEFAULTS.test_fraction, binary_test_fraction=config.DEFAULTS.binary_test_fraction,
-        seed=config.DEFAULTS.seed,
-        scratch_dir=None):
-    """Split the compressed bands ``inputs`` into ``output_dir``; returns the summary dict.
-
-    Writes, for every band, the files of :func:`inclinet.naming.sample` (``test_000``,
-    ``train_000..train_00m``, ``binary_train``, ``binary_test``), the summary JSON
-    (:func:`inclinet.naming.split_summary`) with the pgc ids of every subset, and its
-    report CSV (galaxies missing from a band, conflicting or out-of-range labels).
-    """
-    start = time.perf_counter()
+def _check_arguments(inputs, size, n_subsamples, test_fraction, binary_test_fraction):
     if not inputs:
         raise invalid("--input", [], "one compressed npz per band")
     if not 0 < test_fraction < 1:
@@ -131,19 +120,24 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
         raise invalid("--n-subsamples", n_subsamples, "a non-negative integer")
     if size < 1:
         raise invalid("--size", size, "a positive number of pixels")
-    output_dir = Path(output_dir)
-    summary_path = output_dir / Path(naming.split_summary(size)).name
-    report_path = output_dir / Path(naming.split_report(size)).name
-    skips = SkipReport("split")
 
+
+def _read_bands(inputs, size):
+    """``{band: {"path", "labels", "pgcs"}}`` of the compressed files, one per band."""
     bands = {}
     for path in map(Path, inputs):
         band, labels, pgcs = _read_band(path, size)
         if band in bands:
             raise InputError(f"band {band} given twice ({bands[band]['path']} and {path}); give one file per band")
         bands[band] = {"path": path, "labels": labels, "pgcs": pgcs}
+    return bands
 
-    # One label per galaxy over all bands; conflicting, out-of-range or repeated rows are left out.
+
+def _labels_over_bands(bands, skips):
+    """One label per galaxy over all bands: ``(labels_by_pgc, left_out)``.
+
+    Conflicting, out-of-range or repeated rows are left out (and reported in ``skips``).
+    """
     labels_by_pgc, conflicts, label_noted = {}, set(), set()
     for band, info in bands.items():
         seen = set()
@@ -167,7 +161,11 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
             labels_by_pgc.setdefault(pgc, label)
     for pgc in conflicts:
         labels_by_pgc.pop(pgc, None)
+    return labels_by_pgc, conflicts
 
+
+def _missing_per_band(bands, labels_by_pgc, skips):
+    """``{band tag: [pgc]}``: the galaxies of the split that a band lacks (reported in ``skips``)."""
     missing = {}
     all_pgcs = set(labels_by_pgc)
     for band, info in bands.items():
@@ -176,7 +174,52 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
         for pgc in absent:
             skips.skip(pgc, "missing from this band (present in another); split consistently, absent here",
                        band=band)
+    return missing
 
+
+def _write_band_subsets(band, info, subsets, *, size, output_dir, scratch):
+    """Write every subset file of one band; return ``({subset: rows}, [paths])``."""
+    counts, paths = {}, []
+    row_of = {pgc: row for row, pgc in enumerate(info["pgcs"].tolist())}
+    with NpzRows(info["path"], scratch_dir=scratch) as rows:
+        for name, members in subsets.items():
+            kind, index = _kind_index(name)
+            path = output_dir / Path(naming.sample(size, band, kind, index)).name
+            picked = np.array([row_of[p] for p in members if p in row_of], dtype=np.int64)
+            labels = info["labels"][picked]
+            if kind.startswith("binary"):
+                labels = np.array([binary_label(c) for c in labels.tolist()], dtype=np.int64)
+            with NpzWriter(path, (size, size, 3), n_rows=len(picked)) as writer:
+                for start_row in range(0, len(picked), _CHUNK_ROWS):
+                    writer.append(rows.read(picked[start_row:start_row + _CHUNK_ROWS]))
+                writer.set(labels=labels.astype(np.int32), pgcIDs=info["pgcs"][picked].astype(np.int32),
+                           band=np.array(band))
+            counts[name] = int(len(picked))
+            paths.append(path)
+    return counts, paths
+
+
+def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
+        test_fraction=config.DEFAULTS.test_fraction, binary_test_fraction=config.DEFAULTS.binary_test_fraction,
+        seed=config.DEFAULTS.seed,
+        scratch_dir=None):
+    """Split the compressed bands ``inputs`` into ``output_dir``; returns the summary dict.
+
+    Writes, for every band, the files of :func:`inclinet.naming.sample` (``test_000``,
+    ``train_000..train_00m``, ``binary_train``, ``binary_test``), the summary JSON
+    (:func:`inclinet.naming.split_summary`) with the pgc ids of every subset, and its
+    report CSV (galaxies missing from a band, conflicting or out-of-range labels).
+    """
+    start = time.perf_counter()
+    _check_arguments(inputs, size, n_subsamples, test_fraction, binary_test_fraction)
+    output_dir = Path(output_dir)
+    summary_path = output_dir / Path(naming.split_summary(size)).name
+    report_path = output_dir / Path(naming.split_report(size)).name
+    skips = SkipReport("split")
+
+    bands = _read_bands(inputs, size)
+    labels_by_pgc, conflicts = _labels_over_bands(bands, skips)
+    missing = _missing_per_band(bands, labels_by_pgc, skips)
     subsets = draw_split(labels_by_pgc, seed=seed, test_fraction=test_fraction,
                          binary_test_fraction=binary_test_fraction, n_subsamples=n_subsamples)
     if not subsets["train_000"]:
@@ -190,23 +233,9 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
     scratch = Path(scratch_dir) if scratch_dir else output_dir
     scratch.mkdir(parents=True, exist_ok=True)
     for band, info in bands.items():
-        counts[naming.band_tag(band)] = {}
-        row_of = {pgc: row for row, pgc in enumerate(info["pgcs"].tolist())}
-        with NpzRows(info["path"], scratch_dir=scratch) as rows:
-            for name, members in subsets.items():
-                kind, index = _kind_index(name)
-                path = output_dir / Path(naming.sample(size, band, kind, index)).name
-                picked = np.array([row_of[p] for p in members if p in row_of], dtype=np.int64)
-                labels = info["labels"][picked]
-                if kind.startswith("binary"):
-                    labels = np.array([binary_label(c) for c in labels.tolist()], dtype=np.int64)
-                with NpzWriter(path, (size, size, 3), n_rows=len(picked)) as writer:
-                    for start_row in range(0, len(picked), _CHUNK_ROWS):
-                        writer.append(rows.read(picked[start_row:start_row + _CHUNK_ROWS]))
-                    writer.set(labels=labels.astype(np.int32), pgcIDs=info["pgcs"][picked].astype(np.int32),
-                               band=np.array(band))
-                counts[naming.band_tag(band)][name] = int(len(picked))
-                outputs.append(path)
+        counts[naming.band_tag(band)], paths = _write_band_subsets(band, info, subsets, size=size,
+                                                                   output_dir=output_dir, scratch=scratch)
+        outputs += paths
 
     summary = {
         "size": int(size),
