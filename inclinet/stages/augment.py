@@ -115,6 +115,34 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
     report (default ``<output_dir>.report.csv``), as are galaxies missing from some band.
     """
     start = time.perf_counter()
+    _check_arguments(inputs, size, task, n_batches, per_bin)
+    output_dir = Path(output_dir)
+    subset = subset or subset_name(inputs, output_dir)
+    report_path = Path(report) if report else Path(naming.report_for(output_dir))
+    skips = SkipReport("augment")
+
+    samples = _read_samples(inputs, size, task, skips)
+    _report_missing_rows(samples, skips)
+    pools, empty_groups = _pools(samples, task, inputs)
+    if empty_groups:
+        names = [_group_label(task, key) for key in empty_groups]
+        logger.warning("augment %s: no colour or no gray galaxies in %s; those groups are left out of the batches",
+                       subset, ", ".join(names))
+
+    outputs = _write_batches(output_dir, Path(scratch_dir) if scratch_dir else output_dir, samples, pools, task,
+                             n_batches, per_bin, seed, subset, size)
+    skips.write(report_path)
+    check_outputs(outputs + [report_path])
+    per_batch = 2 * per_bin * len(pools)
+    summary = {"subset": subset, "task": task, "batches": n_batches, "images_per_batch": per_batch,
+               "groups": len(pools), "empty_groups": [_group_label(task, k) for k in empty_groups],
+               "skipped": len(skips), "seed": seed, "seconds": round(time.perf_counter() - start, 2)}
+    logger.info("augment %s (%s): %d batch(es) of %d images (%d groups), %d report row(s), seed %d, %.1f s -> %s",
+                subset, task, n_batches, per_batch, len(pools), len(skips), seed, summary["seconds"], output_dir)
+    return summary
+
+
+def _check_arguments(inputs, size, task, n_batches, per_bin):
     if task not in naming.TASKS:
         raise invalid("--task", task, "one of " + ", ".join(naming.TASKS))
     if n_batches < 1:
@@ -125,11 +153,11 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
         raise invalid("--size", size, "a positive number of pixels")
     if not inputs:
         raise invalid("--input", [], "the subset's sample file of every band")
-    output_dir = Path(output_dir)
-    subset = subset or subset_name(inputs, output_dir)
-    report_path = Path(report) if report else Path(naming.report_for(output_dir))
-    skips = SkipReport("augment")
 
+
+def _read_samples(inputs, size, task, skips):
+    """The sample of every band (band -> :func:`_read_sample` dict), checked: one file per band,
+    the colour band and at least one gray band, usable galaxies in each."""
     samples = {}
     for path in inputs:
         sample = _read_sample(path, size, task, skips)
@@ -139,8 +167,7 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
                 "give one sample file per band"
             )
         samples[sample["band"]] = sample
-    gray_bands = [band for band in naming.GRAY_BANDS if band in samples]
-    if "gri" not in samples or not gray_bands:
+    if "gri" not in samples or not any(band in samples for band in naming.GRAY_BANDS):
         raise InputError(
             f"augment needs the colour (gri/RGB) sample and at least one of g, r, i; got bands "
             f"{', '.join(sorted(samples)) or 'none'} from {', '.join(map(str, inputs))}"
@@ -151,13 +178,21 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
                 f"{sample['path']}: no usable galaxies for the {task} task in band {band}; "
                 "check the split report (is this the right subset/task?)"
             )
+    return samples
 
+
+def _report_missing_rows(samples, skips):
+    """Record every galaxy that some band's sample lacks (it is used from the other bands)."""
     union = set().union(*(set(s["pgcs"].tolist()) for s in samples.values()))
     for band, sample in samples.items():
         for pgc in sorted(union - set(sample["pgcs"].tolist())):
             skips.skip(pgc, "missing from this band's sample; used from the other bands only", band=band,
                        file=sample["path"])
 
+
+def _pools(samples, task, inputs):
+    """Rows per group and band (see :func:`plan_batch`) and the groups left out (no colour or no gray rows)."""
+    gray_bands = [band for band in naming.GRAY_BANDS if band in samples]
     pools, empty_groups = {}, []
     for key in _group_keys(task):
         pool = {"c": np.flatnonzero(samples["gri"]["groups"] == key)}
@@ -171,12 +206,11 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
             empty_groups.append(key)
     if not pools:
         raise InputError(f"no {task} group has both colour and grayscale galaxies in {', '.join(map(str, inputs))}")
-    if empty_groups:
-        names = [_group_label(task, key) for key in empty_groups]
-        logger.warning("augment %s: no colour or no gray galaxies in %s; those groups are left out of the batches",
-                       subset, ", ".join(names))
+    return pools, empty_groups
 
-    scratch = Path(scratch_dir) if scratch_dir else output_dir
+
+def _write_batches(output_dir, scratch, samples, pools, task, n_batches, per_bin, seed, subset, size):
+    """Write the batches one at a time (rows read through a scratch copy of each sample); returns their paths."""
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = []
     with contextlib.ExitStack() as stack:
@@ -187,15 +221,7 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
             _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size)
             outputs.append(path)
             logger.debug("augment %s: batch %d/%d written", subset, batch, n_batches)
-    skips.write(report_path)
-    check_outputs(outputs + [report_path])
-    per_batch = 2 * per_bin * len(pools)
-    summary = {"subset": subset, "task": task, "batches": n_batches, "images_per_batch": per_batch,
-               "groups": len(pools), "empty_groups": [_group_label(task, k) for k in empty_groups],
-               "skipped": len(skips), "seed": seed, "seconds": round(time.perf_counter() - start, 2)}
-    logger.info("augment %s (%s): %d batch(es) of %d images (%d groups), %d report row(s), seed %d, %.1f s -> %s",
-                subset, task, n_batches, per_batch, len(pools), len(skips), seed, summary["seconds"], output_dir)
-    return summary
+    return outputs
 
 
 def _group_label(task, key):
