@@ -218,3 +218,26 @@ def survey_catalog(identity, suffix=".csv"):
 def survey_report(identity, suffix=".html"):
     """The survey's summary report (``.html``, and ``.json`` for its numbers)."""
     return f"{SURVEY_DIR}/inclinet_{identity}_report{suffix}"
+
+
+def survey_slice(index, count):
+    """The catalog rows of survey chunk ``index`` of ``count`` (written when the workflow is built)."""
+    return f"{RAW_DIR}/{SURVEY_DIR}/catalog_part{index:04d}of{count:04d}.csv"
+
+
+def survey_archive(index, count):
+    """The raw images of survey chunk ``index`` of ``count`` in one tar file (Pegasus staging)."""
+    return f"{RAW_DIR}/{SURVEY_DIR}/images_part{index:04d}of{count:04d}.tar"
+
+
+#: The pattern of :func:`survey_slice` (what the replica catalog's entry for the slices matches).
+SURVEY_SLICE_PATTERN = rf"{RAW_DIR}/{SURVEY_DIR}/(catalog_part[0-9]{{4,}}of[0-9]{{4,}}\.csv)"
+
+
+def parse_survey_slice(lfn):
+    """``(index, count)`` of a :func:`survey_slice` name, None for any other name."""
+    match = re.fullmatch(SURVEY_SLICE_PATTERN, lfn)
+    if match is None:
+        return None
+    index, count = re.fullmatch(r"catalog_part([0-9]+)of([0-9]+)\.csv", match.group(1)).groups()
+    return int(index), int(count)

@@ -154,31 +154,112 @@ def _format(value):
     return str(value)
 
 
-def _load_band(data_path, pgc, band, root, size):
-    """``(image, info, None)`` or ``(None, None, reason)`` for one band of one galaxy."""
+def _load_band(data_path, pgc, band, root, size, source=None):
+    """``(image, info, None)`` or ``(None, None, reason)`` for one band of one galaxy.
+
+    ``source`` names where the images came from when ``data_path`` is a temporary folder
+    (an unpacked archive): reasons then name the file in ``source``, not the folder.
+    """
     from inclinet.catalog import find_raw_image
     from inclinet.normalise import load_normalised
 
     path = find_raw_image(data_path, pgc, band, root)
     if path is None:
-        expected = Path(data_path) / naming.raw_image_names(pgc, band, root)[0]
-        return None, None, f"missing ({expected} not found)"
+        name = naming.raw_image_names(pgc, band, root)[0]
+        if source is not None:
+            return None, None, f"missing ({name} not in {source})"
+        return None, None, f"missing ({Path(data_path) / name} not found)"
     try:
         image, info = load_normalised(path, size, with_info=True)
     except (InputError, ValueError, OSError) as exc:
         message = str(exc)
-        return None, None, f"unreadable ({message if str(path) in message else f'{path}: {message}'})"
+        message = message if str(path) in message else f"{path}: {message}"
+        if source is not None:
+            message = message.replace(str(path), f"{source}: {path.name}")
+        return None, None, f"unreadable ({message})"
     return image, info.as_dict(), None
 
 
+def warning_kind(message):
+    """The kind of an out-of-distribution warning: a raw rule's name, ``range:<statistic>`` or ``spread``."""
+    from inclinet import reliability
+    from inclinet.normalise import STATISTICS
+
+    for name, _, text in reliability.RAW_RULES:
+        if message == text:
+            return name
+    for statistic in STATISTICS:
+        if message.startswith(statistic.replace("_", " ") + " ") and "outside the training range" in message:
+            return f"range:{statistic}"
+    if message.startswith("the models disagree"):
+        return "spread"
+    return "other"
+
+
+def warning_summary(counts, galaxies):
+    """One line: how many images of how many galaxies were out of distribution, by kind and band."""
+    images = counts.get("images", 0)
+    if not images:
+        return f"out-of-distribution warnings: none ({galaxies} galaxies)"
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts["kinds"].items(), key=lambda item: (-item[1],
+                                                                                               item[0])))
+    bands = ", ".join(f"{band} {n}" for band, n in counts["bands"].items())
+    return (f"out-of-distribution warnings: {images} images of {counts['galaxies']} of {galaxies} galaxies "
+            f"(by kind: {kinds}; images by band: {bands}); per galaxy: the catalog's ood and warnings columns")
+
+
+def pack(*, pgcs, data_path, archive, bands=naming.BANDS, root=naming.DEFAULT_ROOT):
+    """Write the raw images of ``pgcs`` in ``bands`` found under ``data_path`` into the tar file ``archive``.
+
+    Members are the files' names (links followed); images that are missing, or not regular
+    files, are left out (the measure job reports them). Member metadata is fixed (time 0,
+    owner 0), so the same images always give the same bytes. Returns ``{"images", "missing"}``.
+    """
+    import tarfile
+
+    from inclinet.catalog import find_raw_image
+
+    def fixed(info):
+        info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+        return info
+
+    counts = {"images": 0, "missing": 0}
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
+        for pgc in pgcs:
+            for band in bands:
+                path = find_raw_image(data_path, pgc, band, root)
+                if path is None or not path.is_file():
+                    counts["missing"] += 1
+                    continue
+                tar.add(path, arcname=path.name, recursive=False, filter=fixed)
+                counts["images"] += 1
+    return counts
+
+
+def unpack(archive, folder):
+    """Extract a :func:`pack` archive into ``folder`` (plain files only, no paths outside it)."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and "/" not in m.name]
+            tar.extractall(folder, members=members, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise InputError(f"{archive}: not a readable image archive ({exc}); rerun the job that packed it") from None
+    return len(members)
+
+
 def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS, root=naming.DEFAULT_ROOT,
-            identity=None, galaxies_per_batch=GALAXIES_PER_BATCH, gallery_size=GALLERY_SIZE):
+            identity=None, galaxies_per_batch=GALAXIES_PER_BATCH, gallery_size=GALLERY_SIZE, source=None):
     """Measure the galaxies ``pgcs`` in every band; write their rows to ``output`` (CSV) and return counts.
 
     Galaxies are read, normalised and predicted ``galaxies_per_batch`` at a time and their
     rows written as they are done (to a temporary file renamed at the end), so memory holds
     one batch whatever the number of galaxies. ``gallery`` (npz) receives the normalised
-    images of the ``gallery_size`` galaxies with the largest ``inc_std``.
+    images of the ``gallery_size`` galaxies with the largest ``inc_std``. Out-of-distribution
+    warnings are not logged image by image: the counts come back under ``"warnings"``
+    (:func:`warning_summary` makes them one line); each row holds its galaxy's warnings.
+    ``source`` names the images' origin in reasons when ``data_path`` is temporary.
     """
     from inclinet import bundle as model_bundle
     from inclinet.stages.predict import answer_images
@@ -191,6 +272,7 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
     regression, binary = member_names(loaded)
     header = columns(bands, regression, binary)
     counts = dict.fromkeys(STATUSES, 0)
+    warned = {"images": 0, "galaxies": 0, "kinds": {}, "bands": {}}
     kept = []  # heap of (inc_std, -pgc, pgc, image, median, p_reject)
     start = time.perf_counter()
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
@@ -201,7 +283,7 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
             images, infos, owners, problems = [], [], [], {}
             for pgc in batch:
                 for band in bands:
-                    image, info, problem = _load_band(data_path, pgc, band, root, loaded.input_size)
+                    image, info, problem = _load_band(data_path, pgc, band, root, loaded.input_size, source)
                     if problem is not None:
                         problems.setdefault(pgc, {})[band] = problem
                         continue
@@ -211,12 +293,20 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
             answers = {}
             if images:
                 names = [f"pgc {pgc} {band}" for pgc, band in owners]
-                for (pgc, band), answer in zip(owners, answer_images(loaded, np.stack(images), infos, names=names)):
+                for (pgc, band), answer in zip(owners, answer_images(loaded, np.stack(images), infos, names=names,
+                                                                     log_warnings=False)):
                     answers.setdefault(pgc, {})[band] = answer
+                    if answer["warnings"]:
+                        warned["images"] += 1
+                        warned["bands"][band] = warned["bands"].get(band, 0) + 1
+                        for message in answer["warnings"]:
+                            kind = warning_kind(message)
+                            warned["kinds"][kind] = warned["kinds"].get(kind, 0) + 1
             for pgc in batch:
                 row = galaxy_row(pgc, bands, answers.get(pgc, {}), problems.get(pgc, {}), regression, binary,
                                  actual)
                 counts[row["status"]] += 1
+                warned["galaxies"] += bool(row["ood"])
                 writer.writerow([_format(row.get(name)) for name in header])
                 if gallery is not None and row.get("inc_std") is not None:
                     shown = "gri" if "gri" in answers[pgc] else row["bands"].split(",")[0]
@@ -240,6 +330,7 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
                      inc_std=np.array([e[0] for e in kept], dtype=float),
                      p_reject=np.array([e[5] for e in kept], dtype=float))
     counts["seconds"] = time.perf_counter() - start
+    counts["warnings"] = warned
     return counts
 
 

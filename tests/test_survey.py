@@ -96,6 +96,69 @@ def test_measure_rows_statuses_and_the_predict_answers(survey_data, tmp_path):
     assert list(arrays["inc_std"]) == sorted(arrays["inc_std"], reverse=True)
 
 
+def test_pack_then_measure_from_the_archive_gives_the_same_rows(survey_data, tmp_path, capsys):
+    folder, pgcs = damaged_copy(survey_data, tmp_path)
+    (folder / "unrelated.png").write_bytes(b"x")
+    # An empty sky in g for the 5th galaxy: out of distribution ("detected"), measured all the same.
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (20, 20, 20)).save(folder / naming.raw_image_names(pgcs[4], "g")[0])
+    archive = tmp_path / "images.tar"
+    rows_flags = ["-c", str(survey_data["catalog"]), "--shard", "1/3"]
+    assert measure.main(["--pack", str(archive), *rows_flags, "-p", str(folder), "-q"]) == 0
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    # The 8 rows' images that are there (4 bands each; 1 missing, 4 of the 4th galaxy): nothing else.
+    assert len(names) == 8 * 4 - 5 and "unrelated.png" not in names
+    assert naming.raw_image_names(pgcs[2], "r")[0] in names  # unreadable, still packed: measure says why
+    again = tmp_path / "again.tar"
+    assert measure.main(["--pack", str(again), *rows_flags, "-p", str(folder), "-q"]) == 0
+    assert again.read_bytes() == archive.read_bytes()
+
+    direct, packed = tmp_path / "direct.csv", tmp_path / "packed.csv"
+    base = ["--bundle", str(survey_data["bundle"]), *rows_flags]
+    assert measure.main([*base, "-p", str(folder), "-o", str(direct), "-q"]) == 0
+    capsys.readouterr()
+    assert measure.main([*base, "--archive", str(archive), "-o", str(packed)]) == 0
+    err = capsys.readouterr().err
+    first, second = read_rows(direct), read_rows(packed)
+    assert [{k: v for k, v in r.items() if k != "reason"} for r in first] == \
+        [{k: v for k, v in r.items() if k != "reason"} for r in second]
+    assert second[1]["reason"] == f"g: missing ({naming.raw_image_names(pgcs[1], 'g')[0]} not in {archive})"
+    assert second[2]["reason"].startswith(f"r: unreadable ({archive}: ")
+    # Out-of-distribution warnings: one summary line, none per image; the rows keep the detail.
+    assert "out of the training distribution:" not in err
+    summary = [line for line in err.splitlines() if "out-of-distribution warnings" in line]
+    ood = [r for r in second if r["ood"] == "true"]
+    assert len(summary) == 1 and pgcs[4] in [int(r["pgc"]) for r in ood]
+    assert f"of {len(ood)} of 8 galaxies" in summary[0] and "detected " in summary[0]
+    assert "g: no galaxy stands out from the sky" in second[4]["warnings"]
+
+    assert measure.main([*base, "-o", str(tmp_path / "x.csv"), "-q"]) == 2
+    assert "--data-path" in capsys.readouterr().err
+    assert measure.main(["--pack", str(tmp_path / "y.tar"), *rows_flags, "--archive", str(archive), "-q"]) == 2
+    assert measure.main([*rows_flags, "-p", str(folder), "-o", str(tmp_path / "z.csv"), "-q"]) == 2
+    assert "invalid --bundle: missing" in capsys.readouterr().err
+    (tmp_path / "bad.tar").write_bytes(b"not a tar file")
+    assert measure.main([*base, "--archive", str(tmp_path / "bad.tar"), "-o", str(tmp_path / "w.csv"), "-q"]) == 2
+    assert "not a readable image archive" in capsys.readouterr().err
+
+
+def test_warning_kinds():
+    from inclinet import reliability
+
+    assert [survey.warning_kind(text) for _, _, text in reliability.RAW_RULES] == \
+        [name for name, _, _ in reliability.RAW_RULES]
+    assert survey.warning_kind("sky noise 0.9 is outside the training range 0.1..0.5") == "range:sky_noise"
+    assert survey.warning_kind("edge flux 2 is outside the training range 0..1") == "range:edge_flux"
+    assert survey.warning_kind("the models disagree: spread 9.0 deg > 4.0 deg") == "spread"
+    line = survey.warning_summary({"images": 3, "galaxies": 2, "kinds": {"zoom": 2, "spread": 1},
+                                   "bands": {"g": 1, "gri": 2}}, 10)
+    assert "3 images of 2 of 10 galaxies" in line and "zoom 2, spread 1" in line and "g 1, gri 2" in line
+
+
 def test_measure_refuses_a_bundle_that_changed_since_the_build(survey_data, tmp_path, capsys):
     code = measure.main(["--bundle", str(survey_data["bundle"]), "--bundle-id", "000000000000", "-c",
                          str(survey_data["catalog"]), "-p", str(survey_data["galaxies"]), "--shard", "1/24",
@@ -161,9 +224,18 @@ def test_survey_dag_jobs_files_and_command_lines(survey_data, tmp_path):
     identity = model_bundle.identity(survey_data["bundle"])
     assert [job.stage for job in jobs] == ["measure"] * 4 + ["merge", "summarize"]
     bundle_files = [f"bundle/{name}" for name in model_bundle.files(survey_data["bundle"])]
-    for job in jobs[:4]:
-        assert set(bundle_files) <= set(job.inputs)
-        assert sum(lfn.startswith("raw/galaxies/") for lfn in job.inputs) == 6 * 2
+    catalog_lines = survey_data["catalog"].read_text().splitlines(keepends=True)
+    for index, job in enumerate(jobs[:4], start=1):
+        # Per chunk: the bundle, the chunk's catalog slice and the image folder; no image one by one.
+        piece = naming.survey_slice(index, 4)
+        assert job.inputs == [*bundle_files, piece, "raw/galaxies"]
+        assert "--shard" not in job.args and job.args[job.args.index("-c") + 1] == piece
+        written = (run_dir / dag.BUILD_INPUTS_DIR / piece).read_text().splitlines(keepends=True)
+        assert written == [catalog_lines[0], *catalog_lines[1 + 6 * (index - 1):1 + 6 * index]]
+    replicas = yaml.safe_load((run_dir / "replicas.yml").read_text())["replicas"]
+    folder = next(r for r in replicas if r["lfn"] == "raw/galaxies")
+    assert folder["pfns"] == [{"site": "local", "pfn": f"file://{survey_data['galaxies'].resolve()}"}]
+    assert not (run_dir / naming.MISSING_INPUTS).exists()
     assert jobs[4].parents == [job.id for job in jobs[:4]]
     assert jobs[4].outputs == [naming.survey_catalog(identity), naming.survey_catalog(identity, ".parquet")]
     assert jobs[5].parents == ["merge", *[job.id for job in jobs[:4]]]
@@ -196,20 +268,38 @@ def test_survey_pegasus_files_validate_and_stage_the_bundle_once(survey_data, tm
         validator = jsonschema.Draft7Validator(resources[schema].contents, registry=schema_registry)
         assert errors(validator, yaml.safe_load((run_dir / name).read_text())) == [], name
     workflow = yaml.safe_load((run_dir / "workflow.yml").read_text())
-    measures = [job for job in workflow["jobs"] if job["name"] == "inclinet-measure"]
-    assert len(measures) == 4
-    for job in measures:
+    measures = [job for job in workflow["jobs"] if job["id"].startswith("measure_")]
+    packs = [job for job in workflow["jobs"] if job["id"].startswith("pack_")]
+    assert len(measures) == 4 and len(packs) == 4
+    for index, (job, pack) in enumerate(zip(measures, packs), start=1):
         uses = {use["lfn"]: use for use in job["uses"]}
         assert uses["bundle/manifest.json"]["type"] == "input"
         assert job["profiles"]["pegasus"]["label"].startswith("measure_c")
+        # A compute node gets its chunk's images as one archive, packed on the submit host.
+        archive = naming.survey_archive(index, 4)
+        assert {lfn for lfn, use in uses.items() if use["type"] == "input"} == {
+            *(f"bundle/{n}" for n in model_bundle.files(survey_data["bundle"])), naming.survey_slice(index, 4), archive}
+        assert "--archive" in job["arguments"] and "raw/galaxies" not in job["arguments"]
+        assert pack["name"] == "inclinet-measure" and pack["nodeLabel"] == "pack"
+        assert pack["profiles"]["selector"] == {"execution.site": "local"}
+        assert {u["lfn"]: u["type"] for u in pack["uses"]} == {naming.survey_slice(index, 4): "input",
+                                                                archive: "output"}
+        assert str(survey_data["galaxies"].resolve()) in pack["arguments"]
+        registry.get("measure").build_parser().parse_args(pack["arguments"])
+    assert not any("raw/galaxies" in use["lfn"] for job in workflow["jobs"] for use in job["uses"])
     merged = next(job for job in workflow["jobs"] if job["name"] == "inclinet-merge")
     assert all(use["stageOut"] for use in merged["uses"] if use["type"] == "output")
     replicas = yaml.safe_load((run_dir / "replicas.yml").read_text())["replicas"]
     manifest = [r for r in replicas if r["lfn"] == "bundle/manifest.json"]
     assert manifest == [{"lfn": "bundle/manifest.json", "pfns": [
         {"site": "local", "pfn": f"file://{(survey_data['bundle'] / 'manifest.json').resolve()}"}]}]
-    names = {t["name"] for t in yaml.safe_load((run_dir / "transformations.yml").read_text())["transformations"]}
-    assert names == {"inclinet-measure", "inclinet-merge", "inclinet-summarize"}
+    transformations = yaml.safe_load((run_dir / "transformations.yml").read_text())["transformations"]
+    assert {t["name"] for t in transformations} == {"inclinet-measure", "inclinet-merge", "inclinet-summarize"}
+    measure_sites = {site["name"]: site for t in transformations if t["name"] == "inclinet-measure"
+                     for site in t["sites"]}
+    assert "container" not in measure_sites["local"] and Path(measure_sites["local"]["pfn"]).is_file()
+    pieces = [r for r in replicas if r.get("regex") and "catalog_part" in r["lfn"]]
+    assert len(pieces) == 1 and pieces[0]["pfns"][0]["pfn"].startswith(f"file://{run_dir.resolve()}/inputs/")
 
 
 def _states(run_dir):
@@ -314,4 +404,13 @@ def test_survey_plans_on_slurm_with_the_bundle_staged_once(survey_data, tmp_path
     # Each bundle file goes once to the site's shared scratch; every measuring job links it.
     for name in model_bundle.files(survey_data["bundle"]):
         assert transfers.count(f'"lfn": "bundle/{name}"') == 1, name
-    assert all("bundle/manifest.json" in p.read_text() for p in submit_dir.glob("**/inclinet-measure_*.sh"))
+    assert all("bundle/manifest.json" in p.read_text() for p in submit_dir.glob("**/inclinet-measure_measure_*.sh"))
+    # Each chunk's images: packed on the submit host from --data-path, staged to the site as one file.
+    packs = sorted(submit_dir.glob("**/inclinet-measure_pack_*.sub"))
+    assert len(packs) == 4 and all('+pegasus_site = "local"' in p.read_text() for p in packs)
+    script = (packs[0].parent / "inclinet-measure_pack_0001.sh").read_text()
+    assert f"--pack {naming.survey_archive(1, 4)}" in script and str(survey_data["galaxies"].resolve()) in script
+    inter = "".join(p.read_text() for p in submit_dir.glob("**/stage_inter_*.in"))
+    for index in range(1, 5):
+        assert inter.count(f'"lfn": "{naming.survey_archive(index, 4)}"') == 1
+    assert "raw/galaxies" not in transfers + inter

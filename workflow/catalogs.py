@@ -6,7 +6,9 @@ for their cluster and data. :func:`write_run_catalogs` reads them (or files give
 
 * ``sites.yml``: the user's sites, with the ``local`` site pointed at the run directory;
 * ``replicas.yml``: the user's entries, plus the raw inputs given by flags (catalog file,
-  one regex entry for all raw images, the files of the ``--predict-with`` bundle), plus an
+  one regex entry for all raw images, the files of the ``--predict-with`` bundle; for a
+  survey over real data the image folder and one regex entry for the catalog slices the
+  builder writes under ``RUN/inputs``), plus an
   empty placeholder per training checkpoint (with ``condorio`` Pegasus must find a
   checkpoint file before the first attempt);
 * ``transformations.yml``: one transformation per stage, inside the inclinet container,
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from inclinet import naming
 from inclinet import stages as registry
 from inclinet.errors import InputError
 from inclinet.io import atomic_path, atomic_write_text
@@ -197,7 +200,7 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
     writes (Pegasus would then prune the job as already done) or a raw input that the
     flags locate; flags win.
     """
-    from workflow.dag import RAW_CATALOG, RAW_GALAXIES, raw_inputs
+    from workflow.dag import BUILD_INPUTS_DIR, RAW_CATALOG, RAW_GALAXIES, raw_inputs, survey_slices
 
     if replicas_file is None and not DEFAULT_REPLICAS.is_file():
         user = {"replicas": []}
@@ -210,6 +213,13 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
     if config.data_path:
         generated.append({"lfn": f"{RAW_GALAXIES}/(.+)", "pfns": [{"site": "local",
                           "pfn": _file_url(config.data_path) + "/[1]"}], "regex": True})
+    if survey_slices(jobs):
+        # The survey over real data: the image folder itself (what the local and SLURM
+        # engines link for the measure jobs), and the catalog slices the builder wrote.
+        generated.append({"lfn": RAW_GALAXIES, "pfns": [{"site": "local", "pfn": _file_url(config.data_path)}]})
+        generated.append({"lfn": naming.SURVEY_SLICE_PATTERN, "regex": True, "pfns": [{"site": "local", "pfn": (
+            _file_url(Path(run_dir) / BUILD_INPUTS_DIR) + "/" + str(Path(naming.survey_slice(1, 1)).parent)
+            + "/[1]")}]})
     if getattr(config, "predict_with", None):
         # The survey workflow's bundle: every measure job reads it; on a nonsharedfs site
         # Pegasus stages each file once into the site's scratch and links it into the jobs.
@@ -285,13 +295,16 @@ def containers(sites, image=DEFAULT_IMAGE, mode="stage"):
                             bypass_staging=True) for site in sites}
 
 
-def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_profiles=None, mode="stage"):
+def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_profiles=None, mode="stage",
+                           submit_host_stages=()):
     """One transformation per stage, run inside the inclinet Singularity container.
 
     ``gpu_site_profiles`` (``{site: {namespace: {key: value}}}``, see :func:`gpu_profiles`)
     are added to the GPU stages on their site: how a site's GPU queue is chosen.
+    ``submit_host_stages`` also run on site ``local``, bare, with the submit host's
+    installation (:func:`submit_host_executable`): the survey's ``pack`` jobs.
     """
-    from Pegasus.api import Transformation, TransformationCatalog
+    from Pegasus.api import Transformation, TransformationCatalog, TransformationSite
 
     from workflow.dag import STAGE_SLOTS, STAGES
 
@@ -303,8 +316,20 @@ def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_
         for site in sites:
             profiles = (gpu_site_profiles or {}).get(site) if STAGE_SLOTS[stage][1] else None
             transformation.add_sites(_transformation_site(site, stage, by_site[site], profiles))
+        if stage in submit_host_stages:
+            transformation.add_sites(TransformationSite("local", str(submit_host_executable(stage)),
+                                                        is_stageable=False))
         catalog.add_transformations(transformation)
     return catalog
+
+
+def submit_host_executable(stage):
+    """The stage's executable on this (the submit) host: beside this Python, else the repository's ``bin/``."""
+    import sys
+
+    name = registry.get(stage).executable
+    beside = Path(sys.executable).parent / name
+    return beside if beside.is_file() else REPO_ROOT / "bin" / name
 
 
 def _transformation_site(site, stage, container, profiles=None):
@@ -345,10 +370,11 @@ RUN_CATALOG_FILES = ("workflow.yml", "sites.yml", "replicas.yml", "transformatio
 
 def write_run_catalogs(run_dir, jobs, config, *, sites_file=None, replicas_file=None, image=DEFAULT_IMAGE):
     """Write the five Pegasus files of a run directory; return their paths."""
-    from workflow.dag import to_pegasus
+    from workflow.dag import survey_slices, to_pegasus, write_survey_slices
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_survey_slices(run_dir, jobs, config)
     sites = run_sites(run_dir, sites_file)
     gpu = gpu_profiles(user_sites(sites_file, run_dir))
     atomic_write_text(run_dir / "sites.yml", _dump(sites))
@@ -356,7 +382,8 @@ def write_run_catalogs(run_dir, jobs, config, *, sites_file=None, replicas_file=
     write_placeholders(run_dir, jobs)
     tc = transformation_catalog(execution_sites(sites) or list(EXECUTION_SITES), image,
                                 stages=sorted({job.stage for job in jobs}), gpu_site_profiles=gpu,
-                                mode=config.container_mode)
+                                mode=config.container_mode,
+                                submit_host_stages=("measure",) if survey_slices(jobs) else ())
     atomic_write_text(run_dir / "transformations.yml", _dump(_api_dict(tc)))
     atomic_write_text(run_dir / "workflow.yml", workflow_yaml(to_pegasus(jobs, config)))
     with atomic_path(run_dir / "pegasus.properties") as tmp, open(tmp, "w", encoding="utf-8") as handle:

@@ -14,6 +14,10 @@ Job graph::
 and with ``predict_with`` (a finished bundle), the survey workflow::
 
     [synth-catalog, synth x K] -> measure (chunk, all bands) -> merge -> summarize
+
+(over real data a measure job reads its chunk's catalog slice and the image folder; in
+the Pegasus workflow a ``pack`` job on the submit host first puts the chunk's images into
+one archive, see :func:`pegasus_survey_jobs`).
 """
 
 from __future__ import annotations
@@ -490,8 +494,24 @@ def bundle_inputs(config):
     return {f"{BUNDLE_DIR}/{name}": folder / name for name in names}
 
 
+#: Run-directory folder of the files the builder writes for the jobs to read (the survey's
+#: catalog slices, under their LFNs); the replica catalog locates them there.
+BUILD_INPUTS_DIR = "inputs"
+#: Galaxies whose images the builder looks for before it builds a survey over real data:
+#: none of them in any band means a wrong --data-path or --root (the images themselves are
+#: not declared one by one; a measure job reports every missing image in its rows).
+SURVEY_PROBE = 64
+
+
 def _survey_jobs(config, ids, missing):
-    """measure (one per chunk, all bands; the bundle an input of each) -> merge -> summarize."""
+    """measure (one per chunk, all bands; the bundle an input of each) -> merge -> summarize.
+
+    Over real data each measure job reads its chunk's slice of the catalog (written by
+    :func:`write_survey_slices`) and the image folder (:data:`RAW_GALAXIES`, one input): the
+    DAG's size does not grow with the number of images. :func:`to_pegasus` turns the folder
+    into a per-chunk image archive made on the submit host (:func:`pegasus_survey_jobs`).
+    With ``--synthetic`` the images are the synth jobs' outputs, declared one by one.
+    """
     from inclinet import bundle as model_bundle
     from inclinet._helpers import shard_range
 
@@ -502,17 +522,24 @@ def _survey_jobs(config, ids, missing):
                                  views=int(manifest.get("views", config.views)))
     n_members = len(manifest.get("members", [])) or 1
     chunks = n_chunks(len(ids), config.galaxies_per_job)
+    if not config.synthetic:
+        _probe_images(config, ids)
     jobs, parts, galleries = [], [], []
     for index in range(1, chunks + 1):
         rows = shard_range(len(ids), index, chunks)
-        images = [lfn for row in rows for band in config.bands
-                  if (lfn := _raw_image_for(config, ids[row], band, missing)) is not None]
         out = naming.survey_chunk(identity, index, chunks)
         gallery = naming.survey_gallery(identity, index, chunks)
-        args = ["--bundle", BUNDLE_DIR, "--bundle-id", identity, "-c", RAW_CATALOG, "-p", RAW_GALAXIES,
-                "-r", config.root, "--bands", ",".join(config.bands), "--shard", f"{index}/{chunks}",
-                "-o", out, "--gallery", gallery]
-        jobs.append(_job(f"measure_{index:04d}", "measure", args, [*bundle_files, RAW_CATALOG, *images],
+        common = ["--bundle", BUNDLE_DIR, "--bundle-id", identity, "-p", RAW_GALAXIES, "-r", config.root,
+                  "--bands", ",".join(config.bands)]
+        if config.synthetic:
+            images = [_raw_image_for(config, ids[row], band, missing) for row in rows for band in config.bands]
+            args = [*common, "-c", RAW_CATALOG, "--shard", f"{index}/{chunks}"]
+            inputs = [*bundle_files, RAW_CATALOG, *images]
+        else:
+            piece = naming.survey_slice(index, chunks)
+            args = [*common, "-c", piece]
+            inputs = [*bundle_files, piece, RAW_GALAXIES]
+        jobs.append(_job(f"measure_{index:04d}", "measure", [*args, "-o", out, "--gallery", gallery], inputs,
                          [out, gallery], config,
                          resources=sized_resources("measure", sizing, n_galaxies=len(ids), items=len(rows),
                                                    members=n_members)))
@@ -528,6 +555,65 @@ def _survey_jobs(config, ids, missing):
                      [csv_out, *galleries], [report, numbers], config,
                      resources=sized_resources("summarize", sizing, n_galaxies=len(ids))))
     return jobs
+
+
+def _probe_images(config, ids):
+    """Refuse a survey of which none of the first :data:`SURVEY_PROBE` galaxies has an image in any band."""
+    folder = Path(config.data_path)
+    for pgc in ids[:SURVEY_PROBE]:
+        for band in config.bands:
+            if any((folder / name).is_file() for name in naming.raw_image_names(pgc, band, config.root)):
+                return
+    example = folder / naming.raw_image_names(ids[0], config.bands[0], config.root)[0]
+    raise InputError(f"--data-path {folder}: none of the first {min(len(ids), SURVEY_PROBE)} galaxies of the "
+                     f"catalog has an image there (e.g. {example} not found); check --data-path, --catalog and "
+                     "--root")
+
+
+def survey_slices(jobs):
+    """``{slice LFN: (index, count)}`` of the catalog slices the survey's measure jobs read."""
+    found = {}
+    for job in jobs:
+        if job.stage == "measure":
+            for lfn in job.inputs:
+                position = naming.parse_survey_slice(lfn)
+                if position is not None:
+                    found[lfn] = position
+    return found
+
+
+def write_survey_slices(run_dir, jobs, config):
+    """Write each measure job's slice of ``config.catalog`` under ``RUN/inputs/<LFN>``; return their paths.
+
+    A slice is the catalog's header line and the data lines of the chunk's rows, verbatim
+    (either catalog format): a measure job parses only its own rows. Rows are the lines
+    :func:`inclinet.catalog.read_catalog` reads (not blank, not ``#`` comments), in order.
+    """
+    from inclinet._helpers import shard_range
+    from inclinet.io import atomic_path
+
+    slices = survey_slices(jobs)
+    if not slices:
+        return []
+    header, rows = None, []
+    with open(config.catalog, encoding="utf-8-sig") as handle:
+        for line in handle:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if header is None:
+                header = line
+            else:
+                rows.append(line if line.endswith("\n") else line + "\n")
+    written = []
+    for lfn, (index, count) in sorted(slices.items()):
+        path = Path(run_dir) / BUILD_INPUTS_DIR / lfn
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = shard_range(len(rows), index, count)
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            out.write(header)
+            out.writelines(rows[part.start:part.stop])
+        written.append(path)
+    return written
 
 
 def _sample_files(config):
@@ -636,6 +722,44 @@ def load_jobs(run_dir):
 
 # -- Pegasus ----------------------------------------------------------------------------
 
+#: Node label of the jobs that pack a survey chunk's images on the submit host (Pegasus only).
+PACK_STAGE = "pack"
+
+
+def pegasus_survey_jobs(jobs, config):
+    """The survey's measure jobs as Pegasus runs them: each reads its chunk's image archive.
+
+    A measure job over real data reads the image folder (:data:`RAW_GALAXIES`, one input):
+    the local and SLURM engines link it to ``--data-path``. Pegasus stages files, not
+    folders, so here a ``pack`` job per chunk, on the submit host (site ``local``, where
+    ``--data-path`` is), writes the images of the chunk's slice into one tar file
+    (``inclinet-measure --pack``), and the measure job reads that archive (``--archive``)
+    instead of the folder: a compute node gets exactly its chunk's images, as one file.
+    Other jobs are returned as they are.
+    """
+    expanded = []
+    for spec in jobs:
+        if spec.stage != "measure" or RAW_GALAXIES not in spec.inputs:
+            expanded.append(spec)
+            continue
+        piece = next(lfn for lfn in spec.inputs if naming.parse_survey_slice(lfn) is not None)
+        index, count = naming.parse_survey_slice(piece)
+        archive = naming.survey_archive(index, count)
+        at = spec.args.index("-p")
+        bands = spec.args[spec.args.index("--bands") + 1]
+        pack = JobSpec(id=f"pack_{index:04d}", stage=PACK_STAGE, executable=spec.executable,
+                       args=["--pack", archive, "-c", piece, "-p", str(Path(config.data_path).resolve()),
+                             "-r", config.root, "--bands", bands],
+                       inputs=[piece], outputs=[archive], cores=1, memory_mb=500,
+                       runtime_s=_deadline(10 + config.galaxies_per_job * len(bands.split(",")) * 0.002),
+                       retries=spec.retries)
+        measure = dataclasses.replace(spec, args=[*spec.args[:at], "--archive", archive, *spec.args[at + 2:]],
+                                      inputs=[archive if lfn == RAW_GALAXIES else lfn for lfn in spec.inputs],
+                                      parents=[*spec.parents, pack.id])
+        expanded.extend([pack, measure])
+    return expanded
+
+
 def pegasus_retries(spec):
     """DAGMan retries of a job: its own, plus one per checkpoint stop for checkpointed jobs.
 
@@ -679,10 +803,13 @@ def to_pegasus(jobs, config):
     jobs a checkpoint file with ``checkpoint_time``/``max_walltime``, a runtime of one
     attempt and their retries. With ``config.cluster_size`` synth and prep jobs carry the
     ``label`` profile their JobSpec carries (:func:`cluster_labels`, set by :func:`build_jobs`;
-    plan with ``--cluster label``), so ``workflow.yml`` and ``jobs.json`` agree.
+    plan with ``--cluster label``), so ``workflow.yml`` and ``jobs.json`` agree. The one
+    difference: the survey's measure jobs read per-chunk image archives made by ``pack``
+    jobs on site ``local`` (:func:`pegasus_survey_jobs`), not the image folder.
     """
     from Pegasus.api import File, Job, Namespace, Workflow
 
+    jobs = pegasus_survey_jobs(jobs, config)
     keep = set(final_outputs(jobs))
     files = {}
 
@@ -712,5 +839,7 @@ def to_pegasus(jobs, config):
             job.add_pegasus_profile(checkpoint_time=CHECKPOINT_TIME_MIN, max_walltime=MAX_WALLTIME_MIN)
         if spec.cluster:
             job.add_profiles(Namespace.PEGASUS, key="label", value=spec.cluster)
+        if spec.stage == PACK_STAGE:
+            job.add_selector_profile(execution_site="local")
         workflow.add_jobs(job)
     return workflow

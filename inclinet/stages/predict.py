@@ -147,12 +147,13 @@ def predict_images(bundle, images, *, names=None):
     return answers
 
 
-def answer_images(bundle, images, infos, *, names=None):
+def answer_images(bundle, images, infos, *, names=None, log_warnings=True):
     """Answers (``status`` success, prediction, ``out_of_distribution``, ``warnings``) for normalised images.
 
     ``images`` are ``uint8 (N, S, S, 3)`` at the bundle's input size, as
     :func:`inclinet.normalise.load_normalised` returns them; ``infos`` their normalisation
-    records (``NormalisationInfo.as_dict()``); ``names`` only label the logged warnings.
+    records (``NormalisationInfo.as_dict()``); ``names`` only label the logged warnings
+    (``log_warnings=False``: not logged, the caller summarises them).
     The core of :func:`run` and :func:`predict_images`, and what the survey workflow's
     ``inclinet-measure`` calls per batch.
     """
@@ -164,7 +165,7 @@ def answer_images(bundle, images, infos, *, names=None):
     answers = []
     for index, (info, prediction, row) in enumerate(zip(infos, predictions, statistics)):
         warnings = reliability.warnings_for(info, row, prediction["member_spread"], reference)
-        for warning in warnings:
+        for warning in warnings if log_warnings else ():
             logger.warning("%s: out of the training distribution: %s",
                            names[index] if names is not None else f"image {index}", warning)
         answers.append({"status": "success", **prediction, "out_of_distribution": bool(warnings),
