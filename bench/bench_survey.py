@@ -15,15 +15,18 @@ the engines run it: one process pinned to one core (``taskset``) with TensorFlow
 thread. Reported: wall and CPU seconds, galaxies per second (all four images), peak RSS.
 
 ``dag``: ``run_workflow.py --predict-with BUNDLE --engine pegasus --dry-run`` over ROWS catalog
-rows, either real data (``--dag-data real``: a catalog and ROWS x 4 image links the builder
-checks one by one) or ``--synthetic ROWS`` (no files needed; the DAG then also holds the
-synth jobs): build time, peak memory and the size of every file.
+rows, either real data (``--dag-data real``: a catalog and a folder of ROWS x 4 image links;
+each measure job reads its chunk's catalog slice and the folder, and in ``workflow.yml`` a
+pack job archives the chunk's images) or ``--synthetic ROWS`` (no files needed; the DAG then
+also holds the synth jobs, whose images are declared one by one): build time, the builder's
+peak RSS, the jobs of ``jobs.json`` and ``workflow.yml``, and the size of every file and of
+the catalog slices. ``--builder-repo DIR`` builds with another checkout's ``run_workflow.py``
+(e.g. an export of an older commit, to compare before and after in one run).
 """
 
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -88,23 +91,31 @@ def measure_job(work, bundle, folder, catalog, n_rows, core):
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
-def bench_dag(work, bundle, rows, galaxies_per_job, data=None):
+def bench_dag(work, bundle, rows, galaxies_per_job, data=None, builder=REPO, label="now"):
     """Build the survey DAG of ``rows`` catalog rows: real data (``data`` = (folder, catalog)) or synthetic."""
-    run_dir = work / f"dag_{rows}_{galaxies_per_job}"
+    run_dir = work / f"dag_{label}_{rows}_{galaxies_per_job}"
     shutil.rmtree(run_dir, ignore_errors=True)
     source = ["--data-path", str(data[0]), "--catalog", str(data[1])] if data else ["--synthetic", str(rows)]
-    command = [sys.executable, str(REPO / "run_workflow.py"), *source, "--predict-with", str(bundle),
+    command = [sys.executable, str(Path(builder) / "run_workflow.py"), *source, "--predict-with", str(bundle),
                "--galaxies-per-job", str(galaxies_per_job), "--engine", "pegasus", "--output-dir", str(run_dir),
                "--dry-run", "-q"]
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=builder)
+    _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"building the DAG of {rows} rows failed (status {status})")
     sizes = {name: round((run_dir / name).stat().st_size / 1e6, 2)
              for name in ("jobs.json", "workflow.yml", "replicas.yml", "transformations.yml", "sites.yml")}
+    slices = list((run_dir / "inputs").rglob("*.csv"))
+    sizes["inputs (catalog slices)"] = round(sum(path.stat().st_size for path in slices) / 1e6, 2)
     n_jobs = json.loads((run_dir / "run.json").read_text())["n_jobs"]
-    return {"rows": rows, "data": "real" if data else "synthetic", "galaxies_per_job": galaxies_per_job,
-            "jobs": n_jobs, "build_s": round(seconds, 1),
-            "sizes_mb": sizes, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+    with open(run_dir / "workflow.yml", encoding="utf-8") as handle:
+        workflow_jobs = sum(1 for line in handle if line.startswith("- type: job"))
+    return {"builder": label, "rows": rows, "data": "real" if data else "synthetic",
+            "galaxies_per_job": galaxies_per_job, "jobs": n_jobs, "workflow_jobs": workflow_jobs,
+            "slices": len(slices), "build_s": round(seconds, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "sizes_mb": sizes, "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
 def main(argv=None):
@@ -117,6 +128,8 @@ def main(argv=None):
     parser.add_argument("--dag-data", choices=("real", "synthetic"), default="synthetic",
                         help="real: a catalog and a folder of ROWS x 4 image links (the builder checks each); "
                              "synthetic: --synthetic ROWS (synth jobs too, no files needed)")
+    parser.add_argument("--builder-repo", type=Path, nargs="+", default=[REPO], metavar="DIR",
+                        help="checkouts whose run_workflow.py builds the DAG, in turn (default this one)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--sources", type=int, default=100)
@@ -143,9 +156,11 @@ def main(argv=None):
             data = make_catalog(args.work, make_sources(args.work, args.sources, args.raw_size), args.rows,
                                 args.sources)
         for per_job in args.dag_galaxies_per_job:
-            result = bench_dag(args.work, bundle, args.rows, per_job, data)
-            print(json.dumps(result), flush=True)
-            results["dag"].append(result)
+            for builder in args.builder_repo:
+                label = "now" if builder.resolve() == REPO else builder.name
+                result = bench_dag(args.work, bundle, args.rows, per_job, data, builder, label)
+                print(json.dumps(result), flush=True)
+                results["dag"].append(result)
     (args.work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
