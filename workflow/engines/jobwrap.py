@@ -51,23 +51,26 @@ last=$(($3 + $4 - 1))
 shift 4
 
 now() {
-    # EPOCHREALTIME (bash >= 5) without a fork; its decimal separator follows the locale.
-    local t="${EPOCHREALTIME:-}"
-    [ -n "$t" ] || t="$(date +%s)"
-    printf '%s' "${t/,/.}"
+    # Sets $now without a fork (a command substitution would cost one): EPOCHREALTIME
+    # (bash >= 5), whose decimal separator follows the locale; date on older bash.
+    now="${EPOCHREALTIME:-}"
+    [ -n "$now" ] || now="$(date +%s)"
+    now="${now/,/.}"
 }
 
-started="$(now)"
+now
+started="$now"
 rc=0
 signal=""
 child=""
 record() {
     local tmp="$record_file.tmp.$$"
+    now
     {
         printf '{"format": 1, "job": "%s", "attempt": %d, "exit_code": %d, "signal": "%s", ' \
             "$job" "$attempt" "$rc" "$signal"
         printf '"host": "%s", "started": %s, "ended": %s, "slurm_job_id": "%s"}\n' \
-            "${HOSTNAME:-}" "$started" "$(now)" "${SLURM_JOB_ID:-}"
+            "${HOSTNAME:-}" "$started" "$now" "${SLURM_JOB_ID:-}"
     } >"$tmp" && mv -f "$tmp" "$record_file"
 }
 on_signal() {
