@@ -73,22 +73,35 @@ def make_catalog(work, source, n_rows, n_sources):
     return folder, catalog
 
 
+def run_measured(command, **kwargs):
+    """``(wall s, CPU s, peak RSS MB)`` of ``command`` run under GNU time; raises SystemExit when it fails.
+
+    Not ``os.wait4`` on a child of this process: Linux counts the pages a forked child
+    shares with its parent before ``exec`` in the child's peak RSS, so a child of this
+    (TensorFlow-loaded) process would report at least this process's size.
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as record:
+        start = time.perf_counter()
+        result = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", record.name, *command], **kwargs)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{command[0]} ... failed (exit {result.returncode}): {' '.join(map(str, command))}")
+        user, system, peak_kb = record.read().split()[-3:]
+    return wall, float(user) + float(system), int(peak_kb) / 1024
+
+
 def measure_job(work, bundle, folder, catalog, n_rows, core):
     out = work / f"chunk_{n_rows}.csv"
     env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1",
                TF_CPP_MIN_LOG_LEVEL="2")
     command = ["taskset", "-c", str(core), *executable("inclinet-measure"), "--bundle", str(bundle), "-c",
                str(catalog), "-p", str(folder), "-o", str(out), "--gallery", str(work / f"gallery_{n_rows}.npz"), "-q"]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"inclinet-measure failed (status {status}) on {n_rows} rows")
-    cpu = usage.ru_utime + usage.ru_stime
+    wall, cpu, peak = run_measured(command, env=env)
     return {"rows": n_rows, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "galaxies_per_s": round(n_rows / wall, 2), "galaxies_per_cpu_s": round(n_rows / cpu, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(peak, 1)}
 
 
 def bench_dag(work, bundle, rows, galaxies_per_job, data=None, builder=REPO, label="now"):
@@ -99,12 +112,7 @@ def bench_dag(work, bundle, rows, galaxies_per_job, data=None, builder=REPO, lab
     command = [sys.executable, str(Path(builder) / "run_workflow.py"), *source, "--predict-with", str(bundle),
                "--galaxies-per-job", str(galaxies_per_job), "--engine", "pegasus", "--output-dir", str(run_dir),
                "--dry-run", "-q"]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=builder)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"building the DAG of {rows} rows failed (status {status})")
+    seconds, cpu, peak = run_measured(command, stdout=subprocess.DEVNULL, cwd=builder)
     sizes = {name: round((run_dir / name).stat().st_size / 1e6, 2)
              for name in ("jobs.json", "workflow.yml", "replicas.yml", "transformations.yml", "sites.yml")}
     slices = list((run_dir / "inputs").rglob("*.csv"))
@@ -114,8 +122,8 @@ def bench_dag(work, bundle, rows, galaxies_per_job, data=None, builder=REPO, lab
         workflow_jobs = sum(1 for line in handle if line.startswith("- type: job"))
     return {"builder": label, "rows": rows, "data": "real" if data else "synthetic",
             "galaxies_per_job": galaxies_per_job, "jobs": n_jobs, "workflow_jobs": workflow_jobs,
-            "slices": len(slices), "build_s": round(seconds, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "sizes_mb": sizes, "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+            "slices": len(slices), "build_s": round(seconds, 1), "cpu_s": round(cpu, 1),
+            "sizes_mb": sizes, "peak_rss_mb": round(peak)}
 
 
 def main(argv=None):

@@ -414,3 +414,18 @@ def test_survey_plans_on_slurm_with_the_bundle_staged_once(survey_data, tmp_path
     for index in range(1, 5):
         assert inter.count(f'"lfn": "{naming.survey_archive(index, 4)}"') == 1
     assert "raw/galaxies" not in transfers + inter
+
+
+def test_survey_slices_copy_the_rows_read_catalog_reads(tmp_path):
+    from inclinet.catalog import read_catalog
+
+    catalog = tmp_path / "catalog.txt"
+    catalog.write_text("# a comment\n\npgc | inc\n101 | 60\n\n# skipped\n102 | 70\n103 | 80\n104 | 85\n105 | 50")
+    config = dag.WorkflowConfig(catalog=str(catalog), galaxies_per_job=2)
+    jobs = [dag.JobSpec(id=f"measure_{i:04d}", stage="measure", executable="inclinet-measure", args=[],
+                        inputs=[naming.survey_slice(i, 3)], outputs=[]) for i in (1, 2, 3)]
+    paths = dag.write_survey_slices(tmp_path, jobs, config)
+    assert [[g.pgc for g in read_catalog(path)] for path in paths] == [[101], [102, 103], [104, 105]]
+    assert paths[1].read_text() == "pgc | inc\n102 | 70\n103 | 80\n"
+    with pytest.raises(dag.ConfigError, match="do not cover"):
+        dag.write_survey_slices(tmp_path, jobs[:2], config)

@@ -588,31 +588,43 @@ def write_survey_slices(run_dir, jobs, config):
     A slice is the catalog's header line and the data lines of the chunk's rows, verbatim
     (either catalog format): a measure job parses only its own rows. Rows are the lines
     :func:`inclinet.catalog.read_catalog` reads (not blank, not ``#`` comments), in order.
+    Two passes over the catalog (count, then copy line by line): memory holds one line.
     """
     from inclinet._helpers import shard_range
     from inclinet.io import atomic_path
 
-    slices = survey_slices(jobs)
+    slices = sorted(survey_slices(jobs).items(), key=lambda item: item[1])
     if not slices:
         return []
-    header, rows = None, []
-    with open(config.catalog, encoding="utf-8-sig") as handle:
+
+    def data_lines(handle):
+        header = None
         for line in handle:
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             if header is None:
-                header = line
+                header = line if line.endswith("\n") else line + "\n"
+                yield header
             else:
-                rows.append(line if line.endswith("\n") else line + "\n")
+                yield line if line.endswith("\n") else line + "\n"
+
+    with open(config.catalog, encoding="utf-8-sig") as handle:
+        n_rows = sum(1 for _ in data_lines(handle)) - 1
+    counts = {count for _, (_, count) in slices}
+    if len(counts) != 1 or len(slices) != next(iter(counts)):
+        raise ConfigError(f"the measure jobs' catalog slices do not cover {config.catalog} once; rebuild the run")
     written = []
-    for lfn, (index, count) in sorted(slices.items()):
-        path = Path(run_dir) / BUILD_INPUTS_DIR / lfn
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = shard_range(len(rows), index, count)
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-            out.write(header)
-            out.writelines(rows[part.start:part.stop])
-        written.append(path)
+    with open(config.catalog, encoding="utf-8-sig") as handle:
+        lines = data_lines(handle)
+        header = next(lines)
+        for lfn, (index, count) in slices:
+            path = Path(run_dir) / BUILD_INPUTS_DIR / lfn
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+                out.write(header)
+                for _ in shard_range(n_rows, index, count):
+                    out.write(next(lines))
+            written.append(path)
     return written
 
 
