@@ -57,6 +57,8 @@ _MODEL_MEMBER = "model.keras"
 _BEST_MEMBER = "best.weights.h5"
 _STATE_MEMBER = "state.json"
 _RANDOM_MEMBER = "random.npz"
+#: Training batches read ahead of the model (a fixed tf.data prefetch; see BatchStream.dataset).
+PREFETCH_BATCHES = 2
 
 
 class TrainingInterrupted(StageError):
@@ -183,8 +185,13 @@ class BatchStream:
                 step += 1
             left_images, left_labels = images[n_full * self.batch_size :], labels[n_full * self.batch_size :]
 
-    def dataset(self, epoch, start_step=0):
-        """A ``tf.data.Dataset`` over :meth:`batches`, prefetched while the model trains."""
+    def dataset(self, epoch, start_step=0, *, prefetch=PREFETCH_BATCHES):
+        """A ``tf.data.Dataset`` over :meth:`batches`, ``prefetch`` batches read ahead while the model trains.
+
+        The read-ahead is fixed and tf.data's autotuning is off: with autotuning, ``fit``
+        sometimes returned about 10 s after an epoch's last batch (bench/bench_train_step.py,
+        ``--tail-epochs``); one generator feeds the pipeline, so there is nothing to tune.
+        """
         import tensorflow as tf
 
         size = self.image_size
@@ -195,7 +202,9 @@ class BatchStream:
             lambda: self.batches(epoch, start_step),
             output_signature=(tf.TensorSpec((None, size, size, 3), tf.float32), label_spec),
         )
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return dataset.prefetch(prefetch).with_options(options)
 
 
 # -- checkpoint ---------------------------------------------------------------------------
@@ -467,18 +476,7 @@ def run(
 
 def _train(*, flag, model, task, train, validation, output, checkpoint, metrics, plot, epochs, batch_size,
            early_stopping, learning_rate, lr_schedule, seed, start_time):
-    stream = BatchStream(train, task, batch_size, seed)
-    needed = inclinet_models.minimum_input_size(model)
-    if stream.image_size < needed:
-        raise ConfigError(
-            f"invalid input size: {stream.image_size} px for {model}; must be at least {needed} px; "
-            "use a larger --size or model4/model6 for small images"
-        )
-    val_images, val_labels = build_validation_set(validation, task, seed)
-    if val_images.shape[1] != stream.image_size:
-        raise InputError(
-            f"validation images are {val_images.shape[1]} px but training batches {stream.image_size} px"
-        )
+    stream, val_images, val_labels = _read_inputs(model, task, train, validation, batch_size, seed)
     signature = {
         "model": model,
         "task": task,
@@ -494,25 +492,69 @@ def _train(*, flag, model, task, train, validation, output, checkpoint, metrics,
     keras = inclinet_models.import_keras()
     enable_determinism()
     checkpoint = Path(checkpoint)
-    best_weights = None
-    resume_metrics = None
     # Seeds every generator the model draws from (initial weights, dropout): derived from
     # the member too, so that bagged members of one model start from different weights.
     keras.utils.set_random_seed(derive_seed(seed, "train", model, task, Path(output).stem))
+    session = _start_or_resume(keras, checkpoint, signature, stream, val_images[:1], val_labels[:1],
+                               learning_rate=learning_rate, epochs=epochs)
+    validation_set = (inclinet_models.scale_pixels(val_images), _targets(val_labels, task))
+    state = session.state
+    while state["epoch"] < epochs and not state["stopped_early"]:
+        _train_epoch(keras, session, stream, validation_set, flag=flag, checkpoint=checkpoint, epochs=epochs,
+                     early_stopping=early_stopping)
+    return _finish(session, stream, model=model, task=task, train=train, output=output, checkpoint=checkpoint,
+                   metrics=metrics, plot=plot, epochs=epochs, early_stopping=early_stopping,
+                   learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed, n_validation=len(val_images),
+                   start_time=start_time)
+
+
+def _read_inputs(model, task, train, validation, batch_size, seed):
+    """The training stream and the validation set, checked against the model and each other."""
+    stream = BatchStream(train, task, batch_size, seed)
+    needed = inclinet_models.minimum_input_size(model)
+    if stream.image_size < needed:
+        raise ConfigError(
+            f"invalid input size: {stream.image_size} px for {model}; must be at least {needed} px; "
+            "use a larger --size or model4/model6 for small images"
+        )
+    val_images, val_labels = build_validation_set(validation, task, seed)
+    if val_images.shape[1] != stream.image_size:
+        raise InputError(
+            f"validation images are {val_images.shape[1]} px but training batches {stream.image_size} px"
+        )
+    return stream, val_images, val_labels
+
+
+class _Session:
+    """What the epoch loop carries: the model, ``state.json``'s dictionary, the best weights so far and the
+    running metrics of an interrupted epoch (restored when it starts again, then dropped)."""
+
+    def __init__(self, net, state, best_weights=None, resume_metrics=None):
+        self.net = net
+        self.state = state
+        self.best_weights = best_weights
+        self.resume_metrics = resume_metrics
+
+
+def _start_or_resume(keras, checkpoint, signature, stream, probe_images, probe_labels, *, learning_rate, epochs):
+    """A :class:`_Session` from ``checkpoint`` when it holds one for this ``signature``, else a new model."""
+    model, task, lr_schedule = signature["model"], signature["task"], signature["lr_schedule"]
     # An empty file is no checkpoint: Pegasus (condorio) stages an empty placeholder
     # before the first attempt, so that the file exists to be transferred back.
-    if checkpoint.exists() and checkpoint.stat().st_size > 0:
+    resuming = checkpoint.exists() and checkpoint.stat().st_size > 0
+    if resuming:
         net, state, best_weights, random_state = load_checkpoint(checkpoint)
         if state["signature"] != signature:
             raise ConfigError(
                 f"invalid --checkpoint: {str(checkpoint)!r} was written by a run with other settings "
                 f"({state['signature']}); must match this run, or delete it to start from scratch"
             )
+        session = _Session(net, state, best_weights)
         if state["step"]:
-            resume_metrics = random_state
+            session.resume_metrics = random_state
             # Compiled metrics are built on first use; build them now (inference only, no
             # random draws) so that the interrupted epoch's running means can be restored.
-            net.evaluate(inclinet_models.scale_pixels(val_images[:1]), _targets(val_labels[:1], task), verbose=0)
+            net.evaluate(inclinet_models.scale_pixels(probe_images), _targets(probe_labels, task), verbose=0)
         logger.info(
             "resuming from %s at epoch %d step %d (optimizer step %d)",
             checkpoint, state["epoch"] + 1, state["step"], int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
@@ -520,7 +562,7 @@ def _train(*, flag, model, task, train, validation, output, checkpoint, metrics,
     else:
         net = inclinet_models.build_model(model, input_size=stream.image_size, task=task)
         _compile(keras, net, task, learning_rate, lr_schedule, epochs * stream.steps_per_epoch)
-        state = {
+        session = _Session(net, {
             "format": CHECKPOINT_FORMAT,
             "signature": signature,
             "epoch": 0,
@@ -531,67 +573,80 @@ def _train(*, flag, model, task, train, validation, output, checkpoint, metrics,
             "wait": 0,
             "stopped_early": False,
             "train_seconds": 0.0,
-        }
-    state["resumed"] = state.get("resumed", 0) + (1 if checkpoint.exists() and checkpoint.stat().st_size else 0)
+        })
+    session.state["resumed"] = session.state.get("resumed", 0) + (1 if resuming else 0)
+    return session
 
-    val_x = inclinet_models.scale_pixels(val_images)
-    val_y = _targets(val_labels, task)
-    while state["epoch"] < epochs and not state["stopped_early"]:
-        if flag.requested:
-            # Stopped before a step of this attempt ran: the checkpoint on disk (if any)
-            # is still the latest state, so nothing is lost and a rerun continues.
-            raise TrainingInterrupted(
-                f"interrupted by SIGTERM before training step {state['step']} of epoch {state['epoch'] + 1}; "
-                f"nothing new to save; run the same command again to "
-                f"{'resume' if state['epoch'] or state['step'] else 'start'}"
-            )
-        epoch, start_step = state["epoch"], state["step"]
-        counter = {"steps": 0, "logs": {}}
-        epoch_start = time.perf_counter()
-        remaining = stream.steps_per_epoch - start_step
-        if remaining > 0:
-            net.fit(
-                stream.dataset(epoch, start_step),
-                epochs=1,
-                steps_per_epoch=remaining,
-                callbacks=[_make_callback(keras, flag, counter, resume_metrics)],
-                shuffle=False,
-                verbose=0,
-            )
-        resume_metrics = None
-        seconds = time.perf_counter() - epoch_start
-        state["train_seconds"] += seconds
-        if flag.requested and start_step + counter["steps"] < stream.steps_per_epoch:
-            done = start_step + counter["steps"]
-            state.update(step=done)
-            save_checkpoint(checkpoint, net, state, best_weights)
-            raise TrainingInterrupted(
-                f"interrupted by SIGTERM at epoch {epoch + 1} step {done}/{stream.steps_per_epoch}; "
-                f"checkpoint saved to {checkpoint}; run the same command again to resume"
-            )
-        train_logs = _float_logs(counter["logs"])
-        val_logs = net.evaluate(val_x, val_y, batch_size=stream.batch_size, verbose=0, return_dict=True)
-        record = _epoch_record(epoch, train_logs, val_logs, task, seconds, remaining * stream.batch_size)
-        state["history"].append(record)
-        val_loss = record["val_loss"]
-        if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
-            state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
-            best_weights = net.get_weights()
-        else:
-            state["wait"] += 1
-            if early_stopping is not None and state["wait"] >= early_stopping:
-                state["stopped_early"] = True
-        state.update(epoch=epoch + 1, step=0)
-        save_checkpoint(checkpoint, net, state, best_weights)
-        _log_epoch(record, task, epochs)
-        if flag.requested and state["epoch"] < epochs and not state["stopped_early"]:
-            raise TrainingInterrupted(
-                f"interrupted by SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint}; "
-                "run the same command again to resume"
-            )
 
-    if early_stopping is not None and best_weights is not None:
-        net.set_weights(best_weights)
+def _train_epoch(keras, session, stream, validation_set, *, flag, checkpoint, epochs, early_stopping):
+    """Train the rest of the current epoch, validate, keep the best weights and save the checkpoint.
+
+    Raises :class:`TrainingInterrupted` after saving when a SIGTERM arrived.
+    """
+    net, state = session.net, session.state
+    if flag.requested:
+        # Stopped before a step of this attempt ran: the checkpoint on disk (if any)
+        # is still the latest state, so nothing is lost and a rerun continues.
+        raise TrainingInterrupted(
+            f"interrupted by SIGTERM before training step {state['step']} of epoch {state['epoch'] + 1}; "
+            f"nothing new to save; run the same command again to "
+            f"{'resume' if state['epoch'] or state['step'] else 'start'}"
+        )
+    epoch, start_step = state["epoch"], state["step"]
+    counter = {"steps": 0, "logs": {}}
+    epoch_start = time.perf_counter()
+    remaining = stream.steps_per_epoch - start_step
+    if remaining > 0:
+        net.fit(
+            stream.dataset(epoch, start_step),
+            epochs=1,
+            steps_per_epoch=remaining,
+            callbacks=[_make_callback(keras, flag, counter, session.resume_metrics)],
+            shuffle=False,
+            verbose=0,
+        )
+    session.resume_metrics = None
+    seconds = time.perf_counter() - epoch_start
+    state["train_seconds"] += seconds
+    if flag.requested and start_step + counter["steps"] < stream.steps_per_epoch:
+        done = start_step + counter["steps"]
+        state.update(step=done)
+        save_checkpoint(checkpoint, net, state, session.best_weights)
+        raise TrainingInterrupted(
+            f"interrupted by SIGTERM at epoch {epoch + 1} step {done}/{stream.steps_per_epoch}; "
+            f"checkpoint saved to {checkpoint}; run the same command again to resume"
+        )
+    train_logs = _float_logs(counter["logs"])
+    val_x, val_y = validation_set
+    val_logs = net.evaluate(val_x, val_y, batch_size=stream.batch_size, verbose=0, return_dict=True)
+    task = state["signature"]["task"]
+    record = _epoch_record(epoch, train_logs, val_logs, task, seconds, remaining * stream.batch_size)
+    state["history"].append(record)
+    val_loss = record["val_loss"]
+    if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+        state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0)
+        session.best_weights = net.get_weights()
+    else:
+        state["wait"] += 1
+        if early_stopping is not None and state["wait"] >= early_stopping:
+            state["stopped_early"] = True
+    state.update(epoch=epoch + 1, step=0)
+    save_checkpoint(checkpoint, net, state, session.best_weights)
+    _log_epoch(record, task, epochs)
+    if flag.requested and state["epoch"] < epochs and not state["stopped_early"]:
+        raise TrainingInterrupted(
+            f"interrupted by SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint}; "
+            "run the same command again to resume"
+        )
+
+
+def _finish(session, stream, *, model, task, train, output, checkpoint, metrics, plot, epochs, early_stopping,
+            learning_rate, lr_schedule, seed, n_validation, start_time):
+    """Write the model (best epoch's weights with early stopping), the metrics JSON and the plot; log and
+    return the metrics."""
+    net, state = session.net, session.state
+    if early_stopping is not None and session.best_weights is not None:
+        net.set_weights(session.best_weights)
     with atomic_path(output) as tmp:
         net.save(tmp)
     history = state["history"]
@@ -604,7 +659,7 @@ def _train(*, flag, model, task, train, validation, output, checkpoint, metrics,
         "image_size": stream.image_size,
         "train_files": [str(p) for p in train],
         "train_images_per_epoch": stream.steps_per_epoch * stream.batch_size,
-        "validation_images": int(len(val_images)),
+        "validation_images": int(n_validation),
         "batch_size": stream.batch_size,
         "learning_rate": float(learning_rate),
         "lr_schedule": lr_schedule,
