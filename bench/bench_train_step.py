@@ -11,8 +11,10 @@ labels 45..90; the step time does not depend on the values):
   fitted on the same arrays; needs ``pip install --no-deps "tf-keras==<TensorFlow's
   version>"`` (a plain install would pull the full ``tensorflow`` package beside
   ``tensorflow-cpu``); left out with a note when it is missing;
-* variants of ours: ``+jit`` (XLA, ``jit_compile=True``), ``threads=N`` (TensorFlow's
-  intra- and inter-op pools), ``onednn=0`` (oneDNN kernels off).
+* variants of ours: ``+jit`` (XLA, ``jit_compile=True``; Keras turns XLA off while
+  TensorFlow's op determinism is on, so this variant runs without it, which inclinet-train
+  cannot do), ``threads=N`` (TensorFlow's intra- and inter-op pools), ``onednn=0`` (oneDNN
+  kernels off).
 
 The step time is the median gap between consecutive ends of training batches after
 ``--warmup`` steps (tracing and first-call costs left out). ``--tail-epochs N`` instead
@@ -114,12 +116,14 @@ def worker_steps(config, model_name, size, batch_size, steps, warmup):
     else:
         keras = models.import_keras()
         keras.utils.set_random_seed(0)
-        if config.startswith("inclinet"):
+        if config.startswith("inclinet") and "+jit" not in config:
             train.enable_determinism()
         net = models.build_model(model_name, input_size=size, task="regression")
         train._compile(keras, net, "regression", 1e-3)
         if "+jit" in config:
             net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"], jit_compile=True)
+            if not net.jit_compile:
+                raise RuntimeError("Keras refused XLA for this model")
         if config == "keras3":
             net.fit(models.scale_pixels(images), models.inclination_to_target(labels), batch_size=batch_size,
                     epochs=1, shuffle=False, verbose=0, callbacks=[step_timer(keras, stamps)])
