@@ -97,19 +97,19 @@ def warp(planes, matrix, offset, rng):
 def _warp_image(image, matrix, offset, rng):
     """:func:`warp` of one image laid out ``(S, S, C)`` float32 (OpenCV's layout: all channels in one pass)."""
     height, width, n_channels = image.shape
-    ring = _ring(image)
-    fills = np.median(ring, axis=0)
-    noises = 1.4826 * np.median(np.abs(ring - fills), axis=0)
+    ring = np.ascontiguousarray(_ring(image).T)  # (C, n): medians along contiguous rows
+    fills = np.median(ring, axis=1)
+    noises = 1.4826 * np.median(np.abs(ring - fills[:, None]), axis=1)
     # OpenCV maps (x, y) = (column, row): the same inverse map with its axes swapped.
     cv_matrix = np.array([[matrix[1][1], matrix[1][0], offset[1]], [matrix[0][1], matrix[0][0], offset[0]]])
     border = tuple(float(value) for value in fills) + (0.0,) * (4 - n_channels)
     out = cv2.warpAffine(image, cv_matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=border).reshape(image.shape)
     if noises.any():
-        where = _outside((height, width), matrix, offset)
-        count = int(where.sum())
-        if count:
-            out[where] += rng.standard_normal((count, n_channels), dtype=np.float32) * noises.astype(np.float32)
+        where = np.flatnonzero(_outside((height, width), matrix, offset))
+        if len(where):
+            pixels = out.reshape(-1, n_channels)
+            pixels[where] += rng.standard_normal((len(where), n_channels), dtype=np.float32) * noises.astype(np.float32)
     return out
 
 
@@ -130,7 +130,7 @@ def _affine_matrix(size, rng, params):
 
 @functools.lru_cache(maxsize=8)
 def _grid(shape):
-    rows, columns = np.indices(shape, dtype=np.float64)
+    rows, columns = np.indices(shape, dtype=np.float32)
     rows.flags.writeable = columns.flags.writeable = False
     return rows, columns
 
@@ -138,8 +138,9 @@ def _grid(shape):
 def _outside(shape, matrix, offset):
     """Output pixels whose source lies outside the input frame (filled with the border value)."""
     rows, columns = _grid(tuple(shape))
-    source_rows = matrix[0][0] * rows + matrix[0][1] * columns + offset[0]
-    source_columns = matrix[1][0] * rows + matrix[1][1] * columns + offset[1]
+    matrix, offset = np.asarray(matrix, dtype=np.float32), np.asarray(offset, dtype=np.float32)
+    source_rows = matrix[0, 0] * rows + matrix[0, 1] * columns + offset[0]
+    source_columns = matrix[1, 0] * rows + matrix[1, 1] * columns + offset[1]
     return ((source_rows < 0) | (source_rows > shape[0] - 1) | (source_columns < 0)
             | (source_columns > shape[1] - 1))
 
