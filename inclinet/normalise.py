@@ -190,12 +190,9 @@ def _robust_sigma(values):
 
 
 def _robust_sigmas(planes, where):
-    """:func:`_robust_sigma` of every plane of ``planes`` (C, H, W) over the pixels ``where``, at once."""
-    values = planes[:, where].astype(np.float64)
-    if values.shape[1] == 0:
-        return np.zeros(len(planes))
-    deviations = np.abs(values - np.median(values, axis=1, keepdims=True))
-    return 1.4826 * np.median(deviations, axis=1)
+    """:func:`_robust_sigma` of every plane of ``planes`` (C, H, W) over the pixels ``where``."""
+    values = planes[:, where]
+    return np.array([_robust_sigma(row) for row in values]) if values.shape[1] else np.zeros(len(planes))
 
 
 def _plane_through(x, y, values):
