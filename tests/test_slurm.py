@@ -284,6 +284,16 @@ def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
     record = json.loads(exit_file.read_text())
     assert (record["exit_code"], record["signal"]) == (3, "TERM")
 
+    # A record cut short (a crash in the middle of its write) counts as none, never as a wrong one.
+    text = exit_file.read_text()
+    for cut in (0, 1, len(text) // 2, len(text) - 3):
+        exit_file.write_text(text[:cut])
+        assert jobwrap.read_record(tmp_path, "x") is None
+    exit_file.write_text(text)
+    assert jobwrap.read_record(tmp_path, "x")["exit_code"] == 3
+    jobwrap.record_path(tmp_path, "y").write_text(text)
+    assert jobwrap.read_record(tmp_path, "y") is None  # another job's record under its name: none either
+
 
 # -- against a real SLURM cluster -------------------------------------------------------
 

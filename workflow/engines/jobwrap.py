@@ -3,8 +3,8 @@
 The wrapper is a bash script (:data:`SCRIPT`) written to ``RUN/state/jobwrap.sh`` by
 :func:`install`. It runs one job's command, retries it (never after exit code 2, see
 :data:`~workflow.engines.common.USAGE_ERROR_EXIT`), passes SIGTERM/SIGINT on to it, and
-writes the **exit record** ``RUN/state/exit/<job-id>.json`` atomically when the job ends,
-whether or not the process that started it is still there::
+writes the **exit record** ``RUN/state/exit/<job-id>.json`` when the job ends, whether or
+not the process that started it is still there::
 
     {"format": 1, "job": "prep_g_0001", "attempt": 1, "exit_code": 0, "signal": "",
      "host": "node12", "started": 1764700000.123456, "ended": 1764700003.5, "slurm_job_id": ""}
@@ -12,8 +12,15 @@ whether or not the process that started it is still there::
 ``attempt`` is the number of the last attempt; ``exit_code`` that attempt's exit code
 (128+N when it was killed by signal N); ``signal`` the signal the wrapper received
 ("TERM", "INT") or ""; ``started``/``ended`` seconds since the epoch; ``slurm_job_id``
-SLURM's id of the job, "" elsewhere. Bash builtins only (plus one ``mv``), so a job pays a
-few milliseconds for it, not the start of another interpreter.
+SLURM's id of the job, "" elsewhere.
+
+The record is written with one ``printf`` (one small write) and read back only through
+:func:`read_record`, which takes a file that does not parse as a complete record for no
+record: a record cut short (a node crash in the middle of the write) counts as none, never
+as a wrong one, just as a record the wrapper had no time to write. The engines delete a
+job's record before they start it. So no temporary file and ``mv`` are needed: the wrapper
+runs no program besides the job (bash builtins only), and a job pays a few milliseconds for
+it, not the start of another interpreter (BENCHMARKS.md, "Local-engine overhead per job").
 """
 
 from __future__ import annotations
@@ -39,10 +46,10 @@ SCRIPT = r"""#!/bin/bash
 # exit code 0 or @USAGE_ERROR_EXIT@ (a usage or input error: the same command cannot
 # succeed on a retry). Each attempt starts with one "=== JOB attempt N at TIME on HOST:
 # COMMAND" line on stdout. When the job ends, also when it is stopped by a signal, the
-# exit record is written atomically to EXIT_RECORD (one JSON object, fields in
-# docs/workflow.md, "Exit records"). A job killed by signal N has exit code 128+N, as in
-# the shell. Bash builtins only, apart from the job and one mv: the wrapper costs a few
-# milliseconds per job.
+# exit record is written to EXIT_RECORD in one write (one JSON object; readers take a
+# record that does not parse for none; fields in docs/workflow.md, "The job wrapper and its
+# exit record"). A job killed by signal N has exit code 128+N, as in the shell. Bash
+# builtins only, apart from the job: the wrapper costs a few milliseconds per job.
 record_file="$1"
 job="$2"
 first="$3"
@@ -63,18 +70,20 @@ started="$now"
 rc=0
 signal=""
 child=""
+previous=""
 record() {
-    local tmp="$record_file.tmp.$$"
     now
-    {
-        printf '{"format": 1, "job": "%s", "attempt": %d, "exit_code": %d, "signal": "%s", ' \
-            "$job" "$attempt" "$rc" "$signal"
-        printf '"host": "%s", "started": %s, "ended": %s, "slurm_job_id": "%s"}\n' \
-            "${HOSTNAME:-}" "$started" "$now" "${SLURM_JOB_ID:-}"
-    } >"$tmp" && mv -f "$tmp" "$record_file"
+    local format='{"format": 1, "job": "%s", "attempt": %d, "exit_code": %d, "signal": "%s", '
+    format+='"host": "%s", "started": %s, "ended": %s, "slurm_job_id": "%s"}\n'
+    printf "$format" "$job" "$attempt" "$rc" "$signal" "${HOSTNAME:-}" "$started" "$now" "${SLURM_JOB_ID:-}" \
+        >"$record_file"
 }
 on_signal() {
     signal="$1"
+    # A signal between starting the job and "child=$!" finds $! already set to its pid.
+    if [ -z "$child" ] && [ "${!:-}" != "$previous" ]; then
+        child="$!"
+    fi
     [ "$attempt" -ge "$first" ] || attempt="$first"
     echo "=== $job: received SIG$1; stopping the job"
     rc=$((128 + $2))
@@ -100,6 +109,7 @@ while [ "$attempt" -lt "$last" ]; do
     child=$!
     wait "$child"
     rc=$?
+    previous="$child"
     child=""
     [ "$rc" -eq 0 ] && break
     echo "=== $job: attempt $attempt exited with code $rc"
@@ -137,10 +147,16 @@ def record_path(run_dir, job_id):
     return Path(run_dir) / naming.STATE_DIR / EXIT_DIR / f"{job_id}.json"
 
 
+#: Fields every complete exit record has.
+RECORD_FIELDS = ("format", "job", "attempt", "exit_code", "signal", "host", "started", "ended", "slurm_job_id")
+
+
 def read_record(run_dir, job_id):
-    """The exit record of a job as a dict, or None when there is none (or it is unreadable)."""
+    """The exit record of a job as a dict, or None when there is none, or it is cut short or unreadable."""
     record = read_json(record_path(run_dir, job_id))
-    if not isinstance(record, dict) or not isinstance(record.get("exit_code"), int):
+    if not isinstance(record, dict) or any(field not in record for field in RECORD_FIELDS):
+        return None
+    if record["job"] != job_id or not isinstance(record["exit_code"], int) or not isinstance(record["attempt"], int):
         return None
     return record
 

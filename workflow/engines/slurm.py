@@ -7,7 +7,7 @@ run, while independent branches go on. Each job's batch script is the job wrappe
 engine (:mod:`workflow.engines.jobwrap`, ``RUN/state/jobwrap.sh``): it logs
 ``SLURM_JOB_ID``, runs the job's command (retrying it up to the job's retries, or
 ``resume --retries N``; never after exit code 2) and writes the exit record
-``RUN/state/exit/<job-id>.json`` atomically, so that ``status`` works on clusters without
+``RUN/state/exit/<job-id>.json``, so that ``status`` works on clusters without
 accounting.
 
 Bookkeeping lives in ``RUN/state/slurm/``:
