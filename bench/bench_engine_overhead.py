@@ -5,13 +5,16 @@ Usage (from the repository root)::
 
     nice -n 10 .venv/bin/python bench/bench_engine_overhead.py                  # 200 jobs, 3 repeats
     nice -n 10 .venv/bin/python bench/bench_engine_overhead.py --jobs 500 --baseline 25bda18
+    nice -n 10 .venv/bin/python bench/bench_engine_overhead.py --max-parallel 2   # wall time per job on 2 cores
 
 Each measurement builds a run of ``--jobs`` independent jobs (``sh -c 'echo ok > OUT'``,
 one declared output each), runs it with ``run_workflow.py resume RUN`` on one core
-(``--max-parallel 1``, so jobs run one after another), and runs the very same commands one
-after another with ``subprocess.run`` in the same folder. The overhead per job is the
-difference divided by the number of jobs: starting the wrapper, state and exit records,
-output checksums, scheduling and noticing that a job ended.
+(``--max-parallel 1``, so jobs run one after another: the engine's whole cost per job is
+in series with the jobs), and runs the very same commands one after another with
+``subprocess.run`` in the same folder. The overhead per job is the difference divided by
+the number of jobs: starting the wrapper, state and exit records, output checksums,
+scheduling and noticing that a job ended. With ``--max-parallel N`` the engine runs N jobs
+at once and the difference is wall time per job against the bare commands run serially.
 
 ``--baseline REV`` measures the engine of an earlier commit in the same run (its
 ``workflow/`` and ``inclinet/`` are exported with ``git archive`` into a temporary
@@ -43,7 +46,7 @@ def _jobs(dag, n_jobs):
     return jobs
 
 
-def measure(tree, n_jobs):
+def measure(tree, n_jobs, max_parallel=1):
     """One measurement with the engine of ``tree`` (a folder holding ``workflow/`` and ``inclinet/``)."""
     sys.path.insert(0, str(tree))
     from inclinet.io import atomic_write_json
@@ -56,7 +59,7 @@ def measure(tree, n_jobs):
         run_dir.mkdir()
         dag.save_jobs(run_dir, jobs)
         atomic_write_json(run_dir / "run.json", {"engine": "local", "config": {"retries": 0},
-                                                 "engine_args": {"max_parallel": 1}})
+                                                 "engine_args": {"max_parallel": max_parallel}})
         with open(os.devnull, "w") as quiet:
             saved, sys.stdout = sys.stdout, quiet
             try:
@@ -82,9 +85,9 @@ def _export(rev, folder):
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
 
 
-def _worker(tree, n_jobs):
-    result = subprocess.run([sys.executable, __file__, "--worker", str(tree), "--jobs", str(n_jobs)],
-                            capture_output=True, text=True)
+def _worker(tree, n_jobs, max_parallel):
+    result = subprocess.run([sys.executable, __file__, "--worker", str(tree), "--jobs", str(n_jobs),
+                             "--max-parallel", str(max_parallel)], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"measurement with {tree} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.splitlines()[-1])
@@ -94,12 +97,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200, help="trivial jobs per measurement (200)")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per engine (3)")
+    parser.add_argument("--max-parallel", type=int, default=1, help="jobs the engine runs at once (1)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help=f"commit whose engine is measured alongside ({DEFAULT_BASELINE}); 'none' to skip")
     parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(Path(args.worker), args.jobs)))
+        print(json.dumps(measure(Path(args.worker), args.jobs, args.max_parallel)))
         return 0
     with tempfile.TemporaryDirectory(prefix="inclinet-baseline-") as tmp:
         trees = {"current": REPO}
@@ -109,8 +113,9 @@ def main(argv=None):
         results = {name: [] for name in trees}
         for _ in range(args.repeats):
             for name, tree in trees.items():
-                results[name].append(_worker(tree, args.jobs))
-    print(f"{args.jobs} trivial jobs, --max-parallel 1, {args.repeats} measurements each (median; all in ms/job):")
+                results[name].append(_worker(tree, args.jobs, args.max_parallel))
+    print(f"{args.jobs} trivial jobs, --max-parallel {args.max_parallel}, {args.repeats} measurements each "
+          f"(median; all in ms/job; load average {os.getloadavg()[0]:.1f} at the end):")
     medians = {}
     for name, rows in results.items():
         medians[name] = statistics.median(r["overhead_ms"] for r in rows)
