@@ -119,6 +119,7 @@ while [ "$attempt" -lt "$last" ]; do
     fi
 done
 record
+echo "=== $job: ended with exit code $rc (attempt $attempt)"
 exit "$rc"
 """.replace("@USAGE_ERROR_EXIT@", str(USAGE_ERROR_EXIT))
 
