@@ -79,6 +79,7 @@ def test_file_values_beat_the_demo_preset(tmp_path):
     ("execution:\n  slurm:\n    wait: 1\n", "invalid execution.slurm.wait: 1; must be true or false"),
     ("science: [1\n", "not valid YAML at line 2"),
     ("- synthetic: 40\n", "must be a YAML mapping"),
+    ("science: 3\n", "invalid science: 3; must be a mapping of settings"),
 ])
 def test_bad_files_are_refused_naming_the_key_and_value(tmp_path, capsys, text, message):
     code, info = _build(tmp_path, text)
@@ -86,6 +87,12 @@ def test_bad_files_are_refused_naming_the_key_and_value(tmp_path, capsys, text, 
     err = capsys.readouterr().err
     assert str(tmp_path / "run.yaml") in err and message in err, err
     assert "Traceback" not in err
+
+
+def test_empty_sections_set_nothing(tmp_path):
+    code, info = _build(tmp_path, "science:\nexecution:\n  slurm:\n", "--synthetic", "40", "--size", "32",
+                        "--models", "model4")
+    assert code == 0 and info["config"]["epochs"] == settings.DEFAULTS.epochs and info["engine"] == "local"
 
 
 def test_missing_file_is_an_input_error(tmp_path, capsys):

@@ -234,7 +234,7 @@ EXECUTION_KEYS = {
     "sites": _text("a file path"), "replicas": _text("a file path"),
     "pegasus_site": _text(), "submit_dir": _text("a folder path"),
     "reuse": {"type": "array", "items": _text("a run or submit folder"), "description": "a list of folders"},
-    "slurm": {"type": "object", "properties": SLURM_KEYS, "additionalProperties": False,
+    "slurm": {"type": ["object", "null"], "properties": SLURM_KEYS, "additionalProperties": False,
               "description": "a mapping of SLURM engine settings"},
 }
 
@@ -242,7 +242,8 @@ EXECUTION_KEYS = {
 def _section(keys, other, other_name):
     misplaced = {key: f"{key} is {'an execution' if other_name == 'execution' else 'a science'} setting: "
                       f"put it under {other_name}:" for key in other}
-    return {"type": "object", "properties": keys, "additionalProperties": False, "x-misplaced": misplaced,
+    # null: a section left empty ("science:" with nothing under it) sets nothing.
+    return {"type": ["object", "null"], "properties": keys, "additionalProperties": False, "x-misplaced": misplaced,
             "description": "a mapping of settings"}
 
 
