@@ -325,3 +325,16 @@ def test_damaged_checkpoint_is_named(data):
     checkpoint.write_bytes(bytes(raw))
     with pytest.raises(train.InputError, match="ckpt.zip: unreadable training checkpoint"):
         train.load_checkpoint(checkpoint)
+
+
+def test_dataset_gives_exactly_the_batches_of_the_stream(data):
+    """The tf.data pipeline (rows per file, batched and scaled by TensorFlow) yields the bits of ``batches``."""
+    for batch_size, start_step in ((6, 0), (6, 3), (7, 2), (40, 0)):  # 7: batches that span both files
+        stream = train.BatchStream(data["batches"], "regression", batch_size, seed=3)
+        expected = list(stream.batches(0, start_step=start_step))
+        got = [(x.numpy(), y.numpy()) for x, y in stream.dataset(0, start_step)]
+        assert len(got) == len(expected) == stream.steps_per_epoch - start_step
+        for (x1, y1), (x2, y2) in zip(expected, got):
+            assert x2.dtype == x1.dtype and y2.dtype == y1.dtype
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)

@@ -185,12 +185,36 @@ class BatchStream:
                 step += 1
             left_images, left_labels = images[n_full * self.batch_size :], labels[n_full * self.batch_size :]
 
-    def dataset(self, epoch, start_step=0, *, prefetch=PREFETCH_BATCHES):
-        """A ``tf.data.Dataset`` over :meth:`batches`, ``prefetch`` batches read ahead while the model trains.
+    def file_rows(self, epoch, start_step=0):
+        """The rows of :meth:`batches` in the same order, one file's share at a time: (uint8 images, targets)."""
+        rng = rng_for(self.seed, "train-order", epoch)
+        file_order = rng.permutation(len(self.paths))
+        row_orders = [rng.permutation(self.rows[i]) for i in range(len(self.paths))]
+        first_row = start_step * self.batch_size
+        wanted = max(0, self.steps_per_epoch - start_step) * self.batch_size
+        seen = 0
+        for index in file_order:
+            if wanted <= 0:
+                return
+            if seen + self.rows[index] <= first_row:
+                seen += self.rows[index]
+                continue
+            arrays = load_npz(self.paths[index], required=("images", "labels"))
+            order = row_orders[index][max(0, first_row - seen) :][:wanted]
+            seen += self.rows[index]
+            wanted -= len(order)
+            yield arrays["images"][order], _targets(arrays["labels"][order], self.task)
 
-        The read-ahead is fixed and tf.data's autotuning is off: with autotuning, ``fit``
-        sometimes returned about 10 s after an epoch's last batch (bench/bench_train_step.py,
-        ``--tail-epochs``); one generator feeds the pipeline, so there is nothing to tune.
+    def dataset(self, epoch, start_step=0, *, prefetch=PREFETCH_BATCHES):
+        """A ``tf.data.Dataset`` of the batches of :meth:`batches` (the same values), read ahead while the model
+        trains.
+
+        Python hands over one file's rows at a time as uint8 and TensorFlow cuts them into
+        batches and scales them (``x / 255`` in single precision, as :func:`inclinet.models.scale_pixels`):
+        per step no Python runs, which at small batch sizes was most of the step time. The
+        read-ahead is fixed (``prefetch`` batches) and tf.data's autotuning is off: with
+        autotuning, ``fit`` sometimes waited after an epoch's last batch before returning
+        (bench/bench_train_step.py, ``--tail-epochs``).
         """
         import tensorflow as tf
 
@@ -199,9 +223,12 @@ class BatchStream:
             tf.TensorSpec((None,), tf.float32) if self.task == "regression" else tf.TensorSpec((None,), tf.int32)
         )
         dataset = tf.data.Dataset.from_generator(
-            lambda: self.batches(epoch, start_step),
-            output_signature=(tf.TensorSpec((None, size, size, 3), tf.float32), label_spec),
+            lambda: self.file_rows(epoch, start_step),
+            output_signature=(tf.TensorSpec((None, size, size, 3), tf.uint8), label_spec),
         )
+        scale = tf.constant(inclinet_models.PIXEL_SCALE, tf.float32)
+        dataset = dataset.unbatch().batch(self.batch_size, drop_remainder=True)
+        dataset = dataset.map(lambda images, targets: (tf.cast(images, tf.float32) / scale, targets))
         options = tf.data.Options()
         options.autotune.enabled = False
         return dataset.prefetch(prefetch).with_options(options)
