@@ -14,7 +14,8 @@ labels 45..90; the step time does not depend on the values):
 * variants of ours: ``+jit`` (XLA, ``jit_compile=True``; Keras turns XLA off while
   TensorFlow's op determinism is on, so this variant runs without it, which inclinet-train
   cannot do), ``threads=N`` (TensorFlow's intra- and inter-op pools), ``onednn=0`` (oneDNN
-  kernels off).
+  kernels off), ``+nodet`` (TensorFlow's op determinism off); ``keras3+det`` is the in-memory
+  fit with op determinism on.
 
 The step time is the median gap between consecutive ends of training batches after
 ``--warmup`` steps (tracing and first-call costs left out). ``--tail-epochs N`` instead
@@ -116,7 +117,7 @@ def worker_steps(config, model_name, size, batch_size, steps, warmup):
     else:
         keras = models.import_keras()
         keras.utils.set_random_seed(0)
-        if config.startswith("inclinet") and "+jit" not in config:
+        if (config.startswith("inclinet") and "+jit" not in config and "+nodet" not in config) or "+det" in config:
             train.enable_determinism()
         net = models.build_model(model_name, input_size=size, task="regression")
         train._compile(keras, net, "regression", 1e-3)
@@ -124,7 +125,7 @@ def worker_steps(config, model_name, size, batch_size, steps, warmup):
             net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"], jit_compile=True)
             if not net.jit_compile:
                 raise RuntimeError("Keras refused XLA for this model")
-        if config == "keras3":
+        if config.startswith("keras3"):
             net.fit(models.scale_pixels(images), models.inclination_to_target(labels), batch_size=batch_size,
                     epochs=1, shuffle=False, verbose=0, callbacks=[step_timer(keras, stamps)])
         else:
