@@ -233,23 +233,29 @@ def main(argv=None):
         return
 
     print(f"{args.model}, median ms per step after {args.warmup} warm-up steps ({args.steps} timed), "
-          "one process per cell\n")
+          "one process per cell; configurations alternate within each cell\n")
     header = [f"{size} px, batch {batch}" for size in args.sizes for batch in args.batch_sizes]
-    print("| configuration | " + " | ".join(header) + " |")
-    print("|---|" + "---|" * len(header))
     table = {}
-    for config in args.configs:
-        cells = []
-        for size in args.sizes:
-            for batch in args.batch_sizes:
+    for size in args.sizes:
+        for batch in args.batch_sizes:
+            for config in args.configs:
                 started = time.perf_counter()
                 result = run_worker(config, args, ["--model", args.model, "--size", str(size), "--batch-size",
                                                    str(batch), "--steps", str(args.steps), "--warmup",
                                                    str(args.warmup)])
                 table[config, size, batch] = result.get("ms")
-                cells.append(f"{result['ms']:.1f}" if "ms" in result else f"n/a ({result['error'][:60]})")
-                print(f"  [{config} {size} px batch {batch}: {time.perf_counter() - started:.0f} s]",
-                      file=sys.stderr, flush=True)
+                if "error" in result:
+                    table[config, size, batch, "error"] = result["error"]
+                print(f"  [{config} {size} px batch {batch}: {result.get('ms') or result.get('error')} "
+                      f"({time.perf_counter() - started:.0f} s)]", file=sys.stderr, flush=True)
+    print("| configuration | " + " | ".join(header) + " |")
+    print("|---|" + "---|" * len(header))
+    for config in args.configs:
+        cells = []
+        for size in args.sizes:
+            for batch in args.batch_sizes:
+                ms = table[config, size, batch]
+                cells.append(f"{ms:.1f}" if ms else f"n/a ({table[config, size, batch, 'error'][:60]})")
         print(f"| {config} | " + " | ".join(cells) + " |", flush=True)
     base = "tf_keras" if any(table.get(("tf_keras", s, b)) for s in args.sizes for b in args.batch_sizes) else None
     if base:
