@@ -5,10 +5,9 @@ step uses ONE isotropic scale factor (independent x/y scaling changes the appare
 ratio and so the inclination label), and colour images get the colour chain (the original
 sent them through the gray one). Geometry: rotation by any angle, flips, shifts and one
 scale in one bilinear warp (OpenCV, all channels at once), with the uncovered border filled
-with the image's own background and sky noise
-(measured on its outer ring), so no white or random-valued frames appear. Photometry:
-gamma, contrast, brightness offset, Gaussian noise, blur and (colour only) partial
-desaturation. Geometry is applied first, then photometry (a fixed order, where the
+with the image's own background and sky noise (measured on its outer ring), so no white or
+random-valued frames appear. Photometry: gamma, contrast, brightness offset, Gaussian noise,
+blur and (colour only) partial desaturation. Geometry is applied first, then photometry (a fixed order, where the
 original drew a random order per image). Every augmented image then goes through the
 canonical normalisation (:func:`inclinet.normalise.normalise_image`), exactly as prep and
 predict do, so what the models train on is what they are later shown. The normalisation
@@ -17,8 +16,7 @@ gray images is gone: it would be undone.
 
 All functions take a ``numpy.random.Generator`` and draw from it in a fixed order, so a
 batch is reproducible from its seed (noise is drawn in single precision, as the images are
-processed). Images are ``uint8 (N, S, S, 3)``; grayscale images
-keep 3 identical channels.
+processed). Images are ``uint8 (N, S, S, 3)``; grayscale images keep 3 identical channels.
 """
 
 import functools
