@@ -369,3 +369,18 @@ def test_engines_get_the_dag_from_the_cli_and_leave_the_pegasus_api_alone():
     targets = [target for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])]
     assert not [t for t in targets if isinstance(t, ast.Attribute) and t.attr.startswith("_")]
+
+
+def test_every_engine_follows_the_engine_contract():
+    import inspect
+
+    from workflow.engines import ENGINES, Engine, load
+
+    for name in ENGINES:
+        engine = load(name)
+        assert isinstance(engine.RECORDED_FLAGS, tuple), name
+        for method in ("run", "status", "resume", "cancel"):
+            assert list(inspect.signature(getattr(engine, method)).parameters) == ["run_dir", "jobs", "args"], \
+                (name, method)
+        assert callable(engine.add_arguments)
+    assert {"run", "status", "resume", "cancel", "add_arguments"} <= set(dir(Engine))
