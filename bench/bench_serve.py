@@ -10,7 +10,11 @@ server's RSS before and after and its peak (``VmHWM``), the batches the inferenc
 ran; then the time of one ``inclinet-predict`` process per image for comparison. Every
 request must succeed; the run stops by itself.
 
-Usage: ``nice python bench/bench_serve.py --work /tmp/bench_serve [--requests 1000 --levels 1 8 32]``.
+The server's RSS is also read when a level has answered ``--rss-at`` requests (100, 500,
+1,000, 2,000), which shows whether memory stays flat over thousands of requests.
+
+Usage: ``nice python bench/bench_serve.py --work /tmp/bench_serve [--requests 1000 --levels 1 8 32]``
+(``--requests 2000 2000 500``: a number per level).
 Prints a Markdown report and writes ``results.json`` in the work folder.
 """
 
@@ -70,11 +74,14 @@ def memory_kb(pid):
     return values
 
 
-async def load(url, images, n_requests, concurrency):
+async def load(url, images, n_requests, concurrency, *, pid=None, checkpoints=()):
+    """Send ``n_requests`` uploads from ``concurrency`` clients; with ``pid``, the server's RSS (MB)
+    when the number of answered requests reaches each of ``checkpoints``."""
     import httpx
 
     latencies = []
     failures = []
+    rss_at = {}
     counter = iter(range(n_requests))
 
     async def client_loop(client):
@@ -84,6 +91,8 @@ async def load(url, images, n_requests, concurrency):
             response = await client.post(f"{url}/api/file", files={"file": (f"g{index % len(images)}.jpg", body,
                                                                             "image/jpeg")})
             latencies.append(time.perf_counter() - start)
+            if pid is not None and len(latencies) in checkpoints:
+                rss_at[len(latencies)] = round(memory_kb(pid)["VmRSS"] / 1024, 1)
             if response.status_code != 200 or response.json().get("status") != "success":
                 failures.append(f"{response.status_code} {response.text[:200]}")
 
@@ -92,7 +101,7 @@ async def load(url, images, n_requests, concurrency):
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return np.asarray(latencies), wall, failures
+    return np.asarray(latencies), wall, failures, rss_at
 
 
 def get_json(url):
@@ -105,7 +114,10 @@ def get_json(url):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="work folder (bundle, images, results.json)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level (1000)")
+    parser.add_argument("--requests", type=int, nargs="+", default=[1000],
+                        help="requests per concurrency level: one number for every level, or one per level (1000)")
+    parser.add_argument("--rss-at", type=int, nargs="*", default=[100, 500, 1000, 2000],
+                        help="answered requests of a level at which the server's RSS is read (100 500 1000 2000)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (1 8 32)")
     parser.add_argument("--size", type=int, default=64, help="bundle input size in pixels (64, as the demo)")
     parser.add_argument("--views", type=int, default=8, help="test-time views of the bundle (8)")
@@ -113,6 +125,9 @@ def main(argv=None):
     parser.add_argument("--distinct", type=int, default=16, help="distinct images cycled through (16)")
     parser.add_argument("--predict-runs", type=int, default=3, help="inclinet-predict processes timed (3)")
     args = parser.parse_args(argv)
+    if len(args.requests) not in (1, len(args.levels)):
+        parser.error(f"--requests: give one number or one per level ({len(args.levels)}), not {len(args.requests)}")
+    per_level = args.requests * len(args.levels) if len(args.requests) == 1 else args.requests
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(args.work, args.size, args.views)
     images = [galaxy_jpeg(args.image_size, seed) for seed in range(args.distinct)]
@@ -125,7 +140,7 @@ def main(argv=None):
     server = subprocess.Popen([sys.executable, "-m", "inclinet.service.cli", "--bundle", str(bundle), "--port",
                                str(port), "-q"], stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    results = {"requests_per_level": args.requests, "size": args.size, "views": args.views,
+    results = {"requests_per_level": per_level, "size": args.size, "views": args.views,
                "image_size": args.image_size, "jpeg_bytes": int(np.mean([len(b) for b in images])),
                "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
                "python": platform.python_version(), "levels": []}
@@ -140,10 +155,11 @@ def main(argv=None):
                 time.sleep(0.5)
         results["startup_s"] = round(time.perf_counter() - started, 1)
         results["rss_idle_mb"] = memory_kb(server.pid)["VmRSS"] / 1024
-        for concurrency in args.levels:
+        for concurrency, n_requests in zip(args.levels, per_level):
             before = memory_kb(server.pid)
             health = get_json(f"{url}/api/health")
-            latencies, wall, failures = asyncio.run(load(url, images, args.requests, concurrency))
+            latencies, wall, failures, rss_at = asyncio.run(
+                load(url, images, n_requests, concurrency, pid=server.pid, checkpoints=set(args.rss_at)))
             after = memory_kb(server.pid)
             health_after = get_json(f"{url}/api/health")
             if failures:
@@ -157,6 +173,7 @@ def main(argv=None):
                 "mean_batch": round(len(latencies) / max(batches, 1), 2),
                 "rss_before_mb": round(before["VmRSS"] / 1024, 1), "rss_after_mb": round(after["VmRSS"] / 1024, 1),
                 "peak_rss_mb": round(after["VmHWM"] / 1024, 1),
+                "rss_at_mb": {str(n): mb for n, mb in sorted(rss_at.items())},
             }
             results["levels"].append(level)
             print(f"concurrency {concurrency}: {level}", file=sys.stderr)
@@ -181,8 +198,9 @@ def main(argv=None):
 def report(results):
     lines = [
         f"Bundle: 3 model4 members at {results['size']} px, {results['views']} views; uploads: "
-        f"{results['image_size']} px JPEGs (~{results['jpeg_bytes'] // 1024} KB); {results['requests_per_level']} "
-        f"requests per level; {results['cpus']} cores, load average {results['load_average_at_start']:.1f} at start.",
+        f"{results['image_size']} px JPEGs (~{results['jpeg_bytes'] // 1024} KB); "
+        f"{'/'.join(map(str, results['requests_per_level']))} requests per level; {results['cpus']} cores, "
+        f"load average {results['load_average_at_start']:.1f} at start.",
         f"Server start-up (models loaded and warmed up) {results['startup_s']} s; RSS idle "
         f"{results['rss_idle_mb']:.0f} MB.",
         "",
@@ -196,8 +214,18 @@ def report(results):
             f"{level['p99_ms']} | {level['max_ms']} | {level['mean_batch']} | {level['rss_before_mb']} -> "
             f"{level['rss_after_mb']} | {level['peak_rss_mb']} |"
         )
+    lines += ["", "Server RSS (MB) after n answered requests of a level:", "",
+              "| clients | " + " | ".join(f"n = {n}" for n in checkpoints(results)) + " |",
+              "|---:|" + "---:|" * len(checkpoints(results))]
+    for level in results["levels"]:
+        lines.append(f"| {level['concurrency']} | "
+                     + " | ".join(str(level["rss_at_mb"].get(n, "")) for n in checkpoints(results)) + " |")
     lines += ["", f"One `inclinet-predict` process per image: {results['predict_process_s']} s (median of the runs)."]
     return "\n".join(lines)
+
+
+def checkpoints(results):
+    return sorted({n for level in results["levels"] for n in level["rss_at_mb"]}, key=int)
 
 
 if __name__ == "__main__":
