@@ -174,7 +174,9 @@ def _ring_mask(shape, valid):
 
 
 def _median(values):
-    """``np.median`` of a non-empty 1-D array without NaNs (the same value, without its overhead)."""
+    """``np.median`` of a 1-D array without NaNs (the same value, without its overhead)."""
+    if values.size == 0:
+        return np.nan
     half = values.size // 2
     if values.size % 2:
         return np.partition(values, half)[half]
@@ -215,7 +217,8 @@ def _fit_sky_plane(plane, ring_sample, coords):
     yy, xx = coords
     values = plane.ravel()[ring_sample].astype(np.float64)
     keep = np.ones(len(values), dtype=bool)
-    coefficients = np.array([_median(values), 0.0, 0.0])
+    # The level is the starting point only when there are too few pixels for a fit.
+    coefficients = np.array([_median(values) if len(values) < 8 else 0.0, 0.0, 0.0])
     for _ in range(2):
         if keep.sum() < 8:
             break
