@@ -212,3 +212,12 @@ def test_outputs_match_the_reference_normaliser():
                 else:
                     assert info.as_dict()[key] == value, (size, index, key)
     assert differing <= total / 1_000, (differing, total)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 3840])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_helper_is_np_median(n, dtype):
+    values = np.random.default_rng(n).normal(100, 5, size=n).astype(dtype)
+    got, expected = normalise._median(values), np.median(values)
+    assert got == expected and got.dtype == expected.dtype
+    assert np.isnan(normalise._median(np.zeros(0)))
