@@ -123,7 +123,9 @@ def main(argv=None):
     parser.add_argument("--views", type=int, default=8, help="test-time views of the bundle (8)")
     parser.add_argument("--image-size", type=int, default=256, help="side of the uploaded JPEGs (256)")
     parser.add_argument("--distinct", type=int, default=16, help="distinct images cycled through (16)")
-    parser.add_argument("--predict-runs", type=int, default=3, help="inclinet-predict processes timed (3)")
+    parser.add_argument("--predict-runs", type=int, default=3, help="inclinet-predict processes timed (3; 0: none)")
+    parser.add_argument("--no-release", action="store_true",
+                        help="for comparison: serve without returning the C heap's free memory after each batch")
     args = parser.parse_args(argv)
     if len(args.requests) not in (1, len(args.levels)):
         parser.error(f"--requests: give one number or one per level ({len(args.levels)}), not {len(args.requests)}")
@@ -137,10 +139,17 @@ def main(argv=None):
     url = f"http://127.0.0.1:{port}"
     log = open(args.work / "serve.log", "wb")  # noqa: SIM115 -- closed at the end
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "inclinet.service.cli", "--bundle", str(bundle), "--port",
-                               str(port), "-q"], stdout=log, stderr=subprocess.STDOUT,
+    serve = ["--bundle", str(bundle), "--port", str(port), "-q"]
+    if args.no_release:
+        launcher = ["-c", "import sys; from inclinet.service import inference; "
+                          "inference.release_free_memory = lambda: False; "
+                          "from inclinet.service.cli import main; sys.exit(main(sys.argv[1:]))"]
+    else:
+        launcher = ["-m", "inclinet.service.cli"]
+    server = subprocess.Popen([sys.executable, *launcher, *serve], stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    results = {"requests_per_level": per_level, "size": args.size, "views": args.views,
+    results = {"requests_per_level": per_level, "release_memory": not args.no_release, "size": args.size,
+               "views": args.views,
                "image_size": args.image_size, "jpeg_bytes": int(np.mean([len(b) for b in images])),
                "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
                "python": platform.python_version(), "levels": []}
@@ -189,7 +198,7 @@ def main(argv=None):
         subprocess.run([sys.executable, "-m", "inclinet.stages.predict", "--bundle", str(bundle), str(image_path),
                         "-q"], check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         times.append(time.perf_counter() - start)
-    results["predict_process_s"] = round(float(np.median(times)), 2)
+    results["predict_process_s"] = round(float(np.median(times)), 2) if times else None
     results["load_average_at_end"] = os.getloadavg()[0]
     (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))
@@ -202,7 +211,8 @@ def report(results):
         f"{'/'.join(map(str, results['requests_per_level']))} requests per level; {results['cpus']} cores, "
         f"load average {results['load_average_at_start']:.1f} at start.",
         f"Server start-up (models loaded and warmed up) {results['startup_s']} s; RSS idle "
-        f"{results['rss_idle_mb']:.0f} MB.",
+        f"{results['rss_idle_mb']:.0f} MB; free heap memory returned after each batch: "
+        f"{'yes' if results.get('release_memory', True) else 'no (--no-release)'}.",
         "",
         "| clients | requests/s | p50 ms | p95 ms | p99 ms | max ms | mean batch | RSS before -> after MB "
         "| peak RSS MB |",
@@ -220,7 +230,9 @@ def report(results):
     for level in results["levels"]:
         lines.append(f"| {level['concurrency']} | "
                      + " | ".join(str(level["rss_at_mb"].get(n, "")) for n in checkpoints(results)) + " |")
-    lines += ["", f"One `inclinet-predict` process per image: {results['predict_process_s']} s (median of the runs)."]
+    if results["predict_process_s"] is not None:
+        lines += ["", f"One `inclinet-predict` process per image: {results['predict_process_s']} s "
+                      "(median of the runs)."]
     return "\n".join(lines)
 
 
