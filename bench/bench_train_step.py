@@ -248,27 +248,30 @@ def main(argv=None):
                     table[config, size, batch, "error"] = result["error"]
                 print(f"  [{config} {size} px batch {batch}: {result.get('ms') or result.get('error')} "
                       f"({time.perf_counter() - started:.0f} s)]", file=sys.stderr, flush=True)
-    print("| configuration | " + " | ".join(header) + " |")
-    print("|---|" + "---|" * len(header))
-    for config in args.configs:
-        cells = []
-        for size in args.sizes:
-            for batch in args.batch_sizes:
-                ms = table[config, size, batch]
-                cells.append(f"{ms:.1f}" if ms else f"n/a ({table[config, size, batch, 'error'][:60]})")
-        print(f"| {config} | " + " | ".join(cells) + " |", flush=True)
+
+    def step_cell(config, size, batch):
+        ms = table[config, size, batch]
+        return f"{ms:.1f}" if ms else f"n/a ({table[config, size, batch, 'error'][:60]})"
+
+    _print_grid(args, header, step_cell)
     base = "tf_keras" if any(table.get(("tf_keras", s, b)) for s in args.sizes for b in args.batch_sizes) else None
     if base:
         print(f"\nThroughput relative to {base} (its step time / this one's; > 1 is faster):\n")
-        print("| configuration | " + " | ".join(header) + " |")
-        print("|---|" + "---|" * len(header))
-        for config in args.configs:
-            cells = []
-            for size in args.sizes:
-                for batch in args.batch_sizes:
-                    ours, theirs = table.get((config, size, batch)), table.get((base, size, batch))
-                    cells.append(f"{theirs / ours:.2f}" if ours and theirs else "n/a")
-            print(f"| {config} | " + " | ".join(cells) + " |")
+
+        def ratio_cell(config, size, batch):
+            ours, theirs = table.get((config, size, batch)), table.get((base, size, batch))
+            return f"{theirs / ours:.2f}" if ours and theirs else "n/a"
+
+        _print_grid(args, header, ratio_cell)
+
+
+def _print_grid(args, header, cell):
+    """A Markdown table: one row per configuration, one column per (size, batch size)."""
+    print("| configuration | " + " | ".join(header) + " |")
+    print("|---|" + "---|" * len(header))
+    for config in args.configs:
+        cells = [cell(config, size, batch) for size in args.sizes for batch in args.batch_sizes]
+        print(f"| {config} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

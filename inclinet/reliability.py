@@ -127,9 +127,26 @@ def warnings_for(info, statistics, member_spread, reference):
             limits = reference["statistics"].get(name)
             value = float(statistics[column])
             if limits and not limits[0] <= value <= limits[1]:
-                found.append(f"{name.replace('_', ' ')} {value:.3g} is outside the training range "
+                found.append(f"{name.replace('_', ' ')} {value:.3g} {_RANGE_TEXT} "
                              f"{limits[0]:.3g}..{limits[1]:.3g}")
         limit = reference.get("max_member_spread")
         if limit is not None and member_spread is not None and member_spread > limit:
-            found.append(f"the models disagree: spread {member_spread:.1f} deg > {limit:.1f} deg")
+            found.append(f"{_SPREAD_TEXT}: spread {member_spread:.1f} deg > {limit:.1f} deg")
     return found
+
+
+_RANGE_TEXT = "is outside the training range"
+_SPREAD_TEXT = "the models disagree"
+
+
+def warning_kind(message):
+    """The kind of a :func:`warnings_for` message: a raw rule's name, ``range:<statistic>``, ``spread`` or ``other``."""
+    for name, _, text in RAW_RULES:
+        if message == text:
+            return name
+    for statistic in STATISTICS:
+        if message.startswith(statistic.replace("_", " ") + " ") and _RANGE_TEXT in message:
+            return f"range:{statistic}"
+    if message.startswith(_SPREAD_TEXT):
+        return "spread"
+    return "other"

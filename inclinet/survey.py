@@ -181,19 +181,10 @@ def _load_band(data_path, pgc, band, root, size, source=None):
 
 
 def warning_kind(message):
-    """The kind of an out-of-distribution warning: a raw rule's name, ``range:<statistic>`` or ``spread``."""
+    """The kind of an out-of-distribution warning (:func:`inclinet.reliability.warning_kind`)."""
     from inclinet import reliability
-    from inclinet.normalise import STATISTICS
 
-    for name, _, text in reliability.RAW_RULES:
-        if message == text:
-            return name
-    for statistic in STATISTICS:
-        if message.startswith(statistic.replace("_", " ") + " ") and "outside the training range" in message:
-            return f"range:{statistic}"
-    if message.startswith("the models disagree"):
-        return "spread"
-    return "other"
+    return reliability.warning_kind(message)
 
 
 def warning_summary(counts, galaxies):

@@ -261,15 +261,15 @@ def run(run_dir, jobs, args):
 
 def planned_jobs(submit_dir):
     """``{job name: kind}`` of the planned DAG (kind: the transformation or the auxiliary job type)."""
-    brain = read_braindump(submit_dir)
-    dag_file = Path(submit_dir) / str(brain.get("dag", ""))
-    jobs = {}
-    if dag_file.is_file():
-        for line in dag_file.read_text(encoding="utf-8").splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "JOB":
-                jobs[parts[1]] = _kind(parts[1])
-    return jobs
+    return {parts[1]: _kind(parts[1]) for parts in _dag_lines(submit_dir) if len(parts) >= 2 and parts[0] == "JOB"}
+
+
+def _dag_lines(submit_dir):
+    """The planned DAG file's lines, split into words (none when the plan has no DAG file)."""
+    dag_file = Path(submit_dir) / str(read_braindump(submit_dir).get("dag", ""))
+    if not dag_file.is_file():
+        return []
+    return [line.split() for line in dag_file.read_text(encoding="utf-8").splitlines()]
 
 
 def _kind(name):
@@ -293,16 +293,12 @@ def jobstate(submit_dir):
 
 def planned_edges(submit_dir):
     """``{parent: [children]}`` of the planned DAG (its ``PARENT ... CHILD ...`` lines)."""
-    brain = read_braindump(submit_dir)
-    dag_file = Path(submit_dir) / str(brain.get("dag", ""))
     edges = {}
-    if dag_file.is_file():
-        for line in dag_file.read_text(encoding="utf-8").splitlines():
-            parts = line.split()
-            if parts[:1] == ["PARENT"] and "CHILD" in parts:
-                cut = parts.index("CHILD")
-                for parent in parts[1:cut]:
-                    edges.setdefault(parent, []).extend(parts[cut + 1:])
+    for parts in _dag_lines(submit_dir):
+        if parts[:1] == ["PARENT"] and "CHILD" in parts:
+            cut = parts.index("CHILD")
+            for parent in parts[1:cut]:
+                edges.setdefault(parent, []).extend(parts[cut + 1:])
     return edges
 
 
