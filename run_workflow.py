@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Front door of inclinet: build the workflow DAG from flags and run it (see workflow/cli.py, --help)."""
+
 import sys
 from pathlib import Path
 

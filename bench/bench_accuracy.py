@@ -87,8 +87,10 @@ def prepare_data(args, work):
     start = time.perf_counter()
     if not _done(raw / "catalog.csv", raw / ".rendered"):
         calls = [dict(n_galaxies=n_galaxies, output=raw, size=args.raw_size, seed=args.seed, catalog_only=True)]
-        calls += [dict(n_galaxies=n_galaxies, output=raw, size=args.raw_size, seed=args.seed, shard=(k, jobs))
-                  for k in range(1, jobs + 1)]
+        calls += [
+            dict(n_galaxies=n_galaxies, output=raw, size=args.raw_size, seed=args.seed, shard=(k, jobs))
+            for k in range(1, jobs + 1)
+        ]
         with ProcessPoolExecutor(jobs) as pool:
             list(pool.map(_synth, calls))
         (raw / ".rendered").write_text("ok\n")
@@ -96,8 +98,11 @@ def prepare_data(args, work):
 
     start = time.perf_counter()
     parts = {band: work / naming.prep_part(args.size, band, 1, 1) for band in naming.BANDS}
-    calls = [dict(data_dir=raw / "galaxies", catalog=raw / "catalog.csv", band=band, size=args.size, output=path)
-             for band, path in parts.items() if not path.exists()]
+    calls = [
+        dict(data_dir=raw / "galaxies", catalog=raw / "catalog.csv", band=band, size=args.size, output=path)
+        for band, path in parts.items()
+        if not path.exists()
+    ]
     if calls:
         with ProcessPoolExecutor(jobs) as pool:
             list(pool.map(_prep, calls))
@@ -114,8 +119,14 @@ def prepare_data(args, work):
     samples_dir = work / "samples"
     summary = work / naming.split_summary(args.size)
     if not summary.exists():
-        split.run(inputs=list(compressed.values()), output_dir=samples_dir, size=args.size,
-                  n_subsamples=args.n_subsamples, test_fraction=args.n_test / n_galaxies, seed=args.seed)
+        split.run(
+            inputs=list(compressed.values()),
+            output_dir=samples_dir,
+            size=args.size,
+            n_subsamples=args.n_subsamples,
+            test_fraction=args.n_test / n_galaxies,
+            seed=args.seed,
+        )
     timings["split"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -126,21 +137,38 @@ def prepare_data(args, work):
         out_dir = work / naming.augmented_dir(subset)
         batches[subset] = [work / naming.augmented_batch(args.size, subset, b) for b in range(1, args.n_batches + 1)]
         if not _done(*batches[subset]):
-            calls.append(dict(inputs=inputs, output_dir=out_dir, size=args.size, task="regression",
-                              n_batches=args.n_batches, per_bin=args.per_bin, seed=args.seed))
+            calls.append(
+                dict(
+                    inputs=inputs,
+                    output_dir=out_dir,
+                    size=args.size,
+                    task="regression",
+                    n_batches=args.n_batches,
+                    per_bin=args.per_bin,
+                    seed=args.seed,
+                )
+            )
     if calls:
         with ProcessPoolExecutor(jobs) as pool:
             list(pool.map(_augment, calls))
     timings["augment"] = time.perf_counter() - start
     if args.binary_model:
         inputs = [work / naming.sample(args.size, band, "binary_train") for band in naming.BANDS]
-        batches["binary"] = [work / naming.augmented_batch(args.size, "binary", b)
-                             for b in range(1, args.n_batches + 1)]
+        batches["binary"] = [
+            work / naming.augmented_batch(args.size, "binary", b) for b in range(1, args.n_batches + 1)
+        ]
         if not _done(*batches["binary"]):
             from inclinet.stages import augment
 
-            augment.run(inputs=inputs, output_dir=work / naming.augmented_dir("binary"), size=args.size,
-                        task="binary", n_batches=args.n_batches, per_bin=args.per_bin * 9 // 2, seed=args.seed)
+            augment.run(
+                inputs=inputs,
+                output_dir=work / naming.augmented_dir("binary"),
+                size=args.size,
+                task="binary",
+                n_batches=args.n_batches,
+                per_bin=args.per_bin * 9 // 2,
+                seed=args.seed,
+            )
         timings["augment binary"] = time.perf_counter() - start
     tests = [work / naming.sample(args.size, band, "test", 0) for band in naming.BANDS]
     binary_tests = [work / naming.sample(args.size, band, "binary_test") for band in naming.BANDS]
@@ -158,12 +186,19 @@ def train_members(args, work, data):
         start = time.perf_counter()
         task = "binary" if subset == "binary" else "regression"
         metrics = train.run(
-            model=model, task=task, train=data["batches"][subset],
+            model=model,
+            task=task,
+            train=data["batches"][subset],
             validation=data["binary_tests"] if task == "binary" else data["tests"],
-            output=work / output, checkpoint=work / naming.training_checkpoint(model, subset),
+            output=work / output,
+            checkpoint=work / naming.training_checkpoint(model, subset),
             metrics=f"{stem}.metrics.json",
-            plot=f"{stem}.metrics.png", epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, seed=args.seed,
+            plot=f"{stem}.metrics.png",
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            lr_schedule=args.lr_schedule,
+            seed=args.seed,
         )
         name = naming.member_name(model, subset)
         timings[name] = time.perf_counter() - start
@@ -208,8 +243,12 @@ def throughput(args, data, n_steps=120):
         rates["in-memory"].append(steps * stream.batch_size / (time.perf_counter() - start))
     best = {key: max(values) for key, values in rates.items()}
     return {
-        "model": model_name, "image_size": stream.image_size, "batch_size": stream.batch_size, "steps": steps,
-        "images_per_second": best, "runs": rates,
+        "model": model_name,
+        "image_size": stream.image_size,
+        "batch_size": stream.batch_size,
+        "steps": steps,
+        "images_per_second": best,
+        "runs": rates,
         "pipeline_cost": 1.0 - best["tf.data"] / best["in-memory"],
     }
 
@@ -218,9 +257,15 @@ def evaluate_members(args, work, data, trained):
     from inclinet.stages import evaluate
 
     binary = any(name.endswith("-binary") for name in trained)
-    return evaluate.run(models=[t["path"] for t in trained.values()], test=data["tests"],
-                        binary_test=data["binary_tests"] if binary else (),
-                        output_dir=work / "evaluation", bundle_dir=work / "bundle", views=args.views, seed=args.seed)
+    return evaluate.run(
+        models=[t["path"] for t in trained.values()],
+        test=data["tests"],
+        binary_test=data["binary_tests"] if binary else (),
+        output_dir=work / "evaluation",
+        bundle_dir=work / "bundle",
+        views=args.views,
+        seed=args.seed,
+    )
 
 
 # -- scoring on our universe, the foreign universe and the real-look galaxies -----------------
@@ -238,8 +283,11 @@ def _read_truth(path):
 def _prep_set(raw, out_dir, size, jobs):
     """Normalised npz of every band of a raw universe (the prep stage), reused when present."""
     paths = {band: out_dir / f"{naming.band_tag(band)}.npz" for band in naming.BANDS}
-    calls = [dict(data_dir=raw / "galaxies", catalog=raw / "catalog.csv", band=band, size=size, output=path)
-             for band, path in paths.items() if not path.exists()]
+    calls = [
+        dict(data_dir=raw / "galaxies", catalog=raw / "catalog.csv", band=band, size=size, output=path)
+        for band, path in paths.items()
+        if not path.exists()
+    ]
     if calls:
         out_dir.mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor(max(1, jobs)) as pool:
@@ -277,16 +325,24 @@ def fit_strong_peer(args, work):
     raw = work / "raw"
     truth = _read_truth(raw / "truth.csv")
     test_pgcs = set(np.load(work / naming.sample(args.size, "r", "test", 0))["pgcIDs"].tolist())
-    accepted = [g.pgc for g in read_catalog(raw / "catalog.csv") if g.inc_flg == 0 and 45 <= g.inc <= 90
-                and g.pgc not in test_pgcs][: args.n_peer_train]
+    accepted = [
+        g.pgc
+        for g in read_catalog(raw / "catalog.csv")
+        if g.inc_flg == 0 and 45 <= g.inc <= 90 and g.pgc not in test_pgcs
+    ][: args.n_peer_train]
     inclinations = np.array([float(truth[p]["true_inc"]) for p in accepted])
     psf = np.array([_psf_pixels(truth[p], args.raw_size) for p in accepted])
     calibrations = {}
     for band in naming.BANDS:
         measured = peer.measure(_raw_images(raw, accepted, band), psf_fwhm_pixels=psf)
         calibrations[band] = peer.fit_peer(measured, inclinations)
-        logger.info("peer %s: best %s on %d training galaxies (%s)", band, calibrations[band].best, len(accepted),
-                    ", ".join(f"{m} {c.rms:.2f}" for m, c in calibrations[band].methods.items()))
+        logger.info(
+            "peer %s: best %s on %d training galaxies (%s)",
+            band,
+            calibrations[band].best,
+            len(accepted),
+            ", ".join(f"{m} {c.rms:.2f}" for m, c in calibrations[band].methods.items()),
+        )
     return calibrations
 
 
@@ -298,8 +354,13 @@ def _scores(predicted, truth):
     if not ok.any():
         return {"n": 0}
     error = predicted[ok] - truth[ok]
-    return {"n": int(ok.sum()), "rms": float(np.sqrt(np.mean(error**2))), "bias": float(np.mean(error)),
-            "mae": float(np.mean(np.abs(error))), "coverage": float(ok.mean())}
+    return {
+        "n": int(ok.sum()),
+        "rms": float(np.sqrt(np.mean(error**2))),
+        "bias": float(np.mean(error)),
+        "mae": float(np.mean(np.abs(error))),
+        "coverage": float(ok.mean()),
+    }
 
 
 def _auc(labels, scores):
@@ -341,8 +402,9 @@ def score_universe(name, raw, sets, networks, manifest, calibrations, args):
         peer_values = calibration.apply(measured)
         entry["peer"] = {**_scores(peer_values[calibration.best], truth[accepted]), "method": calibration.best}
         entry["peer_methods"] = {m: _scores(v, truth[accepted]) for m, v in peer_values.items()}
-        for pgc, true_value, cnn, classical in zip(accepted_pgcs, truth[accepted], ensemble,
-                                                   peer_values[calibration.best]):
+        for pgc, true_value, cnn, classical in zip(
+            accepted_pgcs, truth[accepted], ensemble, peer_values[calibration.best]
+        ):
             record = per_galaxy.setdefault(pgc, {"truth": true_value, "cnn": [], "peer": []})
             record["cnn"].append(cnn)
             record["peer"].append(classical)
@@ -359,14 +421,21 @@ def score_universe(name, raw, sets, networks, manifest, calibrations, args):
                 "rejected_rejects": float((reject[binary_labels == 1] > 0.5).mean()) if binary_labels.any() else None,
             }
         result["bands"][BAND_LABELS[band]] = entry
-        logger.info("%s %s: ensemble RMS %.2f bias %+.2f, peer (%s) RMS %.2f", name, BAND_LABELS[band],
-                    entry["ensemble"].get("rms", float("nan")), entry["ensemble"].get("bias", float("nan")),
-                    calibration.best, entry["peer"].get("rms", float("nan")))
+        logger.info(
+            "%s %s: ensemble RMS %.2f bias %+.2f, peer (%s) RMS %.2f",
+            name,
+            BAND_LABELS[band],
+            entry["ensemble"].get("rms", float("nan")),
+            entry["ensemble"].get("bias", float("nan")),
+            calibration.best,
+            entry["peer"].get("rms", float("nan")),
+        )
     truth = np.array([r["truth"] for r in per_galaxy.values()])
     result["galaxy"] = {
         "ensemble": _scores([np.median(r["cnn"]) for r in per_galaxy.values()], truth),
-        "peer": _scores([np.nanmedian(r["peer"]) if np.isfinite(r["peer"]).any() else np.nan
-                         for r in per_galaxy.values()], truth),
+        "peer": _scores(
+            [np.nanmedian(r["peer"]) if np.isfinite(r["peer"]).any() else np.nan for r in per_galaxy.values()], truth
+        ),
     }
     return result
 
@@ -389,14 +458,31 @@ def score_real_look(args, networks, manifest):
     regression = [m["name"] for m in manifest["members"] if m["task"] == "regression"]
     binary = [m["name"] for m in manifest["members"] if m["task"] == "binary"]
     temperatures = manifest.get("reject_temperatures") or {}
-    ensemble = np.mean([models.target_to_inclination(models.predict_views(networks[m], images, args.views)[0][:, 0])
-                        for m in regression], axis=0)
-    result = {"n_images": len(files), "files": [Path(f).name for f in files],
-              "ensemble": [round(float(v), 1) for v in ensemble],
-              "min": float(ensemble.min()), "max": float(ensemble.max()), "std": float(ensemble.std())}
+    ensemble = np.mean(
+        [
+            models.target_to_inclination(models.predict_views(networks[m], images, args.views)[0][:, 0])
+            for m in regression
+        ],
+        axis=0,
+    )
+    result = {
+        "n_images": len(files),
+        "files": [Path(f).name for f in files],
+        "ensemble": [round(float(v), 1) for v in ensemble],
+        "min": float(ensemble.min()),
+        "max": float(ensemble.max()),
+        "std": float(ensemble.std()),
+    }
     if binary:
-        reject = np.mean([apply_temperature(models.predict_views(networks[m], images, args.views)[0][:, 1],
-                                            temperatures.get(m, 1.0)) for m in binary], axis=0)
+        reject = np.mean(
+            [
+                apply_temperature(
+                    models.predict_views(networks[m], images, args.views)[0][:, 1], temperatures.get(m, 1.0)
+                )
+                for m in binary
+            ],
+            axis=0,
+        )
         result["reject"] = [round(float(v), 3) for v in reject]
         result["rejected_fraction"] = float((reject > 0.5).mean())
     return result
@@ -429,12 +515,12 @@ def score_all(args, work, manifest):
 
         foreign_raw = work / "foreign"
         if not (foreign_raw / ".rendered").exists():
-            render_universe(foreign_raw, n_galaxies=args.n_foreign, size=args.raw_size, seed=args.seed + 1,
-                            jobs=args.jobs)
+            render_universe(
+                foreign_raw, n_galaxies=args.n_foreign, size=args.raw_size, seed=args.seed + 1, jobs=args.jobs
+            )
             (foreign_raw / ".rendered").write_text("ok\n")
         foreign_sets = _prep_set(foreign_raw, work / "foreign_npz", args.size, args.jobs)
-        scores["foreign"] = score_universe("foreign", foreign_raw, foreign_sets, networks, manifest, calibrations,
-                                           args)
+        scores["foreign"] = score_universe("foreign", foreign_raw, foreign_sets, networks, manifest, calibrations, args)
     scores["real_look"] = score_real_look(args, networks, manifest)
     scores["peer_training"] = {band: c.as_dict() for band, c in calibrations.items()}
     return scores
@@ -446,13 +532,20 @@ def markdown_universes(scores):
         if name not in scores:
             continue
         universe = scores[name]
-        lines += ["", f"**{name} universe** (accepted galaxies per band; peer = calibrated classical method on the "
-                      "raw images):", "",
-                  "| band | N | ensemble RMS | bias | MAE | peer RMS (method) | peer bias | ratio | members RMS | "
-                  "reject AUC | accepted rejected |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{name} universe** (accepted galaxies per band; peer = calibrated classical method on the raw images):",
+            "",
+            "| band | N | ensemble RMS | bias | MAE | peer RMS (method) | peer bias | ratio | members RMS | "
+            "reject AUC | accepted rejected |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for band, entry in universe["bands"].items():
-            members = ", ".join(f"{k} {v['rms']:.2f}" for k, v in entry.items()
-                                if isinstance(v, dict) and "rms" in v and k not in ("ensemble", "peer"))
+            members = ", ".join(
+                f"{k} {v['rms']:.2f}"
+                for k, v in entry.items()
+                if isinstance(v, dict) and "rms" in v and k not in ("ensemble", "peer")
+            )
             ratio = entry["ensemble"]["rms"] / entry["peer"]["rms"] if entry["peer"].get("rms") else float("nan")
             reject = entry.get("reject", {})
             auc = reject.get("auc")
@@ -461,17 +554,23 @@ def markdown_universes(scores):
                 f"| {entry['ensemble']['mae']:.2f} | {entry['peer'].get('rms', float('nan')):.2f} "
                 f"({entry['peer']['method']}) | {entry['peer'].get('bias', float('nan')):+.2f} | {ratio:.2f} | "
                 f"{members} | {'' if auc is None else f'{auc:.3f}'} | "
-                f"{reject.get('rejected_accepted', float('nan')):.2f} |")
+                f"{reject.get('rejected_accepted', float('nan')):.2f} |"
+            )
         galaxy = universe["galaxy"]
-        lines.append(f"| per galaxy (median of 4) | {galaxy['ensemble']['n']} | {galaxy['ensemble']['rms']:.2f} | "
-                     f"{galaxy['ensemble']['bias']:+.2f} | {galaxy['ensemble']['mae']:.2f} | "
-                     f"{galaxy['peer']['rms']:.2f} | {galaxy['peer']['bias']:+.2f} | "
-                     f"{galaxy['ensemble']['rms'] / galaxy['peer']['rms']:.2f} | | | |")
+        lines.append(
+            f"| per galaxy (median of 4) | {galaxy['ensemble']['n']} | {galaxy['ensemble']['rms']:.2f} | "
+            f"{galaxy['ensemble']['bias']:+.2f} | {galaxy['ensemble']['mae']:.2f} | "
+            f"{galaxy['peer']['rms']:.2f} | {galaxy['peer']['bias']:+.2f} | "
+            f"{galaxy['ensemble']['rms'] / galaxy['peer']['rms']:.2f} | | | |"
+        )
     real = scores.get("real_look")
     if real:
-        lines += ["", f"**real-look** ({real['n_images']} images, r and colour of 16 galaxies): ensemble predictions "
-                      f"{real['min']:.0f}-{real['max']:.0f} deg (std {real['std']:.1f}); rejected at 50%: "
-                      f"{real.get('rejected_fraction', float('nan')):.2f}."]
+        lines += [
+            "",
+            f"**real-look** ({real['n_images']} images, r and colour of 16 galaxies): ensemble predictions "
+            f"{real['min']:.0f}-{real['max']:.0f} deg (std {real['std']:.1f}); rejected at 50%: "
+            f"{real.get('rejected_fraction', float('nan')):.2f}.",
+        ]
     return "\n".join(lines)
 
 
@@ -491,12 +590,14 @@ def markdown(results):
         bands = [entry.get(b, {}).get("rms") for b in ("colour", "g", "r", "i")]
         lines.append(
             f"| {column} | {entry['all']['rms']:.2f} | {entry['all']['mae']:.2f} | {entry['all']['bias']:+.2f} | "
-            + " | ".join("" if v is None else f"{v:.2f}" for v in bands) + " |"
+            + " | ".join("" if v is None else f"{v:.2f}" for v in bands)
+            + " |"
         )
     lines += ["", "| views | ensemble RMS | ensemble MAE |", "|---|---|---|"]
     for views, entry in metrics["tta"].items():
-        lines.append(f"| {views} | {entry['ensemble_mean']['all']['rms']:.2f} | "
-                     f"{entry['ensemble_mean']['all']['mae']:.2f} |")
+        lines.append(
+            f"| {views} | {entry['ensemble_mean']['all']['rms']:.2f} | {entry['ensemble_mean']['all']['mae']:.2f} |"
+        )
     ratio = regression["ensemble_mean"]["all"]["rms"] / regression["peer"]["all"]["rms"]
     lines += ["", f"Ensemble RMS / peer RMS = {ratio:.2f}.", ""]
     if results.get("throughput"):
@@ -526,9 +627,13 @@ def main(argv=None):
     parser.add_argument("--raw-size", type=int, default=128, help="size synth renders at before prep resizes")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--jobs", type=int, default=2, help="parallel processes for synth/prep/augment")
-    parser.add_argument("--members", nargs="+", type=parse_member, default=[("model4", 0), ("model4", 1),
-                                                                              ("model4", 2)],
-                        metavar="MODEL:SUBSET")
+    parser.add_argument(
+        "--members",
+        nargs="+",
+        type=parse_member,
+        default=[("model4", 0), ("model4", 1), ("model4", 2)],
+        metavar="MODEL:SUBSET",
+    )
     parser.add_argument("--n-subsamples", type=int, default=2)
     parser.add_argument("--n-batches", type=int, default=8)
     parser.add_argument("--per-bin", type=int, default=300)
@@ -539,8 +644,9 @@ def main(argv=None):
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--binary-model", default="model4", help="reject member's model ('' for none)")
     parser.add_argument("--n-foreign", type=int, default=500, help="galaxies of the foreign universe (0: none)")
-    parser.add_argument("--n-peer-train", type=int, default=600,
-                        help="labelled training galaxies the classical peer is calibrated on")
+    parser.add_argument(
+        "--n-peer-train", type=int, default=600, help="labelled training galaxies the classical peer is calibrated on"
+    )
     parser.add_argument("--real-look", default=str(ROOT.parent / "shared" / "reference" / "real-look"))
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--stop-after", choices=["data", "train"], default=None)
@@ -563,8 +669,11 @@ def main(argv=None):
     start = time.perf_counter()
     metrics = evaluate_members(args, work, data, trained)
     timings["evaluate"] = time.perf_counter() - start
-    results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "trained": trained, "metrics": {k: v for k, v in metrics.items() if k != "bundle"}}
+    results = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "trained": trained,
+        "metrics": {k: v for k, v in metrics.items() if k != "bundle"},
+    }
     start = time.perf_counter()
     results["universes"] = score_all(args, work, metrics["bundle"])
     timings["score universes"] = time.perf_counter() - start

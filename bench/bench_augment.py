@@ -38,8 +38,9 @@ def load_before(commit, folder):
     """``(augmentation, normalise)`` modules as they were at ``commit`` (read with git show)."""
     modules = {}
     for name in ("normalise", "augmentation"):
-        source = subprocess.run(["git", "show", f"{commit}:inclinet/{name}.py"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{commit}:inclinet/{name}.py"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
         source = source.replace("from inclinet.normalise import", "from _before_normalise import")
         path = Path(folder) / f"_before_{name}.py"
         path.write_text(source)
@@ -60,8 +61,15 @@ def galaxies(n_images, size, seed):
     images, codes = [], []
     for index in range(n_images):
         colour = index % 2 == 0
-        raw = galaxy_image(256, inclination_to_q(rng.uniform(45, 90)), angle_deg=rng.uniform(0, 180), colour=colour,
-                           radius=rng.uniform(18, 40), seed=seed + index, noise=2.0)
+        raw = galaxy_image(
+            256,
+            inclination_to_q(rng.uniform(45, 90)),
+            angle_deg=rng.uniform(0, 180),
+            colour=colour,
+            radius=rng.uniform(18, 40),
+            seed=seed + index,
+            noise=2.0,
+        )
         images.append(normalise.normalise_image(raw, size))
         codes.append("c" if colour else "gri"[index % 3])
     return np.stack(images), codes
@@ -102,18 +110,28 @@ def main(argv=None):
                 results[name, "augment_batch"].append(timed(aug.augment_batch, images, codes, rng))
                 results[name, "chain"].append(timed(chain_only, aug, images, codes, rng))
                 results[name, "normalise"].append(
-                    timed(lambda n=norm, v=views[name]: [n.normalise_image(view, args.size) for view in v]))
+                    timed(lambda n=norm, v=views[name]: [n.normalise_image(view, args.size) for view in v])
+                )
 
-    per_image = {key: (1e3 * statistics.median(c for c, _ in runs) / args.n_images,
-                       1e3 * statistics.median(w for _, w in runs) / args.n_images) for key, runs in results.items()}
-    print(f"{args.n_images} images of {args.size} px (half colour), median of {args.repeats} alternating runs, "
-          f"before = {args.before}\n")
+    per_image = {
+        key: (
+            1e3 * statistics.median(c for c, _ in runs) / args.n_images,
+            1e3 * statistics.median(w for _, w in runs) / args.n_images,
+        )
+        for key, runs in results.items()
+    }
+    print(
+        f"{args.n_images} images of {args.size} px (half colour), median of {args.repeats} alternating runs, "
+        f"before = {args.before}\n"
+    )
     print("| part | before ms/image CPU (wall) | after ms/image CPU (wall) | speed-up (CPU) |")
     print("|---|---|---|---|")
     for part in ("augment_batch", "chain", "normalise"):
         before, after = per_image["before", part], per_image["after", part]
-        print(f"| {part} | {before[0]:.2f} ({before[1]:.2f}) | {after[0]:.2f} ({after[1]:.2f}) | "
-              f"{before[0] / after[0]:.2f}x |")
+        print(
+            f"| {part} | {before[0]:.2f} ({before[1]:.2f}) | {after[0]:.2f} ({after[1]:.2f}) | "
+            f"{before[0] / after[0]:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,17 @@ def _jobs(dag, n_jobs):
     jobs = []
     for index in range(n_jobs):
         output = f"t{index:05d}.txt"
-        jobs.append(dag.JobSpec(id=f"t{index:05d}", stage="trivial", executable="/bin/sh",
-                                args=["-c", 'echo ok > "$0"', output], inputs=[], outputs=[output], retries=0))
+        jobs.append(
+            dag.JobSpec(
+                id=f"t{index:05d}",
+                stage="trivial",
+                executable="/bin/sh",
+                args=["-c", 'echo ok > "$0"', output],
+                inputs=[],
+                outputs=[output],
+                retries=0,
+            )
+        )
     return jobs
 
 
@@ -58,8 +67,10 @@ def measure(tree, n_jobs, max_parallel=1):
         jobs = _jobs(dag, n_jobs)
         run_dir.mkdir()
         dag.save_jobs(run_dir, jobs)
-        atomic_write_json(run_dir / "run.json", {"engine": "local", "config": {"retries": 0},
-                                                 "engine_args": {"max_parallel": max_parallel}})
+        atomic_write_json(
+            run_dir / "run.json",
+            {"engine": "local", "config": {"retries": 0}, "engine_args": {"max_parallel": max_parallel}},
+        )
         with open(os.devnull, "w") as quiet:
             saved, sys.stdout = sys.stdout, quiet
             try:
@@ -80,14 +91,18 @@ def measure(tree, n_jobs, max_parallel=1):
 
 
 def _export(rev, folder):
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "workflow", "inclinet"], capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "workflow", "inclinet"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
 
 
 def _worker(tree, n_jobs, max_parallel):
-    result = subprocess.run([sys.executable, __file__, "--worker", str(tree), "--jobs", str(n_jobs),
-                             "--max-parallel", str(max_parallel)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", str(tree), "--jobs", str(n_jobs), "--max-parallel", str(max_parallel)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"measurement with {tree} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.splitlines()[-1])
@@ -98,8 +113,11 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=200, help="trivial jobs per measurement (200)")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per engine (3)")
     parser.add_argument("--max-parallel", type=int, default=1, help="jobs the engine runs at once (1)")
-    parser.add_argument("--baseline", default=DEFAULT_BASELINE,
-                        help=f"commit whose engine is measured alongside ({DEFAULT_BASELINE}); 'none' to skip")
+    parser.add_argument(
+        "--baseline",
+        default=DEFAULT_BASELINE,
+        help=f"commit whose engine is measured alongside ({DEFAULT_BASELINE}); 'none' to skip",
+    )
     parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -114,16 +132,20 @@ def main(argv=None):
         for _ in range(args.repeats):
             for name, tree in trees.items():
                 results[name].append(_worker(tree, args.jobs, args.max_parallel))
-    print(f"{args.jobs} trivial jobs, --max-parallel {args.max_parallel}, {args.repeats} measurements each "
-          f"(median; all in ms/job; load average {os.getloadavg()[0]:.1f} at the end):")
+    print(
+        f"{args.jobs} trivial jobs, --max-parallel {args.max_parallel}, {args.repeats} measurements each "
+        f"(median; all in ms/job; load average {os.getloadavg()[0]:.1f} at the end):"
+    )
     medians = {}
     for name, rows in results.items():
         medians[name] = statistics.median(r["overhead_ms"] for r in rows)
         engine = statistics.median(1000 * r["engine_s"] / args.jobs for r in rows)
         bare = statistics.median(1000 * r["bare_s"] / args.jobs for r in rows)
         each = ", ".join(f"{r['overhead_ms']:.1f}" for r in rows)
-        print(f"- {name}: overhead {medians[name]:.1f} ms/job (engine {engine:.1f}, bare command {bare:.1f}; "
-              f"each measurement {each})")
+        print(
+            f"- {name}: overhead {medians[name]:.1f} ms/job (engine {engine:.1f}, bare command {bare:.1f}; "
+            f"each measurement {each})"
+        )
     if len(medians) == 2:
         before, after = medians.values()
         print(f"- ratio current / baseline: {after / before:.2f}")

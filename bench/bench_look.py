@@ -52,10 +52,10 @@ def colour_ratios(image):
     light = np.clip(image - sky, 0, None)
     total = light.sum(axis=2)
     height, width = total.shape
-    centre = total[height // 4: 3 * height // 4, width // 4: 3 * width // 4]
+    centre = total[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4]
     threshold = np.percentile(centre, 90)
     mask = np.zeros_like(total, dtype=bool)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = centre >= threshold
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = centre >= threshold
     red, green, blue = (light[..., k][mask].sum() for k in range(3))
     if green <= 0:
         return float("nan"), float("nan")
@@ -70,8 +70,13 @@ def measure_set(files_gray, files_colour):
             image = load_image(path)
             _, info = normalise_image(image, 64, with_info=True)
             values = {
-                "sky": info.sky, "noise": info.noise, "contrast": info.snr, "size": info.size_in_frame,
-                "offset": info.offset, "fill": info.fill_fraction, "median_level": info.median_level,
+                "sky": info.sky,
+                "noise": info.noise,
+                "contrast": info.snr,
+                "size": info.size_in_frame,
+                "offset": info.offset,
+                "fill": info.fill_fraction,
+                "median_level": info.median_level,
             }
             for name in STATISTICS:
                 rows[kind][name].append(values[name])

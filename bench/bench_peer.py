@@ -136,9 +136,18 @@ def run_band(raw, galaxies, band, size, raw_size, half_a, psf_arcsec, d25, fov):
     predicted, chosen, q0 = cross_fit(measurements, truth, half_a)
     fitted = {m: peer.scores(v, truth) for m, v in predicted.items()}
     fixed_name, fixed_values = peer.best_peer({m: measurements[m] for m in peer.METHODS}, truth)
-    return {"band": band, "size": size, "n": n, "speed": speed, "fixed": fixed, "fitted": fitted,
-            "chosen": chosen, "q0": q0, "fixed_best": fixed_name,
-            "psf_fwhm_pixels_median": float(np.median(psf))}
+    return {
+        "band": band,
+        "size": size,
+        "n": n,
+        "speed": speed,
+        "fixed": fixed,
+        "fitted": fitted,
+        "chosen": chosen,
+        "q0": q0,
+        "fixed_best": fixed_name,
+        "psf_fwhm_pixels_median": float(np.median(psf)),
+    }
 
 
 def _fmt(score):
@@ -148,7 +157,8 @@ def _fmt(score):
 def markdown(results, command):
     args = results["args"]
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Peer inclinations (`inclinet/peer.py`) against `truth.csv` for the {results['n_accepted']} accepted "
         f"galaxies (`inc_flg` 0) of a {args['n']}-galaxy universe rendered at {args['raw_size']} px "
         f"(seed {args['seed']}), measured on the raw files and on the workflow's prep output (canonical "
@@ -166,9 +176,12 @@ def markdown(results, command):
     ]
     for size in (args["raw_size"], args["small"]):
         title = f"raw {size} px files" if size == args["raw_size"] else f"prep output, {size} px"
-        lines += [f"**{title}**", "",
-                  "| band | method | RMS (q0 = 0.2) | bias | MAE | RMS (fitted) | bias | MAE | q0 fitted | img/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{title}**",
+            "",
+            "| band | method | RMS (q0 = 0.2) | bias | MAE | RMS (fitted) | bias | MAE | q0 fitted | img/s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for entry in results["bands"]:
             if entry["size"] != size:
                 continue
@@ -176,11 +189,15 @@ def markdown(results, command):
                 q0 = "/".join(f"{v:.2f}" for v in entry["q0"][method])
                 coverage = entry["fixed"][method]["coverage"]
                 note = "" if coverage >= 0.999 else f" ({coverage:.0%} measured)"
-                lines.append(f"| {entry['band']} | {method}{note} | {_fmt(entry['fixed'][method])} | "
-                             f"{_fmt(entry['fitted'][method])} | {q0} | {entry['speed'][method]:.0f} |")
-            lines.append(f"| {entry['band']} | **peer** ({'/'.join(entry['chosen'])}) | | | | "
-                         f"**{entry['fitted']['peer']['rms']:.2f}** | {entry['fitted']['peer']['bias']:+.2f} | "
-                         f"{entry['fitted']['peer']['mae']:.2f} | | |")
+                lines.append(
+                    f"| {entry['band']} | {method}{note} | {_fmt(entry['fixed'][method])} | "
+                    f"{_fmt(entry['fitted'][method])} | {q0} | {entry['speed'][method]:.0f} |"
+                )
+            lines.append(
+                f"| {entry['band']} | **peer** ({'/'.join(entry['chosen'])}) | | | | "
+                f"**{entry['fitted']['peer']['rms']:.2f}** | {entry['fitted']['peer']['bias']:+.2f} | "
+                f"{entry['fitted']['peer']['mae']:.2f} | | |"
+            )
         lines.append("")
     lines += [
         "Notes: the images are asinh-stretched 8-bit renderings, so adaptive moments and PSF correction act on "
@@ -204,7 +221,7 @@ def write_section(path, text):
         content = content.rstrip("\n") + "\n\n" + text
     else:
         end = content.find("\n## ", start + len(SECTION))
-        content = content[:start] + text + (content[end + 1:] if end >= 0 else "")
+        content = content[:start] + text + (content[end + 1 :] if end >= 0 else "")
     path.write_text(content.rstrip("\n") + "\n")
 
 
@@ -226,18 +243,25 @@ def main():
     psf_arcsec = np.array([float(g["psf_fwhm"]) for g in galaxies])
     d25 = np.array([float(g["d25"]) for g in galaxies])
     fov = np.array([float(g.get("fov_arcsec") or "nan") for g in galaxies])
-    results = {"args": {"n": args.n_galaxies, "seed": args.seed, "raw_size": args.raw_size, "small": args.small},
-               "n_accepted": len(galaxies), "bands": []}
+    results = {
+        "args": {"n": args.n_galaxies, "seed": args.seed, "raw_size": args.raw_size, "small": args.small},
+        "n_accepted": len(galaxies),
+        "bands": [],
+    }
     truth = np.array([float(g["true_inc"]) for g in galaxies])
     b_a = {"b_a": np.array([float(g["b_a"]) for g in galaxies])}
-    results["truth_b_a"] = {"fixed": peer.scores(peer.peer_inclination(b_a["b_a"]), truth),
-                            "fitted": peer.scores(cross_fit(b_a, truth, half_a)[0]["b_a"], truth)}
+    results["truth_b_a"] = {
+        "fixed": peer.scores(peer.peer_inclination(b_a["b_a"]), truth),
+        "fitted": peer.scores(cross_fit(b_a, truth, half_a)[0]["b_a"], truth),
+    }
     for size in (args.raw_size, args.small):
         for band in args.bands:
             entry = run_band(raw, galaxies, band, size, args.raw_size, half_a, psf_arcsec, d25, fov)
             results["bands"].append(entry)
-            print(f"{size} px {band}: " + ", ".join(f"{m} {entry['fitted'][m]['rms']:.2f}" for m in entry["fitted"]),
-                  file=sys.stderr)
+            print(
+                f"{size} px {band}: " + ", ".join(f"{m} {entry['fitted'][m]['rms']:.2f}" for m in entry["fitted"]),
+                file=sys.stderr,
+            )
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
     command = "nice python bench/bench_peer.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = markdown(results, command)

@@ -83,14 +83,20 @@ def bench_prep(work, n_render, n_galaxies, size):
     write_catalog(catalog, rows, fmt="csv")
     results = {}
     for band in ("g", "gri"):
-        for label, count, cat, folder in (("render", n_render, raw / "catalog.csv", raw / "galaxies"),
-                                          ("linked", n_galaxies, catalog, linked)):
+        for label, count, cat, folder in (
+            ("render", n_render, raw / "catalog.csv", raw / "galaxies"),
+            ("linked", n_galaxies, catalog, linked),
+        ):
             out = work / f"prep_{band}_{label}.npz"
             seconds, rss = run_stage("prep", ["-p", folder, "-c", cat, "-b", band, "-s", size, "-o", out])
-            results[f"{band}_{count}"] = {"galaxies": count, "seconds": round(seconds, 2),
-                                          "cpu_s": round(CPU["last"], 2),
-                                          "images_per_s": round(count / seconds, 1),
-                                          "images_per_cpu_s": round(count / CPU["last"], 1), "rss_mib": round(rss, 1)}
+            results[f"{band}_{count}"] = {
+                "galaxies": count,
+                "seconds": round(seconds, 2),
+                "cpu_s": round(CPU["last"], 2),
+                "images_per_s": round(count / seconds, 1),
+                "images_per_cpu_s": round(count / CPU["last"], 1),
+                "rss_mib": round(rss, 1),
+            }
             print(f"prep {band} {count}: {seconds:.1f} s, {count / seconds:.1f} img/s, {rss:.0f} MiB", flush=True)
     return results
 
@@ -105,8 +111,12 @@ def make_parts(folder, n_galaxies, size, seed=0):
     pgcs = rng.permutation(np.arange(10_000, 10_000 + 3 * n_galaxies, 3))[:n_galaxies]
     parts = {}
     for band, tag in BANDS:
-        pool = np.stack([galaxy_image(size, rng.uniform(0.2, 1.0), colour=(band == "gri"), seed=i, radius=size / 10)
-                         for i in range(256)])
+        pool = np.stack(
+            [
+                galaxy_image(size, rng.uniform(0.2, 1.0), colour=(band == "gri"), seed=i, radius=size / 10)
+                for i in range(256)
+            ]
+        )
         parts[band] = []
         for start in range(0, n_galaxies, PART_ROWS):
             stop = min(n_galaxies, start + PART_ROWS)
@@ -116,8 +126,11 @@ def make_parts(folder, n_galaxies, size, seed=0):
                     for first in range(start, stop, 256):
                         last = min(stop, first + 256)
                         writer.append(pool[np.arange(first, last) % len(pool)])
-                    writer.set(labels=labels[start:stop].astype(np.int32), pgcIDs=pgcs[start:stop].astype(np.int32),
-                               band=np.array(band))
+                    writer.set(
+                        labels=labels[start:stop].astype(np.int32),
+                        pgcIDs=pgcs[start:stop].astype(np.int32),
+                        band=np.array(band),
+                    )
             parts[band].append(path)
     return parts
 
@@ -131,8 +144,11 @@ def bench_count(work, n_galaxies, size, per_bin, n_batches):
     for band, tag in BANDS:
         out = folder / f"compressed/{size}x{size}_{tag}.npz"
         seconds, rss = run_stage("compress", ["-i", *parts[band], "-o", out, "-s", size])
-        result["compress"][tag] = {"seconds": round(seconds, 1), "cpu_s": round(CPU["last"], 1),
-                                   "rss_mib": round(rss, 1)}
+        result["compress"][tag] = {
+            "seconds": round(seconds, 1),
+            "cpu_s": round(CPU["last"], 1),
+            "rss_mib": round(rss, 1),
+        }
         compressed.append(out)
         print(f"compress {tag} {n_galaxies}: {seconds:.1f} s, {rss:.0f} MiB", flush=True)
     seconds, rss = run_stage("split", ["-i", *compressed, "-o", folder / "samples", "-s", size, "--seed", 1])
@@ -142,28 +158,37 @@ def bench_count(work, n_galaxies, size, per_bin, n_batches):
     result["augment"] = {}
     for batches in sorted({n_batches, 2 * n_batches}):
         out = folder / f"augmented_b{batches}/Uset_000_npz"
-        seconds, rss = run_stage("augment", ["-i", *samples, "-o", out, "-s", size, "-b", batches, "-z", per_bin,
-                                             "--seed", 1])
+        seconds, rss = run_stage(
+            "augment", ["-i", *samples, "-o", out, "-s", size, "-b", batches, "-z", per_bin, "--seed", 1]
+        )
         images = batches * 18 * per_bin
-        result["augment"][f"b{batches}"] = {"batches": batches, "images": images, "seconds": round(seconds, 1),
-                                            "cpu_s": round(CPU["last"], 1),
-                                            "images_per_s": round(images / seconds, 1),
-                                            "images_per_cpu_s": round(images / CPU["last"], 1),
-                                            "rss_mib": round(rss, 1)}
-        print(f"augment {n_galaxies} b={batches}: {seconds:.1f} s, {images / seconds:.1f} img/s, {rss:.0f} MiB",
-              flush=True)
+        result["augment"][f"b{batches}"] = {
+            "batches": batches,
+            "images": images,
+            "seconds": round(seconds, 1),
+            "cpu_s": round(CPU["last"], 1),
+            "images_per_s": round(images / seconds, 1),
+            "images_per_cpu_s": round(images / CPU["last"], 1),
+            "rss_mib": round(rss, 1),
+        }
+        print(
+            f"augment {n_galaxies} b={batches}: {seconds:.1f} s, {images / seconds:.1f} img/s, {rss:.0f} MiB",
+            flush=True,
+        )
     histogram = []
     for path in sorted((folder / f"augmented_b{n_batches}/Uset_000_npz").glob("*.npz")):
         with np.load(path) as data:
             colour = data["filter"].astype(str) == "c"
             bins = inclination_bin(data["labels"])
-            histogram.append({
-                "batch": path.name,
-                "colour": np.bincount(bins[colour], minlength=9).tolist(),
-                "gray": np.bincount(bins[~colour], minlength=9).tolist(),
-                "g_r_i": [int((data["filter"] == code).sum()) for code in (b"g", b"r", b"i")],
-                "inverted": int(data["inverted"].sum()),
-            })
+            histogram.append(
+                {
+                    "batch": path.name,
+                    "colour": np.bincount(bins[colour], minlength=9).tolist(),
+                    "gray": np.bincount(bins[~colour], minlength=9).tolist(),
+                    "g_r_i": [int((data["filter"] == code).sum()) for code in (b"g", b"r", b"i")],
+                    "inverted": int(data["inverted"].sum()),
+                }
+            )
     result["histogram"] = histogram
     return result
 
@@ -176,8 +201,9 @@ def bench_micro(size, n_images=200):
 
     rng = np.random.default_rng(0)
     gray = np.stack([galaxy_image(size, rng.uniform(0.2, 1), seed=i, radius=size / 10) for i in range(n_images)])
-    colour = np.stack([galaxy_image(size, rng.uniform(0.2, 1), colour=True, seed=i, radius=size / 10)
-                       for i in range(n_images)])
+    colour = np.stack(
+        [galaxy_image(size, rng.uniform(0.2, 1), colour=True, seed=i, radius=size / 10) for i in range(n_images)]
+    )
     result = {}
     for name, chain, images in (("gray", augment_gray, gray), ("colour", augment_colour, colour)):
         start = time.process_time()
@@ -200,11 +226,15 @@ def report(results, args):
     if not results["counts"]:
         return "\n".join(lines)
     if "prep" in results:
-        lines += ["| prep band | galaxies | wall s | CPU s | images per CPU-second | peak RSS MiB |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| prep band | galaxies | wall s | CPU s | images per CPU-second | peak RSS MiB |",
+            "|---|---|---|---|---|---|",
+        ]
         for key, row in results["prep"].items():
-            lines.append(f"| {key.split('_')[0]} | {row['galaxies']} | {row['seconds']} | {row['cpu_s']} | "
-                         f"{row['images_per_cpu_s']} | {row['rss_mib']} |")
+            lines.append(
+                f"| {key.split('_')[0]} | {row['galaxies']} | {row['seconds']} | {row['cpu_s']} | "
+                f"{row['images_per_cpu_s']} | {row['rss_mib']} |"
+            )
         lines.append("")
     lines += ["| stage | galaxies | wall s | CPU s | peak RSS MiB |", "|---|---|---|---|---|"]
     for n, result in results["counts"].items():
@@ -213,15 +243,19 @@ def report(results, args):
         split = result["split"]
         lines.append(f"| split (4 bands) | {n} | {split['seconds']} | {split['cpu_s']} | {split['rss_mib']} |")
         for row in result["augment"].values():
-            lines.append(f"| augment -b {row['batches']} -z {args.per_bin} ({row['images']} images, "
-                         f"{row['images_per_cpu_s']} per CPU-s) | {n} | {row['seconds']} | {row['cpu_s']} | "
-                         f"{row['rss_mib']} |")
+            lines.append(
+                f"| augment -b {row['batches']} -z {args.per_bin} ({row['images']} images, "
+                f"{row['images_per_cpu_s']} per CPU-s) | {n} | {row['seconds']} | {row['cpu_s']} | "
+                f"{row['rss_mib']} |"
+            )
     lines.append("")
     last = list(results["counts"])[-1]
     lines += [f"Bin histogram of the augmented batches ({last} galaxies), bins [45,50] .. (85,90]:", ""]
     for row in results["counts"][last]["histogram"]:
-        lines.append(f"- {row['batch']}: colour {row['colour']}, gray {row['gray']}, g/r/i {row['g_r_i']}, "
-                     f"inverted {row['inverted']}")
+        lines.append(
+            f"- {row['batch']}: colour {row['colour']}, gray {row['gray']}, g/r/i {row['g_r_i']}, "
+            f"inverted {row['inverted']}"
+        )
     return "\n".join(lines)
 
 
@@ -235,9 +269,12 @@ def main():
     parser.add_argument("--per-bin", type=int, default=100)
     parser.add_argument("--n-batches", type=int, default=3)
     parser.add_argument("--skip-prep", action="store_true")
-    parser.add_argument("--micro", action="store_true",
-                        help="also time the gray/colour chains and zlib levels in-process (with --counts and "
-                             "--skip-prep omitted/none this is all that runs)")
+    parser.add_argument(
+        "--micro",
+        action="store_true",
+        help="also time the gray/colour chains and zlib levels in-process (with --counts and "
+        "--skip-prep omitted/none this is all that runs)",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"counts": {}}

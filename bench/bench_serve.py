@@ -47,8 +47,15 @@ def build_bundle(work, size, views):
         models.import_keras().utils.set_random_seed(index)
         path = work / f"{'Binary' if subset == 'binary' else f'Uset_{subset:03d}'}_model4.keras"
         models.build_model("model4", input_size=size, task=task).save(path)
-        members.append({"name": evaluate.naming.member_name("model4", subset), "model": "model4", "task": task,
-                        "subset": subset, "path": path})
+        members.append(
+            {
+                "name": evaluate.naming.member_name("model4", subset),
+                "model": "model4",
+                "task": task,
+                "subset": subset,
+                "path": path,
+            }
+        )
     evaluate.write_bundle(work / "bundle", members, input_size=size, seed=1, views=views)
     return work / "bundle"
 
@@ -88,8 +95,9 @@ async def load(url, images, n_requests, concurrency, *, pid=None, checkpoints=()
         for index in counter:
             body = images[index % len(images)]
             start = time.perf_counter()
-            response = await client.post(f"{url}/api/file", files={"file": (f"g{index % len(images)}.jpg", body,
-                                                                            "image/jpeg")})
+            response = await client.post(
+                f"{url}/api/file", files={"file": (f"g{index % len(images)}.jpg", body, "image/jpeg")}
+            )
             latencies.append(time.perf_counter() - start)
             if pid is not None and len(latencies) in checkpoints:
                 rss_at[len(latencies)] = round(memory_kb(pid)["VmRSS"] / 1024, 1)
@@ -114,18 +122,31 @@ def get_json(url):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="work folder (bundle, images, results.json)")
-    parser.add_argument("--requests", type=int, nargs="+", default=[1000],
-                        help="requests per concurrency level: one number for every level, or one per level (1000)")
-    parser.add_argument("--rss-at", type=int, nargs="*", default=[100, 500, 1000, 2000],
-                        help="answered requests of a level at which the server's RSS is read (100 500 1000 2000)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        default=[1000],
+        help="requests per concurrency level: one number for every level, or one per level (1000)",
+    )
+    parser.add_argument(
+        "--rss-at",
+        type=int,
+        nargs="*",
+        default=[100, 500, 1000, 2000],
+        help="answered requests of a level at which the server's RSS is read (100 500 1000 2000)",
+    )
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (1 8 32)")
     parser.add_argument("--size", type=int, default=64, help="bundle input size in pixels (64, as the demo)")
     parser.add_argument("--views", type=int, default=8, help="test-time views of the bundle (8)")
     parser.add_argument("--image-size", type=int, default=256, help="side of the uploaded JPEGs (256)")
     parser.add_argument("--distinct", type=int, default=16, help="distinct images cycled through (16)")
     parser.add_argument("--predict-runs", type=int, default=3, help="inclinet-predict processes timed (3; 0: none)")
-    parser.add_argument("--no-release", action="store_true",
-                        help="for comparison: serve without returning the C heap's free memory after each batch")
+    parser.add_argument(
+        "--no-release",
+        action="store_true",
+        help="for comparison: serve without returning the C heap's free memory after each batch",
+    )
     args = parser.parse_args(argv)
     if len(args.requests) not in (1, len(args.levels)):
         parser.error(f"--requests: give one number or one per level ({len(args.levels)}), not {len(args.requests)}")
@@ -141,18 +162,32 @@ def main(argv=None):
     started = time.perf_counter()
     serve = ["--bundle", str(bundle), "--port", str(port), "-q"]
     if args.no_release:
-        launcher = ["-c", "import sys; from inclinet.service import inference; "
-                          "inference.release_free_memory = lambda: False; "
-                          "from inclinet.service.cli import main; sys.exit(main(sys.argv[1:]))"]
+        launcher = [
+            "-c",
+            "import sys; from inclinet.service import inference; "
+            "inference.release_free_memory = lambda: False; "
+            "from inclinet.service.cli import main; sys.exit(main(sys.argv[1:]))",
+        ]
     else:
         launcher = ["-m", "inclinet.service.cli"]
-    server = subprocess.Popen([sys.executable, *launcher, *serve], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    results = {"requests_per_level": per_level, "release_memory": not args.no_release, "size": args.size,
-               "views": args.views,
-               "image_size": args.image_size, "jpeg_bytes": int(np.mean([len(b) for b in images])),
-               "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
-               "python": platform.python_version(), "levels": []}
+    server = subprocess.Popen(
+        [sys.executable, *launcher, *serve],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    results = {
+        "requests_per_level": per_level,
+        "release_memory": not args.no_release,
+        "size": args.size,
+        "views": args.views,
+        "image_size": args.image_size,
+        "jpeg_bytes": int(np.mean([len(b) for b in images])),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "levels": [],
+    }
     try:
         while True:
             try:
@@ -168,19 +203,23 @@ def main(argv=None):
             before = memory_kb(server.pid)
             health = get_json(f"{url}/api/health")
             latencies, wall, failures, rss_at = asyncio.run(
-                load(url, images, n_requests, concurrency, pid=server.pid, checkpoints=set(args.rss_at)))
+                load(url, images, n_requests, concurrency, pid=server.pid, checkpoints=set(args.rss_at))
+            )
             after = memory_kb(server.pid)
             health_after = get_json(f"{url}/api/health")
             if failures:
                 raise SystemExit(f"{len(failures)} request(s) failed at concurrency {concurrency}: {failures[0]}")
             batches = health_after["batches"] - health["batches"]
             level = {
-                "concurrency": concurrency, "requests": len(latencies), "wall_s": round(wall, 2),
+                "concurrency": concurrency,
+                "requests": len(latencies),
+                "wall_s": round(wall, 2),
                 "requests_per_s": round(len(latencies) / wall, 1),
                 **{f"p{q}_ms": round(float(np.percentile(latencies, q)) * 1000, 1) for q in (50, 95, 99)},
                 "max_ms": round(float(latencies.max()) * 1000, 1),
                 "mean_batch": round(len(latencies) / max(batches, 1), 2),
-                "rss_before_mb": round(before["VmRSS"] / 1024, 1), "rss_after_mb": round(after["VmRSS"] / 1024, 1),
+                "rss_before_mb": round(before["VmRSS"] / 1024, 1),
+                "rss_after_mb": round(after["VmRSS"] / 1024, 1),
                 "peak_rss_mb": round(after["VmHWM"] / 1024, 1),
                 "rss_at_mb": {str(n): mb for n, mb in sorted(rss_at.items())},
             }
@@ -195,8 +234,12 @@ def main(argv=None):
     times = []
     for _ in range(args.predict_runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "inclinet.stages.predict", "--bundle", str(bundle), str(image_path),
-                        "-q"], check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        subprocess.run(
+            [sys.executable, "-m", "inclinet.stages.predict", "--bundle", str(bundle), str(image_path), "-q"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         times.append(time.perf_counter() - start)
     results["predict_process_s"] = round(float(np.median(times)), 2) if times else None
     results["load_average_at_end"] = os.getloadavg()[0]
@@ -224,15 +267,24 @@ def report(results):
             f"{level['p99_ms']} | {level['max_ms']} | {level['mean_batch']} | {level['rss_before_mb']} -> "
             f"{level['rss_after_mb']} | {level['peak_rss_mb']} |"
         )
-    lines += ["", "Server RSS (MB) after n answered requests of a level:", "",
-              "| clients | " + " | ".join(f"n = {n}" for n in checkpoints(results)) + " |",
-              "|---:|" + "---:|" * len(checkpoints(results))]
+    lines += [
+        "",
+        "Server RSS (MB) after n answered requests of a level:",
+        "",
+        "| clients | " + " | ".join(f"n = {n}" for n in checkpoints(results)) + " |",
+        "|---:|" + "---:|" * len(checkpoints(results)),
+    ]
     for level in results["levels"]:
-        lines.append(f"| {level['concurrency']} | "
-                     + " | ".join(str(level["rss_at_mb"].get(n, "")) for n in checkpoints(results)) + " |")
+        lines.append(
+            f"| {level['concurrency']} | "
+            + " | ".join(str(level["rss_at_mb"].get(n, "")) for n in checkpoints(results))
+            + " |"
+        )
     if results["predict_process_s"] is not None:
-        lines += ["", f"One `inclinet-predict` process per image: {results['predict_process_s']} s "
-                      "(median of the runs)."]
+        lines += [
+            "",
+            f"One `inclinet-predict` process per image: {results['predict_process_s']} s (median of the runs).",
+        ]
     return "\n".join(lines)
 
 

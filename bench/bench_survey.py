@@ -48,8 +48,19 @@ def executable(name):
 def make_sources(work, n_sources, raw_size):
     source = work / "sources"
     if not (source / "catalog.csv").is_file():
-        subprocess.run([*executable("inclinet-synth"), "-n", str(n_sources), "--size", str(raw_size), "--output",
-                        str(source), "-q"], check=True)
+        subprocess.run(
+            [
+                *executable("inclinet-synth"),
+                "-n",
+                str(n_sources),
+                "--size",
+                str(raw_size),
+                "--output",
+                str(source),
+                "-q",
+            ],
+            check=True,
+        )
     return source
 
 
@@ -94,14 +105,39 @@ def run_measured(command, **kwargs):
 
 def measure_job(work, bundle, folder, catalog, n_rows, core):
     out = work / f"chunk_{n_rows}.csv"
-    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    command = ["taskset", "-c", str(core), *executable("inclinet-measure"), "--bundle", str(bundle), "-c",
-               str(catalog), "-p", str(folder), "-o", str(out), "--gallery", str(work / f"gallery_{n_rows}.npz"), "-q"]
+    env = dict(
+        os.environ,
+        TF_NUM_INTRAOP_THREADS="1",
+        TF_NUM_INTEROP_THREADS="1",
+        OMP_NUM_THREADS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    command = [
+        "taskset",
+        "-c",
+        str(core),
+        *executable("inclinet-measure"),
+        "--bundle",
+        str(bundle),
+        "-c",
+        str(catalog),
+        "-p",
+        str(folder),
+        "-o",
+        str(out),
+        "--gallery",
+        str(work / f"gallery_{n_rows}.npz"),
+        "-q",
+    ]
     wall, cpu, peak = run_measured(command, env=env)
-    return {"rows": n_rows, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "galaxies_per_s": round(n_rows / wall, 2), "galaxies_per_cpu_s": round(n_rows / cpu, 2),
-            "peak_rss_mb": round(peak, 1)}
+    return {
+        "rows": n_rows,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "galaxies_per_s": round(n_rows / wall, 2),
+        "galaxies_per_cpu_s": round(n_rows / cpu, 2),
+        "peak_rss_mb": round(peak, 1),
+    }
 
 
 def bench_dag(work, bundle, rows, galaxies_per_job, data=None, builder=REPO, label="now"):
@@ -109,21 +145,44 @@ def bench_dag(work, bundle, rows, galaxies_per_job, data=None, builder=REPO, lab
     run_dir = work / f"dag_{label}_{rows}_{galaxies_per_job}"
     shutil.rmtree(run_dir, ignore_errors=True)
     source = ["--data-path", str(data[0]), "--catalog", str(data[1])] if data else ["--synthetic", str(rows)]
-    command = [sys.executable, str(Path(builder) / "run_workflow.py"), *source, "--predict-with", str(bundle),
-               "--galaxies-per-job", str(galaxies_per_job), "--engine", "pegasus", "--output-dir", str(run_dir),
-               "--dry-run", "-q"]
+    command = [
+        sys.executable,
+        str(Path(builder) / "run_workflow.py"),
+        *source,
+        "--predict-with",
+        str(bundle),
+        "--galaxies-per-job",
+        str(galaxies_per_job),
+        "--engine",
+        "pegasus",
+        "--output-dir",
+        str(run_dir),
+        "--dry-run",
+        "-q",
+    ]
     seconds, cpu, peak = run_measured(command, stdout=subprocess.DEVNULL, cwd=builder)
-    sizes = {name: round((run_dir / name).stat().st_size / 1e6, 2)
-             for name in ("jobs.json", "workflow.yml", "replicas.yml", "transformations.yml", "sites.yml")}
+    sizes = {
+        name: round((run_dir / name).stat().st_size / 1e6, 2)
+        for name in ("jobs.json", "workflow.yml", "replicas.yml", "transformations.yml", "sites.yml")
+    }
     slices = list((run_dir / "inputs").rglob("*.csv"))
     sizes["inputs (catalog slices)"] = round(sum(path.stat().st_size for path in slices) / 1e6, 2)
     n_jobs = json.loads((run_dir / "run.json").read_text())["n_jobs"]
     with open(run_dir / "workflow.yml", encoding="utf-8") as handle:
         workflow_jobs = sum(1 for line in handle if line.startswith("- type: job"))
-    return {"builder": label, "rows": rows, "data": "real" if data else "synthetic",
-            "galaxies_per_job": galaxies_per_job, "jobs": n_jobs, "workflow_jobs": workflow_jobs,
-            "slices": len(slices), "build_s": round(seconds, 1), "cpu_s": round(cpu, 1),
-            "sizes_mb": sizes, "peak_rss_mb": round(peak)}
+    return {
+        "builder": label,
+        "rows": rows,
+        "data": "real" if data else "synthetic",
+        "galaxies_per_job": galaxies_per_job,
+        "jobs": n_jobs,
+        "workflow_jobs": workflow_jobs,
+        "slices": len(slices),
+        "build_s": round(seconds, 1),
+        "cpu_s": round(cpu, 1),
+        "sizes_mb": sizes,
+        "peak_rss_mb": round(peak),
+    }
 
 
 def main(argv=None):
@@ -133,11 +192,21 @@ def main(argv=None):
     parser.add_argument("--chunks", type=int, nargs="+", default=[500, 5000], help="galaxies per job to measure")
     parser.add_argument("--rows", type=int, default=1_000_000, help="catalog rows of the DAG benchmark")
     parser.add_argument("--dag-galaxies-per-job", type=int, nargs="+", default=[500, 5000])
-    parser.add_argument("--dag-data", choices=("real", "synthetic"), default="synthetic",
-                        help="real: a catalog and a folder of ROWS x 4 image links (the builder checks each); "
-                             "synthetic: --synthetic ROWS (synth jobs too, no files needed)")
-    parser.add_argument("--builder-repo", type=Path, nargs="+", default=[REPO], metavar="DIR",
-                        help="checkouts whose run_workflow.py builds the DAG, in turn (default this one)")
+    parser.add_argument(
+        "--dag-data",
+        choices=("real", "synthetic"),
+        default="synthetic",
+        help="real: a catalog and a folder of ROWS x 4 image links (the builder checks each); "
+        "synthetic: --synthetic ROWS (synth jobs too, no files needed)",
+    )
+    parser.add_argument(
+        "--builder-repo",
+        type=Path,
+        nargs="+",
+        default=[REPO],
+        metavar="DIR",
+        help="checkouts whose run_workflow.py builds the DAG, in turn (default this one)",
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--sources", type=int, default=100)
@@ -161,8 +230,9 @@ def main(argv=None):
     if args.only in (None, "dag"):
         data = None
         if args.dag_data == "real":
-            data = make_catalog(args.work, make_sources(args.work, args.sources, args.raw_size), args.rows,
-                                args.sources)
+            data = make_catalog(
+                args.work, make_sources(args.work, args.sources, args.raw_size), args.rows, args.sources
+            )
         for per_job in args.dag_galaxies_per_job:
             for builder in args.builder_repo:
                 label = "now" if builder.resolve() == REPO else builder.name

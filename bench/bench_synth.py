@@ -28,8 +28,15 @@ def measure(size, n_galaxies, seed):
         synth.run(n_galaxies=n_galaxies, output=Path(folder) / "run", size=size, seed=seed, no_catalog=True)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         written = sum(p.stat().st_size for p in (Path(folder) / "run").rglob("*") if p.is_file())
-    return {"size": size, "n": n_galaxies, "wall_s": wall, "cpu_s": cpu, "per_s_wall": n_galaxies / wall,
-            "per_s_cpu": n_galaxies / cpu, "mib": written / 2**20}
+    return {
+        "size": size,
+        "n": n_galaxies,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "per_s_wall": n_galaxies / wall,
+        "per_s_cpu": n_galaxies / cpu,
+        "mib": written / 2**20,
+    }
 
 
 def main():
@@ -42,8 +49,11 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         r = measure(size, args.n_galaxies, args.seed)
-        print(f"| {r['size']} | {r['n']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['per_s_wall']:.2f} | "
-              f"{r['per_s_cpu']:.2f} | {r['mib']:.1f} |", flush=True)
+        print(
+            f"| {r['size']} | {r['n']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['per_s_wall']:.2f} | "
+            f"{r['per_s_cpu']:.2f} | {r['mib']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("tf_keras", "keras3", "inclinet", "inclinet+jit", "inclinet threads=1", "inclinet threads=2",
-           "inclinet onednn=0")
+CONFIGS = (
+    "tf_keras",
+    "keras3",
+    "inclinet",
+    "inclinet+jit",
+    "inclinet threads=1",
+    "inclinet threads=2",
+    "inclinet onednn=0",
+)
 
 
 def synthetic(n_images, size, seed=0):
@@ -60,8 +67,11 @@ def write_batch_files(folder, images, labels, n_files=2):
         path = Path(folder) / f"{images.shape[1]}x{images.shape[1]}_train_aug_{index + 1:02d}.npz"
         with NpzWriter(path, images.shape[1:], n_rows=len(rows)) as writer:
             writer.append(images[rows])
-            writer.set(labels=labels[rows], pgcIDs=np.arange(len(rows), dtype=np.int32),
-                       filter=np.array(["c"] * len(rows), dtype="S1"))
+            writer.set(
+                labels=labels[rows],
+                pgcIDs=np.arange(len(rows), dtype=np.int32),
+                filter=np.array(["c"] * len(rows), dtype="S1"),
+            )
         paths.append(path)
     return paths
 
@@ -112,8 +122,15 @@ def worker_steps(config, model_name, size, batch_size, steps, warmup):
         keras.utils.set_random_seed(0)
         net = tf_keras_model(keras, model_name, size)
         net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["mae"])
-        net.fit(models.scale_pixels(images), models.inclination_to_target(labels), batch_size=batch_size, epochs=1,
-                shuffle=False, verbose=0, callbacks=[step_timer(keras, stamps)])
+        net.fit(
+            models.scale_pixels(images),
+            models.inclination_to_target(labels),
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[step_timer(keras, stamps)],
+        )
     else:
         keras = models.import_keras()
         keras.utils.set_random_seed(0)
@@ -126,15 +143,28 @@ def worker_steps(config, model_name, size, batch_size, steps, warmup):
             if not net.jit_compile:
                 raise RuntimeError("Keras refused XLA for this model")
         if config.startswith("keras3"):
-            net.fit(models.scale_pixels(images), models.inclination_to_target(labels), batch_size=batch_size,
-                    epochs=1, shuffle=False, verbose=0, callbacks=[step_timer(keras, stamps)])
+            net.fit(
+                models.scale_pixels(images),
+                models.inclination_to_target(labels),
+                batch_size=batch_size,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+                callbacks=[step_timer(keras, stamps)],
+            )
         else:
             with tempfile.TemporaryDirectory() as folder:
                 stream = train.BatchStream(write_batch_files(folder, images, labels), "regression", batch_size, 0)
-                net.fit(stream.dataset(0), epochs=1, steps_per_epoch=stream.steps_per_epoch, shuffle=False,
-                        verbose=0, callbacks=[step_timer(keras, stamps)])
+                net.fit(
+                    stream.dataset(0),
+                    epochs=1,
+                    steps_per_epoch=stream.steps_per_epoch,
+                    shuffle=False,
+                    verbose=0,
+                    callbacks=[step_timer(keras, stamps)],
+                )
     ends = [s for s in stamps if not isinstance(s, tuple)]
-    gaps = np.diff(ends[warmup - 1:]) if warmup >= 1 else np.diff(ends)
+    gaps = np.diff(ends[warmup - 1 :]) if warmup >= 1 else np.diff(ends)
     return {"ms": 1e3 * float(np.median(gaps)), "steps": len(gaps)}
 
 
@@ -159,15 +189,22 @@ def worker_tail(epochs, size, batch_size, steps_per_epoch):
             label_spec = tf.TensorSpec((None,), tf.float32)
             dataset = tf.data.Dataset.from_generator(
                 lambda: stream.batches(epoch),
-                output_signature=(tf.TensorSpec((None, size, size, 3), tf.float32), label_spec))
+                output_signature=(tf.TensorSpec((None, size, size, 3), tf.float32), label_spec),
+            )
             return dataset.prefetch(tf.data.AUTOTUNE)
 
         for epoch in range(2 * epochs):
             mode = ("autotune", "fixed")[epoch % 2]
             dataset = old_dataset(epoch) if mode == "autotune" else stream.dataset(epoch)
             stamps = []
-            net.fit(dataset, epochs=1, steps_per_epoch=stream.steps_per_epoch, shuffle=False, verbose=0,
-                    callbacks=[step_timer(keras, stamps)])
+            net.fit(
+                dataset,
+                epochs=1,
+                steps_per_epoch=stream.steps_per_epoch,
+                shuffle=False,
+                verbose=0,
+                callbacks=[step_timer(keras, stamps)],
+            )
             returned = time.perf_counter()
             tails[mode].append(returned - [s for s in stamps if not isinstance(s, tuple)][-1])
     return tails
@@ -196,8 +233,12 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--tail-epochs", type=int, default=0,
-                        help="instead of step times: this many short epochs per read-ahead (see above)")
+    parser.add_argument(
+        "--tail-epochs",
+        type=int,
+        default=0,
+        help="instead of step times: this many short epochs per read-ahead (see above)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
@@ -213,41 +254,77 @@ def main(argv=None):
         if args.worker == "tail":
             print(json.dumps(worker_tail(args.tail_epochs, args.size, args.batch_size, args.steps)))
         else:
-            print(json.dumps(worker_steps(args.worker, args.model, args.size, args.batch_size, args.steps,
-                                          args.warmup)))
+            print(
+                json.dumps(worker_steps(args.worker, args.model, args.size, args.batch_size, args.steps, args.warmup))
+            )
         return
 
     if args.tail_epochs:
         size, batch_size, steps = args.sizes[0], args.batch_sizes[0], args.steps
-        tails = run_worker("tail", args, ["--tail-epochs", str(args.tail_epochs), "--size", str(size),
-                                          "--batch-size", str(batch_size), "--steps", str(steps)])
+        tails = run_worker(
+            "tail",
+            args,
+            [
+                "--tail-epochs",
+                str(args.tail_epochs),
+                "--size",
+                str(size),
+                "--batch-size",
+                str(batch_size),
+                "--steps",
+                str(steps),
+            ],
+        )
         if "error" in tails:
             sys.exit(f"tail check failed: {tails['error']}")
-        print(f"{args.tail_epochs} epochs per read-ahead ({steps} steps of {batch_size} images, {size} px, "
-              "model4), alternating\n")
+        print(
+            f"{args.tail_epochs} epochs per read-ahead ({steps} steps of {batch_size} images, {size} px, "
+            "model4), alternating\n"
+        )
         print("| read-ahead | epochs | median s | max s | epochs with > 1 s |")
         print("|---|---|---|---|---|")
         for mode, values in tails.items():
-            print(f"| {mode} | {len(values)} | {statistics.median(values):.3f} | {max(values):.3f} | "
-                  f"{sum(v > 1.0 for v in values)} |")
+            print(
+                f"| {mode} | {len(values)} | {statistics.median(values):.3f} | {max(values):.3f} | "
+                f"{sum(v > 1.0 for v in values)} |"
+            )
         return
 
-    print(f"{args.model}, median ms per step after {args.warmup} warm-up steps ({args.steps} timed), "
-          "one process per cell; configurations alternate within each cell\n")
+    print(
+        f"{args.model}, median ms per step after {args.warmup} warm-up steps ({args.steps} timed), "
+        "one process per cell; configurations alternate within each cell\n"
+    )
     header = [f"{size} px, batch {batch}" for size in args.sizes for batch in args.batch_sizes]
     table = {}
     for size in args.sizes:
         for batch in args.batch_sizes:
             for config in args.configs:
                 started = time.perf_counter()
-                result = run_worker(config, args, ["--model", args.model, "--size", str(size), "--batch-size",
-                                                   str(batch), "--steps", str(args.steps), "--warmup",
-                                                   str(args.warmup)])
+                result = run_worker(
+                    config,
+                    args,
+                    [
+                        "--model",
+                        args.model,
+                        "--size",
+                        str(size),
+                        "--batch-size",
+                        str(batch),
+                        "--steps",
+                        str(args.steps),
+                        "--warmup",
+                        str(args.warmup),
+                    ],
+                )
                 table[config, size, batch] = result.get("ms")
                 if "error" in result:
                     table[config, size, batch, "error"] = result["error"]
-                print(f"  [{config} {size} px batch {batch}: {result.get('ms') or result.get('error')} "
-                      f"({time.perf_counter() - started:.0f} s)]", file=sys.stderr, flush=True)
+                print(
+                    f"  [{config} {size} px batch {batch}: {result.get('ms') or result.get('error')} "
+                    f"({time.perf_counter() - started:.0f} s)]",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def step_cell(config, size, batch):
         ms = table[config, size, batch]

@@ -38,14 +38,24 @@ def bench_overhead(n_jobs, max_parallel):
         layer = index // 10
         inputs = [f"t{(layer - 1) * 10 + k:04d}.txt" for k in range(10)] if layer else []
         output = f"t{index:04d}.txt"
-        jobs.append(dag.JobSpec(id=f"t{index:04d}", stage="trivial", executable=sys.executable,
-                                args=["-c", f"open('{output}', 'w').write('x')"],
-                                inputs=inputs[:2], outputs=[output], retries=0))
+        jobs.append(
+            dag.JobSpec(
+                id=f"t{index:04d}",
+                stage="trivial",
+                executable=sys.executable,
+                args=["-c", f"open('{output}', 'w').write('x')"],
+                inputs=inputs[:2],
+                outputs=[output],
+                retries=0,
+            )
+        )
     dag.infer_parents(jobs)
     run_dir.mkdir(parents=True)
     dag.save_jobs(run_dir, jobs)
-    atomic_write_json(run_dir / "run.json", {"engine": "local", "config": {"retries": 0},
-                                             "engine_args": {"max_parallel": max_parallel}})
+    atomic_write_json(
+        run_dir / "run.json",
+        {"engine": "local", "config": {"retries": 0}, "engine_args": {"max_parallel": max_parallel}},
+    )
     start = time.perf_counter()
     runner = local.LocalRunner(run_dir, jobs, max_parallel=max_parallel, retries=0, progress=False)
     failed = runner.execute()
@@ -57,9 +67,11 @@ def bench_overhead(n_jobs, max_parallel):
     for _ in range(20):
         os.system(f"{sys.executable} -c pass")
     bare = (time.perf_counter() - bare) / 20
-    print(f"- local engine, {n_jobs} trivial python jobs, --max-parallel {max_parallel}: wall {wall:.1f} s = "
-          f"{1000 * wall / n_jobs:.0f} ms/job of wall time; mean job duration as the engine sees it "
-          f"(wrapper + python start) {1000 * busy / n_jobs:.0f} ms; bare `python -c pass` {1000 * bare:.0f} ms")
+    print(
+        f"- local engine, {n_jobs} trivial python jobs, --max-parallel {max_parallel}: wall {wall:.1f} s = "
+        f"{1000 * wall / n_jobs:.0f} ms/job of wall time; mean job duration as the engine sees it "
+        f"(wrapper + python start) {1000 * busy / n_jobs:.0f} ms; bare `python -c pass` {1000 * bare:.0f} ms"
+    )
     return wall
 
 
@@ -71,11 +83,15 @@ def bench_build(galaxies):
     seconds = time.perf_counter() - start
     assert code == 0
     jobs = dag.load_jobs(run_dir)
-    sizes = {name: (run_dir / name).stat().st_size for name in
-             ("workflow.yml", "jobs.json", "replicas.yml", "transformations.yml", "sites.yml")}
-    print(f"- build for {galaxies} synthetic galaxies (defaults: 4 bands, 128 px, 500 per job, m=3, 3 models, "
-          f"2 tasks): {len(jobs)} jobs in {seconds:.1f} s; workflow.yml {sizes['workflow.yml'] / 1e6:.1f} MB, "
-          f"jobs.json {sizes['jobs.json'] / 1e6:.1f} MB, replicas.yml {sizes['replicas.yml'] / 1e3:.1f} kB")
+    sizes = {
+        name: (run_dir / name).stat().st_size
+        for name in ("workflow.yml", "jobs.json", "replicas.yml", "transformations.yml", "sites.yml")
+    }
+    print(
+        f"- build for {galaxies} synthetic galaxies (defaults: 4 bands, 128 px, 500 per job, m=3, 3 models, "
+        f"2 tasks): {len(jobs)} jobs in {seconds:.1f} s; workflow.yml {sizes['workflow.yml'] / 1e6:.1f} MB, "
+        f"jobs.json {sizes['jobs.json'] / 1e6:.1f} MB, replicas.yml {sizes['replicas.yml'] / 1e3:.1f} kB"
+    )
     return seconds
 
 
@@ -86,8 +102,7 @@ def bench_demo():
     code = workflow_main(["--demo", "--output-dir", str(run_dir)])
     wall = time.perf_counter() - start
     rows = local.collect(run_dir, dag.load_jobs(run_dir))
-    print(f"- demo (`run_workflow.py --demo`): exit {code}, wall {wall:.0f} s ({wall / 60:.1f} min), "
-          f"{len(rows)} jobs")
+    print(f"- demo (`run_workflow.py --demo`): exit {code}, wall {wall:.0f} s ({wall / 60:.1f} min), {len(rows)} jobs")
     print("```")
     print(local.summary_text(rows))
     print("```")

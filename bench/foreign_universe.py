@@ -107,13 +107,40 @@ MAP_CELLS = 160  # face-on map resolution (cells across 2 R_map)
 N_ROWS = 4 * MAP_CELLS  # rows of the per-column resampled maps
 CHUNK = 2048  # sky points integrated at once
 TRUTH_COLUMNS = (
-    "pgc", "index", "label", "cause", "true_inc", "q0", "hz_over_h", "b_a", "psf_fwhm", "pixel_scale", "fov_arcsec",
-    "d25", "r25_over_h", "mu0_r", "bulge_bt", "bulge_kind", "bar", "arms", "dust_tau", "misalignment", "dx", "dy",
-    "mirrored", "stretch", "gamma", "sky_gray", "jpeg_quality", "n_stars", "corners",
+    "pgc",
+    "index",
+    "label",
+    "cause",
+    "true_inc",
+    "q0",
+    "hz_over_h",
+    "b_a",
+    "psf_fwhm",
+    "pixel_scale",
+    "fov_arcsec",
+    "d25",
+    "r25_over_h",
+    "mu0_r",
+    "bulge_bt",
+    "bulge_kind",
+    "bar",
+    "arms",
+    "dust_tau",
+    "misalignment",
+    "dx",
+    "dy",
+    "mirrored",
+    "stretch",
+    "gamma",
+    "sky_gray",
+    "jpeg_quality",
+    "n_stars",
+    "corners",
 )
 
 
 # -- parameters -----------------------------------------------------------------------------------
+
 
 @dataclass
 class ForeignGalaxy:
@@ -214,29 +241,53 @@ class ForeignGalaxy:
     def catalog_row(self):
         flagged = self.label != "A"
         return {
-            "pgc": self.pgc, "ra": round(self.ra, 4), "dec": round(self.dec, 4), "d25": round(self.d25_catalog, 2),
-            "b_a": round(self.b_a, 2), "pa": round(self.pa, 1),
+            "pgc": self.pgc,
+            "ra": round(self.ra, 4),
+            "dec": round(self.dec, 4),
+            "d25": round(self.d25_catalog, 2),
+            "b_a": round(self.b_a, 2),
+            "pa": round(self.pa, 1),
             "ty": -4.5 if self.cause == "not_spiral" else round(5.0 - 4.0 * self.bulge_bt / 0.5, 1),
             "type": "E" if self.cause == "not_spiral" else ("SBc" if self.bar else "Sc"),
             "fon": "F" if self.label == "F" else "",
             "inc": 0 if flagged else int(round(self.inc)),
-            "inc_e": 0 if flagged else self.inc_e, "inc_flg": int(flagged), "inc_n": self.inc_n,
+            "inc_e": 0 if flagged else self.inc_e,
+            "inc_flg": int(flagged),
+            "inc_n": self.inc_n,
             "inc_note": "[face_on]" if self.label == "F" else (f"[{self.cause}]" if self.cause else ""),
         }
 
     def truth_row(self, size):
         return {
-            "pgc": self.pgc, "index": self.index, "label": self.label, "cause": self.cause,
+            "pgc": self.pgc,
+            "index": self.index,
+            "label": self.label,
+            "cause": self.cause,
             "true_inc": "" if self.cause == "not_spiral" else f"{self.inc:.2f}",
-            "q0": f"{self.q0:.4f}", "hz_over_h": f"{self.hz / self.h:.4f}", "b_a": f"{self.b_a:.4f}",
-            "psf_fwhm": f"{self.psf_fwhm:.3f}", "pixel_scale": f"{self.fov / size:.4f}",
+            "q0": f"{self.q0:.4f}",
+            "hz_over_h": f"{self.hz / self.h:.4f}",
+            "b_a": f"{self.b_a:.4f}",
+            "psf_fwhm": f"{self.psf_fwhm:.3f}",
+            "pixel_scale": f"{self.fov / size:.4f}",
             "fov_arcsec": f"{self.fov:.2f}",
-            "d25": f"{self.d25_catalog:.3f}", "r25_over_h": f"{self.r25 / self.h:.3f}", "mu0_r": f"{self.mu0_r:.2f}",
-            "bulge_bt": f"{self.bulge_bt:.3f}", "bulge_kind": self.bulge_kind, "bar": int(self.bar),
-            "arms": self.arms, "dust_tau": f"{self.dust_tau:.3f}", "misalignment": f"{self.misalignment:.2f}",
-            "dx": f"{self.dx:.4f}", "dy": f"{self.dy:.4f}", "mirrored": int(self.mirrored), "stretch": self.stretch,
-            "gamma": f"{self.gamma:.3f}", "sky_gray": f"{self.sky_gray:.1f}", "jpeg_quality": self.jpeg_quality,
-            "n_stars": len(self.stars), "corners": f"{self.corners:.3f}",
+            "d25": f"{self.d25_catalog:.3f}",
+            "r25_over_h": f"{self.r25 / self.h:.3f}",
+            "mu0_r": f"{self.mu0_r:.2f}",
+            "bulge_bt": f"{self.bulge_bt:.3f}",
+            "bulge_kind": self.bulge_kind,
+            "bar": int(self.bar),
+            "arms": self.arms,
+            "dust_tau": f"{self.dust_tau:.3f}",
+            "misalignment": f"{self.misalignment:.2f}",
+            "dx": f"{self.dx:.4f}",
+            "dy": f"{self.dy:.4f}",
+            "mirrored": int(self.mirrored),
+            "stretch": self.stretch,
+            "gamma": f"{self.gamma:.3f}",
+            "sky_gray": f"{self.sky_gray:.1f}",
+            "jpeg_quality": self.jpeg_quality,
+            "n_stars": len(self.stars),
+            "corners": f"{self.corners:.3f}",
         }
 
 
@@ -375,19 +426,76 @@ def draw_galaxy(index, seed, pgc=None):
     neighbour_draw = rng.random(size=8)
 
     g = ForeignGalaxy(
-        index=index, pgc=PGC_BASE + index if pgc is None else int(pgc), label=label, cause=cause, inc=inc, q0=q0,
-        h=h, h_out_ratio=h_out_ratio, break_radius=break_radius, r25=r25, d25_catalog=d25_catalog, mu0_r=mu0_r,
-        mu_sky_r=mu_sky_r, sky_r=sky_r, read_noise=read_noise, saturation=saturation, young_fraction=young_fraction,
-        young_thickness=young_thickness, arms=arms, n_arms=n_arms, rm_a=rm_a, rm_b=rm_b, rm_n=rm_n,
-        arm_power=arm_power, arm_contrast=arm_contrast, knots=knots, bulge_bt=bulge_bt, bulge_kind=bulge_kind,
-        bulge_re_over_h=bulge_re_over_h, bulge_q=bulge_q, bar=bar, bar_length=bar_length, bar_axes=bar_axes,
-        bar_angle=bar_angle, bar_fraction=bar_fraction, dust_tau=dust_tau, dust_h_ratio=dust_h_ratio,
-        dust_thickness=dust_thickness, psf_fwhm=psf_fwhm, psf_e=psf_e, psf_angle=psf_angle, psf_halo=psf_halo,
-        psf_halo_ratio=psf_halo_ratio, band_seeing=band_seeing, misalignment=misalignment, mirrored=mirrored,
-        dx=dx, dy=dy, stretch=stretch, softening=softening, mu_black=mu_black, power=power, gamma=gamma,
-        sky_gray=sky_gray, colour_scale=colour_scale, lupton_q=lupton_q, lupton_soft=lupton_soft, sky_dark=sky_dark,
-        jpeg_quality=jpeg_quality, pedestal=pedestal, gradient=gradient, holes=holes, corners=corners,
-        corner_angle=corner_angle, corner_white=corner_white, ra=ra, dec=dec, pa=pa, inc_e=inc_e, inc_n=inc_n,
+        index=index,
+        pgc=PGC_BASE + index if pgc is None else int(pgc),
+        label=label,
+        cause=cause,
+        inc=inc,
+        q0=q0,
+        h=h,
+        h_out_ratio=h_out_ratio,
+        break_radius=break_radius,
+        r25=r25,
+        d25_catalog=d25_catalog,
+        mu0_r=mu0_r,
+        mu_sky_r=mu_sky_r,
+        sky_r=sky_r,
+        read_noise=read_noise,
+        saturation=saturation,
+        young_fraction=young_fraction,
+        young_thickness=young_thickness,
+        arms=arms,
+        n_arms=n_arms,
+        rm_a=rm_a,
+        rm_b=rm_b,
+        rm_n=rm_n,
+        arm_power=arm_power,
+        arm_contrast=arm_contrast,
+        knots=knots,
+        bulge_bt=bulge_bt,
+        bulge_kind=bulge_kind,
+        bulge_re_over_h=bulge_re_over_h,
+        bulge_q=bulge_q,
+        bar=bar,
+        bar_length=bar_length,
+        bar_axes=bar_axes,
+        bar_angle=bar_angle,
+        bar_fraction=bar_fraction,
+        dust_tau=dust_tau,
+        dust_h_ratio=dust_h_ratio,
+        dust_thickness=dust_thickness,
+        psf_fwhm=psf_fwhm,
+        psf_e=psf_e,
+        psf_angle=psf_angle,
+        psf_halo=psf_halo,
+        psf_halo_ratio=psf_halo_ratio,
+        band_seeing=band_seeing,
+        misalignment=misalignment,
+        mirrored=mirrored,
+        dx=dx,
+        dy=dy,
+        stretch=stretch,
+        softening=softening,
+        mu_black=mu_black,
+        power=power,
+        gamma=gamma,
+        sky_gray=sky_gray,
+        colour_scale=colour_scale,
+        lupton_q=lupton_q,
+        lupton_soft=lupton_soft,
+        sky_dark=sky_dark,
+        jpeg_quality=jpeg_quality,
+        pedestal=pedestal,
+        gradient=gradient,
+        holes=holes,
+        corners=corners,
+        corner_angle=corner_angle,
+        corner_white=corner_white,
+        ra=ra,
+        dec=dec,
+        pa=pa,
+        inc_e=inc_e,
+        inc_n=inc_n,
         elliptical_q=elliptical_q,
     )
     if cause == "faint":
@@ -417,14 +525,23 @@ def _place_field(g, rng, star_density, galaxy_density, neighbour_draw):
     if g.cause == "star":
         radius = rng.uniform(0.1, 0.6) * r25_frac
         angle = rng.uniform(0.0, 2.0 * math.pi)
-        g.stars.append((float(radius * math.cos(angle)), float(radius * math.sin(angle) * max(g.b_a, 0.3)),
-                        float(rng.uniform(11.0, 13.5)), float(rng.beta(2.0, 2.0))))
+        g.stars.append(
+            (
+                float(radius * math.cos(angle)),
+                float(radius * math.sin(angle) * max(g.b_a, 0.3)),
+                float(rng.uniform(11.0, 13.5)),
+                float(rng.beta(2.0, 2.0)),
+            )
+        )
     n_bg = min(int(rng.poisson(galaxy_density * area)), 60)
     for _ in range(n_bg):
         x, y, mag = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(18.5, 22.5)
         scale = np.exp(rng.uniform(math.log(0.6), math.log(3.0)))
-        g.background.append(tuple(float(v) for v in (x, y, mag, scale, rng.uniform(0.3, 1.0),
-                                                     rng.uniform(0.0, 180.0), rng.beta(2.0, 2.0))))
+        g.background.append(
+            tuple(
+                float(v) for v in (x, y, mag, scale, rng.uniform(0.3, 1.0), rng.uniform(0.0, 180.0), rng.beta(2.0, 2.0))
+            )
+        )
     u_kind, u_dist, u_angle, u_size, u_flux, u_inc, u_rot, u_bt = neighbour_draw
     if g.cause == "multiple":
         distance = (0.25 + 0.6 * u_dist) * r25_frac
@@ -436,14 +553,18 @@ def _place_field(g, rng, star_density, galaxy_density, neighbour_draw):
         return
     angle = 2.0 * math.pi * u_angle
     g.neighbour = {
-        "x": float(distance * math.cos(angle)), "y": float(distance * math.sin(angle)),
-        "h_ratio": float(0.45 + 0.5 * u_size), "flux_ratio": float(flux_ratio),
+        "x": float(distance * math.cos(angle)),
+        "y": float(distance * math.sin(angle)),
+        "h_ratio": float(0.45 + 0.5 * u_size),
+        "flux_ratio": float(flux_ratio),
         "q": float(math.hypot(math.cos(math.radians(90.0 * u_inc)), 0.2 * math.sin(math.radians(90.0 * u_inc)))),
-        "angle": float(180.0 * u_rot), "bt": float(0.1 + 0.4 * u_bt),
+        "angle": float(180.0 * u_rot),
+        "bt": float(0.1 + 0.4 * u_bt),
     }
 
 
 # -- geometry helpers -------------------------------------------------------------------------------
+
 
 def _hernquist_sigma(m):
     """Projected Hernquist profile for unit mass and scale (Hernquist 1990, eq. 32-33)."""
@@ -507,6 +628,7 @@ def _column_profiles(maps, cell, r_map, columns, n_y):
 
 # -- the disk -------------------------------------------------------------------------------------
 
+
 def _face_on_maps(g, rng, r_map, with_structure=True):
     """Face-on maps over [-r_map, r_map]^2 (arcsec): old-disk and young surface density, dust optical depth.
 
@@ -535,14 +657,13 @@ def _face_on_maps(g, rng, r_map, with_structure=True):
     shear = np.log(np.maximum(rh, 0.05)) * rng.uniform(1.5, 3.0)
     tx = rr * np.cos(theta + shear)
     ty = rr * np.sin(theta + shear)
-    floc = ndimage.map_coordinates(noise, [(ty + r_map) / cell - 0.5, (tx + r_map) / cell - 0.5], order=1,
-                                   mode="wrap")
+    floc = ndimage.map_coordinates(noise, [(ty + r_map) / cell - 0.5, (tx + r_map) / cell - 0.5], order=1, mode="wrap")
     floc = np.exp(1.1 * floc)
     floc /= float(floc.mean())
     weight = {"grand": 0.85, "flocculent": 0.1, "mixed": 0.5}[g.arms]
     pattern = weight * grand + (1.0 - weight) * floc
     inner = 0.5 * (g.bar_length if g.bar else 0.6)
-    envelope = (1.0 - np.exp(-(rh / inner) ** 2)) * _radial_profile(rh / 1.15, 1.0, 99.0)
+    envelope = (1.0 - np.exp(-((rh / inner) ** 2))) * _radial_profile(rh / 1.15, 1.0, 99.0)
     young = envelope * pattern
     # HII knots along the brightest parts of the young layer.
     prob = young.ravel() ** 2
@@ -653,6 +774,7 @@ def _integrate_disk(x, y, g, columns, young=True, dust=True):
 
 # -- the PSF ----------------------------------------------------------------------------------------
 
+
 def _otf(shape, pixel, fwhm, e, angle, halo, halo_ratio):
     """Optical transfer function on an rfft grid: Kolmogorov core (slightly elliptical) + Gaussian halo."""
     fy = sfft.fftfreq(shape[0], d=pixel)[:, None]
@@ -669,12 +791,20 @@ def _otf(shape, pixel, fwhm, e, angle, halo, halo_ratio):
 
 # -- rendering -------------------------------------------------------------------------------------
 
+
 def _oversampling(size):
     return 4 if size <= 80 else (2 if size <= 320 else 1)
 
 
-def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk", "young", "dust", "bulge", "bar",
-                                                                            "neighbour", "stars", "background")):
+def render_light(
+    g,
+    size,
+    seed,
+    *,
+    psf=True,
+    oversample=None,
+    components=("disk", "young", "dust", "bulge", "bar", "neighbour", "stars", "background"),
+):
     """Noise-free surface brightness (electrons / arcsec^2 above the sky) per band: (3, size, size), rows top down.
 
     ``components`` selects what is drawn (the test of the projected shape draws the old
@@ -706,8 +836,7 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
     disk_flux = 2.0 * math.pi * g.h * g.h * s0  # ~ total of the face-on disk
     if not elliptical and "disk" in components:
         r_map = 7.2 * g.h
-        maps, cell = _face_on_maps(g, structure_rng, r_map,
-                                   with_structure=bool({"young", "dust"} & set(components)))
+        maps, cell = _face_on_maps(g, structure_rng, r_map, with_structure=bool({"young", "dust"} & set(components)))
         maps[:2] *= s0
         foot = (np.abs(gx) < r_map) & (np.abs(gy) < r_map * ci + KZ * g.hz * si)
         idx = np.nonzero(foot.ravel())[0]
@@ -715,9 +844,10 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
         columns = _ColumnMaps(maps, cell, r_map, fine)
         # In chunks: small temporaries are reused instead of mapped and unmapped each time.
         for start in range(0, len(idx), CHUNK):
-            part = idx[start:start + CHUNK]
-            light, tau = _integrate_disk(gx.ravel()[part], gy.ravel()[part], g, columns,
-                                         young="young" in components, dust="dust" in components)
+            part = idx[start : start + CHUNK]
+            light, tau = _integrate_disk(
+                gx.ravel()[part], gy.ravel()[part], g, columns, young="young" in components, dust="dust" in components
+            )
             flat[:, part] = light
             tau_total.ravel()[part] = tau
     if "bulge" in components and (elliptical or g.bulge_kind != "none"):
@@ -742,8 +872,9 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
             image[b] += bulge * colour[b] * att
     if "bar" in components and g.bar and not elliptical:
         a_bar = g.bar_length * g.h
-        q2 = _ferrers_projection(a_bar, g.bar_axes[0] * a_bar, max(g.bar_axes[1] * a_bar, 0.5 * g.hz),
-                                 math.radians(g.bar_angle), inc)
+        q2 = _ferrers_projection(
+            a_bar, g.bar_axes[0] * a_bar, max(g.bar_axes[1] * a_bar, 0.5 * g.hz), math.radians(g.bar_angle), inc
+        )
         m2 = q2[0, 0] * gx * gx + 2.0 * q2[0, 1] * gx * gy + q2[1, 1] * gy * gy
         nu = 2.5
         area = math.pi / math.sqrt(max(np.linalg.det(q2), 1e-30))
@@ -761,8 +892,12 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
         py = -ux * math.sin(ang) + uy * math.cos(ang)
         hn = g.h * nb["h_ratio"]
         flux = disk_flux * nb["flux_ratio"] * nb["h_ratio"] ** 2
-        disk = flux * (1 - nb["bt"]) / (2 * math.pi * hn * hn * nb["q"]) * np.exp(
-            -np.sqrt(px * px + (py / nb["q"]) ** 2) / hn)
+        disk = (
+            flux
+            * (1 - nb["bt"])
+            / (2 * math.pi * hn * hn * nb["q"])
+            * np.exp(-np.sqrt(px * px + (py / nb["q"]) ** 2) / hn)
+        )
         bul = _spheroid(px, py, flux * nb["bt"], 0.15 * hn, min(1.0, nb["q"] + 0.5), "hernquist")
         for b in range(3):
             image[b] += disk * COLOURS["disk"][b] + bul * COLOURS["old"][b]
@@ -804,8 +939,12 @@ def render_light(g, size, seed, *, psf=True, oversample=None, components=("disk"
             for px_, py_, wgt in pts:
                 i0, j0 = int(math.floor(px_)), int(math.floor(py_))
                 fu, fv = px_ - i0, py_ - j0
-                for di, dj, ww in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv),
-                                   (1, 1, fu * fv)):
+                for di, dj, ww in (
+                    (0, 0, (1 - fu) * (1 - fv)),
+                    (1, 0, fu * (1 - fv)),
+                    (0, 1, (1 - fu) * fv),
+                    (1, 1, fu * fv),
+                ):
                     ii, jj = i0 + di, j0 + dj
                     if 0 <= ii < n and 0 <= jj < n:
                         image[:, jj, ii] += flux * wgt * ww * colour / (fine * fine)
@@ -919,6 +1058,7 @@ def _corner_mask(size, side, angle):
 
 # -- writing ----------------------------------------------------------------------------------------
 
+
 def _save(path, array, **options):
     from PIL import Image
 
@@ -990,13 +1130,29 @@ def render_universe(output_dir, *, n_galaxies, size=512, seed=0, jobs=1):
     check_outputs([output / CATALOG_FILE, output / TRUTH_FILE] + written)
     seconds = time.perf_counter() - start
     counts = {label: sum(g.label == label for g in galaxies) for label in ("A", "F", "J")}
-    logger.info("foreign universe: %d galaxies at %d px in %.1f s (%.2f/s); A %d, F %d, J %d; seed %d",
-                n_galaxies, size, seconds, n_galaxies / seconds, counts["A"], counts["F"], counts["J"], seed)
-    return {"n_galaxies": n_galaxies, "size": size, "seconds": seconds, "labels": counts,
-            "catalog": output / CATALOG_FILE, "truth": output / TRUTH_FILE}
+    logger.info(
+        "foreign universe: %d galaxies at %d px in %.1f s (%.2f/s); A %d, F %d, J %d; seed %d",
+        n_galaxies,
+        size,
+        seconds,
+        n_galaxies / seconds,
+        counts["A"],
+        counts["F"],
+        counts["J"],
+        seed,
+    )
+    return {
+        "n_galaxies": n_galaxies,
+        "size": size,
+        "seconds": seconds,
+        "labels": counts,
+        "catalog": output / CATALOG_FILE,
+        "truth": output / TRUTH_FILE,
+    }
 
 
 # -- figure -----------------------------------------------------------------------------------------
+
 
 def comparison_figure(path, real_dir, *, n=4, size=256, seed=11, real=None):
     """PNG: foreign galaxies (r and colour) next to real-look cutouts, rows gray then colour."""
@@ -1035,10 +1191,12 @@ def comparison_figure(path, real_dir, *, n=4, size=256, seed=11, real=None):
         canvas.paste(c, (tile * n + 8 + j * tile, 20 + tile))
     with atomic_path(path) as tmp:
         canvas.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(
-            tmp, format="PNG", optimize=True)
+            tmp, format="PNG", optimize=True
+        )
 
 
 # -- command line -----------------------------------------------------------------------------------
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Render the foreign universe (benchmarks only).")
@@ -1047,10 +1205,15 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="processes (1 or 2)")
-    parser.add_argument("--figure", type=Path, default=None,
-                        help="instead of a universe, write a side-by-side PNG with the real-look cutouts")
-    parser.add_argument("--real-look", type=Path,
-                        default=Path(__file__).resolve().parent.parent.parent / "shared/reference/real-look")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="instead of a universe, write a side-by-side PNG with the real-look cutouts",
+    )
+    parser.add_argument(
+        "--real-look", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/reference/real-look"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.figure:

@@ -52,8 +52,10 @@ def main(argv=None):
                         subprocess.run(["scancel", *submitted], check=False)
             assert len(ids) == len(jobs)
         best = min(times)
-        print(f"workers={workers}: {len(jobs)} jobs submitted in {best:.2f} s (best of {len(times)}; "
-              f"{1000 * best / len(jobs):.1f} ms/job; all: {', '.join(f'{t:.2f}' for t in times)})")
+        print(
+            f"workers={workers}: {len(jobs)} jobs submitted in {best:.2f} s (best of {len(times)}; "
+            f"{1000 * best / len(jobs):.1f} ms/job; all: {', '.join(f'{t:.2f}' for t in times)})"
+        )
     return 0
 
 

@@ -65,8 +65,14 @@ COLOUR_CHAIN = ChainParameters(
 def _ring(image):
     image = np.asarray(image)
     tail = image.shape[2:]
-    return np.concatenate([image[:2].reshape(-1, *tail), image[-2:].reshape(-1, *tail),
-                           image[2:-2, :2].reshape(-1, *tail), image[2:-2, -2:].reshape(-1, *tail)])
+    return np.concatenate(
+        [
+            image[:2].reshape(-1, *tail),
+            image[-2:].reshape(-1, *tail),
+            image[2:-2, :2].reshape(-1, *tail),
+            image[2:-2, -2:].reshape(-1, *tail),
+        ]
+    )
 
 
 def background(image):
@@ -101,8 +107,14 @@ def _warp_image(image, matrix, offset, rng):
     # OpenCV maps (x, y) = (column, row): the same inverse map with its axes swapped.
     cv_matrix = np.array([[matrix[1][1], matrix[1][0], offset[1]], [matrix[0][1], matrix[0][0], offset[0]]])
     border = tuple(float(value) for value in fills) + (0.0,) * (4 - n_channels)
-    out = cv2.warpAffine(image, cv_matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=border).reshape(image.shape)
+    out = cv2.warpAffine(
+        image,
+        cv_matrix,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=border,
+    ).reshape(image.shape)
     if noises.any():
         where = np.flatnonzero(_outside((height, width), matrix, offset))
         if len(where):
@@ -139,8 +151,7 @@ def _outside(shape, matrix, offset):
     matrix, offset = np.asarray(matrix, dtype=np.float32), np.asarray(offset, dtype=np.float32)
     source_rows = matrix[0, 0] * rows + matrix[0, 1] * columns + offset[0]
     source_columns = matrix[1, 0] * rows + matrix[1, 1] * columns + offset[1]
-    return ((source_rows < 0) | (source_rows > shape[0] - 1) | (source_columns < 0)
-            | (source_columns > shape[1] - 1))
+    return (source_rows < 0) | (source_rows > shape[0] - 1) | (source_columns < 0) | (source_columns > shape[1] - 1)
 
 
 def _augment_image(image, rng, params, colour):

@@ -30,10 +30,14 @@ def _gray(image):
 def _border(image):
     height, width = image.shape
     strip = max(1, min(height, width) // 16)
-    return np.concatenate([
-        image[:strip].ravel(), image[-strip:].ravel(), image[strip:-strip, :strip].ravel(),
-        image[strip:-strip, -strip:].ravel(),
-    ])
+    return np.concatenate(
+        [
+            image[:strip].ravel(),
+            image[-strip:].ravel(),
+            image[strip:-strip, :strip].ravel(),
+            image[strip:-strip, -strip:].ravel(),
+        ]
+    )
 
 
 def _towards_galaxy(values, background, polarity):
@@ -79,7 +83,7 @@ def segment(image, *, background=None, n_sigma=3.0):
     noise = max(noise, 0.5)
 
     height, width = gray.shape
-    centre_box = gray[height // 4: height - height // 4, width // 4: width - width // 4]
+    centre_box = gray[height // 4 : height - height // 4, width // 4 : width - width // 4]
     polarity = np.sign(float(np.mean(centre_box)) - background)
     smooth = ndimage.uniform_filter(gray, size=3, mode="nearest")
     signal = _towards_galaxy(smooth, background, polarity)
@@ -98,8 +102,14 @@ def segment(image, *, background=None, n_sigma=3.0):
         # Prefer objects reaching into the central region, then the brightest of them.
         score = np.where(np.asarray(nearest) <= min(height, width) / 4, np.asarray(flux), -np.asarray(nearest))
         chosen = int(np.argmax(score)) + 1
-    return {"gray": gray, "background": float(background), "noise": noise, "polarity": float(polarity),
-            "labels": labels, "chosen": int(chosen)}
+    return {
+        "gray": gray,
+        "background": float(background),
+        "noise": noise,
+        "polarity": float(polarity),
+        "labels": labels,
+        "chosen": int(chosen),
+    }
 
 
 def galaxy_mask(image, *, background=None, n_sigma=3.0):

@@ -38,8 +38,18 @@ def summary(values):
     }
 
 
-def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views=8, peer_calibration=None,
-                 reject_temperatures=None, ood_reference=None):
+def write_bundle(
+    bundle_dir,
+    members,
+    *,
+    input_size,
+    metrics=None,
+    seed=0,
+    views=8,
+    peer_calibration=None,
+    reject_temperatures=None,
+    ood_reference=None,
+):
     """Copy every member to ``bundle_dir/<name>.keras`` and write ``manifest.json`` last.
 
     ``members`` are records with ``name``, ``model``, ``task``, ``subset`` and ``path``
@@ -54,10 +64,15 @@ def write_bundle(bundle_dir, members, *, input_size, metrics=None, seed=0, views
         file_name = Path(naming.bundle_member(member["name"])).name
         with atomic_path(bundle_dir / file_name) as tmp:
             shutil.copyfile(member["path"], tmp)
-        entries.append({
-            "name": member["name"], "file": file_name, "model": member["model"],
-            "task": member["task"], "subset": member["subset"],
-        })
+        entries.append(
+            {
+                "name": member["name"],
+                "file": file_name,
+                "model": member["model"],
+                "task": member["task"],
+                "subset": member["subset"],
+            }
+        )
     groups = {}
     for entry in entries:
         group = "binary" if entry["task"] == "binary" else FAMILY_GROUPS[entry["model"]]
@@ -109,8 +124,9 @@ def identity(directory, *, length=12):
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = [MANIFEST] + sorted(member["file"] for member in manifest["members"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{manifest_path}: not a readable bundle manifest ({exc}); give a bundle made by "
-                         "inclinet-evaluate") from None
+        raise InputError(
+            f"{manifest_path}: not a readable bundle manifest ({exc}); give a bundle made by inclinet-evaluate"
+        ) from None
     digest = hashlib.sha256()
     for name in files:
         digest.update(name.encode() + b"\0")
@@ -185,8 +201,16 @@ class Bundle:
         for name in self.binary_members():
             # The calibrated P(reject): the member's temperature from evaluation (1 = as trained).
             outputs[name] = reliability.apply_temperature(self._run(name, images)[:, 1], temperatures.get(name, 1.0))
-        spreads = np.std(np.stack([inclinet_models.target_to_inclination(outputs[name])
-                                   for _, names in self.regression_groups() for name in names]), axis=0)
+        spreads = np.std(
+            np.stack(
+                [
+                    inclinet_models.target_to_inclination(outputs[name])
+                    for _, names in self.regression_groups()
+                    for name in names
+                ]
+            ),
+            axis=0,
+        )
         peer_values = self._peer(images)
         answers = []
         for index in range(len(images)):

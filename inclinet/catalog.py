@@ -39,20 +39,69 @@ def _per_band(prefix):
 
 
 CATALOG_COLUMNS = tuple(
-    ["pgc", "ra", "dec", "gl", "gb", "sgl", "sgb", "Vhel", "Vls", "d25", "b_a", "pa", "ty", "type",
-     "sdss", "alfa100", "QA_sdss", "QA_wise", "ebv"]
+    [
+        "pgc",
+        "ra",
+        "dec",
+        "gl",
+        "gb",
+        "sgl",
+        "sgb",
+        "Vhel",
+        "Vls",
+        "d25",
+        "b_a",
+        "pa",
+        "ty",
+        "type",
+        "sdss",
+        "alfa100",
+        "QA_sdss",
+        "QA_wise",
+        "ebv",
+    ]
     + [f"{band}_mag" for band in _BANDS5]
     + [f"{band}_Rasy" for band in _BANDS5]
     + _per_band("A")
     + ["Sba", "Spa"]
-    + _per_band("mu0") + _per_band("mu50") + _per_band("mu90") + _per_band("m255")
-    + _per_band("disc_mu0") + _per_band("h") + _per_band("R50") + _per_band("R90")
-    + _per_band("R255") + _per_band("C82") + _per_band("d_m_ext")
+    + _per_band("mu0")
+    + _per_band("mu50")
+    + _per_band("mu90")
+    + _per_band("m255")
+    + _per_band("disc_mu0")
+    + _per_band("h")
+    + _per_band("R50")
+    + _per_band("R90")
+    + _per_band("R255")
+    + _per_band("C82")
+    + _per_band("d_m_ext")
     + ["w1_mag", "w2_mag", "w1_Rasy", "w2_Rasy", "A_w1", "A_w2", "Wba", "Wpa"]
-    + [f"{name}_{w}" for name in ("mu0", "mu50", "mu90", "m255", "disc_mu0", "h", "R50", "R90",
-                                  "R255", "C82", "d_m_ext") for w in ("w1", "w2")]
-    + ["Sqlt", "Wqlt", "dst", "trl", "nsp", "fon", "fnt", "cwd", "ovm", "fov", "mlp", "bts", "unc",
-       "note", "inc", "inc_e", "inc_flg", "inc_n", "inc_note"]
+    + [
+        f"{name}_{w}"
+        for name in ("mu0", "mu50", "mu90", "m255", "disc_mu0", "h", "R50", "R90", "R255", "C82", "d_m_ext")
+        for w in ("w1", "w2")
+    ]
+    + [
+        "Sqlt",
+        "Wqlt",
+        "dst",
+        "trl",
+        "nsp",
+        "fon",
+        "fnt",
+        "cwd",
+        "ovm",
+        "fov",
+        "mlp",
+        "bts",
+        "unc",
+        "note",
+        "inc",
+        "inc_e",
+        "inc_flg",
+        "inc_n",
+        "inc_note",
+    ]
 )
 
 #: Text/flag columns: written blank when a row does not give them.
@@ -60,8 +109,7 @@ TEXT_COLUMNS = frozenset(
     ["type", "dst", "trl", "nsp", "fon", "fnt", "cwd", "ovm", "fov", "mlp", "bts", "unc", "note", "inc_note"]
 )
 #: Integer columns: written ``0`` when missing.
-INTEGER_COLUMNS = frozenset(["pgc", "sdss", "alfa100", "QA_sdss", "QA_wise", "Sqlt", "Wqlt", "inc", "inc_flg",
-                             "inc_n"])
+INTEGER_COLUMNS = frozenset(["pgc", "sdss", "alfa100", "QA_sdss", "QA_wise", "Sqlt", "Wqlt", "inc", "inc_flg", "inc_n"])
 #: The columns a plain CSV catalog is written with (and may have when read).
 CSV_COLUMNS = ("pgc", "inc", "inc_e", "inc_flg", "inc_n", "inc_note", "fon", "pa", "b_a", "d25")
 REQUIRED_COLUMNS = ("pgc", "inc")
@@ -118,8 +166,10 @@ def label_problem(inc, inc_flg):
     if int(inc_flg or 0) > 0:
         return None
     if not 10 <= int(inc) <= INCLINATION_RANGE[1]:
-        return (f"accepted row (inc_flg 0) with inc {int(inc)}, not an inclination of 10..90; "
-                "left out of both tasks: fix inc or flag the row in the catalog")
+        return (
+            f"accepted row (inc_flg 0) with inc {int(inc)}, not an inclination of 10..90; "
+            "left out of both tasks: fix inc or flag the row in the catalog"
+        )
     return None
 
 
@@ -167,6 +217,7 @@ class Galaxy:
 
 # -- reading ------------------------------------------------------------------------------
 
+
 def read_catalog(path):
     """Read a catalog (pipe or comma format, detected from the header) into Galaxies.
 
@@ -188,8 +239,7 @@ def read_catalog(path):
     except OSError as exc:
         raise InputError(f"{path}: catalog cannot be read ({exc.strerror or exc}); check the file") from None
     lines = text.splitlines()
-    header_index = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")),
-                        None)
+    header_index = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")), None)
     if header_index is None:
         raise InputError(f"{path}: empty catalog; it needs a header line with at least pgc,inc and one row")
     header_line = lines[header_index]
@@ -314,6 +364,7 @@ def _parse_row(path, line_no, fields, index):
 
 # -- writing ------------------------------------------------------------------------------
 
+
 def _format(name, value):
     if value is None:
         value = ""
@@ -375,8 +426,7 @@ def write_catalog(path, rows, *, fmt="pipe"):
             writer.writerow([_format(name, row[name]) if name in row else _default(name) for name in columns])
         atomic_write_text(path, buffer.getvalue())
         return
-    table = [[_format(name, row[name]) if name in row else _default(name) for name in CATALOG_COLUMNS]
-             for row in rows]
+    table = [[_format(name, row[name]) if name in row else _default(name) for name in CATALOG_COLUMNS] for row in rows]
     widths = [max([len(name)] + [len(cells[i]) for cells in table]) for i, name in enumerate(CATALOG_COLUMNS)]
     lines = [" " + " | ".join(name.rjust(width) for name, width in zip(CATALOG_COLUMNS, widths))]
     for cells in table:

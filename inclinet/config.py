@@ -68,32 +68,46 @@ class Setting:
         return kind
 
 
-SETTINGS = {s.name: s for s in (
-    # -- science: what is computed ------------------------------------------------------
-    Setting("size", int, 128, "image size the networks see, in pixels", minimum=8),
-    Setting("synthetic_size", int, 512, "pixel size of rendered synthetic raw images", minimum=16),
-    Setting("subsamples", int, 3, "regression subsamples m besides the full set", minimum=0),
-    Setting("test_fraction", float, 0.1,
-            "fraction of the galaxies with inclination >= 45 held out as test_000"),
-    Setting("binary_test_fraction", float, 0.1, "fraction of all galaxies held out for the binary task, per class"),
-    Setting("n_batches", int, 5, "augmented batches per training subset", minimum=1),
-    Setting("per_bin", int, 100, "augmented colour images per 5-degree bin and batch", minimum=1),
-    Setting("epochs", int, 10, "training epochs", minimum=1),
-    Setting("batch_size", int, 64, "training batch size (images per step)", minimum=1),
-    Setting("learning_rate", float, 1e-3, "Adam learning rate", minimum=0.0),
-    Setting("lr_schedule", str, "cosine", "learning rate over the epochs: constant, or cosine decay to 1/20 of it",
-            choices=("constant", "cosine")),
-    Setting("views", int, 8, "augmented views per test image in evaluation", choices=TTA_VIEW_COUNTS),
-    Setting("seed", int, 0, "random seed of the run"),
-    # -- execution: how the work is cut and retried ---------------------------------------
-    Setting("galaxies_per_job", int, 500, "catalog rows per synth/prep job", minimum=1, science=False),
-    Setting("retries", int, 2, "retries of a failed job (exit code 2, a usage or input error, is never retried)",
-            minimum=0, science=False),
-)}
+SETTINGS = {
+    s.name: s
+    for s in (
+        # -- science: what is computed ------------------------------------------------------
+        Setting("size", int, 128, "image size the networks see, in pixels", minimum=8),
+        Setting("synthetic_size", int, 512, "pixel size of rendered synthetic raw images", minimum=16),
+        Setting("subsamples", int, 3, "regression subsamples m besides the full set", minimum=0),
+        Setting("test_fraction", float, 0.1, "fraction of the galaxies with inclination >= 45 held out as test_000"),
+        Setting("binary_test_fraction", float, 0.1, "fraction of all galaxies held out for the binary task, per class"),
+        Setting("n_batches", int, 5, "augmented batches per training subset", minimum=1),
+        Setting("per_bin", int, 100, "augmented colour images per 5-degree bin and batch", minimum=1),
+        Setting("epochs", int, 10, "training epochs", minimum=1),
+        Setting("batch_size", int, 64, "training batch size (images per step)", minimum=1),
+        Setting("learning_rate", float, 1e-3, "Adam learning rate", minimum=0.0),
+        Setting(
+            "lr_schedule",
+            str,
+            "cosine",
+            "learning rate over the epochs: constant, or cosine decay to 1/20 of it",
+            choices=("constant", "cosine"),
+        ),
+        Setting("views", int, 8, "augmented views per test image in evaluation", choices=TTA_VIEW_COUNTS),
+        Setting("seed", int, 0, "random seed of the run"),
+        # -- execution: how the work is cut and retried ---------------------------------------
+        Setting("galaxies_per_job", int, 500, "catalog rows per synth/prep job", minimum=1, science=False),
+        Setting(
+            "retries",
+            int,
+            2,
+            "retries of a failed job (exit code 2, a usage or input error, is never retried)",
+            minimum=0,
+            science=False,
+        ),
+    )
+}
 
 #: The defaults as one frozen dataclass instance: ``DEFAULTS.epochs`` is 10.
-DEFAULTS = make_dataclass("Defaults", [(name, item.type, item.default) for name, item in SETTINGS.items()],
-                          frozen=True)()
+DEFAULTS = make_dataclass(
+    "Defaults", [(name, item.type, item.default) for name, item in SETTINGS.items()], frozen=True
+)()
 
 #: The default raw-image root (``pgc<id>_<root>_<band>.png``).
 DEFAULT_ROOT = naming.DEFAULT_ROOT
@@ -153,6 +167,7 @@ def check_models_fit(models, size, *, flag="--models"):
 
 # -- configuration files (run_workflow.py --config) ------------------------------------------
 
+
 def setting_schema(name):
     """The JSON schema of setting ``name`` (type, bounds, choices), with its "must be" text as description."""
     item = SETTINGS[name]
@@ -190,8 +205,9 @@ def load_yaml_mapping(path):
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise InputError(f"{path}: a configuration file must be a YAML mapping (sections with keys), "
-                         f"not a {type(data).__name__}")
+        raise InputError(
+            f"{path}: a configuration file must be a YAML mapping (sections with keys), not a {type(data).__name__}"
+        )
     return data
 
 
@@ -217,7 +233,8 @@ def validate_document(data, schema, source):
         extra = sorted(set(error.instance) - set(known))
         key = f"{where}.{extra[0]}" if where else extra[0]
         hint = error.schema.get("x-misplaced", {}).get(extra[0])
-        raise ConfigError(f"{source}: unknown key {key}" + (f" ({hint})" if hint else "")
-                          + "; must be one of " + ", ".join(known))
+        raise ConfigError(
+            f"{source}: unknown key {key}" + (f" ({hint})" if hint else "") + "; must be one of " + ", ".join(known)
+        )
     must = error.schema.get("description") or error.message
     raise ConfigError(f"{source}: invalid {where or 'file'}: {error.instance!r}; must be {must}")

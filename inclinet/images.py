@@ -36,9 +36,7 @@ def load_image(path):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.format not in SUPPORTED_FORMATS:
-                    raise InputError(
-                        f"{path}: unsupported image format {image.format}; use PNG, JPEG or GIF"
-                    )
+                    raise InputError(f"{path}: unsupported image format {image.format}; use PNG, JPEG or GIF")
                 image.load()
                 array = _to_rgb_array(image)
     except InputError:
@@ -129,7 +127,7 @@ def pad_to_square(image, fill):
     top = (side - height) // 2
     left = (side - width) // 2
     canvas = np.full((side, side) + image.shape[2:], fill, dtype=image.dtype)
-    canvas[top:top + height, left:left + width] = image
+    canvas[top : top + height, left : left + width] = image
     return canvas
 
 

@@ -62,6 +62,7 @@ BUNDLE_DIR = "bundle"
 
 # -- raw inputs -------------------------------------------------------------------------
 
+
 def raw_image_names(pgc, band, root=DEFAULT_ROOT):
     """Candidate raw file names of one galaxy in one band, preferred first."""
     stem = f"pgc{int(pgc)}_{root}_{band}"
@@ -76,6 +77,7 @@ def raw_image(pgc, band, root=DEFAULT_ROOT, folder="galaxies"):
 
 
 # -- preparation stages -----------------------------------------------------------------
+
 
 def size_tag(size):
     return f"{int(size)}x{int(size)}"
@@ -128,6 +130,7 @@ def augmented_batch(size, subset, batch):
 
 
 # -- training and evaluation ------------------------------------------------------------
+
 
 def model_stem(model, subset):
     """``models/Uset_001_model5`` or ``models/Binary_model4``."""

@@ -180,7 +180,7 @@ def _median(values):
     half = values.size // 2
     if values.size % 2:
         return np.partition(values, half)[half]
-    low, high = np.partition(values, (half - 1, half))[half - 1:half + 1]
+    low, high = np.partition(values, (half - 1, half))[half - 1 : half + 1]
     return (low + high) / 2
 
 
@@ -377,8 +377,9 @@ def normalise_image(image, size, *, with_info=False):
     noises = []
     for channel in range(len(planes)):
         coefficients, sigma = _fit_sky_plane(planes[channel], ring_sample, coords)
-        planes[channel] -= np.float32(coefficients[0]) + np.float32(coefficients[1]) * xs + np.float32(
-            coefficients[2]) * ys
+        planes[channel] -= (
+            np.float32(coefficients[0]) + np.float32(coefficients[1]) * xs + np.float32(coefficients[2]) * ys
+        )
         noises.append(sigma)
     if fill.any():
         planes[:, fill] = 0.0
@@ -481,8 +482,9 @@ def normalise_file_image(image, size, path, *, with_info=False):
     if min(image.shape[:2]) < 8:
         from inclinet.errors import InputError
 
-        raise InputError(f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is too small; "
-                         "at least 8 x 8 are needed")
+        raise InputError(
+            f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is too small; at least 8 x 8 are needed"
+        )
     return normalise_image(image, size, with_info=with_info)
 
 

@@ -223,8 +223,7 @@ class NpzWriter:
     count is known. Nothing appears under ``path`` unless the block finishes without error.
     """
 
-    def __init__(self, path, row_shape, *, dtype=np.uint8, key="images", n_rows=None, compress=True,
-                 scratch_dir=None):
+    def __init__(self, path, row_shape, *, dtype=np.uint8, key="images", n_rows=None, compress=True, scratch_dir=None):
         self.path = Path(path)
         self.row_shape = tuple(int(n) for n in row_shape)
         self.dtype = np.dtype(dtype)
@@ -241,7 +240,8 @@ class NpzWriter:
             tmp = self._stack.enter_context(atomic_path(self.path))
             # Level 1: ~8x faster than zlib's default 6 on galaxy images, for files ~15% larger.
             self._zip = self._stack.enter_context(
-                zipfile.ZipFile(tmp, "w", self.compression, allowZip64=True, compresslevel=1))
+                zipfile.ZipFile(tmp, "w", self.compression, allowZip64=True, compresslevel=1)
+            )
             if self.n_rows is None:
                 fd, name = tempfile.mkstemp(prefix=".stage-", suffix=".raw", dir=self._scratch_dir)
                 os.unlink(name)

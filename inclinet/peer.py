@@ -63,6 +63,7 @@ _FAILURES = (InputError, ValueError, RuntimeError, ArithmeticError)
 
 # -- preparation ----------------------------------------------------------------------------
 
+
 def _galsim():
     try:
         import galsim
@@ -158,8 +159,7 @@ def prepare(image):
         raise InputError("no object stands out from the background: cannot measure an axial ratio")
     yy, xx = np.indices(signal.shape, dtype=np.float64)
     centre = (float((weights * yy).sum() / total), float((weights * xx).sum() / total))
-    return {"signal": signal, "mask": mask, "noise": found["noise"], "centre": centre,
-            "polarity": found["polarity"]}
+    return {"signal": signal, "mask": mask, "noise": found["noise"], "centre": centre, "polarity": found["polarity"]}
 
 
 def _moment_matrix(weights, centre=None):
@@ -187,6 +187,7 @@ def _q_from_matrix(matrix):
 
 # -- the methods ----------------------------------------------------------------------------
 
+
 def moments_q(image):
     """Axis ratio from thresholded unweighted moments (:func:`inclinet.axial.axial_ratio`); NaN on failure.
 
@@ -205,7 +206,9 @@ def _hsm_params(galsim):
 
 def _adaptive_matrix(galsim, array, centre, sigma_guess):
     result = galsim.hsm.FindAdaptiveMom(
-        galsim.ImageD(np.ascontiguousarray(array, dtype=np.float64)), strict=False, hsmparams=_hsm_params(galsim),
+        galsim.ImageD(np.ascontiguousarray(array, dtype=np.float64)),
+        strict=False,
+        hsmparams=_hsm_params(galsim),
         guess_sig=max(float(sigma_guess), 1.0),
         guess_centroid=galsim.PositionD(centre[1] + 1.0, centre[0] + 1.0),
     )
@@ -213,7 +216,7 @@ def _adaptive_matrix(galsim, array, centre, sigma_guess):
         return None
     shape = result.observed_shape
     e1, e2 = shape.e1, shape.e2
-    scale = result.moments_sigma ** 2 / math.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+    scale = result.moments_sigma**2 / math.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
     return scale * np.array([[1.0 + e1, e2], [e2, 1.0 - e1]])
 
 
@@ -296,9 +299,13 @@ def adaptive_q(image, *, psf_fwhm_pixels=None, prepared=None):
         if psf_fwhm_pixels is not None and np.isfinite(psf_fwhm_pixels) and psf_fwhm_pixels >= MIN_PSF_FWHM:
             psf, psf_matrix = _psf_entry(psf_fwhm_pixels)
             result = galsim.hsm.EstimateShear(
-                galsim.ImageD(np.ascontiguousarray(prepared["signal"])), psf, shear_est="REGAUSS", strict=False,
+                galsim.ImageD(np.ascontiguousarray(prepared["signal"])),
+                psf,
+                shear_est="REGAUSS",
+                strict=False,
                 hsmparams=_hsm_params(galsim),
-                guess_sig_gal=max(sigma_guess, 1.0), guess_sig_PSF=max(float(psf_fwhm_pixels) / 2.355, 0.5),
+                guess_sig_gal=max(sigma_guess, 1.0),
+                guess_sig_PSF=max(float(psf_fwhm_pixels) / 2.355, 0.5),
                 guess_centroid=galsim.PositionD(centre[1] + 1.0, centre[0] + 1.0),
             )
             if result.correction_status == 0 and not result.error_message:
@@ -370,6 +377,7 @@ def isophote_q(image, *, levels=ISOPHOTE_LEVELS, prepared=None, smooth=None):
 
 
 # -- batches --------------------------------------------------------------------------------
+
 
 def _as_batch(images):
     images = np.asarray(images)
@@ -483,6 +491,7 @@ def psf_fwhm_pixels(psf_fwhm_arcsec, d25_arcmin, raw_size, size=None, *, fov_arc
 
 # -- inclinations and calibration -----------------------------------------------------------
 
+
 def peer_inclination(q, q0=DEFAULT_Q0, *, slope=1.0, intercept=0.0):
     """Inclination (deg) from axis ratios, ``slope * i(q; q0) + intercept`` clipped to 45-90; NaN stays NaN."""
     q = np.asarray(q, dtype=np.float64)
@@ -541,8 +550,9 @@ class PeerCalibration:
 
     def apply(self, measurements):
         """Calibrated inclinations ``{method: array}`` of ``measurements`` (``{method: q array}``)."""
-        return {method: self.methods[method].inclination(q) for method, q in measurements.items()
-                if method in self.methods}
+        return {
+            method: self.methods[method].inclination(q) for method, q in measurements.items() if method in self.methods
+        }
 
     def inclination(self, measurements, method=None):
         """Inclinations of ``method`` (default: :attr:`best`) from ``{method: q array}``."""
@@ -551,14 +561,14 @@ class PeerCalibration:
 
     def as_dict(self):
         """JSON-ready form: ``{"best": name, "methods": {name: {q0, slope, ...}}}``."""
-        return {"best": self.best,
-                "methods": {name: dataclasses.asdict(cal) for name, cal in self.methods.items()}}
+        return {"best": self.best, "methods": {name: dataclasses.asdict(cal) for name, cal in self.methods.items()}}
 
     @classmethod
     def from_dict(cls, data):
         """Inverse of :meth:`as_dict`."""
-        return cls(methods={name: MethodCalibration(**values) for name, values in data["methods"].items()},
-                   best=data["best"])
+        return cls(
+            methods={name: MethodCalibration(**values) for name, values in data["methods"].items()}, best=data["best"]
+        )
 
 
 def scores(predicted, truth):
@@ -576,9 +586,13 @@ def scores(predicted, truth):
     if not ok.any():
         return {"rms": math.nan, "bias": math.nan, "mae": math.nan, "n": 0, "coverage": 0.0}
     error = predicted[ok] - truth[ok]
-    return {"rms": float(np.sqrt(np.mean(error ** 2))), "bias": float(np.mean(error)),
-            "mae": float(np.mean(np.abs(error))), "n": int(ok.sum()),
-            "coverage": float(ok.sum() / max(n_total, 1))}
+    return {
+        "rms": float(np.sqrt(np.mean(error**2))),
+        "bias": float(np.mean(error)),
+        "mae": float(np.mean(np.abs(error))),
+        "n": int(ok.sum()),
+        "coverage": float(ok.sum() / max(n_total, 1)),
+    }
 
 
 _Q0_GRID = np.round(np.arange(0.0, 0.5001, 0.005), 3)
@@ -628,8 +642,9 @@ def fit_method(q, truth, *, linear=True):
     _, q0, slope, intercept = best
     calibration = MethodCalibration(q0=q0, slope=slope, intercept=intercept)
     score = scores(calibration.inclination(q), truth)
-    return dataclasses.replace(calibration, rms=score["rms"], bias=score["bias"], mae=score["mae"], n=score["n"],
-                               coverage=score["coverage"])
+    return dataclasses.replace(
+        calibration, rms=score["rms"], bias=score["bias"], mae=score["mae"], n=score["n"], coverage=score["coverage"]
+    )
 
 
 def fit_peer(images_or_q, truth, *, psf_fwhm_pixels=None, linear=True, min_coverage=0.9):
@@ -654,8 +669,9 @@ def fit_peer(images_or_q, truth, *, psf_fwhm_pixels=None, linear=True, min_cover
     PeerCalibration
         Per-method calibrations; ``best`` is chosen by :func:`best_peer`'s rule.
     """
-    measurements = images_or_q if isinstance(images_or_q, dict) else measure(images_or_q,
-                                                                               psf_fwhm_pixels=psf_fwhm_pixels)
+    measurements = (
+        images_or_q if isinstance(images_or_q, dict) else measure(images_or_q, psf_fwhm_pixels=psf_fwhm_pixels)
+    )
     fitted = {}
     for method, q in measurements.items():
         try:
@@ -677,8 +693,9 @@ def best_method(table, min_coverage=0.9):
     eligible = {m: v for m, v in table.items() if np.isfinite(v[0]) and v[1] >= min_coverage}
     if not eligible:
         eligible = {m: v for m, v in table.items() if np.isfinite(v[0])} or table
-    return min(eligible, key=lambda m: (eligible[m][0] if np.isfinite(eligible[m][0]) else math.inf,
-                                        order.get(m, len(order))))
+    return min(
+        eligible, key=lambda m: (eligible[m][0] if np.isfinite(eligible[m][0]) else math.inf, order.get(m, len(order)))
+    )
 
 
 def best_peer(measurements, truth, *, calibration=None, q0=DEFAULT_Q0, min_coverage=0.9):
@@ -717,4 +734,3 @@ def best_peer(measurements, truth, *, calibration=None, q0=DEFAULT_Q0, min_cover
         table[method] = (score["rms"], score["coverage"])
     name = best_method(table, min_coverage)
     return name, values[name]
-

@@ -109,7 +109,7 @@ def reference_ranges(normalised_images, member_spread):
         "statistics": ranges,
         "max_member_spread": float(np.percentile(spread, 99.0)) if len(spread) else None,
         "rule": "0.5-99.5 percentiles of the test images widened by 25% of their span; "
-                "99th percentile of the regression members' standard deviation",
+        "99th percentile of the regression members' standard deviation",
     }
 
 
@@ -127,8 +127,7 @@ def warnings_for(info, statistics, member_spread, reference):
             limits = reference["statistics"].get(name)
             value = float(statistics[column])
             if limits and not limits[0] <= value <= limits[1]:
-                found.append(f"{name.replace('_', ' ')} {value:.3g} {_RANGE_TEXT} "
-                             f"{limits[0]:.3g}..{limits[1]:.3g}")
+                found.append(f"{name.replace('_', ' ')} {value:.3g} {_RANGE_TEXT} {limits[0]:.3g}..{limits[1]:.3g}")
         limit = reference.get("max_member_spread")
         if limit is not None and member_spread is not None and member_spread > limit:
             found.append(f"{_SPREAD_TEXT}: spread {member_spread:.1f} deg > {limit:.1f} deg")

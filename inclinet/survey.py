@@ -41,8 +41,21 @@ STATUSES = ("ok", "partial", "failed")
 GALAXIES_PER_BATCH = 64
 #: Galaxies with the largest ``inc_std`` each chunk keeps for the report's gallery.
 GALLERY_SIZE = 12
-SUMMARY_COLUMNS = ("pgc", "status", "reason", "bands", "inc_median", "inc_mean", "inc_std", "p_reject", "peer",
-                   "peer_method", "ood", "warnings", "bundle")
+SUMMARY_COLUMNS = (
+    "pgc",
+    "status",
+    "reason",
+    "bands",
+    "inc_median",
+    "inc_mean",
+    "inc_std",
+    "p_reject",
+    "peer",
+    "peer_method",
+    "ood",
+    "warnings",
+    "bundle",
+)
 BAND_SUMMARY = ("median", "mean", "std", "p_reject", "peer", "ood", "warnings")
 TEXT_COLUMNS = {"status", "reason", "bands", "peer_method", "warnings", "bundle"}
 
@@ -79,12 +92,14 @@ def member_names(bundle):
 def parse_bands(text):
     bands = tuple("gri" if b.strip().upper() == "RGB" else b.strip() for b in str(text).split(",") if b.strip())
     if not bands or any(b not in naming.BANDS for b in bands) or len(set(bands)) != len(bands):
-        raise ConfigError(f"invalid --bands: {text}; must be a comma list without repeats of "
-                          + ", ".join(naming.BANDS))
+        raise ConfigError(
+            f"invalid --bands: {text}; must be a comma list without repeats of " + ", ".join(naming.BANDS)
+        )
     return bands
 
 
 # -- measuring one chunk ----------------------------------------------------------------
+
 
 def _median(values):
     values = [v for v in values if v is not None]
@@ -134,8 +149,11 @@ def galaxy_row(pgc, bands, answers, problems, regression, binary, identity):
     row["reason"] = "; ".join(f"{band}: {problems[band]}" for band in bands if band in problems)
     row["bands"] = ",".join(measured)
     if degrees:
-        row.update(inc_median=float(statistics.median(degrees)), inc_mean=statistics.fmean(degrees),
-                   inc_std=statistics.pstdev(degrees))
+        row.update(
+            inc_median=float(statistics.median(degrees)),
+            inc_mean=statistics.fmean(degrees),
+            inc_std=statistics.pstdev(degrees),
+        )
     row["p_reject"] = _median(rejections)
     row["peer"] = _median(peers)
     row["peer_method"] = method
@@ -192,11 +210,14 @@ def warning_summary(counts, galaxies):
     images = counts.get("images", 0)
     if not images:
         return f"out-of-distribution warnings: none ({galaxies} galaxies)"
-    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts["kinds"].items(), key=lambda item: (-item[1],
-                                                                                               item[0])))
+    kinds = ", ".join(
+        f"{kind} {n}" for kind, n in sorted(counts["kinds"].items(), key=lambda item: (-item[1], item[0]))
+    )
     bands = ", ".join(f"{band} {n}" for band, n in counts["bands"].items())
-    return (f"out-of-distribution warnings: {images} images of {counts['galaxies']} of {galaxies} galaxies "
-            f"(by kind: {kinds}; images by band: {bands}); per galaxy: the catalog's ood and warnings columns")
+    return (
+        f"out-of-distribution warnings: {images} images of {counts['galaxies']} of {galaxies} galaxies "
+        f"(by kind: {kinds}; images by band: {bands}); per galaxy: the catalog's ood and warnings columns"
+    )
 
 
 def pack(*, pgcs, data_path, archive, bands=naming.BANDS, root=naming.DEFAULT_ROOT):
@@ -240,8 +261,20 @@ def unpack(archive, folder):
     return len(members)
 
 
-def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS, root=naming.DEFAULT_ROOT,
-            identity=None, galaxies_per_batch=GALAXIES_PER_BATCH, gallery_size=GALLERY_SIZE, source=None):
+def measure(
+    *,
+    bundle,
+    pgcs,
+    data_path,
+    output,
+    gallery=None,
+    bands=naming.BANDS,
+    root=naming.DEFAULT_ROOT,
+    identity=None,
+    galaxies_per_batch=GALAXIES_PER_BATCH,
+    gallery_size=GALLERY_SIZE,
+    source=None,
+):
     """Measure the galaxies ``pgcs`` in every band; write their rows to ``output`` (CSV) and return counts.
 
     Galaxies are read, normalised and predicted ``galaxies_per_batch`` at a time and their
@@ -258,8 +291,10 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
     loaded = bundle if isinstance(bundle, model_bundle.Bundle) else model_bundle.Bundle(bundle)
     actual = model_bundle.identity(loaded.directory)
     if identity is not None and identity != actual:
-        raise InputError(f"{loaded.directory}: bundle identity is {actual}, not {identity} as when the workflow "
-                         "was built; the bundle changed: build the survey workflow again")
+        raise InputError(
+            f"{loaded.directory}: bundle identity is {actual}, not {identity} as when the workflow "
+            "was built; the bundle changed: build the survey workflow again"
+        )
     regression, binary = member_names(loaded)
     header = columns(bands, regression, binary)
     counts = dict.fromkeys(STATUSES, 0)
@@ -270,7 +305,7 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         for first in range(0, len(pgcs), galaxies_per_batch):
-            batch = pgcs[first:first + galaxies_per_batch]
+            batch = pgcs[first : first + galaxies_per_batch]
             images, infos, owners, problems = [], [], [], {}
             for pgc in batch:
                 for band in bands:
@@ -284,8 +319,9 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
             answers = {}
             if images:
                 names = [f"pgc {pgc} {band}" for pgc, band in owners]
-                for (pgc, band), answer in zip(owners, answer_images(loaded, np.stack(images), infos, names=names,
-                                                                     log_warnings=False)):
+                for (pgc, band), answer in zip(
+                    owners, answer_images(loaded, np.stack(images), infos, names=names, log_warnings=False)
+                ):
                     answers.setdefault(pgc, {})[band] = answer
                     if answer["warnings"]:
                         warned["images"] += 1
@@ -294,16 +330,21 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
                             kind = warning_kind(message)
                             warned["kinds"][kind] = warned["kinds"].get(kind, 0) + 1
             for pgc in batch:
-                row = galaxy_row(pgc, bands, answers.get(pgc, {}), problems.get(pgc, {}), regression, binary,
-                                 actual)
+                row = galaxy_row(pgc, bands, answers.get(pgc, {}), problems.get(pgc, {}), regression, binary, actual)
                 counts[row["status"]] += 1
                 warned["galaxies"] += bool(row["ood"])
                 writer.writerow([_format(row.get(name)) for name in header])
                 if gallery is not None and row.get("inc_std") is not None:
                     shown = "gri" if "gri" in answers[pgc] else row["bands"].split(",")[0]
                     image = images[owners.index((pgc, shown))]
-                    entry = (row["inc_std"], -int(pgc), int(pgc), image, row["inc_median"],
-                             np.nan if row["p_reject"] is None else row["p_reject"])
+                    entry = (
+                        row["inc_std"],
+                        -int(pgc),
+                        int(pgc),
+                        image,
+                        row["inc_median"],
+                        np.nan if row["p_reject"] is None else row["p_reject"],
+                    )
                     if len(kept) < gallery_size:
                         heapq.heappush(kept, entry)
                     elif entry[:2] > kept[0][:2]:
@@ -314,18 +355,21 @@ def measure(*, bundle, pgcs, data_path, output, gallery=None, bands=naming.BANDS
     if gallery is not None:
         kept.sort(key=lambda entry: entry[:2], reverse=True)
         size = loaded.input_size
-        atomic_savez(gallery,
-                     images=np.stack([e[3] for e in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
-                     pgcIDs=np.array([e[2] for e in kept], dtype=np.int64),
-                     inc_median=np.array([e[4] for e in kept], dtype=float),
-                     inc_std=np.array([e[0] for e in kept], dtype=float),
-                     p_reject=np.array([e[5] for e in kept], dtype=float))
+        atomic_savez(
+            gallery,
+            images=np.stack([e[3] for e in kept]) if kept else np.zeros((0, size, size, 3), np.uint8),
+            pgcIDs=np.array([e[2] for e in kept], dtype=np.int64),
+            inc_median=np.array([e[4] for e in kept], dtype=float),
+            inc_std=np.array([e[0] for e in kept], dtype=float),
+            p_reject=np.array([e[5] for e in kept], dtype=float),
+        )
     counts["seconds"] = time.perf_counter() - start
     counts["warnings"] = warned
     return counts
 
 
 # -- merging ----------------------------------------------------------------------------
+
 
 def _read_header(path):
     try:
@@ -334,8 +378,10 @@ def _read_header(path):
     except OSError as exc:
         raise InputError(f"{path}: chunk not readable ({exc}); rerun its measure job") from None
     if not header or header[: len(SUMMARY_COLUMNS)] != list(SUMMARY_COLUMNS):
-        raise InputError(f"{path}: not a survey chunk (header {header[:3] if header else 'missing'}); "
-                         "give the CSV files inclinet-measure writes")
+        raise InputError(
+            f"{path}: not a survey chunk (header {header[:3] if header else 'missing'}); "
+            "give the CSV files inclinet-measure writes"
+        )
     return header
 
 
@@ -346,9 +392,14 @@ def _frame(path, header):
     for name in header:
         kind = column_kind(name)
         dtypes[name] = {"int": "int64", "bool": "boolean", "str": "string", "float": "float64"}[kind]
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False,
-                        na_values={name: [""] for name in header if column_kind(name) != "str"},
-                        true_values=["true"], false_values=["false"])
+    frame = pd.read_csv(
+        path,
+        dtype=dtypes,
+        keep_default_na=False,
+        na_values={name: [""] for name in header if column_kind(name) != "str"},
+        true_values=["true"],
+        false_values=["false"],
+    )
     for name in header:
         if column_kind(name) == "str":
             frame[name] = frame[name].replace("", pd.NA)
@@ -380,20 +431,25 @@ def merge(inputs, *, output, parquet=None):
         handle.write(",".join(header) + "\n")
         for path in inputs:
             if _read_header(path) != header:
-                raise InputError(f"{path}: its columns differ from {inputs[0]}'s (other bundle members or bands); "
-                                 "merge only chunks of one survey run")
+                raise InputError(
+                    f"{path}: its columns differ from {inputs[0]}'s (other bundle members or bands); "
+                    "merge only chunks of one survey run"
+                )
             with open(path, encoding="utf-8", newline="") as chunk:
                 reader = csv.reader(chunk)
                 next(reader)
                 for line_no, fields in enumerate(reader, start=2):
                     if len(fields) != len(header):
-                        raise InputError(f"{path}, line {line_no}: {len(fields)} fields, not {len(header)}; "
-                                         "rerun its measure job")
+                        raise InputError(
+                            f"{path}, line {line_no}: {len(fields)} fields, not {len(header)}; rerun its measure job"
+                        )
                     identity = identity or fields[bundle_at]
                     if fields[bundle_at] != identity:
-                        raise InputError(f"{path}, line {line_no}: measured with bundle {fields[bundle_at]}, the "
-                                         f"chunks before with {identity}; never merge two bundles: rerun the "
-                                         "survey with one bundle")
+                        raise InputError(
+                            f"{path}, line {line_no}: measured with bundle {fields[bundle_at]}, the "
+                            f"chunks before with {identity}; never merge two bundles: rerun the "
+                            "survey with one bundle"
+                        )
                     statuses[fields[status_at]] = statuses.get(fields[status_at], 0) + 1
                     rows += 1
             with open(path, encoding="utf-8", newline="") as chunk:
@@ -415,14 +471,18 @@ def merge(inputs, *, output, parquet=None):
 
 # -- the summary report -----------------------------------------------------------------
 
+
 def _agreement(first, second):
     """``{n, median, rms}`` of ``first - second`` where both are measured."""
     both = np.isfinite(first) & np.isfinite(second)
     difference = first[both] - second[both]
     if not difference.size:
         return {"n": 0, "median": None, "rms": None}
-    return {"n": int(difference.size), "median": float(np.median(difference)),
-            "rms": float(np.sqrt(np.mean(difference ** 2)))}
+    return {
+        "n": int(difference.size),
+        "median": float(np.median(difference)),
+        "rms": float(np.sqrt(np.mean(difference**2))),
+    }
 
 
 def _figure_uri(figure):
@@ -452,41 +512,72 @@ def summarize(*, catalog, galleries=(), output, numbers_path=None, gallery_size=
 
     header = _read_header(catalog)
     bands = [band for band in naming.BANDS if f"{band}_median" in header]
-    wanted = ["pgc", "status", "bundle", "inc_median", "inc_std", "p_reject", "peer", "ood",
-              *[f"{band}_median" for band in bands]]
-    table = pd.read_csv(catalog, usecols=wanted, dtype={"status": "string", "bundle": "string"},
-                        keep_default_na=False, na_values={n: [""] for n in wanted if n not in ("status", "bundle")},
-                        true_values=["true"], false_values=["false"])
+    wanted = [
+        "pgc",
+        "status",
+        "bundle",
+        "inc_median",
+        "inc_std",
+        "p_reject",
+        "peer",
+        "ood",
+        *[f"{band}_median" for band in bands],
+    ]
+    table = pd.read_csv(
+        catalog,
+        usecols=wanted,
+        dtype={"status": "string", "bundle": "string"},
+        keep_default_na=False,
+        na_values={n: [""] for n in wanted if n not in ("status", "bundle")},
+        true_values=["true"],
+        false_values=["false"],
+    )
     identities = sorted(set(table["bundle"].dropna()))
     if len(identities) > 1:
-        raise InputError(f"{catalog}: rows of {len(identities)} bundles ({', '.join(identities)}); "
-                         "a survey catalog holds one bundle's measurements")
+        raise InputError(
+            f"{catalog}: rows of {len(identities)} bundles ({', '.join(identities)}); "
+            "a survey catalog holds one bundle's measurements"
+        )
     inclination = table["inc_median"].to_numpy(float)
     rejection = table["p_reject"].to_numpy(float)
     numbers = {
-        "catalog": str(catalog), "bundle": identities[0] if identities else None, "galaxies": len(table),
+        "catalog": str(catalog),
+        "bundle": identities[0] if identities else None,
+        "galaxies": len(table),
         "statuses": {status: int((table["status"] == status).sum()) for status in STATUSES},
         "out_of_distribution": int(table["ood"].fillna(False).astype(bool).sum()),
-        "inclination": {"median": float(np.nanmedian(inclination)) if np.isfinite(inclination).any() else None,
-                        "histogram": np.histogram(inclination[np.isfinite(inclination)], bins=9,
-                                                  range=(45, 90))[0].tolist()},
-        "rejection": {"median": float(np.nanmedian(rejection)) if np.isfinite(rejection).any() else None,
-                      "above_50": int((rejection > 50).sum())},
-        "bands_vs_bands": {f"{a}-{b}": _agreement(table[f"{a}_median"].to_numpy(float),
-                                                  table[f"{b}_median"].to_numpy(float))
-                           for i, a in enumerate(bands) for b in bands[i + 1:]},
+        "inclination": {
+            "median": float(np.nanmedian(inclination)) if np.isfinite(inclination).any() else None,
+            "histogram": np.histogram(inclination[np.isfinite(inclination)], bins=9, range=(45, 90))[0].tolist(),
+        },
+        "rejection": {
+            "median": float(np.nanmedian(rejection)) if np.isfinite(rejection).any() else None,
+            "above_50": int((rejection > 50).sum()),
+        },
+        "bands_vs_bands": {
+            f"{a}-{b}": _agreement(table[f"{a}_median"].to_numpy(float), table[f"{b}_median"].to_numpy(float))
+            for i, a in enumerate(bands)
+            for b in bands[i + 1 :]
+        },
         "ensemble_vs_peer": _agreement(inclination, table["peer"].to_numpy(float)),
     }
     shown = []
     for path in galleries:
         arrays = load_npz(path, required=("images", "pgcIDs", "inc_median", "inc_std", "p_reject"))
-        shown.extend(zip(arrays["inc_std"], arrays["pgcIDs"], arrays["images"], arrays["inc_median"],
-                         arrays["p_reject"]))
+        shown.extend(
+            zip(arrays["inc_std"], arrays["pgcIDs"], arrays["images"], arrays["inc_median"], arrays["p_reject"])
+        )
     shown.sort(key=lambda entry: (-entry[0], entry[1]))
     shown = shown[:gallery_size]
-    numbers["most_uncertain"] = [{"pgc": int(p), "inc_std": float(s), "inc_median": float(m),
-                                  "p_reject": None if not np.isfinite(r) else float(r)}
-                                 for s, p, _, m, r in shown]
+    numbers["most_uncertain"] = [
+        {
+            "pgc": int(p),
+            "inc_std": float(s),
+            "inc_median": float(m),
+            "p_reject": None if not np.isfinite(r) else float(r),
+        }
+        for s, p, _, m, r in shown
+    ]
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].hist(inclination[np.isfinite(inclination)], bins=18, range=(45, 90), color="tab:blue")
@@ -502,9 +593,10 @@ def summarize(*, catalog, galleries=(), output, numbers_path=None, gallery_size=
     def cell(value):
         return "" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
-    rows = "".join(f"<tr><td>{html.escape(pair)}</td><td>{v['n']}</td><td>{cell(v['median'])}</td>"
-                   f"<td>{cell(v['rms'])}</td></tr>"
-                   for pair, v in [*numbers["bands_vs_bands"].items(), ("ensemble-peer", numbers["ensemble_vs_peer"])])
+    rows = "".join(
+        f"<tr><td>{html.escape(pair)}</td><td>{v['n']}</td><td>{cell(v['median'])}</td><td>{cell(v['rms'])}</td></tr>"
+        for pair, v in [*numbers["bands_vs_bands"].items(), ("ensemble-peer", numbers["ensemble_vs_peer"])]
+    )
     gallery_html = ""
     if shown:
         columns_ = min(6, len(shown))

@@ -21,16 +21,21 @@ END = "<!-- cli-reference:end -->"
 sys.path.insert(0, str(ROOT))
 from inclinet.stages import STAGES  # noqa: E402 - the registry, from this checkout
 
-WORKFLOW = (("run_workflow.py", []), ("run_workflow.py status", ["status"]),
-            ("run_workflow.py resume", ["resume"]), ("run_workflow.py cancel", ["cancel"]))
+WORKFLOW = (
+    ("run_workflow.py", []),
+    ("run_workflow.py status", ["status"]),
+    ("run_workflow.py resume", ["resume"]),
+    ("run_workflow.py cancel", ["cancel"]),
+)
 #: Tools that are not workflow stages: (executable, module).
 TOOLS = (("inclinet-serve", "inclinet.service.cli"),)
 
 
 def _help(argv):
     env = dict(os.environ, COLUMNS="100", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True, env=env,
-                            cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, *argv, "--help"], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
     return result.stdout.rstrip()
 
 

@@ -292,8 +292,9 @@ def normalise_image(image, size, *, with_info=False):
     noises = []
     for channel in range(len(planes)):
         coefficients, sigma = _fit_sky_plane(planes[channel], ring_sample, coords)
-        planes[channel] -= np.float32(coefficients[0]) + np.float32(coefficients[1]) * xs + np.float32(
-            coefficients[2]) * ys
+        planes[channel] -= (
+            np.float32(coefficients[0]) + np.float32(coefficients[1]) * xs + np.float32(coefficients[2]) * ys
+        )
         noises.append(sigma)
     planes[:, fill] = 0.0
     signal = planes.mean(axis=0)

@@ -91,7 +91,8 @@ def untrained_bundle(root, members, *, size=32, seed=1, views=2, seed_offset=0):
         models.import_keras().utils.set_random_seed(seed_offset + index)
         path = root / f"{Path(naming.model_stem(model, subset)).name}.keras"
         models.build_model(model, input_size=size, task=task).save(path)
-        records.append({"name": naming.member_name(model, subset), "model": model, "task": task,
-                        "subset": subset, "path": path})
+        records.append(
+            {"name": naming.member_name(model, subset), "model": model, "task": task, "subset": subset, "path": path}
+        )
     bundle.write_bundle(root / "bundle", records, input_size=size, seed=seed, views=views)
     return root / "bundle"

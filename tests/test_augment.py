@@ -40,8 +40,9 @@ def test_bins_edges():
 
 def test_regression_batches_are_balanced(samples, tmp_path):
     out = tmp_path / "Uset_001_npz"
-    code = augment.main(["-i", *map(str, samples.values()), "-o", str(out), "-s", str(SIZE), "-b", "3", "-z", "4",
-                         "--seed", "5", "-q"])
+    code = augment.main(
+        ["-i", *map(str, samples.values()), "-o", str(out), "-s", str(SIZE), "-b", "3", "-z", "4", "--seed", "5", "-q"]
+    )
     assert code == 0
     batches = _batches(out, 3)
     band_counts = {"g": 0, "r": 0, "i": 0}
@@ -61,7 +62,7 @@ def test_regression_batches_are_balanced(samples, tmp_path):
         assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 0] == gray[..., 2]).all()
         # Normalised: every gray image is a bright galaxy on a dark sky (the raw g, r, i are dark on white).
         border = np.concatenate([gray[:, 0, :, 0], gray[:, -1, :, 0]], axis=1).mean(axis=1)
-        centre = gray[:, SIZE // 2 - 2:SIZE // 2 + 2, SIZE // 2 - 2:SIZE // 2 + 2, 0].mean(axis=(1, 2))
+        centre = gray[:, SIZE // 2 - 2 : SIZE // 2 + 2, SIZE // 2 - 2 : SIZE // 2 + 2, 0].mean(axis=(1, 2))
         assert (border < 40).all() and (centre > border + 60).all()
         # Colour images keep their colour and their dark sky (no white frame).
         col = batch["images"][colour].astype(int)
@@ -90,11 +91,16 @@ def test_deterministic_and_seed_dependent(samples, tmp_path):
 def test_binary_task_balances_classes(tmp_path):
     pgcs = np.arange(1, 21)
     labels = np.array([1] * 5 + [0] * 15)  # 1 = reject
-    paths = [write_sample(tmp_path / f"{b}_{SIZE}x{SIZE}_binary_train.npz", b, pgcs, labels, SIZE)
-             for b in ("gri", "r")]
+    paths = [
+        write_sample(tmp_path / f"{b}_{SIZE}x{SIZE}_binary_train.npz", b, pgcs, labels, SIZE) for b in ("gri", "r")
+    ]
     out = tmp_path / "Binary_npz"
-    assert augment.main(["-i", *map(str, paths), "-o", str(out), "-s", str(SIZE), "--task", "binary", "-b", "1",
-                         "-z", "6", "-q"]) == 0
+    assert (
+        augment.main(
+            ["-i", *map(str, paths), "-o", str(out), "-s", str(SIZE), "--task", "binary", "-b", "1", "-z", "6", "-q"]
+        )
+        == 0
+    )
     batch = _batches(out, 1)[0]
     colour = batch["filter"].astype(str) == "c"
     for is_colour in (True, False):

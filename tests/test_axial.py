@@ -72,9 +72,22 @@ def test_synthetic_galaxies_flatten_with_inclination():
 
     for index in range(4):
         base = galaxy_params(index, 11)
-        base = dataclasses.replace(base, label="A", cause="", elliptical=False, companion={}, stars=[],
-                                   brightness=1.0, corners={}, field_sources=[], centre_offset=(0.0, 0.0),
-                                   psf_shear=(0.0, 0.0), gradient=(0.0, 0.0), frame=1.0, colour_jitter=(1, 1, 1))
+        base = dataclasses.replace(
+            base,
+            label="A",
+            cause="",
+            elliptical=False,
+            companion={},
+            stars=[],
+            brightness=1.0,
+            corners={},
+            field_sources=[],
+            centre_offset=(0.0, 0.0),
+            psf_shear=(0.0, 0.0),
+            gradient=(0.0, 0.0),
+            frame=1.0,
+            colour_jitter=(1, 1, 1),
+        )
         ratios = {}
         for inclination in (20.0, 50.0, 85.0):
             gray, colour = render_galaxy(dataclasses.replace(base, true_inc=inclination), 64, 11)
@@ -94,10 +107,12 @@ def test_classical_inclination_tracks_truth_in_tiny_universe(tiny_universe):
         truth = [row for row in csv.DictReader(handle) if row["label"] == "A"]
     assert len(truth) >= 20
     true_inc = np.array([float(row["true_inc"]) for row in truth])
-    measured = np.array([
-        classical_inclination(load_image(tiny_universe / "galaxies" / f"pgc{row['pgc']}_d25x2_rot_g.png"))
-        for row in truth
-    ])
+    measured = np.array(
+        [
+            classical_inclination(load_image(tiny_universe / "galaxies" / f"pgc{row['pgc']}_d25x2_rot_g.png"))
+            for row in truth
+        ]
+    )
     # The universe is observed widely (field sources, PSF, stretch): the plain moments track the truth loosely.
     assert np.corrcoef(true_inc, measured)[0, 1] > 0.7
     assert np.median(np.abs(measured - true_inc)) < 8.0

@@ -15,8 +15,17 @@ from inclinet.catalog import (
 from inclinet.errors import InputError
 
 ROWS = [
-    {"pgc": 44182, "inc": 61, "inc_e": 4.0, "inc_flg": 0, "inc_n": 12, "inc_note": "[standard]",
-     "pa": 113.5, "b_a": 0.51, "d25": 10.47},
+    {
+        "pgc": 44182,
+        "inc": 61,
+        "inc_e": 4.0,
+        "inc_flg": 0,
+        "inc_n": 12,
+        "inc_note": "[standard]",
+        "pa": 113.5,
+        "b_a": 0.51,
+        "d25": 10.47,
+    },
     {"pgc": 118, "inc": 0, "inc_flg": 1, "fon": "F", "inc_note": "[face_on]", "inc_n": 3},
     {"pgc": 129, "inc": 0, "inc_flg": 1, "inc_note": "[merger] [multiple]", "inc_n": 4},
     {"pgc": 354, "inc": 88, "inc_e": 2.5, "inc_flg": 0, "inc_n": 5, "pa": 7.25, "b_a": 0.18, "d25": 1.2},
@@ -71,15 +80,28 @@ def test_reads_original_style_pipe_file(tmp_path):
     values = {name: "0.00" for name in CATALOG_COLUMNS}
     flags = ("dst", "trl", "nsp", "fon", "fnt", "cwd", "ovm", "fov", "mlp", "bts", "unc", "note", "inc_note")
     values.update({name: "" for name in flags})
-    values.update({"pgc": "676", "d25": "0.91", "b_a": "0.69", "pa": "88.3", "type": "  Sbc    ",
-                   "inc": "71", "inc_e": "3", "inc_flg": "0", "inc_n": "5", "note": "a note, with commas"})
+    values.update(
+        {
+            "pgc": "676",
+            "d25": "0.91",
+            "b_a": "0.69",
+            "pa": "88.3",
+            "type": "  Sbc    ",
+            "inc": "71",
+            "inc_e": "3",
+            "inc_flg": "0",
+            "inc_n": "5",
+            "note": "a note, with commas",
+        }
+    )
     header = " | ".join(f"{name:>9}" for name in CATALOG_COLUMNS)
     row = " | ".join(f"{values[name]:>9}" for name in CATALOG_COLUMNS)
     path = tmp_path / "EDD.csv"
     path.write_text(f"{header}\n{row}\n")
     (galaxy,) = read_catalog(path)
-    assert galaxy == Galaxy(pgc=676, inc=71, inc_e=3.0, inc_flg=0, inc_n=5, inc_note="", fon="", pa=88.3,
-                            b_a=0.69, d25=0.91, line=2)
+    assert galaxy == Galaxy(
+        pgc=676, inc=71, inc_e=3.0, inc_flg=0, inc_n=5, inc_note="", fon="", pa=88.3, b_a=0.69, d25=0.91, line=2
+    )
 
 
 def test_plain_csv_minimal_columns(tmp_path):
@@ -187,7 +209,6 @@ def test_find_raw_image(tmp_path):
     assert find_raw_image(tmp_path, 6, "g") is None
     with pytest.raises(ValueError, match="root"):
         find_raw_image(tmp_path, 5, "g", root="../x")
-
 
 
 def test_accepted_row_with_impossible_inclination_is_refused_not_made_a_reject():

@@ -14,8 +14,12 @@ from workflow.engines.common import prepare_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO.parent / "shared" / "pegasus-schema"
-SCHEMAS = {"workflow.yml": "wf-5.0.yml", "sites.yml": "sc-5.0.yml", "replicas.yml": "rc-5.0.yml",
-           "transformations.yml": "tc-5.0.yml"}
+SCHEMAS = {
+    "workflow.yml": "wf-5.0.yml",
+    "sites.yml": "sc-5.0.yml",
+    "replicas.yml": "rc-5.0.yml",
+    "transformations.yml": "tc-5.0.yml",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +32,15 @@ def validators():
     import referencing
     from referencing.jsonschema import DRAFT7
 
-    resources = {path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()),
-                                                               default_specification=DRAFT7)
-                 for path in SCHEMA_DIR.glob("*.yml")}
+    resources = {
+        path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()), default_specification=DRAFT7)
+        for path in SCHEMA_DIR.glob("*.yml")
+    }
     registry = referencing.Registry().with_resources(resources.items())
-    return {name: jsonschema.Draft7Validator(resources[schema].contents, registry=registry)
-            for name, schema in SCHEMAS.items()}
+    return {
+        name: jsonschema.Draft7Validator(resources[schema].contents, registry=registry)
+        for name, schema in SCHEMAS.items()
+    }
 
 
 def errors(validator, document):
@@ -60,8 +67,19 @@ def real_data(tmp_path, n=6):
 @pytest.mark.parametrize("kind", ["synthetic", "real"])
 def test_all_five_files_validate(tmp_path, validators, kind):
     if kind == "synthetic":
-        run_dir = build(tmp_path, "--synthetic", "30", "--galaxies-per-job", "10", "--size", "64",
-                        "--models", "model4,model6", "--subsamples", "2")
+        run_dir = build(
+            tmp_path,
+            "--synthetic",
+            "30",
+            "--galaxies-per-job",
+            "10",
+            "--size",
+            "64",
+            "--models",
+            "model4,model6",
+            "--subsamples",
+            "2",
+        )
     else:
         images, catalog = real_data(tmp_path)
         run_dir = build(tmp_path, "--data-path", str(images), "--catalog", str(catalog), "--size", "96")
@@ -126,14 +144,26 @@ def test_transformations_run_every_stage_in_the_container(tmp_path):
 def test_replicas_merge_user_entries_with_flags(tmp_path):
     images, catalog = real_data(tmp_path)
     user_file = tmp_path / "my-replicas.yml"
-    user_file.write_text(yaml.safe_dump({"pegasus": "5.0", "replicas": [
-        {"lfn": "raw/galaxies/(.+)", "pfns": [{"site": "local", "pfn": "file:///old/[1]"}], "regex": True},
-        {"lfn": "raw/galaxies/(.+)", "pfns": [{"site": "slurm", "pfn": "file:///cluster/[1]"}], "regex": True},
-        {"lfn": "models/(.+)", "pfns": [{"site": "local", "pfn": "file:///old/models/[1]"}], "regex": True},
-        {"lfn": "notes.txt", "pfns": [{"site": "local", "pfn": "file:///notes.txt"}]},
-    ]}))
-    run_dir = build(tmp_path, "--data-path", str(images), "--catalog", str(catalog), "--size", "96",
-                    "--replicas", str(user_file))
+    user_file.write_text(
+        yaml.safe_dump(
+            {
+                "pegasus": "5.0",
+                "replicas": [
+                    {"lfn": "raw/galaxies/(.+)", "pfns": [{"site": "local", "pfn": "file:///old/[1]"}], "regex": True},
+                    {
+                        "lfn": "raw/galaxies/(.+)",
+                        "pfns": [{"site": "slurm", "pfn": "file:///cluster/[1]"}],
+                        "regex": True,
+                    },
+                    {"lfn": "models/(.+)", "pfns": [{"site": "local", "pfn": "file:///old/models/[1]"}], "regex": True},
+                    {"lfn": "notes.txt", "pfns": [{"site": "local", "pfn": "file:///notes.txt"}]},
+                ],
+            }
+        )
+    )
+    run_dir = build(
+        tmp_path, "--data-path", str(images), "--catalog", str(catalog), "--size", "96", "--replicas", str(user_file)
+    )
     replicas = yaml.safe_load((run_dir / "replicas.yml").read_text())["replicas"]
     pfns = {(r["lfn"], p["site"]): p["pfn"] for r in replicas for p in r["pfns"]}
     assert pfns[("raw/galaxies/(.+)", "local")] == f"file://{images.resolve()}/[1]"  # the flag wins
@@ -143,7 +173,7 @@ def test_replicas_merge_user_entries_with_flags(tmp_path):
     assert pfns[(dag.RAW_CATALOG, "local")] == f"file://{catalog.resolve()}"
     checkpoints = [r for r in replicas if r["lfn"].endswith(".ckpt.zip")]
     assert len(checkpoints) == 3 * (3 + 1 + 1)  # 3 models x (Uset_000..Uset_003 + Binary)
-    placeholder = Path(checkpoints[0]["pfns"][0]["pfn"][len("file://"):])
+    placeholder = Path(checkpoints[0]["pfns"][0]["pfn"][len("file://") :])
     assert placeholder.is_file() and placeholder.stat().st_size == 0
 
 

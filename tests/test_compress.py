@@ -111,8 +111,13 @@ def test_empty_band_is_an_input_error(parts, tmp_path, capsys):
 
 def test_wrong_image_mode_is_an_input_error(tmp_path, capsys):
     bad = tmp_path / "gray.npz"
-    np.savez(bad, images=np.zeros((2, SIZE, SIZE), np.uint8), labels=np.array([50, 60]), pgcIDs=np.array([1, 2]),
-             band=np.array("g"))
+    np.savez(
+        bad,
+        images=np.zeros((2, SIZE, SIZE), np.uint8),
+        labels=np.array([50, 60]),
+        pgcIDs=np.array([1, 2]),
+        band=np.array("g"),
+    )
     assert compress.main(["-i", str(bad), "-o", str(tmp_path / "o.npz")]) == 2
     assert "expected uint8 (N, S, S, 3)" in capsys.readouterr().err
 

@@ -50,8 +50,21 @@ def test_file_settings_apply_and_flags_given_override_them(tmp_path):
     assert engine_args["slurm_wait"] is True
 
     # flags beat the file, also a flag given with the default's value (--engine local)
-    code, info = _build(tmp_path, TINY, "--force", "--epochs", "2", "--engine", "local", "--bands", "r",
-                        "--resources", "train.cores=1", "--partition", "other")
+    code, info = _build(
+        tmp_path,
+        TINY,
+        "--force",
+        "--epochs",
+        "2",
+        "--engine",
+        "local",
+        "--bands",
+        "r",
+        "--resources",
+        "train.cores=1",
+        "--partition",
+        "other",
+    )
     assert code == 0
     assert (info["engine"], info["config"]["epochs"], info["config"]["bands"]) == ("local", 2, ["r"])
     assert info["config"]["resources"] == ["train.cores=1"] and info["engine_args"]["slurm_partition"] == "other"
@@ -63,24 +76,32 @@ def test_file_values_beat_the_demo_preset(tmp_path):
     assert code == 0 and info["config"]["epochs"] == 3 and info["config"]["size"] == cli.DEMO["size"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("science:\n  synthetic: 40\n  epochs: 0\n", "invalid science.epochs: 0; must be an integer >= 1"),
-    ("science:\n  synthetic: 40\n  epochs: ten\n", "invalid science.epochs: 'ten'; must be an integer >= 1"),
-    ("science:\n  synthetic: 40\n  views: 3\n", "invalid science.views: 3; must be one of 1, 2, 4, 8"),
-    ("science:\n  synthetic: 40\n  bands: [g, x]\n", "invalid science.bands[1]: 'x'; must be one of g, r, i, gri"),
-    ("science:\n  synthetic: 40\n  bands: [g, g]\n", "invalid science.bands: ['g', 'g']; must be a non-empty list"),
-    ("science:\n  synthetic: 40\n  galaxies_per_job: 10\n",
-     "unknown key science.galaxies_per_job (galaxies_per_job is an execution setting: put it under execution:)"),
-    ("execution:\n  epochs: 3\n", "unknown key execution.epochs (epochs is a science setting: put it under science:)"),
-    ("epochs: 3\n", "unknown key epochs (epochs is a science setting: put it under science:)"),
-    ("execution:\n  engine: condor\n", "invalid execution.engine: 'condor'; must be one of local, pegasus, slurm"),
-    ("execution:\n  slurm:\n    partiton: x\n", "unknown key execution.slurm.partiton; must be one of account,"),
-    ("execution:\n  resources: [train.time=1]\n", "invalid execution.resources[0]: 'train.time=1'"),
-    ("execution:\n  slurm:\n    wait: 1\n", "invalid execution.slurm.wait: 1; must be true or false"),
-    ("science: [1\n", "not valid YAML at line 2"),
-    ("- synthetic: 40\n", "must be a YAML mapping"),
-    ("science: 3\n", "invalid science: 3; must be a mapping of settings"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("science:\n  synthetic: 40\n  epochs: 0\n", "invalid science.epochs: 0; must be an integer >= 1"),
+        ("science:\n  synthetic: 40\n  epochs: ten\n", "invalid science.epochs: 'ten'; must be an integer >= 1"),
+        ("science:\n  synthetic: 40\n  views: 3\n", "invalid science.views: 3; must be one of 1, 2, 4, 8"),
+        ("science:\n  synthetic: 40\n  bands: [g, x]\n", "invalid science.bands[1]: 'x'; must be one of g, r, i, gri"),
+        ("science:\n  synthetic: 40\n  bands: [g, g]\n", "invalid science.bands: ['g', 'g']; must be a non-empty list"),
+        (
+            "science:\n  synthetic: 40\n  galaxies_per_job: 10\n",
+            "unknown key science.galaxies_per_job (galaxies_per_job is an execution setting: put it under execution:)",
+        ),
+        (
+            "execution:\n  epochs: 3\n",
+            "unknown key execution.epochs (epochs is a science setting: put it under science:)",
+        ),
+        ("epochs: 3\n", "unknown key epochs (epochs is a science setting: put it under science:)"),
+        ("execution:\n  engine: condor\n", "invalid execution.engine: 'condor'; must be one of local, pegasus, slurm"),
+        ("execution:\n  slurm:\n    partiton: x\n", "unknown key execution.slurm.partiton; must be one of account,"),
+        ("execution:\n  resources: [train.time=1]\n", "invalid execution.resources[0]: 'train.time=1'"),
+        ("execution:\n  slurm:\n    wait: 1\n", "invalid execution.slurm.wait: 1; must be true or false"),
+        ("science: [1\n", "not valid YAML at line 2"),
+        ("- synthetic: 40\n", "must be a YAML mapping"),
+        ("science: 3\n", "invalid science: 3; must be a mapping of settings"),
+    ],
+)
 def test_bad_files_are_refused_naming_the_key_and_value(tmp_path, capsys, text, message):
     code, info = _build(tmp_path, text)
     assert code == 2 and info is None
@@ -90,8 +111,9 @@ def test_bad_files_are_refused_naming_the_key_and_value(tmp_path, capsys, text, 
 
 
 def test_empty_sections_set_nothing(tmp_path):
-    code, info = _build(tmp_path, "science:\nexecution:\n  slurm:\n", "--synthetic", "40", "--size", "32",
-                        "--models", "model4")
+    code, info = _build(
+        tmp_path, "science:\nexecution:\n  slurm:\n", "--synthetic", "40", "--size", "32", "--models", "model4"
+    )
     assert code == 0 and info["config"]["epochs"] == settings.DEFAULTS.epochs and info["engine"] == "local"
 
 
@@ -123,6 +145,7 @@ def test_schema_bounds_come_from_the_settings():
 
 
 def test_given_flags_are_told_from_defaults():
-    assert cli._given_dests(["--synthetic", "5", "--engine", "local", "--reuse", "x"],
-                            ["synthetic", "engine", "reuse", "size", "resources"]) == {"synthetic", "engine", "reuse"}
+    assert cli._given_dests(
+        ["--synthetic", "5", "--engine", "local", "--reuse", "x"], ["synthetic", "engine", "reuse", "size", "resources"]
+    ) == {"synthetic", "engine", "reuse"}
     assert isinstance(cli.build_parser().parse_args([]), argparse.Namespace)

@@ -32,25 +32,47 @@ def stage_counts(jobs):
 def test_counts_of_one_combination_by_hand():
     jobs = dag.build_jobs(synthetic())
     # 60 galaxies / 25 per job -> 3 chunks; 4 bands; subsets Uset_000, Uset_001, Binary; 2 models.
-    assert stage_counts(jobs) == {"synth": 4, "prep": 12, "compress": 4, "split": 1, "augment": 3, "train": 6,
-                                  "evaluate": 1}
+    assert stage_counts(jobs) == {
+        "synth": 4,
+        "prep": 12,
+        "compress": 4,
+        "split": 1,
+        "augment": 3,
+        "train": 6,
+        "evaluate": 1,
+    }
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"synthetic": 7, "galaxies_per_job": 100},
-    {"synthetic": 101, "galaxies_per_job": 10, "bands": ("gri",), "subsamples": 0},
-    {"bands": ("g", "gri"), "tasks": ("regression",), "subsamples": 3, "models": ("model4", "model5", "model6"),
-     "size": 128},
-    {"synthetic": 50, "galaxies_per_job": 50, "tasks": ("regression", "binary"), "subsamples": 2},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"synthetic": 7, "galaxies_per_job": 100},
+        {"synthetic": 101, "galaxies_per_job": 10, "bands": ("gri",), "subsamples": 0},
+        {
+            "bands": ("g", "gri"),
+            "tasks": ("regression",),
+            "subsamples": 3,
+            "models": ("model4", "model5", "model6"),
+            "size": 128,
+        },
+        {"synthetic": 50, "galaxies_per_job": 50, "tasks": ("regression", "binary"), "subsamples": 2},
+    ],
+)
 def test_counts_follow_the_formula(overrides):
     config = synthetic(**overrides)
     jobs = dag.build_jobs(config)
     chunks = -(-config.synthetic // config.galaxies_per_job)
     subsets = (config.subsamples + 1 if "regression" in config.tasks else 0) + ("binary" in config.tasks)
-    expected = {"synth": 1 + chunks, "prep": len(config.bands) * chunks, "compress": len(config.bands), "split": 1,
-                "augment": subsets, "train": subsets * len(config.models), "evaluate": 1}
+    expected = {
+        "synth": 1 + chunks,
+        "prep": len(config.bands) * chunks,
+        "compress": len(config.bands),
+        "split": 1,
+        "augment": subsets,
+        "train": subsets * len(config.models),
+        "evaluate": 1,
+    }
     assert stage_counts(jobs) == expected
     assert expected == dag.expected_job_counts(config, config.synthetic)
 
@@ -114,13 +136,16 @@ def test_conflicting_outputs_are_refused():
         dag.infer_parents(jobs)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--synthetic", "10", "--models", "model7"], "invalid --models: 'model7'"),
-    (["--synthetic", "10", "--size", "64", "--models", "model5"], "76"),
-    (["--synthetic", "10", "--tasks", "binary"], "regression"),
-    (["--size", "64"], "--synthetic N, or both --data-path"),
-    (["--synthetic", "10", "--galaxies-per-job", "0"], "invalid --galaxies-per-job"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--synthetic", "10", "--models", "model7"], "invalid --models: 'model7'"),
+        (["--synthetic", "10", "--size", "64", "--models", "model5"], "76"),
+        (["--synthetic", "10", "--tasks", "binary"], "regression"),
+        (["--size", "64"], "--synthetic N, or both --data-path"),
+        (["--synthetic", "10", "--galaxies-per-job", "0"], "invalid --galaxies-per-job"),
+    ],
+)
 def test_bad_flags_exit_2_with_a_clear_message(tmp_path, capsys, flags, message):
     assert main([*flags, "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -146,8 +171,26 @@ def _real_data(tmp_path, n=12, missing=()):
 def test_real_data_declares_exactly_the_images_on_disk(tmp_path, capsys):
     images, catalog = _real_data(tmp_path, missing={(103, "g"), (107, "gri")})
     run_dir = tmp_path / "run"
-    assert main(["--data-path", str(images), "--catalog", str(catalog), "--galaxies-per-job", "5",
-                 "--size", "64", "--models", "model4", "--output-dir", str(run_dir), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "--data-path",
+                str(images),
+                "--catalog",
+                str(catalog),
+                "--galaxies-per-job",
+                "5",
+                "--size",
+                "64",
+                "--models",
+                "model4",
+                "--output-dir",
+                str(run_dir),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     jobs = dag.load_jobs(run_dir)
     raw = dag.raw_inputs(jobs)
     assert dag.RAW_CATALOG in raw

@@ -29,12 +29,17 @@ def setup(tmp_path_factory):
         atomic_savez(path, images=images, labels=inclinations, pgcIDs=pgc, band=np.array(band))
         tests.append(path)
         binary = root / naming.sample(SIZE, band, "binary_test")
-        atomic_savez(binary, images=images, labels=(inclinations > 75).astype(np.int32), pgcIDs=pgc,
-                     band=np.array(band))
+        atomic_savez(
+            binary, images=images, labels=(inclinations > 75).astype(np.int32), pgcIDs=pgc, band=np.array(band)
+        )
         binary_tests.append(binary)
     models = []
-    for model, subset, task in (("model4", 0, "regression"), ("model4", 1, "regression"),
-                                ("model6", 0, "regression"), ("model4", "binary", "binary")):
+    for model, subset, task in (
+        ("model4", 0, "regression"),
+        ("model4", 1, "regression"),
+        ("model6", 0, "regression"),
+        ("model4", "binary", "binary"),
+    ):
         path = root / naming.trained_model(model, subset)
         path.parent.mkdir(parents=True, exist_ok=True)
         build_model(model, input_size=SIZE, task=task).save(path)
@@ -97,8 +102,9 @@ def test_member_names_from_model_files():
     assert evaluate.parse_model_file("Binary_model6.keras") == ("model6", "binary")
     with pytest.raises(InputError, match="Uset_<jjj>_<model>.keras"):
         evaluate.parse_model_file("my_model.keras")
-    members = evaluate.describe_members(["Binary_model4.keras", "Uset_001_model4.keras", "Uset_000_model6.keras",
-                                         "Uset_000_model4.keras"])
+    members = evaluate.describe_members(
+        ["Binary_model4.keras", "Uset_001_model4.keras", "Uset_000_model6.keras", "Uset_000_model4.keras"]
+    )
     assert [m["name"] for m in members] == ["model4", "model41", "model6", "model4-binary"]
     with pytest.raises(ConfigError, match="given twice"):
         evaluate.describe_members(["a/Uset_000_model4.keras", "b/Uset_000_model4.keras"])
@@ -106,9 +112,21 @@ def test_member_names_from_model_files():
 
 def test_evaluation_writes_every_file_with_finite_numbers(setup, tmp_path):
     out, bundle = tmp_path / "evaluation", tmp_path / "bundle"
-    argv = ["--models", *map(str, setup["models"]), "--test", *map(str, setup["tests"]),
-            "--binary-test", *map(str, setup["binary_tests"]), "--output-dir", str(out), "--bundle-dir", str(bundle),
-            "--seed", "4", "-q"]
+    argv = [
+        "--models",
+        *map(str, setup["models"]),
+        "--test",
+        *map(str, setup["tests"]),
+        "--binary-test",
+        *map(str, setup["binary_tests"]),
+        "--output-dir",
+        str(out),
+        "--bundle-dir",
+        str(bundle),
+        "--seed",
+        "4",
+        "-q",
+    ]
     assert evaluate.main(argv) == 0
     for name in naming.EVALUATION_FILES:
         path = tmp_path / name
@@ -142,26 +160,44 @@ def test_evaluation_writes_every_file_with_finite_numbers(setup, tmp_path):
         assert image in report
 
     manifest = json.loads((bundle / "manifest.json").read_text())
-    for key in ("format_version", "members", "groups", "input_size", "pixel_scaling", "label_scaling",
-                "calibration", "metrics", "versions", "seed", "views"):
+    for key in (
+        "format_version",
+        "members",
+        "groups",
+        "input_size",
+        "pixel_scaling",
+        "label_scaling",
+        "calibration",
+        "metrics",
+        "versions",
+        "seed",
+        "views",
+    ):
         assert key in manifest, key
     assert manifest["groups"] == {"Group_0": ["model4", "model41"], "Group_2": ["model6"], "binary": ["model4-binary"]}
     assert manifest["input_size"] == SIZE and manifest["seed"] == 4 and manifest["views"] == 8
     for member in manifest["members"]:
         assert (bundle / member["file"]).is_file()
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        ["manifest.json", "model4.keras", "model41.keras", "model6.keras", "model4-binary.keras"])
+        ["manifest.json", "model4.keras", "model41.keras", "model6.keras", "model4-binary.keras"]
+    )
 
 
 def test_tta_views_change_predictions_and_one_view_matches_a_plain_call(setup, tmp_path):
-    metrics = evaluate.run(models=setup["models"][:1], test=setup["tests"][:1], output_dir=tmp_path / "e",
-                           bundle_dir=tmp_path / "b", views=2)
+    metrics = evaluate.run(
+        models=setup["models"][:1],
+        test=setup["tests"][:1],
+        output_dir=tmp_path / "e",
+        bundle_dir=tmp_path / "b",
+        views=2,
+    )
     assert set(metrics["tta"]) == {"1", "2"}
     keras = evaluate.inclinet_models.import_keras()
     model = keras.models.load_model(setup["models"][0])
     images = np.load(setup["tests"][0])["images"]
     direct = evaluate.inclinet_models.target_to_inclination(
-        np.asarray(model(evaluate.inclinet_models.scale_pixels(images), training=False))[:, 0])
+        np.asarray(model(evaluate.inclinet_models.scale_pixels(images), training=False))[:, 0]
+    )
     one_view_rms = metrics["tta"]["1"]["members"]["model4"]["rms"]
     truth = np.load(setup["tests"][0])["labels"]
     assert one_view_rms == pytest.approx(np.sqrt(np.mean((truth - direct) ** 2)), abs=1e-4)

@@ -84,8 +84,17 @@ def test_projected_shape_follows_inclination_and_thickness(q0):
     measured = {}
     for inc in (50.0, 70.0, 85.0, 89.5):
         # A frame wide enough (+-8 scale lengths) to hold the whole disk: moments need its wings.
-        g = dataclasses.replace(base, inc=inc, q0=q0, cause="", label="A", stars=[], background=[], neighbour={},
-                                d25_catalog=8.0 * base.h / 60.0)
+        g = dataclasses.replace(
+            base,
+            inc=inc,
+            q0=q0,
+            cause="",
+            label="A",
+            stars=[],
+            background=[],
+            neighbour={},
+            d25_catalog=8.0 * base.h / 60.0,
+        )
         image = fu.render_light(g, 64, 3, psf=False, components=("disk",))[1]
         expected = math.sqrt(math.cos(math.radians(inc)) ** 2 + (q0 * math.sin(math.radians(inc))) ** 2)
         measured[inc] = _axial_ratio(image)

@@ -1,4 +1,4 @@
-"""The code passes ruff's lint (the rules and the commented ignores are in pyproject.toml)."""
+"""The code passes ruff's lint and format check (the rules and the commented ignores are in pyproject.toml)."""
 
 import importlib.util
 import os
@@ -11,11 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ruff_check_passes():
+def _ruff(*args):
     if importlib.util.find_spec("ruff") is None:
         if os.environ.get("CI"):
             pytest.fail("ruff is not installed (pip install -e '.[dev]'); CI must lint")
         pytest.skip("ruff is not installed (the dev extra)")
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True,
-                            text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "ruff", *args, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_ruff_check_passes():
+    result = _ruff("check", "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_applied():
+    result = _ruff("format", "--check", "--no-cache")
+    assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout + result.stderr

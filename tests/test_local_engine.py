@@ -31,17 +31,25 @@ JOB_CODE = (
 
 def fake_job(job_id, inputs=(), *, sleep=0.0, needs="-", retries=0):
     outputs = [f"{job_id}.txt"]
-    return dag.JobSpec(id=job_id, stage=job_id.rstrip("0123456789"), executable=sys.executable,
-                       args=["-c", JOB_CODE, str(sleep), needs, *outputs], inputs=list(inputs),
-                       outputs=outputs, retries=retries)
+    return dag.JobSpec(
+        id=job_id,
+        stage=job_id.rstrip("0123456789"),
+        executable=sys.executable,
+        args=["-c", JOB_CODE, str(sleep), needs, *outputs],
+        inputs=list(inputs),
+        outputs=outputs,
+        retries=retries,
+    )
 
 
 def make_run(run_dir, jobs, *, max_parallel=2, retries=0):
     dag.infer_parents(jobs)
     run_dir.mkdir(parents=True, exist_ok=True)
     dag.save_jobs(run_dir, jobs)
-    atomic_write_json(run_dir / "run.json", {"engine": "local", "config": {"retries": retries},
-                                             "engine_args": {"max_parallel": max_parallel}})
+    atomic_write_json(
+        run_dir / "run.json",
+        {"engine": "local", "config": {"retries": retries}, "engine_args": {"max_parallel": max_parallel}},
+    )
     return run_dir
 
 
@@ -51,14 +59,22 @@ def attempts_in_log(run_dir, job_id):
 
 def states(run_dir):
     # Temporary files of atomic writes (.tmp-*) come and go while a runner works: not states.
-    return {p.name[:-5]: json.loads(p.read_text())["state"] for p in (run_dir / "state").glob("*.json")
-            if not p.name.endswith(".rc.json") and p.name != "runner.json" and not p.name.startswith(".tmp-")}
+    return {
+        p.name[:-5]: json.loads(p.read_text())["state"]
+        for p in (run_dir / "state").glob("*.json")
+        if not p.name.endswith(".rc.json") and p.name != "runner.json" and not p.name.startswith(".tmp-")
+    }
 
 
 def test_failed_job_stops_only_its_descendants_then_resume_completes(tmp_path, capsys):
     # a -> b(fails until fix.txt exists) -> d ; c independent ; e <- a, c
-    jobs = [fake_job("a"), fake_job("b", ["a.txt"], needs="fix.txt", retries=1), fake_job("c"),
-            fake_job("d", ["b.txt"]), fake_job("e", ["a.txt", "c.txt"])]
+    jobs = [
+        fake_job("a"),
+        fake_job("b", ["a.txt"], needs="fix.txt", retries=1),
+        fake_job("c"),
+        fake_job("d", ["b.txt"]),
+        fake_job("e", ["a.txt", "c.txt"]),
+    ]
     run_dir = make_run(tmp_path / "run", jobs, retries=1)
     assert main(["resume", str(run_dir)]) == 1
     out = capsys.readouterr().out
@@ -145,8 +161,12 @@ def test_sigkill_of_runner_then_resume_reruns_no_finished_job(tmp_path):
     slow = fake_job("slow", sleep=2.0)
     run_dir = make_run(tmp_path / "run", [slow, *chain], max_parallel=2)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert _wait_for(lambda: states(run_dir).get("a3") == "done" and states(run_dir).get("slow") == "running")
         runner.send_signal(signal.SIGKILL)
@@ -154,8 +174,11 @@ def test_sigkill_of_runner_then_resume_reruns_no_finished_job(tmp_path):
     finally:
         if runner.poll() is None:
             runner.kill()
-    before = {job_id: json.loads((run_dir / "state" / f"{job_id}.json").read_text())
-              for job_id, state in states(run_dir).items() if state == "done"}
+    before = {
+        job_id: json.loads((run_dir / "state" / f"{job_id}.json").read_text())
+        for job_id, state in states(run_dir).items()
+        if state == "done"
+    }
     assert {"a1", "a2", "a3"} <= set(before)
     assert states(run_dir)["slow"] == "running"  # recorded by the dead runner; its job lives on
 
@@ -173,8 +196,12 @@ def test_sigterm_to_runner_stops_jobs_and_resume_finishes(tmp_path):
     jobs = [fake_job("a", sleep=30.0), fake_job("b", ["a.txt"])]
     run_dir = make_run(tmp_path / "run", jobs)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert _wait_for(lambda: states(run_dir).get("a") == "running")
     # The wrapper writes the attempt's first log line when it starts the job.
     assert _wait_for(lambda: attempts_in_log(run_dir, "a") == 1)
@@ -197,8 +224,12 @@ def test_cancel_stops_the_runner_and_its_jobs(tmp_path, capsys):
     jobs = [fake_job("long", sleep=60.0), fake_job("after", ["long.txt"])]
     run_dir = make_run(tmp_path / "run", jobs)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "workflow.cli", "resume", str(run_dir), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert _wait_for(lambda: states(run_dir).get("long") == "running")
         pid = json.loads((run_dir / "state" / "long.json").read_text())["pid"]
@@ -217,14 +248,33 @@ def test_cancel_stops_the_runner_and_its_jobs(tmp_path, capsys):
 
 def test_exit_3_of_a_checkpointed_job_reruns_it_without_using_a_retry(tmp_path):
     # First run: saves a "checkpoint" and exits 3 (as inclinet-train does on SIGTERM); second run finishes.
-    code = ("import os, sys\n"
-            "if not os.path.exists('ck'):\n"
-            "    open('ck', 'w').write('1'); sys.exit(3)\n"
-            "open('t.txt', 'w').write('ok')\n")
-    jobs = [dag.JobSpec(id="t", stage="train", executable=sys.executable, args=["-c", code], inputs=[],
-                        outputs=["t.txt"], checkpoint="ck", retries=0),
-            dag.JobSpec(id="p", stage="prep", executable=sys.executable, args=["-c", "import sys; sys.exit(3)"],
-                        inputs=[], outputs=["p.txt"], retries=0)]
+    code = (
+        "import os, sys\n"
+        "if not os.path.exists('ck'):\n"
+        "    open('ck', 'w').write('1'); sys.exit(3)\n"
+        "open('t.txt', 'w').write('ok')\n"
+    )
+    jobs = [
+        dag.JobSpec(
+            id="t",
+            stage="train",
+            executable=sys.executable,
+            args=["-c", code],
+            inputs=[],
+            outputs=["t.txt"],
+            checkpoint="ck",
+            retries=0,
+        ),
+        dag.JobSpec(
+            id="p",
+            stage="prep",
+            executable=sys.executable,
+            args=["-c", "import sys; sys.exit(3)"],
+            inputs=[],
+            outputs=["p.txt"],
+            retries=0,
+        ),
+    ]
     run_dir = make_run(tmp_path / "run", jobs)
     assert main(["resume", str(run_dir), "-q"]) == 1
     assert states(run_dir) == {"t": "done", "p": "failed"}  # exit 3 means "continue" only with a checkpoint
@@ -248,12 +298,41 @@ def test_parallelism_respects_declared_cores(tmp_path):
 @pytest.mark.slow
 def test_tiny_end_to_end_run_interrupted_in_training_resumes_from_its_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    flags = ["--synthetic", "24", "--synthetic-size", "48", "--size", "32", "--bands", "g,gri", "--models", "model4",
-             "--subsamples", "0", "--galaxies-per-job", "12", "--epochs", "12", "--n-batches", "1", "--per-bin", "2",
-             "--batch-size", "16", "--views", "1", "--max-parallel", "2", "--output-dir", str(run_dir), "-q"]
+    flags = [
+        "--synthetic",
+        "24",
+        "--synthetic-size",
+        "48",
+        "--size",
+        "32",
+        "--bands",
+        "g,gri",
+        "--models",
+        "model4",
+        "--subsamples",
+        "0",
+        "--galaxies-per-job",
+        "12",
+        "--epochs",
+        "12",
+        "--n-batches",
+        "1",
+        "--per-bin",
+        "2",
+        "--batch-size",
+        "16",
+        "--views",
+        "1",
+        "--max-parallel",
+        "2",
+        "--output-dir",
+        str(run_dir),
+        "-q",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", *flags], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "workflow.cli", *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     train_log = run_dir / "logs" / "train_Uset_000_model4.log"
     try:
         # Stop the run once the first training job has finished an epoch (its checkpoint exists).
@@ -312,9 +391,10 @@ def test_rerun_job_with_new_content_reruns_its_readers(tmp_path, capsys):
     # a copies the file 'seed' into a.txt; b reads a.txt. Damage a.txt after 'seed' changed:
     # a is re-made with other content, so b must run again too.
     code = "import shutil; shutil.copy('seed', 'a.txt')"
-    jobs = [dag.JobSpec(id="a", stage="prep", executable=sys.executable, args=["-c", code], inputs=[],
-                        outputs=["a.txt"]),
-            fake_job("b", ["a.txt"])]
+    jobs = [
+        dag.JobSpec(id="a", stage="prep", executable=sys.executable, args=["-c", code], inputs=[], outputs=["a.txt"]),
+        fake_job("b", ["a.txt"]),
+    ]
     run_dir = make_run(tmp_path / "run", jobs)
     (run_dir / "data").mkdir()
     (run_dir / "data" / "seed").write_text("one")
@@ -344,12 +424,24 @@ def test_deleted_state_is_rebuilt_from_intact_outputs(tmp_path, capsys):
 
 def test_sigterm_death_of_a_checkpointed_job_uses_no_retry(tmp_path):
     # Killed by SIGTERM before it could install its handler (start-up): continue, no retry used.
-    code = ("import os, signal\n"
-            "if not os.path.exists('started'):\n"
-            "    open('started', 'w').write('1'); os.kill(os.getpid(), signal.SIGTERM)\n"
-            "open('t.txt', 'w').write('ok')\n")
-    jobs = [dag.JobSpec(id="t", stage="train", executable=sys.executable, args=["-c", code], inputs=[],
-                        outputs=["t.txt"], checkpoint="ck", retries=0)]
+    code = (
+        "import os, signal\n"
+        "if not os.path.exists('started'):\n"
+        "    open('started', 'w').write('1'); os.kill(os.getpid(), signal.SIGTERM)\n"
+        "open('t.txt', 'w').write('ok')\n"
+    )
+    jobs = [
+        dag.JobSpec(
+            id="t",
+            stage="train",
+            executable=sys.executable,
+            args=["-c", code],
+            inputs=[],
+            outputs=["t.txt"],
+            checkpoint="ck",
+            retries=0,
+        )
+    ]
     run_dir = make_run(tmp_path / "run", jobs)
     assert main(["resume", str(run_dir), "-q"]) == 0
     assert attempts_in_log(run_dir, "t") == 2

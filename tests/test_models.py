@@ -66,8 +66,9 @@ def test_scalings():
     np.testing.assert_allclose(models.scale_pixels(np.array([0, 51, 255], np.uint8)), [0.0, 0.2, 1.0])
     np.testing.assert_allclose(models.inclination_to_target([45, 67.5, 90]), [-1.0, 0.0, 1.0])
     inclinations = np.arange(45, 91)
-    np.testing.assert_allclose(models.target_to_inclination(models.inclination_to_target(inclinations)),
-                               inclinations, atol=1e-4)
+    np.testing.assert_allclose(
+        models.target_to_inclination(models.inclination_to_target(inclinations)), inclinations, atol=1e-4
+    )
     np.testing.assert_allclose(models.target_to_inclination([-1.5, 1.2]), [45.0, 90.0])
 
 

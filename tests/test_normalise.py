@@ -45,7 +45,7 @@ def test_output_is_bright_on_dark_with_the_canonical_sky():
         out = normalise_image(image, SIZE)
         assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
         assert abs(np.median(out[:6]) - SKY_LEVEL) <= 3
-        assert out[SIZE // 2 - 2:SIZE // 2 + 2, SIZE // 2 - 2:SIZE // 2 + 2].mean() > 150
+        assert out[SIZE // 2 - 2 : SIZE // 2 + 2, SIZE // 2 - 2 : SIZE // 2 + 2].mean() > 150
 
 
 def test_polarity_is_unified():
@@ -131,7 +131,7 @@ def test_image_statistics_tell_a_galaxy_from_a_star_field():
     rng = np.random.default_rng(0)
     field = np.full((256, 256), 230.0)
     for x, y in rng.integers(10, 246, size=(40, 2)):
-        field[y - 2:y + 3, x - 2:x + 3] = 40
+        field[y - 2 : y + 3, x - 2 : x + 3] = 40
     stars = normalise_image(np.clip(field, 0, 255).astype(np.uint8), SIZE)
     stats = image_statistics(np.stack([galaxy, stars]))
     columns = {name: stats[:, k] for k, name in enumerate(normalise.STATISTICS)}
@@ -157,8 +157,14 @@ def _reference_cases():
 
     cases = []
     for seed, (q, radius, centre, side) in enumerate(
-        [(0.3, 20, None, 256), (0.6, 14, (110, 140), 256), (0.9, 40, None, 256), (0.5, 6, (60, 70), 128),
-         (0.4, 60, None, 512), (0.2, 30, (200, 300), 512)]
+        [
+            (0.3, 20, None, 256),
+            (0.6, 14, (110, 140), 256),
+            (0.9, 40, None, 256),
+            (0.5, 6, (60, 70), 128),
+            (0.4, 60, None, 512),
+            (0.2, 30, (200, 300), 512),
+        ]
     ):
         light = disk(side, q, radius=radius, centre=centre, seed=seed)
         cases += [gray_dark_on_light(light), colour_light_on_dark(light)]
@@ -171,7 +177,7 @@ def _reference_cases():
     cases.append(np.full((64, 64), 200, np.uint8))
     field = np.full((256, 256), 230, np.uint8)
     for x, y in np.random.default_rng(0).integers(10, 246, size=(40, 2)):
-        field[y - 2:y + 3, x - 2:x + 3] = 40
+        field[y - 2 : y + 3, x - 2 : x + 3] = 40
     cases.append(field)
     cases.append(gray_dark_on_light(disk(256, 0.5, radius=20, seed=9))[28:228])  # not square
     for k in range(24):
@@ -207,8 +213,9 @@ def test_outputs_match_the_reference_normaliser():
             total += difference.size
             for key, value in expected_info.as_dict().items():
                 if isinstance(value, float):
-                    assert getattr(info, key) == pytest.approx(getattr(expected_info, key), rel=1e-6, abs=1e-6,
-                                                               nan_ok=True), (size, index, key)
+                    assert getattr(info, key) == pytest.approx(
+                        getattr(expected_info, key), rel=1e-6, abs=1e-6, nan_ok=True
+                    ), (size, index, key)
                 else:
                     assert info.as_dict()[key] == value, (size, index, key)
     assert differing <= total / 1_000, (differing, total)

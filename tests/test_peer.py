@@ -12,8 +12,9 @@ galsim = pytest.importorskip("galsim")
 PSF_FWHM = 3.0  # pixels
 
 
-def _draw(q, *, size=48, hlr=6.0, angle=30.0, psf_fwhm=None, dark_on_white=True, noise=1.5, seed=0,
-          profile="exponential"):
+def _draw(
+    q, *, size=48, hlr=6.0, angle=30.0, psf_fwhm=None, dark_on_white=True, noise=1.5, seed=0, profile="exponential"
+):
     """uint8 image of a sheared galaxy of axis ratio ``q`` (linear flux scale, sky + Gaussian noise)."""
     if profile == "exponential":
         galaxy = galsim.Exponential(half_light_radius=hlr)
@@ -34,8 +35,12 @@ def _draw(q, *, size=48, hlr=6.0, angle=30.0, psf_fwhm=None, dark_on_white=True,
 @pytest.mark.parametrize("size", [32, 64])
 def test_every_method_recovers_q(q, dark_on_white, size):
     hlr = size / 9.0
-    images = np.stack([_draw(q, size=size, hlr=hlr, angle=angle, dark_on_white=dark_on_white, seed=k)
-                       for k, angle in enumerate((0.0, 35.0, 100.0))])
+    images = np.stack(
+        [
+            _draw(q, size=size, hlr=hlr, angle=angle, dark_on_white=dark_on_white, seed=k)
+            for k, angle in enumerate((0.0, 35.0, 100.0))
+        ]
+    )
     measured = peer.measure(images)
     assert set(measured) == set(peer.METHODS)
     # Adaptive moments are unbiased for these smooth profiles; the thresholded and
@@ -56,8 +61,9 @@ def test_colour_and_gray_batches_agree():
 
 def test_psf_correction_reduces_bias_on_a_small_galaxy():
     q = 0.6
-    images = np.stack([_draw(q, size=40, hlr=2.5, psf_fwhm=PSF_FWHM, noise=0.5, seed=k,
-                             angle=20.0 * k) for k in range(3)])
+    images = np.stack(
+        [_draw(q, size=40, hlr=2.5, psf_fwhm=PSF_FWHM, noise=0.5, seed=k, angle=20.0 * k) for k in range(3)]
+    )
     raw = peer.measure(images, methods=("adaptive",))["adaptive"]
     corrected = peer.measure(images, psf_fwhm_pixels=PSF_FWHM, methods=("adaptive",))["adaptive"]
     # The PSF rounds the galaxy; subtracting its moments brings q back.

@@ -15,8 +15,20 @@ import yaml
 from workflow import dag
 from workflow.cli import main
 
-FLAGS = ["--synthetic", "30", "--galaxies-per-job", "10", "--size", "64", "--models", "model4,model6",
-         "--subsamples", "1", "--retries", "2"]
+FLAGS = [
+    "--synthetic",
+    "30",
+    "--galaxies-per-job",
+    "10",
+    "--size",
+    "64",
+    "--models",
+    "model4,model6",
+    "--subsamples",
+    "1",
+    "--retries",
+    "2",
+]
 
 
 @pytest.fixture
@@ -109,8 +121,10 @@ def test_run_directory_is_byte_reproducible(tmp_path):
 
 def test_runtimes_grow_with_the_work_and_can_be_overridden():
     small = {j.id: j for j in dag.build_jobs(dag.WorkflowConfig(synthetic=40, galaxies_per_job=40))}
-    large = {j.id: j for j in dag.build_jobs(dag.WorkflowConfig(synthetic=200_000, galaxies_per_job=500, size=256,
-                                                                 per_bin=300))}
+    large = {
+        j.id: j
+        for j in dag.build_jobs(dag.WorkflowConfig(synthetic=200_000, galaxies_per_job=500, size=256, per_bin=300))
+    }
     for job_id in ("split", "compress_g", "augment_Uset_000", "train_Uset_000_model6", "evaluate"):
         assert large[job_id].runtime_s > small[job_id].runtime_s, job_id
     assert small["split"].runtime_s == dag.RUNTIME_FLOOR_S
@@ -127,8 +141,22 @@ def test_runtimes_grow_with_the_work_and_can_be_overridden():
 
 def test_resources_flag_reaches_every_engine_and_bad_values_are_refused(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main([*FLAGS, "--resources", "split.runtime=4000", "--resources", "train.cores=4",
-                 "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
+    assert (
+        main(
+            [
+                *FLAGS,
+                "--resources",
+                "split.runtime=4000",
+                "--resources",
+                "train.cores=4",
+                "--output-dir",
+                str(run_dir),
+                "--dry-run",
+                "-q",
+            ]
+        )
+        == 0
+    )
     jobs = {j.id: j for j in dag.load_jobs(run_dir)}
     assert jobs["split"].runtime_s == 4000 and jobs["train_Uset_000_model4"].cores == 4
     workflow = {j["id"]: j for j in yaml.safe_load((run_dir / "workflow.yml").read_text())["jobs"]}
@@ -159,8 +187,22 @@ def test_cluster_labels_never_mix_bands_or_stages(tmp_path):
 
 def test_shared_container_is_read_in_place_on_every_site(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main([*FLAGS, "--container-mode", "shared", "--container-image", "file:///cvmfs/x/inclinet.sif",
-                 "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
+    assert (
+        main(
+            [
+                *FLAGS,
+                "--container-mode",
+                "shared",
+                "--container-image",
+                "file:///cvmfs/x/inclinet.sif",
+                "--output-dir",
+                str(run_dir),
+                "--dry-run",
+                "-q",
+            ]
+        )
+        == 0
+    )
     tc = yaml.safe_load((run_dir / "transformations.yml").read_text())
     containers = {c["name"]: c for c in tc["containers"]}
     assert set(containers) == {"inclinet-condorpool", "inclinet-slurm"}
@@ -168,8 +210,21 @@ def test_shared_container_is_read_in_place_on_every_site(tmp_path, capsys):
         assert container["bypass"] is True and container["image.site"] == name.split("-", 1)[1]
     for transformation in tc["transformations"]:
         assert {s["container"] for s in transformation["sites"]} == set(containers)
-    assert main([*FLAGS, "--container-mode", "shared", "--container-image", "docker://me/inclinet:1",
-                 "--output-dir", str(tmp_path / "bad"), "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                *FLAGS,
+                "--container-mode",
+                "shared",
+                "--container-image",
+                "docker://me/inclinet:1",
+                "--output-dir",
+                str(tmp_path / "bad"),
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "file:///PATH with --container-mode shared" in capsys.readouterr().err
 
 
@@ -239,8 +294,12 @@ open(os.path.join(os.path.dirname(sys.argv[0]), os.path.basename(sys.argv[0]) + 
 def _fake_pegasus(tmp_path, *, condor):
     bin_dir = tmp_path / "pegasus" / "bin"
     bin_dir.mkdir(parents=True)
-    scripts = {"pegasus-plan": FAKE_PLAN, "pegasus-status": FAKE_TOOL, "pegasus-run": FAKE_TOOL,
-               "pegasus-remove": FAKE_TOOL}
+    scripts = {
+        "pegasus-plan": FAKE_PLAN,
+        "pegasus-status": FAKE_TOOL,
+        "pegasus-run": FAKE_TOOL,
+        "pegasus-remove": FAKE_TOOL,
+    }
     if condor:
         scripts.update({"condor_submit": FAKE_TOOL, "condor_q": FAKE_TOOL})
     for name, text in scripts.items():
@@ -275,16 +334,44 @@ def test_engine_plans_submits_and_operates_the_real_submit_dir(tmp_path, monkeyp
     assert main([*FLAGS, "--engine", "pegasus", "--output-dir", str(again), "--reuse", str(run_dir), "-q"]) == 0
     args = json.loads((bin_dir / "plan-args.json").read_text())
     assert args[args.index("--reuse") + 1] == submit
-    assert main([*FLAGS, "--engine", "pegasus", "--output-dir", str(tmp_path / "x"), "--reuse",
-                 str(tmp_path / "nothing"), "-q"]) == 2
+    assert (
+        main(
+            [
+                *FLAGS,
+                "--engine",
+                "pegasus",
+                "--output-dir",
+                str(tmp_path / "x"),
+                "--reuse",
+                str(tmp_path / "nothing"),
+                "-q",
+            ]
+        )
+        == 2
+    )
 
 
 def test_without_htcondor_a_run_is_planned_not_submitted_and_says_how(tmp_path, monkeypatch, capsys):
     bin_dir = _fake_pegasus(tmp_path, condor=False)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{_no_pegasus_path(tmp_path)}")
     run_dir = tmp_path / "run"
-    assert main([*FLAGS, "--engine", "pegasus", "--pegasus-site", "slurm", "--cluster-size", "2",
-                 "--output-dir", str(run_dir), "-q"]) == 0
+    assert (
+        main(
+            [
+                *FLAGS,
+                "--engine",
+                "pegasus",
+                "--pegasus-site",
+                "slurm",
+                "--cluster-size",
+                "2",
+                "--output-dir",
+                str(run_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
     args = json.loads((bin_dir / "plan-args.json").read_text())
     assert "--submit" not in args and args[args.index("--cluster") + 1] == "label"
     assert args[args.index("--staging-site") + 1] == "slurm=slurm"
@@ -305,7 +392,8 @@ def test_without_htcondor_a_run_is_planned_not_submitted_and_says_how(tmp_path, 
         "2 create_dir_inclinet_0_local SUBMIT 1.0 local - 1\n"
         "3 create_dir_inclinet_0_local POST_SCRIPT_SUCCESS 0 local - 1\n"
         "4 inclinet-prep_prep_g_0001 EXECUTE 2.0 slurm - 2\n"
-        "5 inclinet-prep_prep_g_0001 POST_SCRIPT_FAILURE 1 slurm - 2\n")
+        "5 inclinet-prep_prep_g_0001 POST_SCRIPT_FAILURE 1 slurm - 2\n"
+    )
     assert main(["status", str(run_dir)]) == 1  # a job failed: the same exit code on every engine
     out = capsys.readouterr().out
     assert "from jobstate.log" in out and "failed: inclinet-prep_prep_g_0001" in out
@@ -316,8 +404,10 @@ def test_dry_run_then_resume_plans_the_run(tmp_path, monkeypatch, capsys):
     bin_dir = _fake_pegasus(tmp_path, condor=False)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{_no_pegasus_path(tmp_path)}")
     run_dir = tmp_path / "run"
-    assert main([*FLAGS, "--engine", "pegasus", "--cluster-size", "2", "--output-dir", str(run_dir),
-                 "--dry-run", "-q"]) == 0
+    assert (
+        main([*FLAGS, "--engine", "pegasus", "--cluster-size", "2", "--output-dir", str(run_dir), "--dry-run", "-q"])
+        == 0
+    )
     assert main(["cancel", str(run_dir)]) == 0
     assert "not planned" in capsys.readouterr().out
     assert main(["status", str(run_dir)]) == 0
@@ -338,15 +428,25 @@ def test_jobstate_maps_onto_the_common_job_states(tmp_path):
     submit = tmp_path / "submit"
     submit.mkdir()
     (submit / "braindump.yml").write_text("dag: w.dag\n")
-    (submit / "w.dag").write_text("JOB a a.sub\nJOB b b.sub\nJOB c c.sub\nJOB d d.sub\nJOB e e.sub\nJOB f f.sub\n"
-                                  "JOB g g.sub\nPARENT a CHILD b\nPARENT b CHILD c\nPARENT d CHILD e\n"
-                                  "PARENT f CHILD g\n")
-    (submit / "jobstate.log").write_text("1 a SUBMIT 1 x - 1\n2 a POST_SCRIPT_FAILURE 1 x - 1\n"
-                                         "3 d EXECUTE 1 x - 1\n4 f JOB_ABORTED 1 x - 1\n")
+    (submit / "w.dag").write_text(
+        "JOB a a.sub\nJOB b b.sub\nJOB c c.sub\nJOB d d.sub\nJOB e e.sub\nJOB f f.sub\n"
+        "JOB g g.sub\nPARENT a CHILD b\nPARENT b CHILD c\nPARENT d CHILD e\n"
+        "PARENT f CHILD g\n"
+    )
+    (submit / "jobstate.log").write_text(
+        "1 a SUBMIT 1 x - 1\n2 a POST_SCRIPT_FAILURE 1 x - 1\n3 d EXECUTE 1 x - 1\n4 f JOB_ABORTED 1 x - 1\n"
+    )
     planned, states, _ = pegasus.summarize(submit)
     mapped = pegasus.job_states(submit, planned, states)
-    assert mapped == {"a": "failed", "b": "blocked", "c": "blocked", "d": "running", "e": "pending",
-                      "f": "cancelled", "g": "blocked"}
+    assert mapped == {
+        "a": "failed",
+        "b": "blocked",
+        "c": "blocked",
+        "d": "running",
+        "e": "pending",
+        "f": "cancelled",
+        "g": "blocked",
+    }
     assert set(mapped.values()) <= set(common.JOB_STATES) and common.status_exit_code(mapped.values()) == 1
     assert set(pegasus.job_states(submit, planned, {}, submitted=False).values()) == {"unsubmitted"}
 
@@ -364,10 +464,17 @@ def test_engines_get_the_dag_from_the_cli_and_leave_the_pegasus_api_alone():
         used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
         assert not used & {"read_run_info", "load_jobs", "build_jobs", "to_pegasus", "WorkflowConfig"}, name
     tree = ast.parse((engines / "pegasus.py").read_text(encoding="utf-8"))
-    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and (node.module or "").startswith("Pegasus")]
-    targets = [target for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
-               for target in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    assert not [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("Pegasus")
+    ]
+    targets = [
+        target
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+    ]
     assert not [t for t in targets if isinstance(t, ast.Attribute) and t.attr.startswith("_")]
 
 
@@ -380,7 +487,9 @@ def test_every_engine_follows_the_engine_contract():
         engine = load(name)
         assert isinstance(engine.RECORDED_FLAGS, tuple), name
         for method in ("run", "status", "resume", "cancel"):
-            assert list(inspect.signature(getattr(engine, method)).parameters) == ["run_dir", "jobs", "args"], \
-                (name, method)
+            assert list(inspect.signature(getattr(engine, method)).parameters) == ["run_dir", "jobs", "args"], (
+                name,
+                method,
+            )
         assert callable(engine.add_arguments)
     assert {"run", "status", "resume", "cancel", "add_arguments"} <= set(dir(Engine))

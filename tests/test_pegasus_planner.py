@@ -20,11 +20,29 @@ from workflow.engines import pegasus
 
 pytestmark = pytest.mark.pegasus
 
-FLAGS = ["--synthetic", "30", "--galaxies-per-job", "10", "--size", "64", "--models", "model4,model6",
-         "--subsamples", "1", "--retries", "2", "--engine", "pegasus"]
+FLAGS = [
+    "--synthetic",
+    "30",
+    "--galaxies-per-job",
+    "10",
+    "--size",
+    "64",
+    "--models",
+    "model4,model6",
+    "--subsamples",
+    "1",
+    "--retries",
+    "2",
+    "--engine",
+    "pegasus",
+]
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "pegasus-schema"
-SCHEMAS = {"workflow.yml": "wf-5.0.yml", "sites.yml": "sc-5.0.yml", "replicas.yml": "rc-5.0.yml",
-           "transformations.yml": "tc-5.0.yml"}
+SCHEMAS = {
+    "workflow.yml": "wf-5.0.yml",
+    "sites.yml": "sc-5.0.yml",
+    "replicas.yml": "rc-5.0.yml",
+    "transformations.yml": "tc-5.0.yml",
+}
 
 
 @pytest.fixture
@@ -128,7 +146,8 @@ def test_clustering_plans_on_every_site(tmp_path, planner, site):
     multi = {label for label in labels.values() if list(labels.values()).count(label) > 1}
     assert len(merged) == len(multi)
     assert len([n for n in planned if n.startswith("inclinet-")]) == len(jobs) - len(labels) + (
-        len(set(labels.values())) - len(multi))
+        len(set(labels.values())) - len(multi)
+    )
 
 
 def test_reuse_plans_against_the_real_submit_dir(tmp_path, planner):
@@ -139,8 +158,9 @@ def test_reuse_plans_against_the_real_submit_dir(tmp_path, planner):
 
 
 def test_shared_container_is_never_transferred(tmp_path, planner):
-    _, submit_dir = plan(tmp_path, "run", "--container-mode", "shared",
-                         "--container-image", "file:///cvmfs/inclinet/inclinet.sif")
+    _, submit_dir = plan(
+        tmp_path, "run", "--container-mode", "shared", "--container-image", "file:///cvmfs/inclinet/inclinet.sif"
+    )
     assert all("inclinet.sif" not in p.read_text() for p in submit_dir.glob("**/*.sub"))
     script = next(submit_dir.glob("**/inclinet-train_train_Uset_000_model4.sh")).read_text()
     assert "file:///cvmfs/inclinet/inclinet.sif" in script
@@ -166,13 +186,30 @@ def test_5_1_3_schema_accepts_the_clustered_and_shared_run_files(tmp_path):
     import referencing
     from referencing.jsonschema import DRAFT7
 
-    resources = {path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()),
-                                                               default_specification=DRAFT7)
-                 for path in SCHEMA_DIR.glob("*.yml")}
+    resources = {
+        path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()), default_specification=DRAFT7)
+        for path in SCHEMA_DIR.glob("*.yml")
+    }
     registry = referencing.Registry().with_resources(resources.items())
     run_dir = tmp_path / "run"
-    assert main([*FLAGS, "--cluster-size", "2", "--container-mode", "shared", "--container-image",
-                 "file:///cvmfs/inclinet/inclinet.sif", "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
+    assert (
+        main(
+            [
+                *FLAGS,
+                "--cluster-size",
+                "2",
+                "--container-mode",
+                "shared",
+                "--container-image",
+                "file:///cvmfs/inclinet/inclinet.sif",
+                "--output-dir",
+                str(run_dir),
+                "--dry-run",
+                "-q",
+            ]
+        )
+        == 0
+    )
     for name, schema in SCHEMAS.items():
         validator = jsonschema.Draft7Validator(resources[schema].contents, registry=registry)
         document = yaml.safe_load((run_dir / name).read_text())

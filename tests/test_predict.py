@@ -18,8 +18,13 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    members = (("model4", 0, "regression"), ("model4", 2, "regression"), ("model6", 1, "regression"),
-               ("model4", "binary", "binary"), ("model6", "binary", "binary"))
+    members = (
+        ("model4", 0, "regression"),
+        ("model4", 2, "regression"),
+        ("model6", 1, "regression"),
+        ("model4", "binary", "binary"),
+        ("model6", "binary", "binary"),
+    )
     return untrained_bundle(tmp_path_factory.mktemp("predict"), members, size=SIZE)
 
 
@@ -76,8 +81,9 @@ def test_predict_formats_failures_and_the_api_json(bundle, tmp_path, capsys):
         rejection = answer["rejection_likelihood"]
         assert list(rejection) == ["model4-binary", "model6-binary", "summary"]
         assert all(0.0 <= rejection[name] <= 100.0 for name in ("model4-binary", "model6-binary"))
-        assert rejection["summary"]["mean"] == pytest.approx((rejection["model4-binary"]
-                                                              + rejection["model6-binary"]) / 2)
+        assert rejection["summary"]["mean"] == pytest.approx(
+            (rejection["model4-binary"] + rejection["model6-binary"]) / 2
+        )
     for answer in answers[5:]:
         assert answer["status"] == "failed" and answer["message"]
         assert set(answer) == {"status", "filename", "message"}
@@ -109,8 +115,18 @@ def test_folders_and_catalogs(bundle, tmp_path):
     catalog = tmp_path / "catalog.csv"
     write_catalog(catalog, [Galaxy(pgc=11, inc=70), Galaxy(pgc=12, inc=80), Galaxy(pgc=13, inc=60)])
     output = tmp_path / "out.jsonl"
-    argv = ["--bundle", str(bundle), str(folder), "--catalog", str(catalog), "--data-path", str(folder),
-            "--output", str(output), "-q"]
+    argv = [
+        "--bundle",
+        str(bundle),
+        str(folder),
+        "--catalog",
+        str(catalog),
+        "--data-path",
+        str(folder),
+        "--output",
+        str(output),
+        "-q",
+    ]
     assert predict.main(argv) == 2  # pgc 13 has no image
     answers = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(answers) == 5
@@ -146,8 +162,16 @@ def reference_bundle(bundle, tmp_path_factory):
     manifest = json.loads((bundle / "manifest.json").read_text())
     members = [{**m, "path": bundle / m["file"]} for m in manifest["members"]]
     reference = reliability.reference_ranges(images, np.full(len(images), 0.5))
-    model_bundle.write_bundle(root / "bundle", members, input_size=SIZE, seed=1, views=2, peer_calibration=calibration,
-                          reject_temperatures={"model4-binary": 2.0}, ood_reference=reference)
+    model_bundle.write_bundle(
+        root / "bundle",
+        members,
+        input_size=SIZE,
+        seed=1,
+        views=2,
+        peer_calibration=calibration,
+        reject_temperatures={"model4-binary": 2.0},
+        ood_reference=reference,
+    )
     shutil.rmtree(root / "unused", ignore_errors=True)
     return root / "bundle"
 
@@ -157,11 +181,12 @@ def test_answers_carry_peer_spread_and_out_of_distribution_warnings(reference_bu
     rng = np.random.default_rng(1)
     field = np.full((64, 64, 3), 10, np.uint8)
     for x, y in rng.integers(3, 61, size=(30, 2)):
-        field[y - 1:y + 2, x - 1:x + 2] = 250
+        field[y - 1 : y + 2, x - 1 : x + 2] = 250
     Image.fromarray(field).save(tmp_path / "stars.png")
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "blank.png")
-    answers = predict.run(bundle=reference_bundle, inputs=[tmp_path / n for n in ("galaxy.png", "stars.png",
-                                                                                 "blank.png")])
+    answers = predict.run(
+        bundle=reference_bundle, inputs=[tmp_path / n for n in ("galaxy.png", "stars.png", "blank.png")]
+    )
     galaxy, stars, blank = answers
     for answer in answers:
         assert answer["status"] == "success"

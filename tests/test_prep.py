@@ -13,8 +13,14 @@ from inclinet.stages import prep
 
 RAW = 96
 ROWS = [  # pgc, inc, inc_flg, fon, inc_note
-    (101, 61, 0, "", ""), (57, 80, 0, "", ""), (230, 0, 1, "F", "[face_on]"), (9, 0, 1, "", "[bad_TF]"),
-    (444, 47, 0, "", ""), (12, 90, 0, "", ""), (318, 55, 0, "", ""), (77, 72, 0, "", ""),
+    (101, 61, 0, "", ""),
+    (57, 80, 0, "", ""),
+    (230, 0, 1, "F", "[face_on]"),
+    (9, 0, 1, "", "[bad_TF]"),
+    (444, 47, 0, "", ""),
+    (12, 90, 0, "", ""),
+    (318, 55, 0, "", ""),
+    (77, 72, 0, "", ""),
 ]
 
 
@@ -25,15 +31,17 @@ def universe(tmp_path_factory):
     galaxies = root / "galaxies"
     galaxies.mkdir()
     catalog = root / "catalog.csv"
-    write_catalog(catalog, [dict(pgc=p, inc=i, inc_flg=f, fon=fon, inc_note=note) for p, i, f, fon, note in ROWS],
-                  fmt="csv")
+    write_catalog(
+        catalog, [dict(pgc=p, inc=i, inc_flg=f, fon=fon, inc_note=note) for p, i, f, fon, note in ROWS], fmt="csv"
+    )
     for pgc, inc, *_ in ROWS:
         q = 0.5 if inc == 0 else max(0.25, np.cos(np.deg2rad(inc)))
         for band in ("g", "r", "i"):
             plane = galaxy_image(RAW, q, seed=pgc, radius=RAW / 10)[..., 0]
             Image.fromarray(plane, mode="L").save(galaxies / f"pgc{pgc}_d25x2_rot_{band}.png")
         Image.fromarray(galaxy_image(RAW, q, colour=True, seed=pgc, radius=RAW / 10)).save(
-            galaxies / f"pgc{pgc}_d25x2_rot_gri.sdss.jpg", quality=95)
+            galaxies / f"pgc{pgc}_d25x2_rot_gri.sdss.jpg", quality=95
+        )
     # pgc 57: a non-square (wide) g image; pgc 444: an LA image with a transparent alpha.
     wide = galaxy_image(RAW, 0.5, radius=RAW / 10, seed=1)[..., 0]
     wide = np.concatenate([np.full((RAW, RAW // 4), wide[0, 0]), wide, np.full((RAW, RAW // 4), wide[0, 0])], 1)
@@ -50,8 +58,20 @@ def universe(tmp_path_factory):
 
 
 def _prep(universe, out, band, *extra):
-    return prep.main(["-p", str(universe / "galaxies"), "-c", str(universe / "catalog.csv"), "-b", band,
-                      "-o", str(out), "-q", *extra])
+    return prep.main(
+        [
+            "-p",
+            str(universe / "galaxies"),
+            "-c",
+            str(universe / "catalog.csv"),
+            "-b",
+            band,
+            "-o",
+            str(out),
+            "-q",
+            *extra,
+        ]
+    )
 
 
 def _read(path):
@@ -133,8 +153,11 @@ def test_sharding_invariance(universe, tmp_path):
 
 
 def test_bad_images_are_skipped_and_reported(universe, tmp_path):
-    for band, pgc, reason in (("r", 12, "no r image"), ("r", 77, "corrupt or truncated"),
-                              ("i", 318, "colour image for the grayscale band")):
+    for band, pgc, reason in (
+        ("r", 12, "no r image"),
+        ("r", 77, "corrupt or truncated"),
+        ("i", 318, "colour image for the grayscale band"),
+    ):
         out = tmp_path / f"{band}.npz"
         assert _prep(universe, out, band, "-s", "32") == 0
         assert pgc not in _read(out)["pgcIDs"].tolist()
@@ -148,8 +171,12 @@ def test_grayscale_image_for_colour_band_is_skipped(universe, tmp_path):
     galaxies.mkdir()
     Image.fromarray(galaxy_image(RAW, 0.5)).save(galaxies / "pgc101_d25x2_rot_gri.jpg")  # gray pixels in RGB
     out = tmp_path / "rgb.npz"
-    assert prep.main(["-p", str(galaxies), "-c", str(universe / "catalog.csv"), "-b", "gri", "-s", "32",
-                      "-o", str(out), "-q"]) == 0
+    assert (
+        prep.main(
+            ["-p", str(galaxies), "-c", str(universe / "catalog.csv"), "-b", "gri", "-s", "32", "-o", str(out), "-q"]
+        )
+        == 0
+    )
     report = (tmp_path / "rgb.report.csv").read_text()
     assert "grayscale image for the colour band" in report and report.count("\n") == 9  # header + 8
 
@@ -171,8 +198,10 @@ def test_bad_arguments_and_catalog(universe, tmp_path, capsys):
     assert _prep(universe, out, "z") == 2
     assert _prep(universe, out, "g", "-s", "0") == 2
     assert _prep(universe, out, "g", "--shard", "4/3") == 2
-    assert prep.main(["-p", str(tmp_path / "nowhere"), "-c", str(universe / "catalog.csv"), "-b", "g",
-                      "-o", str(out)]) == 2
+    assert (
+        prep.main(["-p", str(tmp_path / "nowhere"), "-c", str(universe / "catalog.csv"), "-b", "g", "-o", str(out)])
+        == 2
+    )
     bad_catalog = tmp_path / "bad.csv"
     bad_catalog.write_text("pgc,inc\n12,abc\n")
     capsys.readouterr()
@@ -190,14 +219,48 @@ def test_chain_on_synthetic_universe(tiny_universe, tmp_path):
     for band, tag in (("g", "g"), ("r", "r"), ("i", "i"), ("gri", "RGB")):
         parts = [data / f"resized/32x32_{tag}/part{k:04d}of0002.npz" for k in (1, 2)]
         for k, part in enumerate(parts, start=1):
-            assert prep.main(["-p", str(tiny_universe / "galaxies"), "-c", str(tiny_universe / "catalog.csv"),
-                              "-b", band, "-s", "32", "--shard", f"{k}/2", "-o", str(part), "-q"]) == 0
+            assert (
+                prep.main(
+                    [
+                        "-p",
+                        str(tiny_universe / "galaxies"),
+                        "-c",
+                        str(tiny_universe / "catalog.csv"),
+                        "-b",
+                        band,
+                        "-s",
+                        "32",
+                        "--shard",
+                        f"{k}/2",
+                        "-o",
+                        str(part),
+                        "-q",
+                    ]
+                )
+                == 0
+            )
         compressed.append(data / f"compressed/32x32_{tag}.npz")
         assert compress.main(["-i", *map(str, parts), "-o", str(compressed[-1]), "-s", "32", "-q"]) == 0
         merged = _read(compressed[-1])
         assert len(merged["pgcIDs"]) == 40 and list(merged["pgcIDs"]) == sorted(merged["pgcIDs"])
-    assert split.main(["-i", *map(str, compressed), "-o", str(data / "samples"), "-s", "32", "-n", "1",
-                       "--test-fraction", "0.2", "-q"]) == 0
+    assert (
+        split.main(
+            [
+                "-i",
+                *map(str, compressed),
+                "-o",
+                str(data / "samples"),
+                "-s",
+                "32",
+                "-n",
+                "1",
+                "--test-fraction",
+                "0.2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     for tag in ("g", "r", "i", "RGB"):
         test = set(_read(data / f"samples/{tag}_32x32_test_000.npz")["pgcIDs"].tolist())
         assert test
@@ -210,4 +273,5 @@ def test_chain_on_synthetic_universe(tiny_universe, tmp_path):
     colour = batch["filter"].astype(str) == "c"
     assert colour.sum() == (~colour).sum() > 0 and "inverted" not in batch
     assert set(batch["pgcIDs"].tolist()) <= set(_read(samples[0])["pgcIDs"].tolist()) | set(
-        _read(samples[1])["pgcIDs"].tolist())
+        _read(samples[1])["pgcIDs"].tolist()
+    )

@@ -49,4 +49,5 @@ def test_warnings_name_what_is_unusual():
     assert any("barely above" in w for w in found)
     assert any("disagree" in w for w in found)
     assert reliability.warnings_for({**info, "detected": False}, inside, 1.0, None) == [
-        "no galaxy stands out from the sky"]
+        "no galaxy stands out from the sky"
+    ]

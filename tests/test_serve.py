@@ -36,8 +36,9 @@ def galaxy_image(height, width, *, seed=0, axis_ratio=0.5):
     """A bright elongated blob on a dark noisy sky, major axis horizontal."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
-    profile = np.exp(-((xx - width / 2) ** 2 / (0.15 * width) ** 2
-                       + (yy - height / 2) ** 2 / (0.15 * axis_ratio * height) ** 2))
+    profile = np.exp(
+        -((xx - width / 2) ** 2 / (0.15 * width) ** 2 + (yy - height / 2) ** 2 / (0.15 * axis_ratio * height) ** 2)
+    )
     base = 20 + profile * 200 + rng.normal(0, 3, profile.shape)
     return np.clip(np.stack([base, base * 0.9, base * 0.7], axis=-1), 0, 255).astype(np.uint8)
 
@@ -50,11 +51,17 @@ def encoded(array, fmt="PNG"):
 
 def png_header_only(width, height):
     """A PNG that declares ``width x height`` pixels but carries almost no data (a decompression bomb's header)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def build_bundle(root):
@@ -71,9 +78,11 @@ def build_galaxies(root):
     # A sky cutout: the horizontal galaxy turned back by pa + 90 deg (counter-clockwise on screen).
     sky = Image.fromarray(galaxy_image(96, 96, seed=1)).rotate(pa + 90.0, resample=Image.BICUBIC)
     sky.save(folder / f"pgc{TURNED_PGC}_d25x1.5_gri.jpg", quality=95)
-    rows = [Galaxy(pgc=KNOWN_PGC, inc=70, pa=12.0, d25=1.2, b_a=0.5),
-            Galaxy(pgc=TURNED_PGC, inc=65, pa=pa, d25=1.5, b_a=0.5),
-            Galaxy(pgc=NO_IMAGE_PGC, inc=80, pa=0.0, d25=1.0, b_a=0.3)]
+    rows = [
+        Galaxy(pgc=KNOWN_PGC, inc=70, pa=12.0, d25=1.2, b_a=0.5),
+        Galaxy(pgc=TURNED_PGC, inc=65, pa=pa, d25=1.5, b_a=0.5),
+        Galaxy(pgc=NO_IMAGE_PGC, inc=80, pa=0.0, d25=1.0, b_a=0.3),
+    ]
     write_catalog(root / "catalog.csv", [row.as_row() for row in rows])
     return folder, root / "catalog.csv"
 
@@ -94,8 +103,9 @@ def client(served):
 
 
 def upload(client, content, name="galaxy.png", content_type="image/png", **fields):
-    return client.post("/api/file", files={"file": (name, content, content_type)},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/api/file", files={"file": (name, content, content_type)}, data={k: str(v) for k, v in fields.items()}
+    )
 
 
 def flat(answer, prefix=""):
@@ -119,9 +129,11 @@ def assert_refused(response, status, *words):
 
 
 def test_help_imports_neither_tensorflow_nor_fastapi():
-    code = ("import sys; from inclinet.service import cli; rc = cli.main(['--help']); "
-            "assert 'tensorflow' not in sys.modules and 'fastapi' not in sys.modules, 'heavy import'; "
-            "sys.exit(rc)")
+    code = (
+        "import sys; from inclinet.service import cli; rc = cli.main(['--help']); "
+        "assert 'tensorflow' not in sys.modules and 'fastapi' not in sys.modules, 'heavy import'; "
+        "sys.exit(rc)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--bundle" in result.stdout and "3030" in result.stdout
@@ -153,8 +165,11 @@ def test_upload_answers_as_inclinet_predict(client, served, tmp_path):
 
 def test_jpeg_gif_gray_and_view_parameters(client, served):
     array = galaxy_image(64, 64, seed=4)
-    for name, fmt, content_type in (("g.jpg", "JPEG", "image/jpeg"), ("g.JPEG", "JPEG", "application/octet-stream"),
-                                    ("g.gif", "GIF", "image/gif")):
+    for name, fmt, content_type in (
+        ("g.jpg", "JPEG", "image/jpeg"),
+        ("g.JPEG", "JPEG", "application/octet-stream"),
+        ("g.gif", "GIF", "image/gif"),
+    ):
         response = upload(client, encoded(array, fmt), name, content_type)
         assert response.status_code == 200, (name, response.text)
         assert response.json()["filename"] == name
@@ -162,8 +177,9 @@ def test_jpeg_gif_gray_and_view_parameters(client, served):
     assert upload(client, gray, "gray.png").status_code == 200
     # angle and scale are applied as the GUI shows them, then the canonical normalisation.
     turned = upload(client, encoded(array), angle=90, scale=1.25).json()
-    expected = predict.predict_images(predict.Bundle(served["bundle"]), [transform(array, angle=90, scale=1.25)],
-                                      names=["galaxy.png"])[0]
+    expected = predict.predict_images(
+        predict.Bundle(served["bundle"]), [transform(array, angle=90, scale=1.25)], names=["galaxy.png"]
+    )[0]
     assert turned == expected
 
 
@@ -268,12 +284,13 @@ def test_small_limit_streamed_body_and_no_catalog(tmp_path, served):
         assert_refused(upload(small, big + b"\x00" * 70_000), 413, "over the limit")
 
         def chunks():
-            yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+            yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
             for _ in range(20):
                 yield b"\x00" * 8192
 
-        streamed = small.post("/api/file", content=chunks(),
-                              headers={"content-type": "multipart/form-data; boundary=x"})
+        streamed = small.post(
+            "/api/file", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+        )
         assert_refused(streamed, 413, "over the limit")
         assert_refused(small.get(f"/api/pgc/{KNOWN_PGC}"), 404, "--images DIR --catalog FILE")
         assert upload(small, encoded(galaxy_image(16, 16))).status_code == 200
@@ -318,7 +335,9 @@ def test_the_command_serves_until_stopped(tmp_path, served):
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "inclinet.service.cli", "--bundle", str(served["bundle"]), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     try:
         deadline = time.time() + 120

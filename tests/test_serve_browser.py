@@ -43,9 +43,24 @@ def server(tmp_path_factory):
         port = probe.getsockname()[1]
     log = open(root / "serve.log", "wb")  # noqa: SIM115 -- closed below, after the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "inclinet.service.cli", "--bundle", str(bundle), "--images", str(folder),
-         "--catalog", str(catalog), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            "-m",
+            "inclinet.service.cli",
+            "--bundle",
+            str(bundle),
+            "--images",
+            str(folder),
+            "--catalog",
+            str(catalog),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -72,10 +87,18 @@ def browser(tmp_path_factory):
     _need(Path(CHROMEDRIVER).exists(), "chromedriver is not installed (apt-get install chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     driver = webdriver.Chrome(options=options, service=service)
@@ -96,11 +119,19 @@ def post_file(url, path, fields):
     parts = []
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-                 f"Content-Type: image/png\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + path.read_bytes()
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
-    request = urllib.request.Request(f"{url}/api/file", data=b"".join(parts), method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        f"{url}/api/file",
+        data=b"".join(parts),
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(request, timeout=60) as reply:
         return json.load(reply)
 
@@ -128,8 +159,9 @@ def test_upload_turn_zoom_evaluate_and_read_the_result(server, browser, tmp_path
     assert median == f"{expected['inclinations']['summary']['median']:.1f}"
     rows = browser.find_elements(By.CSS_SELECTOR, "#inclinations tbody tr")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["model4", "model41"]
-    assert browser.find_element(By.ID, "rej-median").text == \
-        f"{expected['rejection_likelihood']['summary']['median']:.1f}"
+    assert (
+        browser.find_element(By.ID, "rej-median").text == f"{expected['rejection_likelihood']['summary']['median']:.1f}"
+    )
     artefacts = Path(os.environ.get("INCLINET_ARTIFACTS") or tmp_path)
     artefacts.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(artefacts / "serve_page.png"))

@@ -68,7 +68,7 @@ def test_shell_sections_parse(name):
     result = subprocess.run(["sh", "-n"], input=body, text=True, capture_output=True)
     assert result.returncode == 0, result.stderr
     if name == "%apprun serve":
-        assert "exec /usr/local/bin/serve \"$@\"" in body
+        assert 'exec /usr/local/bin/serve "$@"' in body
     if name == "%test":
         assert "serve --help" in body
 
@@ -98,12 +98,18 @@ def test_the_wrapper_runs_inclinet_serve(tmp_path):
     serve.write_text(wrapper_text(DEFINITION.read_text()))
     serve.chmod(0o755)
     path = os.pathsep.join([str(Path(found).parent), os.environ.get("PATH", "")])
-    shown = subprocess.run([str(serve), "--help"], capture_output=True, text=True, env={**os.environ, "PATH": path},
-                           timeout=120)
+    shown = subprocess.run(
+        [str(serve), "--help"], capture_output=True, text=True, env={**os.environ, "PATH": path}, timeout=120
+    )
     assert shown.returncode == 0, shown.stderr
     assert "usage: inclinet-serve" in shown.stdout
     # The wrapper's --host comes first, so a --host given by the user still wins (argparse keeps the last).
-    refused = subprocess.run([str(serve), "--bundle", str(tmp_path / "none"), "--port", "0"], capture_output=True,
-                             text=True, env={**os.environ, "PATH": path}, timeout=120)
+    refused = subprocess.run(
+        [str(serve), "--bundle", str(tmp_path / "none"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path},
+        timeout=120,
+    )
     assert refused.returncode == 2, refused.stderr
     assert "--port" in refused.stderr

@@ -28,11 +28,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -- helpers ----------------------------------------------------------------------------
 
+
 def shell_job(job_id, script, inputs=(), outputs=(), *, retries=0, cores=1, gpus=0):
     """A trivial job: ``sh -c SCRIPT`` in the data directory, recording each run in runs/<id>."""
     script = f"echo run >> runs/{job_id}; {script}"
-    return JobSpec(id=job_id, stage="synth", executable="sh", args=["-c", script], inputs=list(inputs),
-                   outputs=list(outputs), cores=cores, memory_mb=100, runtime_s=120, gpus=gpus, retries=retries)
+    return JobSpec(
+        id=job_id,
+        stage="synth",
+        executable="sh",
+        args=["-c", script],
+        inputs=list(inputs),
+        outputs=list(outputs),
+        cores=cores,
+        memory_mb=100,
+        runtime_s=120,
+        gpus=gpus,
+        retries=retries,
+    )
 
 
 def make_run(run_dir, jobs):
@@ -65,12 +77,25 @@ def our_queue(run_dir):
 
 # -- offline: options, command lines, waves ---------------------------------------------
 
+
 def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
-    job = JobSpec(id="train_Uset_000_model4", stage="train", executable="inclinet-train", args=["--epochs", "1"],
-                  inputs=[], outputs=["m.keras"], cores=2, memory_mb=16000, runtime_s=4 * 3600 + 30, gpus=1,
-                  retries=3, checkpoint="m.ckpt.zip")
-    options = slurm.SlurmOptions(partition="cpu", gpu_partition="gpu", account="astro",
-                                 sbatch_options=["--qos=short", "--mem=8G"])
+    job = JobSpec(
+        id="train_Uset_000_model4",
+        stage="train",
+        executable="inclinet-train",
+        args=["--epochs", "1"],
+        inputs=[],
+        outputs=["m.keras"],
+        cores=2,
+        memory_mb=16000,
+        runtime_s=4 * 3600 + 30,
+        gpus=1,
+        retries=3,
+        checkpoint="m.ckpt.zip",
+    )
+    options = slurm.SlurmOptions(
+        partition="cpu", gpu_partition="gpu", account="astro", sbatch_options=["--qos=short", "--mem=8G"]
+    )
     argv = slurm.sbatch_argv(job, tmp_path, options, ["11", "12"], use_gpus=True)
     run = tmp_path.resolve()
     assert argv[:2] == ["sbatch", "--parsable"]
@@ -86,8 +111,12 @@ def test_sbatch_argv_has_dependencies_resources_and_logs(tmp_path):
     assert argv.index("--mem=8G") > argv.index("--mem=16000M")
     # the batch script is the job wrapper of every engine: record, job, first attempt, tries, command
     wrapper = argv.index(f"{run}/state/jobwrap.sh")
-    assert argv[wrapper + 1:wrapper + 5] == [f"{run}/state/exit/train_Uset_000_model4.json",
-                                             "train_Uset_000_model4", "1", "4"]  # 1 + retries tries
+    assert argv[wrapper + 1 : wrapper + 5] == [
+        f"{run}/state/exit/train_Uset_000_model4.json",
+        "train_Uset_000_model4",
+        "1",
+        "4",
+    ]  # 1 + retries tries
     assert argv[wrapper + 5].endswith("inclinet-train") and argv[-2:] == ["--epochs", "1"]
     # resume --retries N replaces the job's own retries, up or down
     for retries, tries in ((0, "1"), (5, "6")):
@@ -106,13 +135,31 @@ def test_sbatch_argv_without_gpus_or_parents_and_gpus_flag(tmp_path):
 
 
 def test_container_wraps_the_bare_executable(tmp_path):
-    job = JobSpec(id="evaluate", stage="evaluate", executable="inclinet-evaluate", args=["--views", "2"],
-                  inputs=[], outputs=[], gpus=1)
+    job = JobSpec(
+        id="evaluate",
+        stage="evaluate",
+        executable="inclinet-evaluate",
+        args=["--views", "2"],
+        inputs=[],
+        outputs=[],
+        gpus=1,
+    )
     options = slurm.SlurmOptions(container="/images/inclinet.sif", container_runtime="singularity")
     command = slurm.job_command(job, tmp_path, options, use_gpus=True)
     run = tmp_path.resolve()
-    assert command == ["singularity", "exec", "--nv", "--bind", str(run), "--pwd", f"{run}/data",
-                       "/images/inclinet.sif", "inclinet-evaluate", "--views", "2"]
+    assert command == [
+        "singularity",
+        "exec",
+        "--nv",
+        "--bind",
+        str(run),
+        "--pwd",
+        f"{run}/data",
+        "/images/inclinet.sif",
+        "inclinet-evaluate",
+        "--views",
+        "2",
+    ]
     assert "--nv" not in slurm.job_command(job, tmp_path, options, use_gpus=False)
 
 
@@ -127,8 +174,14 @@ def test_options_from_flags_keep_stored_values():
 
 
 def test_levels_put_parents_first():
-    jobs = infer_parents([shell_job("a", "", outputs=["a"]), shell_job("b", "", ["a"], ["b"]),
-                          shell_job("c", "", ["b"], ["c"]), shell_job("d", "", [], ["d"])])
+    jobs = infer_parents(
+        [
+            shell_job("a", "", outputs=["a"]),
+            shell_job("b", "", ["a"], ["b"]),
+            shell_job("c", "", ["b"], ["c"]),
+            shell_job("d", "", [], ["d"]),
+        ]
+    )
     waves = slurm._levels(jobs, {"a", "b", "c", "d"})
     assert [sorted(j.id for j in wave) for wave in waves] == [["a", "d"], ["b"], ["c"]]
     # with a finished and a live parent left out, the rest starts in the first wave
@@ -136,18 +189,29 @@ def test_levels_put_parents_first():
 
 
 def test_help_and_parsing_do_not_import_tensorflow():
-    code = ("import sys; from workflow.engines import slurm; import argparse; p = argparse.ArgumentParser(); "
-            "slurm.add_arguments(p); p.parse_args(['--partition', 'x']); assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys; from workflow.engines import slurm; import argparse; p = argparse.ArgumentParser(); "
+        "slurm.add_arguments(p); p.parse_args(['--partition', 'x']); assert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 # -- offline: state logic with SLURM answers mocked --------------------------------------
 
+
 def _fake_run(tmp_path, monkeypatch, queue, accounting=None):
-    jobs = make_run(tmp_path / "run", [
-        shell_job("a", "", outputs=["a"]), shell_job("b", "", ["a"], ["b"]), shell_job("c", "", ["b"], ["c"]),
-        shell_job("d", "", [], ["d"]), shell_job("e", "", [], ["e"]), shell_job("f", "", [], ["f"]),
-        shell_job("g", "", [], ["g"])])
+    jobs = make_run(
+        tmp_path / "run",
+        [
+            shell_job("a", "", outputs=["a"]),
+            shell_job("b", "", ["a"], ["b"]),
+            shell_job("c", "", ["b"], ["c"]),
+            shell_job("d", "", [], ["d"]),
+            shell_job("e", "", [], ["e"]),
+            shell_job("f", "", [], ["f"]),
+            shell_job("g", "", [], ["g"]),
+        ],
+    )
     run_dir = tmp_path / "run"
     state = slurm.slurm_state_dir(run_dir)
     state.mkdir(parents=True)
@@ -156,9 +220,21 @@ def _fake_run(tmp_path, monkeypatch, queue, accounting=None):
     slurm._append_lines(state / "submissions.tsv", [f"{k}\t{v}\tt" for k, v in ids.items()])
 
     def record(job_id, slurm_id, code):
-        jobwrap.record_path(run_dir, job_id).write_text(json.dumps({
-            "format": 1, "job": job_id, "attempt": 1, "exit_code": code, "signal": "", "host": "n1",
-            "started": 1.0, "ended": 2.0, "slurm_job_id": slurm_id}))
+        jobwrap.record_path(run_dir, job_id).write_text(
+            json.dumps(
+                {
+                    "format": 1,
+                    "job": job_id,
+                    "attempt": 1,
+                    "exit_code": code,
+                    "signal": "",
+                    "host": "n1",
+                    "started": 1.0,
+                    "ended": 2.0,
+                    "slurm_job_id": slurm_id,
+                }
+            )
+        )
 
     record("a", ids["a"], 0)
     record("b", ids["b"], 2)
@@ -178,8 +254,15 @@ def test_status_combines_records_queue_and_inference(tmp_path, monkeypatch):
     run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue, accounting=None)
     statuses = slurm.collect_status(run_dir, jobs)
     states = {k: v.state for k, v in statuses.items()}
-    assert states == {"a": "done", "b": "failed", "c": "blocked", "d": "running", "e": "pending",
-                      "f": "lost", "g": "unsubmitted"}
+    assert states == {
+        "a": "done",
+        "b": "failed",
+        "c": "blocked",
+        "d": "running",
+        "e": "pending",
+        "f": "lost",
+        "g": "unsubmitted",
+    }
     assert statuses["b"].exit_code == 2 and "parent b" in statuses["c"].reason
     assert "exit code 2 after 1 attempt(s)" in statuses["b"].reason
     assert set(states.values()) <= set(common.JOB_STATES)
@@ -187,8 +270,9 @@ def test_status_combines_records_queue_and_inference(tmp_path, monkeypatch):
 
 def test_status_uses_accounting_and_remembers_squeue_end_states(tmp_path, monkeypatch):
     queue = {"3": ("CANCELLED", "DependencyNeverSatisfied"), "4": ("TIMEOUT", "TimeLimit")}
-    run_dir, jobs = _fake_run(tmp_path, monkeypatch, queue, accounting={"6": ("CANCELLED", 0),
-                                                                       "5": ("OUT_OF_MEMORY", 0)})
+    run_dir, jobs = _fake_run(
+        tmp_path, monkeypatch, queue, accounting={"6": ("CANCELLED", 0), "5": ("OUT_OF_MEMORY", 0)}
+    )
     states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
     assert (states["c"], states["d"], states["e"], states["f"]) == ("blocked", "failed", "failed", "cancelled")
     slurm.collect_status(run_dir, jobs)  # seen twice, remembered once
@@ -249,8 +333,11 @@ def test_sacct_parsing_and_disabled_accounting(monkeypatch):
 
     monkeypatch.setattr(slurm.subprocess, "run", fake_run)
     answers.append((0, "12|COMPLETED|0:0\n13|CANCELLED by 0|0:15\n14|FAILED|3:0\n", ""))
-    assert slurm.sacct_states(["12", "13", "14"]) == {"12": ("COMPLETED", 0), "13": ("CANCELLED", 0),
-                                                      "14": ("FAILED", 3)}
+    assert slurm.sacct_states(["12", "13", "14"]) == {
+        "12": ("COMPLETED", 0),
+        "13": ("CANCELLED", 0),
+        "14": ("FAILED", 3),
+    }
     answers.append((1, "", "Slurm accounting storage is disabled\n"))
     assert slurm.sacct_states(["12", "13", "14"]) is None
 
@@ -259,22 +346,34 @@ def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
     wrapper = jobwrap.install(tmp_path)
     exit_file = jobwrap.record_path(tmp_path, "x")
     env = dict(os.environ, SLURM_JOB_ID="42")
-    result = subprocess.run(["bash", str(wrapper), str(exit_file), "x", "1", "3", "sh", "-c", "echo try; exit 3"],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(wrapper), str(exit_file), "x", "1", "3", "sh", "-c", "echo try; exit 3"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 3 and result.stdout.splitlines().count("try") == 3
     assert "SLURM_JOB_ID=42" in result.stdout and result.stdout.count("=== x attempt ") == 3
     record = jobwrap.read_record(tmp_path, "x")
     assert (record["slurm_job_id"], record["exit_code"], record["attempt"], record["job"]) == ("42", 3, 3, "x")
     assert record["format"] == jobwrap.RECORD_FORMAT and record["started"] <= record["ended"]
     # exit code 2 (usage or input error) would fail the same way again: no retry
-    result = subprocess.run(["bash", str(wrapper), str(exit_file), "x", "1", "3", "sh", "-c", "exit 2"], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(wrapper), str(exit_file), "x", "1", "3", "sh", "-c", "exit 2"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and jobwrap.read_record(tmp_path, "x")["attempt"] == 1
 
     # SIGTERM (time limit, cancel) is passed on; the job's own exit code is kept
     child = "trap 'echo saved; exit 3' TERM; echo ready; while true; do sleep 0.1; done"
-    process = subprocess.Popen(["bash", str(wrapper), str(exit_file), "x", "1", "1", "sh", "-c", child], env=env,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        ["bash", str(wrapper), str(exit_file), "x", "1", "1", "sh", "-c", child],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     while "ready" not in lines and len(lines) < 20:
         lines.append(process.stdout.readline().strip())
@@ -297,6 +396,7 @@ def test_wrapper_records_exit_code_retries_and_signal(tmp_path):
 
 # -- against a real SLURM cluster -------------------------------------------------------
 
+
 def _slurm_problem():
     """None when a SLURM cluster answers and has a usable node, else the reason."""
     if shutil.which("sbatch") is None:
@@ -307,8 +407,10 @@ def _slurm_problem():
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"SLURM does not answer ({exc})"
     if "UP" not in ping.stdout:
-        return f"no slurmctld answers 'scontrol ping' ({(ping.stderr or ping.stdout).strip()[:200]}); " \
-               "start one with scripts/slurm/ci-setup.sh"
+        return (
+            f"no slurmctld answers 'scontrol ping' ({(ping.stderr or ping.stdout).strip()[:200]}); "
+            "start one with scripts/slurm/ci-setup.sh"
+        )
     usable = [s for s in nodes.stdout.split() if s.rstrip("*") in ("idle", "mixed", "allocated", "completing")]
     if not usable:
         return f"no SLURM node is up (sinfo: {nodes.stdout.strip()!r})"
@@ -336,14 +438,17 @@ def test_failure_stops_descendants_only_and_resume_completes(slurm_cluster, tmp_
     from workflow.cli import main as workflow_main
 
     run_dir = tmp_path / "run"
-    jobs = make_run(run_dir, [
-        shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
-        shell_job("b", "test -f fixed && cat a.txt > b.txt", ["a.txt"], ["b.txt"]),
-        shell_job("c", "cat b.txt > c.txt", ["b.txt"], ["c.txt"]),
-        shell_job("d", "cat c.txt a.txt > d.txt", ["c.txt", "a.txt"], ["d.txt"]),
-        shell_job("e", "echo e > e.txt", outputs=["e.txt"]),
-        shell_job("f", "cat e.txt > f.txt", ["e.txt"], ["f.txt"]),
-    ])
+    jobs = make_run(
+        run_dir,
+        [
+            shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
+            shell_job("b", "test -f fixed && cat a.txt > b.txt", ["a.txt"], ["b.txt"]),
+            shell_job("c", "cat b.txt > c.txt", ["b.txt"], ["c.txt"]),
+            shell_job("d", "cat c.txt a.txt > d.txt", ["c.txt", "a.txt"], ["d.txt"]),
+            shell_job("e", "echo e > e.txt", outputs=["e.txt"]),
+            shell_job("f", "cat e.txt > f.txt", ["e.txt"], ["f.txt"]),
+        ],
+    )
     args = engine_args("--wait", "--poll-interval", "0.5", "--wait-timeout", "120")
     assert slurm.run(run_dir, jobs, args) == 1
 
@@ -394,11 +499,14 @@ def test_cancel_leaves_nothing_queued(slurm_cluster, tmp_path, capsys):
     from workflow.cli import main as workflow_main
 
     run_dir = tmp_path / "run"
-    jobs = make_run(run_dir, [
-        shell_job("slow", "sleep 120; echo > s.txt", outputs=["s.txt"]),
-        shell_job("child", "cat s.txt > c.txt", ["s.txt"], ["c.txt"]),
-        shell_job("other", "sleep 120; echo > o.txt", outputs=["o.txt"]),
-    ])
+    jobs = make_run(
+        run_dir,
+        [
+            shell_job("slow", "sleep 120; echo > s.txt", outputs=["s.txt"]),
+            shell_job("child", "cat s.txt > c.txt", ["s.txt"], ["c.txt"]),
+            shell_job("other", "sleep 120; echo > o.txt", outputs=["o.txt"]),
+        ],
+    )
     assert slurm.run(run_dir, jobs, engine_args()) == 0
     assert len(our_queue(run_dir)) == 3
     deadline = time.monotonic() + 30
@@ -431,14 +539,52 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
     from workflow.dag import load_jobs
 
     run_dir = tmp_path / "run"
-    code = workflow_main(["--synthetic", "24", "--synthetic-size", "64", "--size", "32", "--bands", "gri,g",
-                          "--models", "model4", "--tasks", "regression", "--subsamples", "0", "--epochs", "1",
-                          "--batch-size", "8", "--galaxies-per-job", "12", "--n-batches", "1", "--per-bin", "2",
-                          "--views", "1", "--retries", "0", "--engine", "slurm", "--output-dir", str(run_dir),
-                          # small requests override the stage defaults (16 GB, 2 cores for training), so
-                          # the test also fits a small CI node
-                          "--sbatch-option=--mem=1500M", "--sbatch-option=--cpus-per-task=1",
-                          "--wait", "--poll-interval", "1", "--wait-timeout", "400", "-q"])
+    code = workflow_main(
+        [
+            "--synthetic",
+            "24",
+            "--synthetic-size",
+            "64",
+            "--size",
+            "32",
+            "--bands",
+            "gri,g",
+            "--models",
+            "model4",
+            "--tasks",
+            "regression",
+            "--subsamples",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--galaxies-per-job",
+            "12",
+            "--n-batches",
+            "1",
+            "--per-bin",
+            "2",
+            "--views",
+            "1",
+            "--retries",
+            "0",
+            "--engine",
+            "slurm",
+            "--output-dir",
+            str(run_dir),
+            # small requests override the stage defaults (16 GB, 2 cores for training), so
+            # the test also fits a small CI node
+            "--sbatch-option=--mem=1500M",
+            "--sbatch-option=--cpus-per-task=1",
+            "--wait",
+            "--poll-interval",
+            "1",
+            "--wait-timeout",
+            "400",
+            "-q",
+        ]
+    )
     jobs = load_jobs(run_dir)
     ids = slurm.submissions(run_dir)
     logs = {job.id: (run_dir / "logs" / f"{job.id}.log").read_text() for job in jobs}
@@ -451,7 +597,9 @@ def test_tiny_workflow_end_to_end_under_slurm(slurm_cluster, tmp_path):
     gpus = "none" if not slurm.cluster_has_gpus() else "0"
     assert f"GPUs: {gpus}" in logs["train_Uset_000_model4"] and "GPUs: none" in logs["split"]
     assert json.loads((run_dir / "state" / "slurm" / "options.json").read_text())["sbatch_options"] == [
-        "--mem=1500M", "--cpus-per-task=1"]
+        "--mem=1500M",
+        "--cpus-per-task=1",
+    ]
     manifest = json.loads((run_dir / "data" / "bundle" / "manifest.json").read_text())
     assert [member["name"] for member in manifest["members"]] == ["model4"]
     assert (run_dir / "data" / "bundle" / "model4.keras").stat().st_size > 0
@@ -480,10 +628,16 @@ def test_container_option_runs_jobs_through_the_runtime(slurm_cluster, tmp_path,
     (bin_dir / "apptainer").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # sbatch passes it on
     run_dir = tmp_path / "run"
-    jobs = make_run(run_dir, [shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
-                              shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"])])
-    args = engine_args("--container", "/images/inclinet.sif", "--wait", "--poll-interval", "0.5",
-                       "--wait-timeout", "60")
+    jobs = make_run(
+        run_dir,
+        [
+            shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
+            shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"]),
+        ],
+    )
+    args = engine_args(
+        "--container", "/images/inclinet.sif", "--wait", "--poll-interval", "0.5", "--wait-timeout", "60"
+    )
     assert slurm.run(run_dir, jobs, args) == 0
     run = run_dir.resolve()
     for job_id in "ab":
@@ -495,8 +649,13 @@ def test_container_option_runs_jobs_through_the_runtime(slurm_cluster, tmp_path,
 @pytest.mark.slurm
 def test_refused_submission_is_reported_and_resume_submits_the_rest(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    jobs = make_run(run_dir, [shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
-                              shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"])])
+    jobs = make_run(
+        run_dir,
+        [
+            shell_job("a", "echo a > a.txt", outputs=["a.txt"]),
+            shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"]),
+        ],
+    )
     jobs[1].memory_mb = 10**9  # more than any node has
     save_jobs(run_dir, jobs)
     with pytest.raises(StageError, match=r"sbatch refused 1 job\(s\) \(1 submitted\): b: .*lower the request"):

@@ -77,8 +77,11 @@ def test_split_is_by_galaxy_and_identical_across_bands(compressed, tmp_path):
     report = list(csv.DictReader(open(tmp_path / f"{SIZE}x{SIZE}_split.report.csv")))
     below = sorted(p for p, c in truth.items() if 10 <= c < 45)
     assert sorted(int(row["pgc"]) for row in report if "below 45" in row["reason"]) == below
-    assert all("an accept for the binary task, left out of regression" in row["reason"]
-               for row in report if "below 45" in row["reason"])
+    assert all(
+        "an accept for the binary task, left out of regression" in row["reason"]
+        for row in report
+        if "below 45" in row["reason"]
+    )
     assert [(row["pgc"], row["band"]) for row in report if "below 45" not in row["reason"]] == [("1030", "r")]
 
 
@@ -93,8 +96,9 @@ def test_accepted_rows_with_impossible_inclinations_are_reported_not_relabelled(
     everywhere = {p for subset in summary["subsets"].values() for p in subset}
     assert 2020 not in everywhere and 2021 not in everywhere  # neither accept nor reject
     assert {2022, 2023} <= everywhere
-    report = {int(r["pgc"]): r["reason"]
-              for r in csv.DictReader(open(tmp_path / "out" / f"{SIZE}x{SIZE}_split.report.csv"))}
+    report = {
+        int(r["pgc"]): r["reason"] for r in csv.DictReader(open(tmp_path / "out" / f"{SIZE}x{SIZE}_split.report.csv"))
+    }
     assert set(report) == {2020, 2021}
     assert "inclination 5" in report[2020] and "left out of both tasks" in report[2020]
     assert "inc is below 10 or above 90" in report[2021]
@@ -150,8 +154,13 @@ def test_conflicting_labels_are_reported_and_left_out(tmp_path):
 
 @pytest.mark.parametrize(
     ("case", "message"),
-    [("size", "expected uint8"), ("twice", "given twice"), ("empty", "no galaxies"), ("corrupt", "corrupt"),
-     ("unlabelled", "no galaxies with inclination")],
+    [
+        ("size", "expected uint8"),
+        ("twice", "given twice"),
+        ("empty", "no galaxies"),
+        ("corrupt", "corrupt"),
+        ("unlabelled", "no galaxies with inclination"),
+    ],
 )
 def test_bad_input_is_a_clear_error(compressed, tmp_path, capsys, case, message):
     paths, _ = compressed
@@ -174,8 +183,9 @@ def test_bad_input_is_a_clear_error(compressed, tmp_path, capsys, case, message)
     assert not (out / f"{SIZE}x{SIZE}_split.json").exists()
 
 
-@pytest.mark.parametrize("flags", [["--test-fraction", "0"], ["--test-fraction", "1.5"], ["-n", "-1"],
-                                   ["--binary-test-fraction", "1"]])
+@pytest.mark.parametrize(
+    "flags", [["--test-fraction", "0"], ["--test-fraction", "1.5"], ["-n", "-1"], ["--binary-test-fraction", "1"]]
+)
 def test_invalid_flags(compressed, tmp_path, flags):
     paths, _ = compressed
     assert _run(paths, tmp_path, *flags) == 2

@@ -64,8 +64,20 @@ def test_workflow_defaults_are_the_settings():
 
 
 def _all_jobs(**overrides):
-    values = dict(synthetic=40, galaxies_per_job=15, size=80, models=("model4", "model5"), subsamples=2,
-                  epochs=7, batch_size=16, lr_schedule="constant", n_batches=3, per_bin=9, views=4, seed=31)
+    values = dict(
+        synthetic=40,
+        galaxies_per_job=15,
+        size=80,
+        models=("model4", "model5"),
+        subsamples=2,
+        epochs=7,
+        batch_size=16,
+        lr_schedule="constant",
+        n_batches=3,
+        per_bin=9,
+        views=4,
+        seed=31,
+    )
     values.update(overrides)
     workflow_config = dag.WorkflowConfig(**values)
     return workflow_config, dag.build_jobs(workflow_config)

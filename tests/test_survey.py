@@ -37,8 +37,12 @@ def survey_data(tmp_path_factory):
     """24 synthetic galaxies at 48 px in all bands, and two bundles."""
     root = tmp_path_factory.mktemp("survey")
     assert synth.main(["-n", "24", "--size", "48", "--output", str(root / "data"), "-q"]) == 0
-    return {"galaxies": root / "data" / "galaxies", "catalog": root / "data" / "catalog.csv",
-            "bundle": make_bundle(root / "b1", 1), "other_bundle": make_bundle(root / "b2", 2)}
+    return {
+        "galaxies": root / "data" / "galaxies",
+        "catalog": root / "data" / "catalog.csv",
+        "bundle": make_bundle(root / "b1", 1),
+        "other_bundle": make_bundle(root / "b2", 2),
+    }
 
 
 def read_rows(path):
@@ -69,8 +73,21 @@ def read_rows_catalog(path):
 def test_measure_rows_statuses_and_the_predict_answers(survey_data, tmp_path):
     folder, pgcs = damaged_copy(survey_data, tmp_path)
     out, gallery = tmp_path / "chunk.csv", tmp_path / "gallery.npz"
-    args = ["--bundle", str(survey_data["bundle"]), "-c", str(survey_data["catalog"]), "-p", str(folder),
-            "--shard", "1/3", "-o", str(out), "--gallery", str(gallery), "-q"]
+    args = [
+        "--bundle",
+        str(survey_data["bundle"]),
+        "-c",
+        str(survey_data["catalog"]),
+        "-p",
+        str(folder),
+        "--shard",
+        "1/3",
+        "-o",
+        str(out),
+        "--gallery",
+        str(gallery),
+        "-q",
+    ]
     assert measure.main(args) == 0
     rows = read_rows(out)
     assert [int(r["pgc"]) for r in rows] == pgcs[:8]
@@ -124,8 +141,9 @@ def test_pack_then_measure_from_the_archive_gives_the_same_rows(survey_data, tmp
     assert measure.main([*base, "--archive", str(archive), "-o", str(packed)]) == 0
     err = capsys.readouterr().err
     first, second = read_rows(direct), read_rows(packed)
-    assert [{k: v for k, v in r.items() if k != "reason"} for r in first] == \
-        [{k: v for k, v in r.items() if k != "reason"} for r in second]
+    assert [{k: v for k, v in r.items() if k != "reason"} for r in first] == [
+        {k: v for k, v in r.items() if k != "reason"} for r in second
+    ]
     assert second[1]["reason"] == f"g: missing ({naming.raw_image_names(pgcs[1], 'g')[0]} not in {archive})"
     assert second[2]["reason"].startswith(f"r: unreadable ({archive}: ")
     # Out-of-distribution warnings: one summary line, none per image; the rows keep the detail.
@@ -149,20 +167,36 @@ def test_pack_then_measure_from_the_archive_gives_the_same_rows(survey_data, tmp
 def test_warning_kinds():
     from inclinet import reliability
 
-    assert [survey.warning_kind(text) for _, _, text in reliability.RAW_RULES] == \
-        [name for name, _, _ in reliability.RAW_RULES]
+    assert [survey.warning_kind(text) for _, _, text in reliability.RAW_RULES] == [
+        name for name, _, _ in reliability.RAW_RULES
+    ]
     assert survey.warning_kind("sky noise 0.9 is outside the training range 0.1..0.5") == "range:sky_noise"
     assert survey.warning_kind("edge flux 2 is outside the training range 0..1") == "range:edge_flux"
     assert survey.warning_kind("the models disagree: spread 9.0 deg > 4.0 deg") == "spread"
-    line = survey.warning_summary({"images": 3, "galaxies": 2, "kinds": {"zoom": 2, "spread": 1},
-                                   "bands": {"g": 1, "gri": 2}}, 10)
+    line = survey.warning_summary(
+        {"images": 3, "galaxies": 2, "kinds": {"zoom": 2, "spread": 1}, "bands": {"g": 1, "gri": 2}}, 10
+    )
     assert "3 images of 2 of 10 galaxies" in line and "zoom 2, spread 1" in line and "g 1, gri 2" in line
 
 
 def test_measure_refuses_a_bundle_that_changed_since_the_build(survey_data, tmp_path, capsys):
-    code = measure.main(["--bundle", str(survey_data["bundle"]), "--bundle-id", "000000000000", "-c",
-                         str(survey_data["catalog"]), "-p", str(survey_data["galaxies"]), "--shard", "1/24",
-                         "-o", str(tmp_path / "c.csv"), "-q"])
+    code = measure.main(
+        [
+            "--bundle",
+            str(survey_data["bundle"]),
+            "--bundle-id",
+            "000000000000",
+            "-c",
+            str(survey_data["catalog"]),
+            "-p",
+            str(survey_data["galaxies"]),
+            "--shard",
+            "1/24",
+            "-o",
+            str(tmp_path / "c.csv"),
+            "-q",
+        ]
+    )
     assert code == 2
     assert "bundle changed: build the survey workflow again" in capsys.readouterr().err
     assert not (tmp_path / "c.csv").exists()
@@ -172,9 +206,26 @@ def test_merge_joins_chunks_and_refuses_two_bundles(survey_data, tmp_path, capsy
     parts = []
     for index, key in ((1, "bundle"), (2, "bundle"), (3, "other_bundle")):
         out = tmp_path / f"part{index}.csv"
-        assert measure.main(["--bundle", str(survey_data[key]), "-c", str(survey_data["catalog"]), "-p",
-                             str(survey_data["galaxies"]), "--bands", "gri", "--shard", f"{index}/12", "-o", str(out),
-                             "-q"]) == 0
+        assert (
+            measure.main(
+                [
+                    "--bundle",
+                    str(survey_data[key]),
+                    "-c",
+                    str(survey_data["catalog"]),
+                    "-p",
+                    str(survey_data["galaxies"]),
+                    "--bands",
+                    "gri",
+                    "--shard",
+                    f"{index}/12",
+                    "-o",
+                    str(out),
+                    "-q",
+                ]
+            )
+            == 0
+        )
         parts.append(out)
     catalog, parquet = tmp_path / "catalog.csv", tmp_path / "catalog.parquet"
     assert merge.main(["-i", *map(str, parts[:2]), "-o", str(catalog), "--parquet", str(parquet), "-q"]) == 0
@@ -198,11 +249,32 @@ def test_merge_joins_chunks_and_refuses_two_bundles(survey_data, tmp_path, capsy
 
     report, numbers = tmp_path / "report.html", tmp_path / "report.json"
     gallery = tmp_path / "gallery.npz"
-    assert measure.main(["--bundle", str(survey_data["bundle"]), "-c", str(survey_data["catalog"]), "-p",
-                         str(survey_data["galaxies"]), "--shard", "1/6", "-o", str(tmp_path / "g.csv"),
-                         "--gallery", str(gallery), "-q"]) == 0
-    assert summarize.main(["-c", str(catalog), "--galleries", str(gallery), "-o", str(report), "--numbers",
-                           str(numbers), "-q"]) == 0
+    assert (
+        measure.main(
+            [
+                "--bundle",
+                str(survey_data["bundle"]),
+                "-c",
+                str(survey_data["catalog"]),
+                "-p",
+                str(survey_data["galaxies"]),
+                "--shard",
+                "1/6",
+                "-o",
+                str(tmp_path / "g.csv"),
+                "--gallery",
+                str(gallery),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        summarize.main(
+            ["-c", str(catalog), "--galleries", str(gallery), "-o", str(report), "--numbers", str(numbers), "-q"]
+        )
+        == 0
+    )
     result = json.loads(numbers.read_text())
     assert result["galaxies"] == 4 and result["statuses"]["ok"] == 4
     assert len(result["most_uncertain"]) == 4
@@ -213,8 +285,15 @@ SURVEY_FLAGS = ["--galaxies-per-job", "6", "--bands", "g,gri"]
 
 
 def survey_flags(survey_data, key="bundle"):
-    return ["--predict-with", str(survey_data[key]), "--data-path", str(survey_data["galaxies"]),
-            "--catalog", str(survey_data["catalog"]), *SURVEY_FLAGS]
+    return [
+        "--predict-with",
+        str(survey_data[key]),
+        "--data-path",
+        str(survey_data["galaxies"]),
+        "--catalog",
+        str(survey_data["catalog"]),
+        *SURVEY_FLAGS,
+    ]
 
 
 def test_survey_dag_jobs_files_and_command_lines(survey_data, tmp_path):
@@ -231,7 +310,7 @@ def test_survey_dag_jobs_files_and_command_lines(survey_data, tmp_path):
         assert job.inputs == [*bundle_files, piece, "raw/galaxies"]
         assert "--shard" not in job.args and job.args[job.args.index("-c") + 1] == piece
         written = (run_dir / dag.BUILD_INPUTS_DIR / piece).read_text().splitlines(keepends=True)
-        assert written == [catalog_lines[0], *catalog_lines[1 + 6 * (index - 1):1 + 6 * index]]
+        assert written == [catalog_lines[0], *catalog_lines[1 + 6 * (index - 1) : 1 + 6 * index]]
     replicas = yaml.safe_load((run_dir / "replicas.yml").read_text())["replicas"]
     folder = next(r for r in replicas if r["lfn"] == "raw/galaxies")
     assert folder["pfns"] == [{"site": "local", "pfn": f"file://{survey_data['galaxies'].resolve()}"}]
@@ -257,13 +336,28 @@ def test_survey_pegasus_files_validate_and_stage_the_bundle_once(survey_data, tm
     import referencing
     from referencing.jsonschema import DRAFT7
 
-    resources = {path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()),
-                                                               default_specification=DRAFT7)
-                 for path in SCHEMA_DIR.glob("*.yml")}
+    resources = {
+        path.name: referencing.Resource.from_contents(yaml.safe_load(path.read_text()), default_specification=DRAFT7)
+        for path in SCHEMA_DIR.glob("*.yml")
+    }
     schema_registry = referencing.Registry().with_resources(resources.items())
     run_dir = tmp_path / "run"
-    assert main([*survey_flags(survey_data), "--engine", "pegasus", "--cluster-size", "2", "--output-dir",
-                 str(run_dir), "--dry-run", "-q"]) == 0
+    assert (
+        main(
+            [
+                *survey_flags(survey_data),
+                "--engine",
+                "pegasus",
+                "--cluster-size",
+                "2",
+                "--output-dir",
+                str(run_dir),
+                "--dry-run",
+                "-q",
+            ]
+        )
+        == 0
+    )
     for name, schema in SCHEMAS.items():
         validator = jsonschema.Draft7Validator(resources[schema].contents, registry=schema_registry)
         assert errors(validator, yaml.safe_load((run_dir / name).read_text())) == [], name
@@ -278,12 +372,17 @@ def test_survey_pegasus_files_validate_and_stage_the_bundle_once(survey_data, tm
         # A compute node gets its chunk's images as one archive, packed on the submit host.
         archive = naming.survey_archive(index, 4)
         assert {lfn for lfn, use in uses.items() if use["type"] == "input"} == {
-            *(f"bundle/{n}" for n in model_bundle.files(survey_data["bundle"])), naming.survey_slice(index, 4), archive}
+            *(f"bundle/{n}" for n in model_bundle.files(survey_data["bundle"])),
+            naming.survey_slice(index, 4),
+            archive,
+        }
         assert "--archive" in job["arguments"] and "raw/galaxies" not in job["arguments"]
         assert pack["name"] == "inclinet-measure" and pack["nodeLabel"] == "pack"
         assert pack["profiles"]["selector"] == {"execution.site": "local"}
-        assert {u["lfn"]: u["type"] for u in pack["uses"]} == {naming.survey_slice(index, 4): "input",
-                                                                archive: "output"}
+        assert {u["lfn"]: u["type"] for u in pack["uses"]} == {
+            naming.survey_slice(index, 4): "input",
+            archive: "output",
+        }
         assert str(survey_data["galaxies"].resolve()) in pack["arguments"]
         registry.get("measure").build_parser().parse_args(pack["arguments"])
     assert not any("raw/galaxies" in use["lfn"] for job in workflow["jobs"] for use in job["uses"])
@@ -291,20 +390,28 @@ def test_survey_pegasus_files_validate_and_stage_the_bundle_once(survey_data, tm
     assert all(use["stageOut"] for use in merged["uses"] if use["type"] == "output")
     replicas = yaml.safe_load((run_dir / "replicas.yml").read_text())["replicas"]
     manifest = [r for r in replicas if r["lfn"] == "bundle/manifest.json"]
-    assert manifest == [{"lfn": "bundle/manifest.json", "pfns": [
-        {"site": "local", "pfn": f"file://{(survey_data['bundle'] / 'manifest.json').resolve()}"}]}]
+    assert manifest == [
+        {
+            "lfn": "bundle/manifest.json",
+            "pfns": [{"site": "local", "pfn": f"file://{(survey_data['bundle'] / 'manifest.json').resolve()}"}],
+        }
+    ]
     transformations = yaml.safe_load((run_dir / "transformations.yml").read_text())["transformations"]
     assert {t["name"] for t in transformations} == {"inclinet-measure", "inclinet-merge", "inclinet-summarize"}
-    measure_sites = {site["name"]: site for t in transformations if t["name"] == "inclinet-measure"
-                     for site in t["sites"]}
+    measure_sites = {
+        site["name"]: site for t in transformations if t["name"] == "inclinet-measure" for site in t["sites"]
+    }
     assert "container" not in measure_sites["local"] and Path(measure_sites["local"]["pfn"]).is_file()
     pieces = [r for r in replicas if r.get("regex") and "catalog_part" in r["lfn"]]
     assert len(pieces) == 1 and pieces[0]["pfns"][0]["pfn"].startswith(f"file://{run_dir.resolve()}/inputs/")
 
 
 def _states(run_dir):
-    return {p.name[:-5]: json.loads(p.read_text())["state"] for p in (run_dir / "state").glob("*.json")
-            if not p.name.endswith(".rc.json") and p.name != "runner.json" and not p.name.startswith(".tmp-")}
+    return {
+        p.name[:-5]: json.loads(p.read_text())["state"]
+        for p in (run_dir / "state").glob("*.json")
+        if not p.name.endswith(".rc.json") and p.name != "runner.json" and not p.name.startswith(".tmp-")
+    }
 
 
 def _attempts(run_dir, job_id):
@@ -316,8 +423,9 @@ def test_survey_run_killed_and_resumed_then_rerun_with_another_bundle(survey_dat
     run_dir = tmp_path / "run"
     flags = [*survey_flags(survey_data), "--max-parallel", "1", "--output-dir", str(run_dir), "-q"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    runner = subprocess.Popen([sys.executable, "-m", "workflow.cli", *flags], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "workflow.cli", *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 240
         while not (_states(run_dir).get("measure_0001") == "done" if (run_dir / "state").is_dir() else False):
@@ -342,8 +450,20 @@ def test_survey_run_killed_and_resumed_then_rerun_with_another_bundle(survey_dat
     assert str(data / naming.survey_catalog(identity)) in capsys.readouterr().out
     # The same run directory with another bundle: a new catalog beside the first, which is untouched.
     first = (data / naming.survey_catalog(identity)).read_bytes()
-    assert main([*survey_flags(survey_data, "other_bundle"), "--max-parallel", "2", "--output-dir", str(run_dir),
-                 "--force", "-q"]) == 0
+    assert (
+        main(
+            [
+                *survey_flags(survey_data, "other_bundle"),
+                "--max-parallel",
+                "2",
+                "--output-dir",
+                str(run_dir),
+                "--force",
+                "-q",
+            ]
+        )
+        == 0
+    )
     other = model_bundle.identity(survey_data["other_bundle"])
     assert other != identity
     assert {r["bundle"] for r in read_rows(data / naming.survey_catalog(other))} == {other}
@@ -365,9 +485,28 @@ def test_survey_under_slurm(survey_data, tmp_path):
                 pytest.fail(f"CI is set but the SLURM tests cannot run: {problem}")
             pytest.skip(problem)
         run_dir = tmp_path / "run"
-        code = main([*survey_flags(survey_data), "--galaxies-per-job", "12", "--bands", "gri", "--retries", "0",
-                     "--engine", "slurm", "--output-dir", str(run_dir), "--sbatch-option=--mem=1500M",
-                     "--wait", "--poll-interval", "1", "--wait-timeout", "300", "-q"])
+        code = main(
+            [
+                *survey_flags(survey_data),
+                "--galaxies-per-job",
+                "12",
+                "--bands",
+                "gri",
+                "--retries",
+                "0",
+                "--engine",
+                "slurm",
+                "--output-dir",
+                str(run_dir),
+                "--sbatch-option=--mem=1500M",
+                "--wait",
+                "--poll-interval",
+                "1",
+                "--wait-timeout",
+                "300",
+                "-q",
+            ]
+        )
         logs = {p.name: p.read_text()[-600:] for p in (run_dir / "logs").glob("*.log")}
         assert code == 0, logs
         identity = model_bundle.identity(survey_data["bundle"])
@@ -394,8 +533,21 @@ def test_survey_plans_on_slurm_with_the_bundle_staged_once(survey_data, tmp_path
     from workflow.engines import pegasus
 
     run_dir = tmp_path / "run"
-    assert main([*survey_flags(survey_data), "--engine", "pegasus", "--pegasus-site", "slurm", "--output-dir",
-                 str(run_dir), "-q"]) == 0
+    assert (
+        main(
+            [
+                *survey_flags(survey_data),
+                "--engine",
+                "pegasus",
+                "--pegasus-site",
+                "slurm",
+                "--output-dir",
+                str(run_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
     submit_dir = pegasus.find_submit_dir(run_dir)
     assert submit_dir is not None and (submit_dir / "braindump.yml").is_file()
     measures = list(submit_dir.glob("**/inclinet-measure_measure_*.sub"))
@@ -422,8 +574,17 @@ def test_survey_slices_copy_the_rows_read_catalog_reads(tmp_path):
     catalog = tmp_path / "catalog.txt"
     catalog.write_text("# a comment\n\npgc | inc\n101 | 60\n\n# skipped\n102 | 70\n103 | 80\n104 | 85\n105 | 50")
     config = dag.WorkflowConfig(catalog=str(catalog), galaxies_per_job=2)
-    jobs = [dag.JobSpec(id=f"measure_{i:04d}", stage="measure", executable="inclinet-measure", args=[],
-                        inputs=[naming.survey_slice(i, 3)], outputs=[]) for i in (1, 2, 3)]
+    jobs = [
+        dag.JobSpec(
+            id=f"measure_{i:04d}",
+            stage="measure",
+            executable="inclinet-measure",
+            args=[],
+            inputs=[naming.survey_slice(i, 3)],
+            outputs=[],
+        )
+        for i in (1, 2, 3)
+    ]
     paths = dag.write_survey_slices(tmp_path, jobs, config)
     assert [[g.pgc for g in read_catalog(path)] for path in paths] == [[101], [102, 103], [104, 105]]
     assert paths[1].read_text() == "pgc | inc\n102 | 70\n103 | 80\n"

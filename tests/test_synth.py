@@ -80,7 +80,7 @@ def test_images_in_original_layout(tiny_universe):
 def test_galaxies_are_dark_on_white_and_centred(tiny_universe):
     galaxy = next(g for g in read_catalog(tiny_universe / "catalog.csv") if g.inc_flg == 0)
     array = np.asarray(Image.open(find_raw_image(tiny_universe / "galaxies", galaxy.pgc, "r")), dtype=float)
-    centre = array[TINY_SIZE // 2 - 2: TINY_SIZE // 2 + 2, TINY_SIZE // 2 - 2: TINY_SIZE // 2 + 2]
+    centre = array[TINY_SIZE // 2 - 2 : TINY_SIZE // 2 + 2, TINY_SIZE // 2 - 2 : TINY_SIZE // 2 + 2]
     assert centre.mean() < array[:4].mean() - 100
 
 

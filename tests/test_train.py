@@ -21,23 +21,32 @@ SIZE = 32
 def write_sample(path, band, n, seed, *, binary=False):
     images, inclinations = ellipse_images(n, SIZE, seed, colour=band == "gri", major=0.35)
     labels = (inclinations > 80).astype(np.int32) if binary else inclinations
-    atomic_savez(path, images=images, labels=labels, pgcIDs=np.arange(n, dtype=np.int32) + 1000 * seed,
-                 band=np.array(band))
+    atomic_savez(
+        path, images=images, labels=labels, pgcIDs=np.arange(n, dtype=np.int32) + 1000 * seed, band=np.array(band)
+    )
     return path
 
 
 def write_batch(path, n, seed, *, binary=False):
     images, inclinations = ellipse_images(n, SIZE, seed, colour=seed % 2 == 0)
     labels = (inclinations > 80).astype(np.int32) if binary else inclinations
-    atomic_savez(path, images=images, labels=labels, pgcIDs=np.arange(n, dtype=np.int32),
-                 filter=np.array([b"c" if seed % 2 == 0 else b"g"] * n, dtype="S1"), inverted=np.zeros(n, bool))
+    atomic_savez(
+        path,
+        images=images,
+        labels=labels,
+        pgcIDs=np.arange(n, dtype=np.int32),
+        filter=np.array([b"c" if seed % 2 == 0 else b"g"] * n, dtype="S1"),
+        inverted=np.zeros(n, bool),
+    )
     return path
 
 
 @pytest.fixture
 def data(tmp_path):
-    samples = [write_sample(tmp_path / f"{tag}_test.npz", band, 6, k)
-               for k, (band, tag) in enumerate([("gri", "RGB"), ("g", "g"), ("r", "r"), ("i", "i")])]
+    samples = [
+        write_sample(tmp_path / f"{tag}_test.npz", band, 6, k)
+        for k, (band, tag) in enumerate([("gri", "RGB"), ("g", "g"), ("r", "r"), ("i", "i")])
+    ]
     batches = [write_batch(tmp_path / f"aug_{k:02d}.npz", 20, k) for k in (1, 2)]
     return {"samples": samples, "batches": batches, "dir": tmp_path}
 
@@ -52,8 +61,16 @@ def outputs(tmp_path, stem="Uset_000_model4"):
 
 
 def argv(data, model="model4", task="regression", extra=(), stem="Uset_000_model4", batches=None, samples=None):
-    args = ["--model", model, "--task", task, "--train", *map(str, batches or data["batches"]),
-            "--validation", *map(str, samples or data["samples"])]
+    args = [
+        "--model",
+        model,
+        "--task",
+        task,
+        "--train",
+        *map(str, batches or data["batches"]),
+        "--validation",
+        *map(str, samples or data["samples"]),
+    ]
     for flag, path in outputs(data["dir"], stem).items():
         args += [flag, str(path)]
     return args + list(extra)
@@ -92,8 +109,9 @@ def test_empty_checkpoint_placeholder_means_start_from_scratch(data, tmp_path):
 
 
 def test_binary_training_with_early_stopping_keeps_the_best_epoch(tmp_path):
-    samples = [write_sample(tmp_path / f"{band}_bt.npz", band, 8, k, binary=True)
-               for k, band in enumerate(["gri", "r"])]
+    samples = [
+        write_sample(tmp_path / f"{band}_bt.npz", band, 8, k, binary=True) for k, band in enumerate(["gri", "r"])
+    ]
     batches = [write_batch(tmp_path / "b01.npz", 24, 2, binary=True)]
     data = {"samples": samples, "batches": batches, "dir": tmp_path}
     extra = ["--epochs", "3", "--batch-size", "8", "--early-stopping", "1", "--learning-rate", "0.01", "-q"]
@@ -263,8 +281,12 @@ def test_resume_at_a_random_step_is_bit_identical(data, tmp_path, monkeypatch):
     metrics_b = json.loads(resumed["--metrics"].read_text())
     assert metrics_b["resumed"] == 1
     a, b = comparable(metrics_a), comparable(metrics_b)
-    differing = [(i, k, r[k], b["history"][i].get(k)) for i, r in enumerate(a["history"]) for k in r
-                 if r[k] != b["history"][i].get(k)]
+    differing = [
+        (i, k, r[k], b["history"][i].get(k))
+        for i, r in enumerate(a["history"])
+        for k in r
+        if r[k] != b["history"][i].get(k)
+    ]
     assert not differing, f"stopped at step {stop_step}: {differing}"
     assert a == b
 
@@ -321,7 +343,7 @@ def test_damaged_checkpoint_is_named(data):
     assert train.main(argv(data, extra=["--epochs", "1", "--batch-size", "8", "-q"])) == 0
     raw = bytearray(checkpoint.read_bytes())
     middle = len(raw) // 3
-    raw[middle:middle + 64] = bytes(255 - b for b in raw[middle:middle + 64])
+    raw[middle : middle + 64] = bytes(255 - b for b in raw[middle : middle + 64])
     checkpoint.write_bytes(bytes(raw))
     with pytest.raises(train.InputError, match="ckpt.zip: unreadable training checkpoint"):
         train.load_checkpoint(checkpoint)

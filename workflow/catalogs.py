@@ -50,6 +50,7 @@ GPU_TAG = "gpu"
 
 # -- sites ------------------------------------------------------------------------------
 
+
 def local_site(run_dir):
     """The submit host: scratch and output storage inside the run directory."""
     from Pegasus.api import Directory, FileServer, Operation, Site
@@ -65,8 +66,9 @@ def local_site(run_dir):
     return site
 
 
-def default_site_catalog(run_dir="/tmp/inclinet-run", *, slurm_scratch="/scratch/inclinet", gpu_queue="gpu",
-                         cpu_queue="cpu"):
+def default_site_catalog(
+    run_dir="/tmp/inclinet-run", *, slurm_scratch="/scratch/inclinet", gpu_queue="gpu", cpu_queue="cpu"
+):
     """The editable default: ``local``, an HTCondor pool and a SLURM cluster through HTCondor."""
     from Pegasus.api import (
         Directory,
@@ -86,12 +88,13 @@ def default_site_catalog(run_dir="/tmp/inclinet-run", *, slurm_scratch="/scratch
     slurm = Site("slurm")
     slurm.add_grids(Grid(Grid.BATCH, "localhost", Scheduler.SLURM, SupportedJobs.COMPUTE))
     slurm.add_directories(
-        Directory(Directory.SHARED_SCRATCH, slurm_scratch, shared_file_system=True)
-        .add_file_servers(FileServer(f"file://{slurm_scratch}", Operation.ALL)))
+        Directory(Directory.SHARED_SCRATCH, slurm_scratch, shared_file_system=True).add_file_servers(
+            FileServer(f"file://{slurm_scratch}", Operation.ALL)
+        )
+    )
     # Run from the cluster's login node through HTCondor's blahp; the cluster's shared
     # directory is its own staging site (plan with --staging-site slurm=slurm).
-    slurm.add_pegasus_profile(style="glite", data_configuration="nonsharedfs", auxillary_local=True,
-                              queue=cpu_queue)
+    slurm.add_pegasus_profile(style="glite", data_configuration="nonsharedfs", auxillary_local=True, queue=cpu_queue)
     slurm.add_condor_profile(grid_resource="batch slurm")
     slurm.add_env(key="PEGASUS_HOME", value="/usr")
 
@@ -101,8 +104,9 @@ def default_site_catalog(run_dir="/tmp/inclinet-run", *, slurm_scratch="/scratch
     # The 5.1.3 tag syntax, written by hand: pegasus-wms.api 5.1.2 has no add_tag_profiles.
     for site in data["sites"]:
         if site["name"] == "slurm":
-            site[TAGS_KEY] = [{"name": GPU_TAG, "profiles": {
-                "pegasus": {"queue": gpu_queue, "glite.arguments": "--gres=gpu:1"}}}]
+            site[TAGS_KEY] = [
+                {"name": GPU_TAG, "profiles": {"pegasus": {"queue": gpu_queue, "glite.arguments": "--gres=gpu:1"}}}
+            ]
     return data
 
 
@@ -186,6 +190,7 @@ def execution_sites(sites):
 
 # -- replicas ---------------------------------------------------------------------------
 
+
 def _matches(entry, lfns):
     if entry.get("regex"):
         pattern = re.compile(entry["lfn"])
@@ -211,15 +216,34 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
     if config.catalog:
         generated.append({"lfn": RAW_CATALOG, "pfns": [{"site": "local", "pfn": _file_url(config.catalog)}]})
     if config.data_path:
-        generated.append({"lfn": f"{RAW_GALAXIES}/(.+)", "pfns": [{"site": "local",
-                          "pfn": _file_url(config.data_path) + "/[1]"}], "regex": True})
+        generated.append(
+            {
+                "lfn": f"{RAW_GALAXIES}/(.+)",
+                "pfns": [{"site": "local", "pfn": _file_url(config.data_path) + "/[1]"}],
+                "regex": True,
+            }
+        )
     if survey_slices(jobs):
         # The survey over real data: the image folder itself (what the local and SLURM
         # engines link for the measure jobs), and the catalog slices the builder wrote.
         generated.append({"lfn": RAW_GALAXIES, "pfns": [{"site": "local", "pfn": _file_url(config.data_path)}]})
-        generated.append({"lfn": naming.SURVEY_SLICE_PATTERN, "regex": True, "pfns": [{"site": "local", "pfn": (
-            _file_url(Path(run_dir) / BUILD_INPUTS_DIR) + "/" + str(Path(naming.survey_slice(1, 1)).parent)
-            + "/[1]")}]})
+        generated.append(
+            {
+                "lfn": naming.SURVEY_SLICE_PATTERN,
+                "regex": True,
+                "pfns": [
+                    {
+                        "site": "local",
+                        "pfn": (
+                            _file_url(Path(run_dir) / BUILD_INPUTS_DIR)
+                            + "/"
+                            + str(Path(naming.survey_slice(1, 1)).parent)
+                            + "/[1]"
+                        ),
+                    }
+                ],
+            }
+        )
     if getattr(config, "predict_with", None):
         # The survey workflow's bundle: every measure job reads it; on a nonsharedfs site
         # Pegasus stages each file once into the site's scratch and links it into the jobs.
@@ -230,8 +254,9 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
     placeholders = Path(run_dir).resolve() / "pegasus" / "placeholders"
     for job in jobs:
         if job.checkpoint:
-            generated.append({"lfn": job.checkpoint,
-                              "pfns": [{"site": "local", "pfn": f"file://{placeholders / job.checkpoint}"}]})
+            generated.append(
+                {"lfn": job.checkpoint, "pfns": [{"site": "local", "pfn": f"file://{placeholders / job.checkpoint}"}]}
+            )
     flagged = {e["lfn"] for e in generated}
     raws = set(raw_inputs(jobs)) if (config.catalog or config.data_path) else set()
     kept = []
@@ -265,6 +290,7 @@ def write_placeholders(run_dir, jobs):
 
 # -- transformations --------------------------------------------------------------------
 
+
 def container_image_site(image):
     """``image_site`` for an image URL: where Pegasus fetches it from."""
     if image.startswith("docker://"):
@@ -289,14 +315,19 @@ def containers(sites, image=DEFAULT_IMAGE, mode="stage"):
         container = Container(CONTAINER_NAME, Container.SINGULARITY, image, image_site=container_image_site(image))
         return {site: container for site in sites}
     if not image.startswith("file:///"):
-        raise InputError(f"invalid --container-image: {image}; must be file:///PATH with --container-mode shared "
-                         "(a path every node sees, e.g. on CVMFS)")
-    return {site: Container(f"{CONTAINER_NAME}-{site}", Container.SINGULARITY, image, image_site=site,
-                            bypass_staging=True) for site in sites}
+        raise InputError(
+            f"invalid --container-image: {image}; must be file:///PATH with --container-mode shared "
+            "(a path every node sees, e.g. on CVMFS)"
+        )
+    return {
+        site: Container(f"{CONTAINER_NAME}-{site}", Container.SINGULARITY, image, image_site=site, bypass_staging=True)
+        for site in sites
+    }
 
 
-def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_profiles=None, mode="stage",
-                           submit_host_stages=()):
+def transformation_catalog(
+    sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_profiles=None, mode="stage", submit_host_stages=()
+):
     """One transformation per stage, run inside the inclinet Singularity container.
 
     ``gpu_site_profiles`` (``{site: {namespace: {key: value}}}``, see :func:`gpu_profiles`)
@@ -317,8 +348,9 @@ def transformation_catalog(sites, image=DEFAULT_IMAGE, *, stages=None, gpu_site_
             profiles = (gpu_site_profiles or {}).get(site) if STAGE_SLOTS[stage][1] else None
             transformation.add_sites(_transformation_site(site, stage, by_site[site], profiles))
         if stage in submit_host_stages:
-            transformation.add_sites(TransformationSite("local", str(submit_host_executable(stage)),
-                                                        is_stageable=False))
+            transformation.add_sites(
+                TransformationSite("local", str(submit_host_executable(stage)), is_stageable=False)
+            )
         catalog.add_transformations(transformation)
     return catalog
 
@@ -335,8 +367,9 @@ def submit_host_executable(stage):
 def _transformation_site(site, stage, container, profiles=None):
     from Pegasus.api import Namespace, TransformationSite
 
-    entry = TransformationSite(site, f"{CONTAINER_BIN}/{registry.get(stage).executable}", is_stageable=False,
-                               container=container)
+    entry = TransformationSite(
+        site, f"{CONTAINER_BIN}/{registry.get(stage).executable}", is_stageable=False, container=container
+    )
     for namespace, values in (profiles or {}).items():
         for key, value in values.items():
             entry.add_profiles(Namespace(namespace), key=key, value=str(value))
@@ -344,6 +377,7 @@ def _transformation_site(site, stage, container, profiles=None):
 
 
 # -- properties -------------------------------------------------------------------------
+
 
 def properties(retries, run_dir="."):
     """``pegasus.properties`` of a run (catalog paths absolute: plan from any directory)."""
@@ -380,10 +414,14 @@ def write_run_catalogs(run_dir, jobs, config, *, sites_file=None, replicas_file=
     atomic_write_text(run_dir / "sites.yml", _dump(sites))
     atomic_write_text(run_dir / "replicas.yml", _dump(run_replicas(run_dir, jobs, config, replicas_file)))
     write_placeholders(run_dir, jobs)
-    tc = transformation_catalog(execution_sites(sites) or list(EXECUTION_SITES), image,
-                                stages=sorted({job.stage for job in jobs}), gpu_site_profiles=gpu,
-                                mode=config.container_mode,
-                                submit_host_stages=("measure",) if survey_slices(jobs) else ())
+    tc = transformation_catalog(
+        execution_sites(sites) or list(EXECUTION_SITES),
+        image,
+        stages=sorted({job.stage for job in jobs}),
+        gpu_site_profiles=gpu,
+        mode=config.container_mode,
+        submit_host_stages=("measure",) if survey_slices(jobs) else (),
+    )
     atomic_write_text(run_dir / "transformations.yml", _dump(_api_dict(tc)))
     atomic_write_text(run_dir / "workflow.yml", workflow_yaml(to_pegasus(jobs, config)))
     with atomic_path(run_dir / "pegasus.properties") as tmp, open(tmp, "w", encoding="utf-8") as handle:

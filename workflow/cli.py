@@ -77,12 +77,17 @@ def add_build_arguments(parser):
     data.add_argument("--catalog", help="catalog file (pipe-separated original or CSV) of the raw images")
     data.add_argument("--root", help="root of the raw image names pgc<id>_<root>_<band>.png (d25x2_rot)")
     settings.add_argument(data, "synthetic_size", default=None)
-    data.add_argument("--predict-with", metavar="BUNDLE",
-                      help="survey workflow: measure the catalog's galaxies with this model bundle (measure per "
-                           "chunk, merge, summarize) instead of training")
-    data.add_argument("--demo", action="store_true",
-                      help="the embedded default: 500 synthetic galaxies, 64 px, two model4 members + binary, "
-                           "local engine")
+    data.add_argument(
+        "--predict-with",
+        metavar="BUNDLE",
+        help="survey workflow: measure the catalog's galaxies with this model bundle (measure per "
+        "chunk, merge, summarize) instead of training",
+    )
+    data.add_argument(
+        "--demo",
+        action="store_true",
+        help="the embedded default: 500 synthetic galaxies, 64 px, two model4 members + binary, local engine",
+    )
 
     science = parser.add_argument_group("science settings")
     science.add_argument("--bands", type=_csv_list, help="comma list of g,r,i,gri (default all four)")
@@ -94,22 +99,32 @@ def add_build_arguments(parser):
 
     execution = parser.add_argument_group("execution settings")
     settings.add_argument(execution, "galaxies_per_job", default=None)
-    settings.add_argument(execution, "retries", default=None,
-                          help="retries of a failed job (exit code 2, a usage or input error, is never retried; "
-                               "training gets more on Pegasus)")
+    settings.add_argument(
+        execution,
+        "retries",
+        default=None,
+        help="retries of a failed job (exit code 2, a usage or input error, is never retried; "
+        "training gets more on Pegasus)",
+    )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--config", metavar="FILE.yaml",
-                     help="settings from a YAML file with a 'science:' and an 'execution:' section (keys as the "
-                          "flags, with underscores); flags given as well override it")
+    run.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="settings from a YAML file with a 'science:' and an 'execution:' section (keys as the "
+        "flags, with underscores); flags given as well override it",
+    )
     run.add_argument("--engine", choices=ENGINES, default="local", help="where the jobs run (default local)")
     run.add_argument("--output-dir", "-o", help="run directory RUN (default runs/<time>, or demo-run with --demo)")
     run.add_argument("--dry-run", action="store_true", help="build and write the run directory, run nothing")
     run.add_argument("--force", action="store_true", help="rebuild over an existing run directory")
     run.add_argument("--sites", help=f"site catalog to start from (default {catalogs.DEFAULT_SITES.name})")
     run.add_argument("--replicas", help=f"replica catalog to start from (default {catalogs.DEFAULT_REPLICAS.name})")
-    run.add_argument("--container-image", default=catalogs.DEFAULT_IMAGE,
-                     help="Singularity image of the transformations (file://, docker://, https://...)")
+    run.add_argument(
+        "--container-image",
+        default=catalogs.DEFAULT_IMAGE,
+        help="Singularity image of the transformations (file://, docker://, https://...)",
+    )
     return parser
 
 
@@ -138,19 +153,31 @@ def build_parser():
 
 
 def build_command_parser(command):
-    parser = argparse.ArgumentParser(prog=f"run_workflow.py {command}",
-                                     description={"status": "show the state of a run",
-                                                  "resume": "re-run the failed and unfinished jobs of a run",
-                                                  "cancel": "stop the running jobs of a run"}[command])
+    parser = argparse.ArgumentParser(
+        prog=f"run_workflow.py {command}",
+        description={
+            "status": "show the state of a run",
+            "resume": "re-run the failed and unfinished jobs of a run",
+            "cancel": "stop the running jobs of a run",
+        }[command],
+    )
     parser.add_argument("run_dir", metavar="RUN", help="a run directory made by run_workflow.py")
     if command == "status":
-        parser.add_argument("--verify", action="store_true",
-                            help="re-read every output of every finished job and compare its size and SHA-256 "
-                                 "with what was recorded when the job ended (exit 1 on a mismatch)")
+        parser.add_argument(
+            "--verify",
+            action="store_true",
+            help="re-read every output of every finished job and compare its size and SHA-256 "
+            "with what was recorded when the job ended (exit 1 on a mismatch)",
+        )
     if command == "resume":
-        parser.add_argument("--retries", dest="retries_override", type=_retries_flag, metavar="N",
-                            help="retries of every job run again now, instead of the --retries of the build "
-                                 "(local and slurm engines; exit code 2 is never retried)")
+        parser.add_argument(
+            "--retries",
+            dest="retries_override",
+            type=_retries_flag,
+            metavar="N",
+            help="retries of every job run again now, instead of the --retries of the build "
+            "(local and slurm engines; exit code 2 is never retried)",
+        )
     add_engine_arguments(parser)
     add_common_arguments(parser, seed=False)
     parser.set_defaults(command=command)
@@ -169,15 +196,20 @@ def _retries_flag(text):
 
 # -- --config FILE.yaml ----------------------------------------------------------------------
 
+
 def _text(description="a non-empty string"):
     return {"type": "string", "minLength": 1, "description": description}
 
 
 def _choice_list(choices):
     text = ", ".join(choices)
-    return {"type": "array", "minItems": 1, "uniqueItems": True,
-            "items": {"enum": list(choices), "description": f"one of {text}"},
-            "description": f"a non-empty list of {text} without repeats"}
+    return {
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": True,
+        "items": {"enum": list(choices), "description": f"one of {text}"},
+        "description": f"a non-empty list of {text} without repeats",
+    }
 
 
 def _integer(minimum=1):
@@ -198,22 +230,40 @@ SCIENCE_KEYS = {
     "bands": _choice_list(naming.BANDS),
     "models": _choice_list(naming.MODELS),
     "tasks": _choice_list(naming.TASKS),
-    **{name: settings.setting_schema(name) for name in ("size", "synthetic_size", "subsamples", "epochs",
-                                                          "batch_size", "lr_schedule", "n_batches", "per_bin",
-                                                          "views", "seed")},
+    **{
+        name: settings.setting_schema(name)
+        for name in (
+            "size",
+            "synthetic_size",
+            "subsamples",
+            "epochs",
+            "batch_size",
+            "lr_schedule",
+            "n_batches",
+            "per_bin",
+            "views",
+            "seed",
+        )
+    },
 }
 #: The keys of its ``slurm:`` mapping inside ``execution:`` (dest ``slurm_<key>``).
 SLURM_KEYS = {
-    "partition": _text(), "gpu_partition": _text(), "account": _text(),
-    "sbatch_options": {"type": "array", "items": _text("an sbatch option such as --qos=short"),
-                       "description": "a list of sbatch options"},
+    "partition": _text(),
+    "gpu_partition": _text(),
+    "account": _text(),
+    "sbatch_options": {
+        "type": "array",
+        "items": _text("an sbatch option such as --qos=short"),
+        "description": "a list of sbatch options",
+    },
     "container": _text("an Apptainer/Singularity image path"),
     "container_runtime": {"enum": ["apptainer", "singularity"], "description": "apptainer or singularity"},
     "request_gpus": {"enum": ["auto", "yes", "no"], "description": "auto, yes or no"},
     "gpu_flag": {"enum": ["gres", "gpus"], "description": "gres or gpus"},
     "submit_workers": _integer(1),
     "wait": {"type": "boolean", "description": "true or false"},
-    "poll_interval": _number(0), "wait_timeout": _number(0),
+    "poll_interval": _number(0),
+    "wait_timeout": _number(0),
 }
 #: The keys of the ``execution:`` section (how and where it runs).
 EXECUTION_KEYS = {
@@ -221,30 +271,49 @@ EXECUTION_KEYS = {
     "output_dir": _text("a folder path"),
     "galaxies_per_job": settings.setting_schema("galaxies_per_job"),
     "retries": settings.setting_schema("retries"),
-    "resources": {"type": "array", "items": {
-        "type": "string",
-        "pattern": rf"^({'|'.join(dag.STAGES)})\.({'|'.join(dag.RESOURCE_KEYS)})=[0-9]+$",
-        "description": "STAGE.KEY=VALUE with KEY one of " + ", ".join(dag.RESOURCE_KEYS)
-                       + " and a whole number, e.g. train.runtime=7200"},
-        "description": "a list of STAGE.KEY=VALUE strings"},
+    "resources": {
+        "type": "array",
+        "items": {
+            "type": "string",
+            "pattern": rf"^({'|'.join(dag.STAGES)})\.({'|'.join(dag.RESOURCE_KEYS)})=[0-9]+$",
+            "description": "STAGE.KEY=VALUE with KEY one of "
+            + ", ".join(dag.RESOURCE_KEYS)
+            + " and a whole number, e.g. train.runtime=7200",
+        },
+        "description": "a list of STAGE.KEY=VALUE strings",
+    },
     "max_parallel": _integer(1),
     "cluster_size": _integer(1),
     "container_mode": {"enum": list(dag.CONTAINER_MODES), "description": " or ".join(dag.CONTAINER_MODES)},
     "container_image": _text("an image URL (file://, docker://, https://)"),
-    "sites": _text("a file path"), "replicas": _text("a file path"),
-    "pegasus_site": _text(), "submit_dir": _text("a folder path"),
+    "sites": _text("a file path"),
+    "replicas": _text("a file path"),
+    "pegasus_site": _text(),
+    "submit_dir": _text("a folder path"),
     "reuse": {"type": "array", "items": _text("a run or submit folder"), "description": "a list of folders"},
-    "slurm": {"type": ["object", "null"], "properties": SLURM_KEYS, "additionalProperties": False,
-              "description": "a mapping of SLURM engine settings"},
+    "slurm": {
+        "type": ["object", "null"],
+        "properties": SLURM_KEYS,
+        "additionalProperties": False,
+        "description": "a mapping of SLURM engine settings",
+    },
 }
 
 
 def _section(keys, other, other_name):
-    misplaced = {key: f"{key} is {'an execution' if other_name == 'execution' else 'a science'} setting: "
-                      f"put it under {other_name}:" for key in other}
+    misplaced = {
+        key: f"{key} is {'an execution' if other_name == 'execution' else 'a science'} setting: "
+        f"put it under {other_name}:"
+        for key in other
+    }
     # null: a section left empty ("science:" with nothing under it) sets nothing.
-    return {"type": ["object", "null"], "properties": keys, "additionalProperties": False, "x-misplaced": misplaced,
-            "description": "a mapping of settings"}
+    return {
+        "type": ["object", "null"],
+        "properties": keys,
+        "additionalProperties": False,
+        "x-misplaced": misplaced,
+        "description": "a mapping of settings",
+    }
 
 
 def config_file_schema():
@@ -254,8 +323,10 @@ def config_file_schema():
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
-        "properties": {"science": _section(SCIENCE_KEYS, EXECUTION_KEYS, "execution"),
-                       "execution": _section(EXECUTION_KEYS, SCIENCE_KEYS, "science")},
+        "properties": {
+            "science": _section(SCIENCE_KEYS, EXECUTION_KEYS, "execution"),
+            "execution": _section(EXECUTION_KEYS, SCIENCE_KEYS, "science"),
+        },
         "additionalProperties": False,
         "x-misplaced": top_hints,
         "description": "a mapping with the sections science and execution",
@@ -334,28 +405,34 @@ def write_run(run_dir, jobs, config, args, argv):
     """Write ``run.json``, ``jobs.json``, the Pegasus files and the missing-input report."""
     run_dir = Path(run_dir)
     if (run_dir / dag.JOBS_FILE).exists() and not args.force:
-        raise ConfigError(f"{run_dir} already holds a run; use 'run_workflow.py resume {run_dir}', "
-                          "another --output-dir, or --force to rebuild it")
+        raise ConfigError(
+            f"{run_dir} already holds a run; use 'run_workflow.py resume {run_dir}', "
+            "another --output-dir, or --force to rebuild it"
+        )
     if args.force:
         # The bookkeeping of the old DAG would mislead status and resume.
         for stale in (naming.STATE_DIR, naming.LOGS_DIR):
             shutil.rmtree(run_dir / stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     dag.save_jobs(run_dir, jobs)
-    catalogs.write_run_catalogs(run_dir, jobs, config, sites_file=args.sites, replicas_file=args.replicas,
-                                image=args.container_image)
+    catalogs.write_run_catalogs(
+        run_dir, jobs, config, sites_file=args.sites, replicas_file=args.replicas, image=args.container_image
+    )
     engine_args = {k: v for k, v in vars(args).items() if k not in _BUILD_KEYS}
-    atomic_write_json(run_dir / naming.RUN_FILE, {
-        "format_version": 1,
-        "engine": args.engine,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": list(argv) if argv is not None else sys.argv[1:],
-        "demo": bool(args.demo),
-        "config_file": str(Path(args.config).resolve()) if args.config else None,
-        "config": config.to_dict(),
-        "engine_args": engine_args,
-        "n_jobs": len(jobs),
-    })
+    atomic_write_json(
+        run_dir / naming.RUN_FILE,
+        {
+            "format_version": 1,
+            "engine": args.engine,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": list(argv) if argv is not None else sys.argv[1:],
+            "demo": bool(args.demo),
+            "config_file": str(Path(args.config).resolve()) if args.config else None,
+            "config": config.to_dict(),
+            "engine_args": engine_args,
+            "n_jobs": len(jobs),
+        },
+    )
 
 
 def summarize_counts(jobs):
@@ -373,8 +450,10 @@ def check_inputs(config, run_dir):
     run_dir = Path(run_dir)
     for parent in (run_dir, *run_dir.parents):
         if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"invalid --output-dir: {str(run_dir)!r}; {parent} is a file, not a folder; "
-                              "must name a new or existing folder")
+            raise ConfigError(
+                f"invalid --output-dir: {str(run_dir)!r}; {parent} is a file, not a folder; "
+                "must name a new or existing folder"
+            )
     if config.data_path:
         folder = Path(config.data_path)
         if not folder.exists():
@@ -384,8 +463,10 @@ def check_inputs(config, run_dir):
         if not os.access(folder, os.R_OK | os.X_OK):
             raise InputError(f"--data-path {folder}: folder not readable (permission denied); fix its permissions")
         if not any(entry.is_file() for entry in folder.iterdir()):
-            raise InputError(f"--data-path {folder}: the folder holds no files; give the folder of the raw images "
-                             f"(pgc<id>_{config.root}_<band>.png, ..._gri.sdss.jpg)")
+            raise InputError(
+                f"--data-path {folder}: the folder holds no files; give the folder of the raw images "
+                f"(pgc<id>_{config.root}_<band>.png, ..._gri.sdss.jpg)"
+            )
     if config.catalog:
         catalog = Path(config.catalog)
         if not catalog.exists():
@@ -402,8 +483,10 @@ def check_found_images(config, jobs, missing):
         return
     if not any(lfn.startswith(dag.RAW_GALAXIES + "/") for job in jobs for lfn in job.inputs):
         example = missing[0][2]
-        raise InputError(f"--data-path {config.data_path}: none of the catalog's galaxies has an image there "
-                         f"(e.g. {example} not found); check --data-path, --catalog and --root")
+        raise InputError(
+            f"--data-path {config.data_path}: none of the catalog's galaxies has an image there "
+            f"(e.g. {example} not found); check --data-path, --catalog and --root"
+        )
 
 
 def _missing_reason(config, pgc, band):
@@ -434,13 +517,19 @@ def run_build(args, argv=None):
         for pgc, band, path in missing:
             report.rows.append({"pgc": pgc, "band": band, "file": path, "reason": _missing_reason(config, pgc, band)})
         report.write(run_dir / naming.MISSING_INPUTS)
-        logger.warning("%d raw images not found (not declared; prep reports them): see %s", len(missing),
-                       run_dir / naming.MISSING_INPUTS)
-    logger.info("built %d jobs (%s) in %.2f s into %s", len(jobs), summarize_counts(jobs),
-                time.perf_counter() - start, run_dir)
+        logger.warning(
+            "%d raw images not found (not declared; prep reports them): see %s",
+            len(missing),
+            run_dir / naming.MISSING_INPUTS,
+        )
+    logger.info(
+        "built %d jobs (%s) in %.2f s into %s", len(jobs), summarize_counts(jobs), time.perf_counter() - start, run_dir
+    )
     if args.dry_run:
-        print(f"dry run: {len(jobs)} jobs written to {run_dir} (engine {args.engine} not started); "
-              f"run it with 'run_workflow.py resume {run_dir}'")
+        print(
+            f"dry run: {len(jobs)} jobs written to {run_dir} (engine {args.engine} not started); "
+            f"run it with 'run_workflow.py resume {run_dir}'"
+        )
         return 0
     code = load_engine(args.engine).run(run_dir, jobs, args)
     if code == 0 and args.engine == "local":

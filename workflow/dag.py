@@ -132,7 +132,7 @@ def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", membe
     test_images = max(1, round(TEST_FRACTION * n_galaxies)) * bands
     if stage == "synth":
         seconds = 30 + items * (0.05 + 0.22 * _pixels(config.synthetic_size, 512))
-        memory = 600 + bands * config.synthetic_size ** 2 * 80 / 1e6
+        memory = 600 + bands * config.synthetic_size**2 * 80 / 1e6
     elif stage == "prep":
         seconds = 10 + items / 130
         memory = 500
@@ -162,8 +162,7 @@ def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", membe
     else:  # evaluate: every member over every test view, then the report
         seconds = 60 + members * test_images * config.views / 1500 * _pixels(size, 64)
         memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
-    values = {"cores": cores, "gpus": gpus, "memory_mb": 100 * math.ceil(memory / 100),
-              "runtime_s": _deadline(seconds)}
+    values = {"cores": cores, "gpus": gpus, "memory_mb": 100 * math.ceil(memory / 100), "runtime_s": _deadline(seconds)}
     values.update(resource_overrides(config).get(stage, {}))
     return Resources(**values)
 
@@ -175,8 +174,15 @@ def resource_overrides(config):
         stage, _, rest = str(item).partition(".")
         key, _, value = rest.partition("=")
         if stage not in STAGES or key not in RESOURCE_KEYS or not value.strip().isdigit():
-            raise invalid("--resources", item, "STAGE.KEY=VALUE with STAGE one of " + ", ".join(STAGES)
-                          + ", KEY one of " + ", ".join(RESOURCE_KEYS) + " and VALUE a whole number")
+            raise invalid(
+                "--resources",
+                item,
+                "STAGE.KEY=VALUE with STAGE one of "
+                + ", ".join(STAGES)
+                + ", KEY one of "
+                + ", ".join(RESOURCE_KEYS)
+                + " and VALUE a whole number",
+            )
         overrides.setdefault(stage, {})[RESOURCE_KEYS[key]] = int(value)
     return overrides
 
@@ -254,8 +260,10 @@ class WorkflowConfig:
         if self.predict_with is not None:
             manifest = Path(self.predict_with) / "manifest.json"
             if not manifest.is_file():
-                raise InputError(f"--predict-with {self.predict_with}: no bundle there ({manifest} not found); "
-                                 "give the bundle folder inclinet-evaluate wrote (RUN/data/bundle)")
+                raise InputError(
+                    f"--predict-with {self.predict_with}: no bundle there ({manifest} not found); "
+                    "give the bundle folder inclinet-evaluate wrote (RUN/data/bundle)"
+                )
             return self
         if "regression" not in self.tasks:
             raise invalid("--tasks", ",".join(self.tasks), "a list with regression (evaluation needs its test set)")
@@ -288,6 +296,7 @@ SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(WorkflowConfig) if f.n
 
 # -- counting ---------------------------------------------------------------------------
 
+
 def n_chunks(n_galaxies, galaxies_per_job):
     """Number of jobs a list of ``n_galaxies`` is cut into (at least one)."""
     return max(1, math.ceil(n_galaxies / galaxies_per_job))
@@ -319,6 +328,7 @@ def expected_job_counts(config, n_galaxies):
 
 
 # -- building ---------------------------------------------------------------------------
+
 
 def _job(job_id, stage, args, inputs, outputs, config, *, resources, **extra):
     spec = JobSpec(
@@ -397,57 +407,153 @@ def build_jobs(config, *, missing=None):
                 lfn = _raw_image_for(config, ids[row], band, missing)
                 if lfn is not None:
                     images.append(lfn)
-            args = ["-p", RAW_GALAXIES, "-c", RAW_CATALOG, "-b", band, "-s", config.size, "-r", config.root,
-                    "--shard", f"{index}/{chunks}", "-o", out, "--report", naming.report_for(out)]
+            args = [
+                "-p",
+                RAW_GALAXIES,
+                "-c",
+                RAW_CATALOG,
+                "-b",
+                band,
+                "-s",
+                config.size,
+                "-r",
+                config.root,
+                "--shard",
+                f"{index}/{chunks}",
+                "-o",
+                out,
+                "--report",
+                naming.report_for(out),
+            ]
             rows = len(shard_range(len(ids), index, chunks))
-            jobs.append(_job(f"prep_{naming.band_tag(band)}_{index:04d}", "prep", args,
-                             [RAW_CATALOG, *images], [out, naming.report_for(out)], config,
-                             resources=sized_resources("prep", config, n_galaxies=len(ids), items=rows)))
+            jobs.append(
+                _job(
+                    f"prep_{naming.band_tag(band)}_{index:04d}",
+                    "prep",
+                    args,
+                    [RAW_CATALOG, *images],
+                    [out, naming.report_for(out)],
+                    config,
+                    resources=sized_resources("prep", config, n_galaxies=len(ids), items=rows),
+                )
+            )
             parts.append(out)
         out = naming.compressed(config.size, band)
-        jobs.append(_job(f"compress_{naming.band_tag(band)}", "compress",
-                         ["-i", *parts, "-o", out, "-s", config.size, "--report", naming.report_for(out)],
-                         parts, [out, naming.report_for(out)], config,
-                         resources=sized_resources("compress", config, n_galaxies=len(ids))))
+        jobs.append(
+            _job(
+                f"compress_{naming.band_tag(band)}",
+                "compress",
+                ["-i", *parts, "-o", out, "-s", config.size, "--report", naming.report_for(out)],
+                parts,
+                [out, naming.report_for(out)],
+                config,
+                resources=sized_resources("compress", config, n_galaxies=len(ids)),
+            )
+        )
         compressed.append(out)
 
     samples = _sample_files(config)
     summary = naming.split_summary(config.size)
     split_report = naming.split_report(config.size)
     split_outputs = [lfn for files in samples.values() for lfn in files] + [summary, split_report]
-    jobs.append(_job("split", "split", ["-i", *compressed, "-o", "samples", "-s", config.size,
-                                        "-n", config.subsamples, "--seed", config.seed],
-                     compressed, split_outputs, config,
-                     resources=sized_resources("split", config, n_galaxies=len(ids))))
+    jobs.append(
+        _job(
+            "split",
+            "split",
+            ["-i", *compressed, "-o", "samples", "-s", config.size, "-n", config.subsamples, "--seed", config.seed],
+            compressed,
+            split_outputs,
+            config,
+            resources=sized_resources("split", config, n_galaxies=len(ids)),
+        )
+    )
 
     models = []
     for subset in training_subsets(config):
         task = "binary" if subset == "binary" else "regression"
         train_kind = "binary_train" if subset == "binary" else "train"
         val_kind = "binary_test" if subset == "binary" else "test"
-        train_samples = [naming.sample(config.size, b, train_kind, 0 if subset == "binary" else subset)
-                         for b in config.bands]
+        train_samples = [
+            naming.sample(config.size, b, train_kind, 0 if subset == "binary" else subset) for b in config.bands
+        ]
         validation = [naming.sample(config.size, b, val_kind, 0) for b in config.bands]
         batches = [naming.augmented_batch(config.size, subset, b) for b in range(1, config.n_batches + 1)]
         report = naming.report_for(naming.augmented_dir(subset))
-        jobs.append(_job(f"augment_{naming.uset(subset)}", "augment",
-                         ["-i", *train_samples, "-o", naming.augmented_dir(subset), "-s", config.size,
-                          "--task", task, "--subset", naming.uset(subset), "-b", config.n_batches,
-                          "-z", config.per_bin, "--report", report,
-                          "--seed", config.seed],
-                         train_samples, batches + [report], config,
-                         resources=sized_resources("augment", config, n_galaxies=len(ids))))
+        jobs.append(
+            _job(
+                f"augment_{naming.uset(subset)}",
+                "augment",
+                [
+                    "-i",
+                    *train_samples,
+                    "-o",
+                    naming.augmented_dir(subset),
+                    "-s",
+                    config.size,
+                    "--task",
+                    task,
+                    "--subset",
+                    naming.uset(subset),
+                    "-b",
+                    config.n_batches,
+                    "-z",
+                    config.per_bin,
+                    "--report",
+                    report,
+                    "--seed",
+                    config.seed,
+                ],
+                train_samples,
+                batches + [report],
+                config,
+                resources=sized_resources("augment", config, n_galaxies=len(ids)),
+            )
+        )
         for model in config.models:
-            outputs = [naming.trained_model(model, subset), naming.training_metrics(model, subset),
-                       naming.training_plot(model, subset)]
+            outputs = [
+                naming.trained_model(model, subset),
+                naming.training_metrics(model, subset),
+                naming.training_plot(model, subset),
+            ]
             checkpoint = naming.training_checkpoint(model, subset)
-            args = ["--model", model, "--task", task, "--train", *batches, "--validation", *validation,
-                    "--output", outputs[0], "--checkpoint", checkpoint, "--metrics", outputs[1],
-                    "--plot", outputs[2], "--epochs", config.epochs, "--batch-size", config.batch_size,
-                    "--lr-schedule", config.lr_schedule, "--seed", config.seed]
-            jobs.append(_job(f"train_{naming.uset(subset)}_{model}", "train", args, batches + validation,
-                             outputs, config, checkpoint=checkpoint,
-                             resources=sized_resources("train", config, n_galaxies=len(ids), model=model)))
+            args = [
+                "--model",
+                model,
+                "--task",
+                task,
+                "--train",
+                *batches,
+                "--validation",
+                *validation,
+                "--output",
+                outputs[0],
+                "--checkpoint",
+                checkpoint,
+                "--metrics",
+                outputs[1],
+                "--plot",
+                outputs[2],
+                "--epochs",
+                config.epochs,
+                "--batch-size",
+                config.batch_size,
+                "--lr-schedule",
+                config.lr_schedule,
+                "--seed",
+                config.seed,
+            ]
+            jobs.append(
+                _job(
+                    f"train_{naming.uset(subset)}_{model}",
+                    "train",
+                    args,
+                    batches + validation,
+                    outputs,
+                    config,
+                    checkpoint=checkpoint,
+                    resources=sized_resources("train", config, n_galaxies=len(ids), model=model),
+                )
+            )
             models.append(outputs[0])
 
     jobs.append(_evaluate_job(config, models, len(ids)))
@@ -466,18 +572,48 @@ def _linked(jobs, config):
 
 def _synth_jobs(config, ids):
     chunks = n_chunks(len(ids), config.galaxies_per_job)
-    common = ["--n-galaxies", config.synthetic, "--output", RAW_DIR, "--size", config.synthetic_size,
-              "--seed", config.seed]
-    jobs = [_job("synth_catalog", "synth", [*common, "--catalog-only"], [], [RAW_CATALOG, RAW_TRUTH],
-                 config, resources=sized_resources("synth", config, n_galaxies=len(ids)))]
+    common = [
+        "--n-galaxies",
+        config.synthetic,
+        "--output",
+        RAW_DIR,
+        "--size",
+        config.synthetic_size,
+        "--seed",
+        config.seed,
+    ]
+    jobs = [
+        _job(
+            "synth_catalog",
+            "synth",
+            [*common, "--catalog-only"],
+            [],
+            [RAW_CATALOG, RAW_TRUTH],
+            config,
+            resources=sized_resources("synth", config, n_galaxies=len(ids)),
+        )
+    ]
     from inclinet._helpers import shard_range
 
     for index in range(1, chunks + 1):
-        images = [f"{RAW_GALAXIES}/{naming.raw_image_names(ids[row], band, config.root)[0]}"
-                  for row in shard_range(len(ids), index, chunks) for band in config.bands]
-        jobs.append(_job(f"synth_{index:04d}", "synth", [*common, "--no-catalog", "--shard", f"{index}/{chunks}"],
-                         [], images, config, resources=sized_resources(
-                             "synth", config, n_galaxies=len(ids), items=len(shard_range(len(ids), index, chunks)))))
+        images = [
+            f"{RAW_GALAXIES}/{naming.raw_image_names(ids[row], band, config.root)[0]}"
+            for row in shard_range(len(ids), index, chunks)
+            for band in config.bands
+        ]
+        jobs.append(
+            _job(
+                f"synth_{index:04d}",
+                "synth",
+                [*common, "--no-catalog", "--shard", f"{index}/{chunks}"],
+                [],
+                images,
+                config,
+                resources=sized_resources(
+                    "synth", config, n_galaxies=len(ids), items=len(shard_range(len(ids), index, chunks))
+                ),
+            )
+        )
     return jobs
 
 
@@ -489,8 +625,9 @@ def bundle_inputs(config):
     try:
         names = model_bundle.files(folder)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"--predict-with {folder}: unreadable bundle manifest ({exc}); give a bundle made by "
-                         "inclinet-evaluate") from None
+        raise InputError(
+            f"--predict-with {folder}: unreadable bundle manifest ({exc}); give a bundle made by inclinet-evaluate"
+        ) from None
     return {f"{BUNDLE_DIR}/{name}": folder / name for name in names}
 
 
@@ -518,8 +655,9 @@ def _survey_jobs(config, ids, missing):
     identity = model_bundle.identity(config.predict_with)
     bundle_files = list(bundle_inputs(config))
     manifest = json.loads(Path(config.predict_with, "manifest.json").read_text(encoding="utf-8"))
-    sizing = dataclasses.replace(config, size=int(manifest.get("input_size", config.size)),
-                                 views=int(manifest.get("views", config.views)))
+    sizing = dataclasses.replace(
+        config, size=int(manifest.get("input_size", config.size)), views=int(manifest.get("views", config.views))
+    )
     n_members = len(manifest.get("members", [])) or 1
     chunks = n_chunks(len(ids), config.galaxies_per_job)
     if not config.synthetic:
@@ -529,8 +667,18 @@ def _survey_jobs(config, ids, missing):
         rows = shard_range(len(ids), index, chunks)
         out = naming.survey_chunk(identity, index, chunks)
         gallery = naming.survey_gallery(identity, index, chunks)
-        common = ["--bundle", BUNDLE_DIR, "--bundle-id", identity, "-p", RAW_GALAXIES, "-r", config.root,
-                  "--bands", ",".join(config.bands)]
+        common = [
+            "--bundle",
+            BUNDLE_DIR,
+            "--bundle-id",
+            identity,
+            "-p",
+            RAW_GALAXIES,
+            "-r",
+            config.root,
+            "--bands",
+            ",".join(config.bands),
+        ]
         if config.synthetic:
             images = [_raw_image_for(config, ids[row], band, missing) for row in rows for band in config.bands]
             args = [*common, "-c", RAW_CATALOG, "--shard", f"{index}/{chunks}"]
@@ -539,21 +687,43 @@ def _survey_jobs(config, ids, missing):
             piece = naming.survey_slice(index, chunks)
             args = [*common, "-c", piece]
             inputs = [*bundle_files, piece, RAW_GALAXIES]
-        jobs.append(_job(f"measure_{index:04d}", "measure", [*args, "-o", out, "--gallery", gallery], inputs,
-                         [out, gallery], config,
-                         resources=sized_resources("measure", sizing, n_galaxies=len(ids), items=len(rows),
-                                                   members=n_members)))
+        jobs.append(
+            _job(
+                f"measure_{index:04d}",
+                "measure",
+                [*args, "-o", out, "--gallery", gallery],
+                inputs,
+                [out, gallery],
+                config,
+                resources=sized_resources("measure", sizing, n_galaxies=len(ids), items=len(rows), members=n_members),
+            )
+        )
         parts.append(out)
         galleries.append(gallery)
     csv_out, parquet_out = naming.survey_catalog(identity), naming.survey_catalog(identity, ".parquet")
-    jobs.append(_job("merge", "merge", ["-i", *parts, "-o", csv_out, "--parquet", parquet_out], parts,
-                     [csv_out, parquet_out], config,
-                     resources=sized_resources("merge", sizing, n_galaxies=len(ids))))
+    jobs.append(
+        _job(
+            "merge",
+            "merge",
+            ["-i", *parts, "-o", csv_out, "--parquet", parquet_out],
+            parts,
+            [csv_out, parquet_out],
+            config,
+            resources=sized_resources("merge", sizing, n_galaxies=len(ids)),
+        )
+    )
     report, numbers = naming.survey_report(identity), naming.survey_report(identity, ".json")
-    jobs.append(_job("summarize", "summarize",
-                     ["-c", csv_out, "--galleries", *galleries, "-o", report, "--numbers", numbers],
-                     [csv_out, *galleries], [report, numbers], config,
-                     resources=sized_resources("summarize", sizing, n_galaxies=len(ids))))
+    jobs.append(
+        _job(
+            "summarize",
+            "summarize",
+            ["-c", csv_out, "--galleries", *galleries, "-o", report, "--numbers", numbers],
+            [csv_out, *galleries],
+            [report, numbers],
+            config,
+            resources=sized_resources("summarize", sizing, n_galaxies=len(ids)),
+        )
+    )
     return jobs
 
 
@@ -565,9 +735,11 @@ def _probe_images(config, ids):
             if any((folder / name).is_file() for name in naming.raw_image_names(pgc, band, config.root)):
                 return
     example = folder / naming.raw_image_names(ids[0], config.bands[0], config.root)[0]
-    raise InputError(f"--data-path {folder}: none of the first {min(len(ids), SURVEY_PROBE)} galaxies of the "
-                     f"catalog has an image there (e.g. {example} not found); check --data-path, --catalog and "
-                     "--root")
+    raise InputError(
+        f"--data-path {folder}: none of the first {min(len(ids), SURVEY_PROBE)} galaxies of the "
+        f"catalog has an image there (e.g. {example} not found); check --data-path, --catalog and "
+        "--root"
+    )
 
 
 def survey_slices(jobs):
@@ -651,15 +823,21 @@ def _evaluate_job(config, models, n_galaxies):
         tests = [naming.sample(config.size, b, "binary_test") for b in config.bands]
         args += ["--binary-test", *tests]
         inputs += tests
-    args += ["--output-dir", EVALUATION_DIR, "--bundle-dir", BUNDLE_DIR, "--views", config.views,
-             "--seed", config.seed]
+    args += ["--output-dir", EVALUATION_DIR, "--bundle-dir", BUNDLE_DIR, "--views", config.views, "--seed", config.seed]
     members = []
     for subset in training_subsets(config):
         for model in config.models:
             members.append(naming.bundle_member(naming.member_name(model, subset), BUNDLE_DIR))
     outputs = list(naming.EVALUATION_FILES) + [naming.bundle_manifest(BUNDLE_DIR)] + members
-    return _job("evaluate", "evaluate", args, inputs, outputs, config,
-                resources=sized_resources("evaluate", config, n_galaxies=n_galaxies, members=len(models)))
+    return _job(
+        "evaluate",
+        "evaluate",
+        args,
+        inputs,
+        outputs,
+        config,
+        resources=sized_resources("evaluate", config, n_galaxies=n_galaxies, members=len(models)),
+    )
 
 
 def infer_parents(jobs):
@@ -759,15 +937,35 @@ def pegasus_survey_jobs(jobs, config):
         archive = naming.survey_archive(index, count)
         at = spec.args.index("-p")
         bands = spec.args[spec.args.index("--bands") + 1]
-        pack = JobSpec(id=f"pack_{index:04d}", stage=PACK_STAGE, executable=spec.executable,
-                       args=["--pack", archive, "-c", piece, "-p", str(Path(config.data_path).resolve()),
-                             "-r", config.root, "--bands", bands],
-                       inputs=[piece], outputs=[archive], cores=1, memory_mb=500,
-                       runtime_s=_deadline(10 + config.galaxies_per_job * len(bands.split(",")) * 0.002),
-                       retries=spec.retries)
-        measure = dataclasses.replace(spec, args=[*spec.args[:at], "--archive", archive, *spec.args[at + 2:]],
-                                      inputs=[archive if lfn == RAW_GALAXIES else lfn for lfn in spec.inputs],
-                                      parents=[*spec.parents, pack.id])
+        pack = JobSpec(
+            id=f"pack_{index:04d}",
+            stage=PACK_STAGE,
+            executable=spec.executable,
+            args=[
+                "--pack",
+                archive,
+                "-c",
+                piece,
+                "-p",
+                str(Path(config.data_path).resolve()),
+                "-r",
+                config.root,
+                "--bands",
+                bands,
+            ],
+            inputs=[piece],
+            outputs=[archive],
+            cores=1,
+            memory_mb=500,
+            runtime_s=_deadline(10 + config.galaxies_per_job * len(bands.split(",")) * 0.002),
+            retries=spec.retries,
+        )
+        measure = dataclasses.replace(
+            spec,
+            args=[*spec.args[:at], "--archive", archive, *spec.args[at + 2 :]],
+            inputs=[archive if lfn == RAW_GALAXIES else lfn for lfn in spec.inputs],
+            parents=[*spec.parents, pack.id],
+        )
         expanded.extend([pack, measure])
     return expanded
 

@@ -64,8 +64,10 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     def _message(self, length):
-        return (f"request of {length} bytes is over the limit of {self.limit - ENVELOPE_BYTES} bytes for an image; "
-                "upload a smaller image")
+        return (
+            f"request of {length} bytes is over the limit of {self.limit - ENVELOPE_BYTES} bytes for an image; "
+            "upload a smaller image"
+        )
 
     def _too_large(self, length):
         return failed(413, self._message(length))
@@ -81,8 +83,9 @@ def create_app(settings):
     if settings.images is not None:
         from inclinet.service.sources import Galaxies
 
-        galaxies = Galaxies(settings.images, settings.catalog, pixel_scale=settings.pixel_scale,
-                            max_pixels=settings.max_pixels)
+        galaxies = Galaxies(
+            settings.images, settings.catalog, pixel_scale=settings.pixel_scale, max_pixels=settings.max_pixels
+        )
     started = time.time()
     counters = {"answered": 0, "refused": 0, "errors": 0}
     scratch = tempfile.TemporaryDirectory(prefix="inclinet-serve-")
@@ -91,8 +94,12 @@ def create_app(settings):
     async def lifespan(app):
         await run_in_threadpool(inference.load)
         inference.start()
-        logger.info("serve: bundle %s ready (%d member(s), %s)", settings.bundle, len(bundle.members),
-                    f"{len(galaxies)} catalog galaxies" if galaxies is not None else "no catalog")
+        logger.info(
+            "serve: bundle %s ready (%d member(s), %s)",
+            settings.bundle,
+            len(bundle.members),
+            f"{len(galaxies)} catalog galaxies" if galaxies is not None else "no catalog",
+        )
         try:
             yield
         finally:
@@ -102,11 +109,16 @@ def create_app(settings):
     app = FastAPI(
         title="inclinet API",
         version=bundle.manifest.get("versions", {}).get("inclinet", "unknown"),
-        description=("Inclinations of spiral galaxies (degrees, 45-90) from a bundle of CNNs, with the "
-                     "likelihood that a galaxy is unfit for the measurement (percent). Answers follow the "
-                     "original IncliNET JSON: inclinations per group (`Group_0` model4, `Group_1` model5, "
-                     "`Group_2` model6) with their `summary`, and `rejection_likelihood`."),
-        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json", lifespan=lifespan,
+        description=(
+            "Inclinations of spiral galaxies (degrees, 45-90) from a bundle of CNNs, with the "
+            "likelihood that a galaxy is unfit for the measurement (percent). Answers follow the "
+            "original IncliNET JSON: inclinations per group (`Group_0` model4, `Group_1` model5, "
+            "`Group_2` model6) with their `summary`, and `rejection_likelihood`."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
     )
     # The bundled Swagger UI (4.x) reads OpenAPI 3.0 documents; ours uses nothing of 3.1.
     app.openapi_version = "3.0.3"
@@ -128,8 +140,11 @@ def create_app(settings):
         counters["refused"] += 1
         content_type = request.headers.get("content-type", "")
         if request.url.path == "/api/file" and not content_type.startswith("multipart/form-data"):
-            return failed(415, f"content type {content_type or '(none)'} is not accepted; send multipart/form-data "
-                               "with the image in the field 'file'")
+            return failed(
+                415,
+                f"content type {content_type or '(none)'} is not accepted; send multipart/form-data "
+                "with the image in the field 'file'",
+            )
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return failed(422, f"invalid {where}: {first.get('msg', 'not valid')}; see /api/docs")
@@ -156,8 +171,12 @@ def create_app(settings):
             counters["refused"] += 1
             return failed(422, result["message"], filename=name)
         counters["answered"] += 1
-        return {"status": "success", "filename": name, **(extra or {}),
-                **{k: v for k, v in result.items() if k not in ("status", "filename")}}
+        return {
+            "status": "success",
+            "filename": name,
+            **(extra or {}),
+            **{k: v for k, v in result.items() if k not in ("status", "filename")},
+        }
 
     @app.post("/api/file", summary="Inclinations of an uploaded image", tags=["inclinations"])
     async def api_file(
@@ -170,16 +189,25 @@ def create_app(settings):
         ``peer``, ``member_spread``, ``out_of_distribution`` and ``warnings``."""
         name = check_upload(file.filename, file.content_type)
         data = await file.read(settings.max_upload_bytes + 1)
-        image = await run_in_threadpool(decode_upload, data, name, max_bytes=settings.max_upload_bytes,
-                                        max_pixels=settings.max_pixels, scratch=scratch.name)
+        image = await run_in_threadpool(
+            decode_upload,
+            data,
+            name,
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_pixels,
+            scratch=scratch.name,
+        )
         if angle or scale != 1:
             image = await run_in_threadpool(transform, image, angle=angle, scale=scale)
         return await answer(image, name)
 
     def galaxy_image(pgc):
         if galaxies is None:
-            raise RequestProblem(404, "this service has no catalog; start inclinet-serve with --images DIR "
-                                      "--catalog FILE to look galaxies up by PGC")
+            raise RequestProblem(
+                404,
+                "this service has no catalog; start inclinet-serve with --images DIR "
+                "--catalog FILE to look galaxies up by PGC",
+            )
         return galaxies.get(parse_pgc(pgc))
 
     @app.get("/api/pgc/{pgc}", summary="Inclinations of a catalog galaxy", tags=["inclinations"])
@@ -191,12 +219,23 @@ def create_app(settings):
         if angle or scale != 1:
             image = await run_in_threadpool(transform, image, angle=angle, scale=scale)
         row = found.galaxy
-        galaxy = {"pgc": found.pgc, "pa": row.pa, "d25": row.d25, "b_a": row.b_a, "image": found.file,
-                  "prepared": found.prepared}
+        galaxy = {
+            "pgc": found.pgc,
+            "pa": row.pa,
+            "d25": row.d25,
+            "b_a": row.b_a,
+            "image": found.file,
+            "prepared": found.prepared,
+        }
         return await answer(image, found.file, {"galaxy": galaxy})
 
-    @app.get("/api/pgc/{pgc}/image", summary="The image a PGC lookup evaluates (PNG)", tags=["galaxies"],
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/api/pgc/{pgc}/image",
+        summary="The image a PGC lookup evaluates (PNG)",
+        tags=["galaxies"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
     async def api_pgc_image(pgc: str):
         found = await run_in_threadpool(galaxy_image, pgc)
 
@@ -213,21 +252,41 @@ def create_app(settings):
 
     @app.get("/api/health", summary="Liveness and counters", tags=["service"])
     async def api_health():
-        return {"status": "ok", "uptime_s": round(time.time() - started, 1), "members": len(bundle.members),
-                "waiting": inference.waiting, "batches": inference.batches, **counters,
-                "catalog_galaxies": len(galaxies) if galaxies is not None else 0}
+        return {
+            "status": "ok",
+            "uptime_s": round(time.time() - started, 1),
+            "members": len(bundle.members),
+            "waiting": inference.waiting,
+            "batches": inference.batches,
+            **counters,
+            "catalog_galaxies": len(galaxies) if galaxies is not None else 0,
+        }
 
     @app.get("/api/bundle", summary="The bundle served: members, input size, versions, metrics", tags=["service"])
     async def api_bundle():
         manifest = bundle.manifest
-        keys = ("format_version", "groups", "input_size", "views", "seed", "versions", "metrics", "calibration",
-                "normalisation", "pixel_scaling", "label_scaling", "reject_temperatures")
-        return {"status": "success", "members": [{k: m.get(k) for k in ("name", "model", "task", "subset")}
-                                                 for m in manifest["members"]],
-                **{k: manifest.get(k) for k in keys},
-                "peer": (manifest.get("peer") or {}).get("best"),
-                "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels},
-                "catalog": galaxies is not None}
+        keys = (
+            "format_version",
+            "groups",
+            "input_size",
+            "views",
+            "seed",
+            "versions",
+            "metrics",
+            "calibration",
+            "normalisation",
+            "pixel_scaling",
+            "label_scaling",
+            "reject_temperatures",
+        )
+        return {
+            "status": "success",
+            "members": [{k: m.get(k) for k in ("name", "model", "task", "subset")} for m in manifest["members"]],
+            **{k: manifest.get(k) for k in keys},
+            "peer": (manifest.get("peer") or {}).get("best"),
+            "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels},
+            "catalog": galaxies is not None,
+        }
 
     static = resources.files("inclinet.service") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -36,20 +36,47 @@ def add_arguments(parser):
     parser.add_argument("--bundle", required=True, metavar="DIR", help="model bundle (manifest.json + members)")
     parser.add_argument("--images", metavar="DIR", help="raw-layout folder of galaxy images for GET /api/pgc/{id}")
     parser.add_argument("--catalog", metavar="FILE", help="catalog (pipe or CSV) of the --images galaxies")
-    parser.add_argument("--pixel-scale", type=float, metavar="ARCSEC",
-                        help="arcsec per pixel of --images files not named d25x<F> (north-up cutouts), so "
-                             "they can be framed to 2 x D25")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (127.0.0.1; 0.0.0.0 for every interface, as in a container)")
+    parser.add_argument(
+        "--pixel-scale",
+        type=float,
+        metavar="ARCSEC",
+        help="arcsec per pixel of --images files not named d25x<F> (north-up cutouts), so "
+        "they can be framed to 2 x D25",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1; 0.0.0.0 for every interface, as in a container)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES, metavar="N",
-                        help=f"largest accepted image file (default {DEFAULT_MAX_UPLOAD_BYTES}, 1 MB)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--max-batch", type=int, default=16, metavar="N",
-                        help="images predicted together when requests queue up (default 16)")
-    parser.add_argument("--max-queue", type=int, default=256, metavar="N",
-                        help="requests allowed to wait for the models; more are answered 503 (default 256)")
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        metavar="N",
+        help=f"largest accepted image file (default {DEFAULT_MAX_UPLOAD_BYTES}, 1 MB)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS})",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="images predicted together when requests queue up (default 16)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests allowed to wait for the models; more are answered 503 (default 256)",
+    )
     add_common_arguments(parser, seed=False)
     return parser
 
@@ -68,9 +95,13 @@ def settings_from(args):
     if args.images is not None and not Path(args.images).is_dir():
         raise InputError(f"{args.images}: --images folder not found; give the folder of the raw images")
     return Settings(
-        bundle=Path(args.bundle), images=Path(args.images) if args.images else None,
-        catalog=Path(args.catalog) if args.catalog else None, pixel_scale=args.pixel_scale,
-        max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels, max_batch=args.max_batch,
+        bundle=Path(args.bundle),
+        images=Path(args.images) if args.images else None,
+        catalog=Path(args.catalog) if args.catalog else None,
+        pixel_scale=args.pixel_scale,
+        max_upload_bytes=args.max_upload_bytes,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
         max_queue=args.max_queue,
     )
 
@@ -82,12 +113,19 @@ def _serve(args):
 
         from inclinet.service.app import create_app
     except ImportError as exc:
-        raise ConfigError(f"invalid install: {exc.name} is missing; must install inclinet[serve] "
-                          "(pip install -e '.[serve]')") from None
+        raise ConfigError(
+            f"invalid install: {exc.name} is missing; must install inclinet[serve] (pip install -e '.[serve]')"
+        ) from None
     app = create_app(settings)
     logger.info("serve: http://%s:%d/ (API docs at /api/docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
-                access_log=not args.quiet, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning" if args.quiet else "info",
+        access_log=not args.quiet,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main(argv=None):

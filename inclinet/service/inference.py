@@ -83,8 +83,9 @@ class Inference:
         yy, xx = np.mgrid[:size, :size]
         blob = 16 + 200 * np.exp(-(((xx - size / 2) / (0.2 * size)) ** 2 + ((yy - size / 2) / (0.1 * size)) ** 2))
         self._predict_images(self.bundle, [np.repeat(blob[:, :, None], 3, axis=2).astype(np.uint8)], names=["warm-up"])
-        logger.info("serve: %d member(s) loaded and warmed up in %.1f s", len(self.bundle.members),
-                    time.perf_counter() - start)
+        logger.info(
+            "serve: %d member(s) loaded and warmed up in %.1f s", len(self.bundle.members), time.perf_counter() - start
+        )
 
     def start(self):
         self._thread = threading.Thread(target=self._loop, name="inclinet-inference", daemon=True)

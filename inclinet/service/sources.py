@@ -55,12 +55,16 @@ def check_upload(filename, content_type):
     name = safe_name(filename)
     extension = Path(name).suffix.lower()
     if extension not in UPLOAD_EXTENSIONS:
-        raise RequestProblem(415, f"{name}: extension {extension or '(none)'} not accepted; "
-                                  "upload a PNG, JPG, JPEG or GIF file")
+        raise RequestProblem(
+            415, f"{name}: extension {extension or '(none)'} not accepted; upload a PNG, JPG, JPEG or GIF file"
+        )
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared and declared not in UPLOAD_CONTENT_TYPES:
-        raise RequestProblem(415, f"{name}: content type {declared} is not an image; "
-                                  "upload a PNG, JPG, JPEG or GIF file (image/png, image/jpeg, image/gif)")
+        raise RequestProblem(
+            415,
+            f"{name}: content type {declared} is not an image; "
+            "upload a PNG, JPG, JPEG or GIF file (image/png, image/jpeg, image/gif)",
+        )
     return name
 
 
@@ -69,8 +73,9 @@ def decode_upload(data, name, *, max_bytes, max_pixels, scratch):
     if len(data) == 0:
         raise RequestProblem(400, f"{name}: empty file (0 bytes); upload the image itself")
     if len(data) > max_bytes:
-        raise RequestProblem(413, f"{name}: {len(data)} bytes is over the {max_bytes}-byte limit; "
-                                  "upload a smaller image")
+        raise RequestProblem(
+            413, f"{name}: {len(data)} bytes is over the {max_bytes}-byte limit; upload a smaller image"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -78,19 +83,22 @@ def decode_upload(data, name, *, max_bytes, max_pixels, scratch):
                 width, height = header.size
                 found = header.format
     except Image.DecompressionBombError:
-        raise RequestProblem(413, f"{name}: image dimensions far beyond the {max_pixels}-pixel limit; "
-                                  "upload a smaller cutout") from None
+        raise RequestProblem(
+            413, f"{name}: image dimensions far beyond the {max_pixels}-pixel limit; upload a smaller cutout"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise RequestProblem(400, f"{name}: not a readable image ({exc.__class__.__name__}); "
-                                  "upload a PNG, JPEG or GIF file") from None
+        raise RequestProblem(
+            400, f"{name}: not a readable image ({exc.__class__.__name__}); upload a PNG, JPEG or GIF file"
+        ) from None
     if found not in _FORMATS:
         raise RequestProblem(415, f"{name}: {found} images are not accepted; upload a PNG, JPEG or GIF file")
     if width * height > max_pixels:
-        raise RequestProblem(413, f"{name}: image of {width} x {height} pixels is over the {max_pixels}-pixel "
-                                  "limit; upload a smaller cutout")
+        raise RequestProblem(
+            413,
+            f"{name}: image of {width} x {height} pixels is over the {max_pixels}-pixel limit; upload a smaller cutout",
+        )
     if min(width, height) < 8:
-        raise RequestProblem(400, f"{name}: image of {width} x {height} pixels is too small; "
-                                  "at least 8 x 8 are needed")
+        raise RequestProblem(400, f"{name}: image of {width} x {height} pixels is too small; at least 8 x 8 are needed")
     # The same reader as inclinet-predict, which takes a path: a private temporary file.
     handle, path = tempfile.mkstemp(dir=scratch, suffix=Path(name).suffix.lower())
     try:
@@ -165,24 +173,32 @@ class Galaxies:
         """The galaxy's image in ``d25x2_rot`` form; 404 when it is not in the catalog or has no image."""
         galaxy = self.galaxies.get(pgc)
         if galaxy is None:
-            raise RequestProblem(404, f"Could not find PGC{pgc} in the catalog {self.catalog_path.name}; "
-                                      "check the number or start the service with a catalog that has it")
+            raise RequestProblem(
+                404,
+                f"Could not find PGC{pgc} in the catalog {self.catalog_path.name}; "
+                "check the number or start the service with a catalog that has it",
+            )
         path, root = self._find(pgc)
         if path is None:
-            raise RequestProblem(404, f"no colour image of PGC{pgc} in {self.folder.name}/ (looked for "
-                                      f"pgc{pgc}_{DEFAULT_ROOT}_gri.sdss.jpg, .jpg and pgc{pgc}_d25x<F>_gri...); "
-                                      "add its image to the --images folder")
+            raise RequestProblem(
+                404,
+                f"no colour image of PGC{pgc} in {self.folder.name}/ (looked for "
+                f"pgc{pgc}_{DEFAULT_ROOT}_gri.sdss.jpg, .jpg and pgc{pgc}_d25x<F>_gri...); "
+                "add its image to the --images folder",
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as header:
                     width, height = header.size
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-            raise RequestProblem(422, f"{path.name}: not a readable image ({exc.__class__.__name__}); "
-                                      "replace it in the --images folder") from None
+            raise RequestProblem(
+                422, f"{path.name}: not a readable image ({exc.__class__.__name__}); replace it in the --images folder"
+            ) from None
         if width * height > self.max_pixels:
-            raise RequestProblem(413, f"{path.name}: image of {width} x {height} pixels is over the "
-                                      f"{self.max_pixels}-pixel limit")
+            raise RequestProblem(
+                413, f"{path.name}: image of {width} x {height} pixels is over the {self.max_pixels}-pixel limit"
+            )
         try:
             image = load_image(path)
         except InputError as exc:

@@ -82,4 +82,4 @@ def stage_of_executable(executable):
     name = str(executable).rsplit("/", 1)[-1]
     if not name.startswith("inclinet-"):
         raise KeyError(f"{executable!r} is not an inclinet stage executable")
-    return get(name[len("inclinet-"):])
+    return get(name[len("inclinet-") :])

@@ -105,9 +105,19 @@ def plan_batch(pools, task, per_bin, rng):
     return entries
 
 
-def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULTS.n_batches,
-        per_bin=config.DEFAULTS.per_bin, seed=config.DEFAULTS.seed, subset=None, report=None,
-        scratch_dir=None):
+def run(
+    *,
+    inputs,
+    output_dir,
+    size,
+    task="regression",
+    n_batches=config.DEFAULTS.n_batches,
+    per_bin=config.DEFAULTS.per_bin,
+    seed=config.DEFAULTS.seed,
+    subset=None,
+    report=None,
+    scratch_dir=None,
+):
     """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
 
     ``inputs``: the subset's sample file of every band (the colour band ``gri`` and at
@@ -126,19 +136,50 @@ def run(*, inputs, output_dir, size, task="regression", n_batches=config.DEFAULT
     pools, empty_groups = _pools(samples, task, inputs)
     if empty_groups:
         names = [_group_label(task, key) for key in empty_groups]
-        logger.warning("augment %s: no colour or no gray galaxies in %s; those groups are left out of the batches",
-                       subset, ", ".join(names))
+        logger.warning(
+            "augment %s: no colour or no gray galaxies in %s; those groups are left out of the batches",
+            subset,
+            ", ".join(names),
+        )
 
-    outputs = _write_batches(output_dir, Path(scratch_dir) if scratch_dir else output_dir, samples, pools, task,
-                             n_batches, per_bin, seed, subset, size)
+    outputs = _write_batches(
+        output_dir,
+        Path(scratch_dir) if scratch_dir else output_dir,
+        samples,
+        pools,
+        task,
+        n_batches,
+        per_bin,
+        seed,
+        subset,
+        size,
+    )
     skips.write(report_path)
     check_outputs(outputs + [report_path])
     per_batch = 2 * per_bin * len(pools)
-    summary = {"subset": subset, "task": task, "batches": n_batches, "images_per_batch": per_batch,
-               "groups": len(pools), "empty_groups": [_group_label(task, k) for k in empty_groups],
-               "skipped": len(skips), "seed": seed, "seconds": round(time.perf_counter() - start, 2)}
-    logger.info("augment %s (%s): %d batch(es) of %d images (%d groups), %d report row(s), seed %d, %.1f s -> %s",
-                subset, task, n_batches, per_batch, len(pools), len(skips), seed, summary["seconds"], output_dir)
+    summary = {
+        "subset": subset,
+        "task": task,
+        "batches": n_batches,
+        "images_per_batch": per_batch,
+        "groups": len(pools),
+        "empty_groups": [_group_label(task, k) for k in empty_groups],
+        "skipped": len(skips),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info(
+        "augment %s (%s): %d batch(es) of %d images (%d groups), %d report row(s), seed %d, %.1f s -> %s",
+        subset,
+        task,
+        n_batches,
+        per_batch,
+        len(pools),
+        len(skips),
+        seed,
+        summary["seconds"],
+        output_dir,
+    )
     return summary
 
 
@@ -186,8 +227,9 @@ def _report_missing_rows(samples, skips):
     union = set().union(*(set(s["pgcs"].tolist()) for s in samples.values()))
     for band, sample in samples.items():
         for pgc in sorted(union - set(sample["pgcs"].tolist())):
-            skips.skip(pgc, "missing from this band's sample; used from the other bands only", band=band,
-                       file=sample["path"])
+            skips.skip(
+                pgc, "missing from this band's sample; used from the other bands only", band=band, file=sample["path"]
+            )
 
 
 def _pools(samples, task, inputs):
@@ -214,8 +256,9 @@ def _write_batches(output_dir, scratch, samples, pools, task, n_batches, per_bin
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = []
     with contextlib.ExitStack() as stack:
-        readers = {band: stack.enter_context(NpzRows(sample["path"], scratch_dir=scratch))
-                   for band, sample in samples.items()}
+        readers = {
+            band: stack.enter_context(NpzRows(sample["path"], scratch_dir=scratch)) for band, sample in samples.items()
+        }
         for batch in range(1, n_batches + 1):
             path = output_dir / Path(naming.augmented_batch(size, 0, batch)).name
             _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size)
@@ -255,34 +298,57 @@ def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subs
 
 
 def add_arguments(parser):
-    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="SAMPLE.npz",
-                        help="the subset's sample file of every band (samples/<TAG>_<S>x<S>_train_<jjj>.npz)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
-                        help="folder of the batches (augmented/Uset_<jjj>_npz)")
+    parser.add_argument(
+        "-i",
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="SAMPLE.npz",
+        help="the subset's sample file of every band (samples/<TAG>_<S>x<S>_train_<jjj>.npz)",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT_DIR", help="folder of the batches (augmented/Uset_<jjj>_npz)"
+    )
     config.add_argument(parser, "size", "-s", required=True, help="image size in pixels (checked)")
     parser.add_argument("--task", choices=naming.TASKS, default="regression", help="regression (default) or binary")
     config.add_argument(parser, "n_batches", "-b", help="number of batches")
-    config.add_argument(parser, "per_bin", "-z",
-                        help="colour images per bin (per class for binary) per batch; as many gray")
-    parser.add_argument("--subset", default=None,
-                        help="subset name used in the batch seeds, e.g. Uset_001 or Binary (the workflow passes it; "
-                             "default: read from the input names)")
+    config.add_argument(
+        parser, "per_bin", "-z", help="colour images per bin (per class for binary) per batch; as many gray"
+    )
+    parser.add_argument(
+        "--subset",
+        default=None,
+        help="subset name used in the batch seeds, e.g. Uset_001 or Binary (the workflow passes it; "
+        "default: read from the input names)",
+    )
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT_DIR.report.csv)")
     add_common_arguments(parser)
     return parser
 
 
 def build_parser():
-    return add_arguments(argparse.ArgumentParser(
-        prog="inclinet-augment", description="Augment one training subset into balanced, shuffled npz batches."))
+    return add_arguments(
+        argparse.ArgumentParser(
+            prog="inclinet-augment", description="Augment one training subset into balanced, shuffled npz batches."
+        )
+    )
 
 
 def main(argv=None):
     parser = build_parser()
 
     def _run(args):
-        run(inputs=args.input, output_dir=args.output, size=args.size, task=args.task, n_batches=args.n_batches,
-            per_bin=args.per_bin, seed=args.seed, subset=args.subset, report=args.report)
+        run(
+            inputs=args.input,
+            output_dir=args.output,
+            size=args.size,
+            task=args.task,
+            n_batches=args.n_batches,
+            per_bin=args.per_bin,
+            seed=args.seed,
+            subset=args.subset,
+            report=args.report,
+        )
 
     return run_main(parser, _run, argv)
 

@@ -111,10 +111,24 @@ def run(*, inputs, output, report=None, size=None, scratch_dir=None):
         sink.set(labels=label_sorted, pgcIDs=pgc_sorted, band=np.array(band))
     skips.write(report_path)
     check_outputs([output, report_path])
-    summary = {"band": band, "size": side, "parts": len(inputs), "galaxies": n_out, "skipped": len(skips),
-               "seconds": round(time.perf_counter() - start, 2)}
-    logger.info("compress: band %s, %d part(s) -> %d galaxies at %d px, %d skipped, %.1f s -> %s",
-                band, len(inputs), n_out, side, len(skips), summary["seconds"], output)
+    summary = {
+        "band": band,
+        "size": side,
+        "parts": len(inputs),
+        "galaxies": n_out,
+        "skipped": len(skips),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info(
+        "compress: band %s, %d part(s) -> %d galaxies at %d px, %d skipped, %.1f s -> %s",
+        band,
+        len(inputs),
+        n_out,
+        side,
+        len(skips),
+        summary["seconds"],
+        output,
+    )
     return summary
 
 
@@ -165,19 +179,33 @@ class _OrderedRowSink:
 
 
 def add_arguments(parser):
-    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="PART.npz",
-                        help="prep parts of one band (resized/<S>x<S>_<TAG>/partIIIIofKKKK.npz)")
+    parser.add_argument(
+        "-i",
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PART.npz",
+        help="prep parts of one band (resized/<S>x<S>_<TAG>/partIIIIofKKKK.npz)",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="compressed/<S>x<S>_<TAG>.npz")
-    parser.add_argument("-s", "--size", type=int, default=None,
-                        help="expected image size in pixels (checked against the parts; default: any, but equal)")
+    parser.add_argument(
+        "-s",
+        "--size",
+        type=int,
+        default=None,
+        help="expected image size in pixels (checked against the parts; default: any, but equal)",
+    )
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT.report.csv)")
     add_common_arguments(parser)  # --seed accepted for uniform job lines; this stage draws no random numbers
     return parser
 
 
 def build_parser():
-    return add_arguments(argparse.ArgumentParser(
-        prog="inclinet-compress", description="Merge one band's prep parts into one npz sorted by pgc."))
+    return add_arguments(
+        argparse.ArgumentParser(
+            prog="inclinet-compress", description="Merge one band's prep parts into one npz sorted by pgc."
+        )
+    )
 
 
 def main(argv=None):

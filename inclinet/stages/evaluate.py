@@ -45,6 +45,7 @@ _MODEL_FILE = re.compile(r"^(?:Uset_(?P<subset>\d{3})|(?P<binary>Binary))_(?P<mo
 
 # -- members ------------------------------------------------------------------------------
 
+
 def parse_model_file(path):
     """``Uset_001_model5.keras`` -> ("model5", 1); ``Binary_model4.keras`` -> ("model4", "binary")."""
     match = _MODEL_FILE.match(Path(path).name)
@@ -73,18 +74,21 @@ def describe_members(paths, identities=None):
             try:
                 model, subset = naming.parse_member_id(identities[position])
             except ValueError:
-                raise invalid("--members", identities[position], "model:subset, e.g. model4:0, model5:2 or "
-                              "model4:binary") from None
+                raise invalid(
+                    "--members", identities[position], "model:subset, e.g. model4:0, model5:2 or model4:binary"
+                ) from None
             if model not in inclinet_models.MODEL_NAMES:
                 raise invalid("--members", identities[position], "a model of " + ", ".join(inclinet_models.MODEL_NAMES))
         task = "binary" if subset == "binary" else "regression"
-        members.append({
-            "name": naming.member_name(model, subset),
-            "model": model,
-            "task": task,
-            "subset": subset,
-            "path": Path(path),
-        })
+        members.append(
+            {
+                "name": naming.member_name(model, subset),
+                "model": model,
+                "task": task,
+                "subset": subset,
+                "path": Path(path),
+            }
+        )
     names = [m["name"] for m in members]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -94,6 +98,7 @@ def describe_members(paths, identities=None):
 
 
 # -- statistics ---------------------------------------------------------------------------
+
 
 def _finite(value):
     value = float(value)
@@ -141,13 +146,15 @@ def regression_metrics(truth, predicted):
     for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
         inside = (truth_v > low) & (truth_v <= high) if low > BIN_EDGES[0] else (truth_v >= low) & (truth_v <= high)
         part = delta[inside]
-        bins.append({
-            "bin": f"{low}-{high}",
-            "n": int(len(part)),
-            "bias": _finite(part.mean()) if len(part) else None,
-            "rms": _finite(np.sqrt(np.mean(part**2))) if len(part) else None,
-            "mae": _finite(np.mean(np.abs(part))) if len(part) else None,
-        })
+        bins.append(
+            {
+                "bin": f"{low}-{high}",
+                "n": int(len(part)),
+                "bias": _finite(part.mean()) if len(part) else None,
+                "rms": _finite(np.sqrt(np.mean(part**2))) if len(part) else None,
+                "mae": _finite(np.mean(np.abs(part))) if len(part) else None,
+            }
+        )
     result["bins"] = bins
     return result
 
@@ -193,6 +200,7 @@ def binary_metrics(labels, reject_probability, votes=None):
 
 # -- data ---------------------------------------------------------------------------------
 
+
 def load_test_files(paths, *, binary):
     """Read sample files -> list of {band, images, labels, pgc, path}; checks labels and sizes."""
     sets = []
@@ -215,10 +223,15 @@ def load_test_files(paths, *, binary):
             raise InputError(f"{path}: images must be (N, S, S, 3), found {images.shape}")
         if any(s["band"] == band for s in sets):
             raise InputError(f"{path}: a second test file for band {band}; pass one file per band")
-        sets.append({
-            "band": band, "images": images, "labels": labels.astype(np.int32),
-            "pgc": np.asarray(arrays["pgcIDs"]).astype(np.int64), "path": Path(path),
-        })
+        sets.append(
+            {
+                "band": band,
+                "images": images,
+                "labels": labels.astype(np.int32),
+                "pgc": np.asarray(arrays["pgcIDs"]).astype(np.int64),
+                "path": Path(path),
+            }
+        )
     sizes = {s["images"].shape[1] for s in sets}
     if len(sizes) > 1:
         raise InputError(f"test files have different image sizes {sorted(sizes)}; pass files of one size")
@@ -273,6 +286,7 @@ def _best_cross_fitted(peer, values, truth):
 
 # -- the job ------------------------------------------------------------------------------
 
+
 def _view_counts(views):
     return [n for n in inclinet_models.TTA_VIEW_COUNTS if n <= views and n in (1, 2, views)]
 
@@ -288,8 +302,18 @@ def _load_models(members):
     return loaded
 
 
-def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DEFAULTS.views,
-        seed=config.DEFAULTS.seed, batch_size=256, members=None):
+def run(
+    *,
+    models,
+    test,
+    output_dir,
+    bundle_dir,
+    binary_test=(),
+    views=config.DEFAULTS.views,
+    seed=config.DEFAULTS.seed,
+    batch_size=256,
+    members=None,
+):
     """Evaluate ``models`` on ``test`` (and binary members on ``binary_test``); write the report and bundle.
 
     ``members``: the ``model:subset`` identity of each model file (:func:`naming.member_id`),
@@ -352,20 +376,20 @@ def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DE
         ensemble = np.mean(np.stack([per_view[name] for name in names]), axis=0)
         metrics["tta"][str(n_views)] = {
             "ensemble_mean": {
-                band: _short(regression_metrics(rows["truth"][_select(band_of_row, band)],
-                                                ensemble[_select(band_of_row, band)]))
+                band: _short(
+                    regression_metrics(rows["truth"][_select(band_of_row, band)], ensemble[_select(band_of_row, band)])
+                )
                 for band in bands
             },
-            "members": {
-                name: _short(regression_metrics(rows["truth"], per_view[name])) for name in names
-            },
+            "members": {name: _short(regression_metrics(rows["truth"], per_view[name])) for name in names},
         }
     metrics["peer"] = {
         "method": rows["peer_method"],
         "calibration": "q0 and a linear inclination correction per method, fitted 2-fold across galaxies "
-                       "(each half calibrated on the other); the method with the lowest RMS is the peer",
-        "methods": {method: _short(regression_metrics(rows["truth"], values))
-                    for method, values in rows["peer_methods"].items()},
+        "(each half calibrated on the other); the method with the lowest RMS is the peer",
+        "methods": {
+            method: _short(regression_metrics(rows["truth"], values)) for method, values in rows["peer_methods"].items()
+        },
     }
     binary_rows, temperatures = None, {}
     if binary:
@@ -374,7 +398,8 @@ def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DE
         metrics["binary"] = _binary_metrics(binary_rows, binary_names)
         metrics["reject_calibration"], temperatures = _calibrate_rejection(binary_rows, binary_names)
     ood_reference = reliability.reference_ranges(
-        np.concatenate([s["images"] for s in test_sets]), columns["values"]["ensemble_std"])
+        np.concatenate([s["images"] for s in test_sets]), columns["values"]["ensemble_std"]
+    )
 
     output_dir, bundle_dir = Path(output_dir), Path(bundle_dir)
     paths = {Path(name).name: output_dir / Path(name).name for name in naming.EVALUATION_FILES}
@@ -382,19 +407,35 @@ def run(*, models, test, output_dir, bundle_dir, binary_test=(), views=config.DE
     atomic_write_json(paths["metrics.json"], metrics)
     _write_plots(paths, rows, columns, metrics, test_sets, binary_rows)
     _write_html(paths["report.html"], metrics, names, columns["order"], view_counts)
-    manifest = write_bundle(bundle_dir, members, input_size=size, metrics=metrics, seed=seed, views=views,
-                            peer_calibration=rows["peer_calibration"], reject_temperatures=temperatures,
-                            ood_reference=ood_reference)
+    manifest = write_bundle(
+        bundle_dir,
+        members,
+        input_size=size,
+        metrics=metrics,
+        seed=seed,
+        views=views,
+        peer_calibration=rows["peer_calibration"],
+        reject_temperatures=temperatures,
+        ood_reference=ood_reference,
+    )
     check_outputs(list(paths.values()) + [bundle_dir / "manifest.json"])
     overall = metrics["regression"]["ensemble_mean"]["all"]
     peer = metrics["regression"]["peer"]["all"]
     logger.info(
         "evaluate: %d member(s) (%d binary) on %d test image(s) in %d band(s), %d view(s): ensemble RMS %.2f "
         "MAE %.2f deg, peer (%s) RMS %s deg; bundle %s; %.1f s, seed %d",
-        len(members), len(binary), len(rows["truth"]), len(test_sets), views, overall.get("rms", float("nan")),
-        overall.get("mae", float("nan")), rows["peer_method"], f"{peer['rms']:.2f}" if "rms" in peer else "n/a",
+        len(members),
+        len(binary),
+        len(rows["truth"]),
+        len(test_sets),
+        views,
+        overall.get("rms", float("nan")),
+        overall.get("mae", float("nan")),
+        rows["peer_method"],
+        f"{peer['rms']:.2f}" if "rms" in peer else "n/a",
         bundle_dir,
-        time.perf_counter() - start, seed,
+        time.perf_counter() - start,
+        seed,
     )
     metrics["bundle"] = manifest
     return metrics
@@ -454,7 +495,8 @@ def _ensemble_columns(rows, names, families, members):
         galaxy_median[same] = np.median(values["ensemble_mean"][same])
     values["galaxy_median"] = galaxy_median
     order = ["ensemble_mean", "ensemble_median", "galaxy_median"] + [
-        f"{f}_{k}" for f in families for k in ("mean", "median")]
+        f"{f}_{k}" for f in families for k in ("mean", "median")
+    ]
     return {"values": values, "order": order}
 
 
@@ -492,7 +534,8 @@ def _calibrate_rejection(rows, names):
         "ece_calibrated": calibrated_ece,
         "rejection_rate_of_accepted_raw": float((raw_mean[accepted] > 0.5).mean()) if accepted.any() else None,
         "rejection_rate_of_accepted_calibrated": (
-            float((calibrated_mean[accepted] > 0.5).mean()) if accepted.any() else None),
+            float((calibrated_mean[accepted] > 0.5).mean()) if accepted.any() else None
+        ),
         "reliability_raw": raw_table,
         "reliability_calibrated": calibrated_table,
         "calibrated_ensemble": binary_metrics(truth, calibrated_mean),
@@ -505,20 +548,24 @@ def _binary_metrics(rows, names):
     bands = ["all"] + sorted(set(rows["band_name"]))
     for name in names:
         result[name] = {
-            band: binary_metrics(rows["truth"][_select(rows["band_name"], band)],
-                                 rows[name][_select(rows["band_name"], band)])
+            band: binary_metrics(
+                rows["truth"][_select(rows["band_name"], band)], rows[name][_select(rows["band_name"], band)]
+            )
             for band in bands
         }
     probabilities = np.stack([rows[name] for name in names])
     votes = probabilities > 0.5
-    result["ensemble_mean"] = {"all": binary_metrics(rows["truth"], probabilities.mean(axis=0),
-                                                      votes=votes.mean(axis=0) > 0.5)}
-    result["ensemble_median"] = {"all": binary_metrics(rows["truth"], np.median(probabilities, axis=0),
-                                                        votes=np.median(votes, axis=0) > 0.5)}
+    result["ensemble_mean"] = {
+        "all": binary_metrics(rows["truth"], probabilities.mean(axis=0), votes=votes.mean(axis=0) > 0.5)
+    }
+    result["ensemble_median"] = {
+        "all": binary_metrics(rows["truth"], np.median(probabilities, axis=0), votes=np.median(votes, axis=0) > 0.5)
+    }
     return result
 
 
 # -- outputs ------------------------------------------------------------------------------
+
 
 def _write_predictions(path, rows, names, columns):
     header = ["pgc", "band", "truth"] + names + list(columns["order"]) + ["ensemble_std", "peer"]
@@ -618,8 +665,10 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
         axis.text(0.5, 0.5, "no binary (accept/reject) models\nwere evaluated", ha="center", va="center", fontsize=12)
     else:
         calibration = metrics["reject_calibration"]
-        for key, label in (("reliability_raw", f"raw (ECE {calibration['ece_raw']:.3f})"),
-                           ("reliability_calibrated", f"calibrated (ECE {calibration['ece_calibrated']:.3f})")):
+        for key, label in (
+            ("reliability_raw", f"raw (ECE {calibration['ece_raw']:.3f})"),
+            ("reliability_calibrated", f"calibrated (ECE {calibration['ece_calibrated']:.3f})"),
+        ):
             table = [row for row in calibration[key] if row[2]]
             reliability_axis.plot([r[3] for r in table], [r[4] for r in table], "o-", label=label)
         reliability_axis.plot([0, 1], [0, 1], "k--", lw=1)
@@ -670,19 +719,27 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
             f"<td>{_fmt(entry['all'].get('rms_corrected'))}</td></tr>"
         )
     peer = metrics["peer"]
-    parts.append(f"</table><h2>The classical peer: {html.escape(peer['method'])}</h2>"
-                 f"<p>{html.escape(peer['calibration'])}.</p><table><tr><th>method</th><th>RMS</th><th>MAE</th>"
-                 "<th>bias</th><th>N</th></tr>")
+    parts.append(
+        f"</table><h2>The classical peer: {html.escape(peer['method'])}</h2>"
+        f"<p>{html.escape(peer['calibration'])}.</p><table><tr><th>method</th><th>RMS</th><th>MAE</th>"
+        "<th>bias</th><th>N</th></tr>"
+    )
     for method, entry in peer["methods"].items():
-        parts.append(f"<tr><th>{html.escape(method)}</th><td>{_fmt(entry.get('rms'))}</td>"
-                     f"<td>{_fmt(entry.get('mae'))}</td><td>{_fmt(entry.get('bias'))}</td><td>{entry.get('n')}</td></tr>")
-    parts.append("</table><h2>Test-time augmentation (ensemble mean, all bands)</h2><table><tr><th>views</th>"
-                 "<th>RMS</th><th>MAE</th></tr>")
+        parts.append(
+            f"<tr><th>{html.escape(method)}</th><td>{_fmt(entry.get('rms'))}</td>"
+            f"<td>{_fmt(entry.get('mae'))}</td><td>{_fmt(entry.get('bias'))}</td><td>{entry.get('n')}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Test-time augmentation (ensemble mean, all bands)</h2><table><tr><th>views</th>"
+        "<th>RMS</th><th>MAE</th></tr>"
+    )
     for n_views in view_counts:
         entry = metrics["tta"][str(n_views)]["ensemble_mean"]["all"]
         parts.append(f"<tr><td>{n_views}</td><td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>")
-    parts.append("</table><h2>Residuals of the ensemble mean by 5-degree bin</h2><table>"
-                 "<tr><th>bin</th><th>N</th><th>bias</th><th>RMS</th><th>MAE</th></tr>")
+    parts.append(
+        "</table><h2>Residuals of the ensemble mean by 5-degree bin</h2><table>"
+        "<tr><th>bin</th><th>N</th><th>bias</th><th>RMS</th><th>MAE</th></tr>"
+    )
     for entry in regression["ensemble_mean"]["all"].get("bins", []):
         parts.append(
             f"<tr><td>{entry['bin']}</td><td>{entry['n']}</td><td>{_fmt(entry['bias'])}</td>"
@@ -690,8 +747,10 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
         )
     parts.append("</table>")
     if metrics["binary"]:
-        parts.append("<h2>Binary (positive = reject)</h2><table><tr><th>member</th><th>precision</th>"
-                     "<th>recall</th><th>accuracy</th><th>AUC</th></tr>")
+        parts.append(
+            "<h2>Binary (positive = reject)</h2><table><tr><th>member</th><th>precision</th>"
+            "<th>recall</th><th>accuracy</th><th>AUC</th></tr>"
+        )
         for name, entry in metrics["binary"].items():
             entry = entry["all"]
             parts.append(
@@ -709,7 +768,9 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
                 f"{_fmt(calibration['ece_raw'], 3)} raw, {_fmt(calibration['ece_calibrated'], 3)} calibrated "
                 f"(2-fold cross-fit); accepted galaxies rejected at 50%: {_fmt(rate_raw, 3)} raw, "
                 f"{_fmt(rate_cal, 3)} calibrated. Temperatures: "
-                + html.escape(", ".join(f"{k} {v:.2f}" for k, v in calibration["temperatures"].items())) + ".</p>")
+                + html.escape(", ".join(f"{k} {v:.2f}" for k, v in calibration["temperatures"].items()))
+                + ".</p>"
+            )
     else:
         parts.append("<p>No binary models were evaluated.</p>")
     for image, caption in (
@@ -724,29 +785,63 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
 
 
 def add_arguments(parser):
-    parser.add_argument("--models", nargs="+", required=True, metavar="MODEL.keras",
-                        help="trained models named Uset_<jjj>_<model>.keras or Binary_<model>.keras")
-    parser.add_argument("--members", nargs="+", default=None, metavar="MODEL:SUBSET",
-                        help="identity of each --models file, in the same order: model4:0 (full set), model4:2 "
-                             "(subsample 2), model4:binary (the workflow passes them; default: from the file names)")
-    parser.add_argument("--test", nargs="+", required=True, metavar="SAMPLE.npz",
-                        help="test_000 sample of every band (inclination labels)")
-    parser.add_argument("--binary-test", nargs="+", default=[], metavar="SAMPLE.npz",
-                        help="binary_test sample of every band (needed with binary models)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="MODEL.keras",
+        help="trained models named Uset_<jjj>_<model>.keras or Binary_<model>.keras",
+    )
+    parser.add_argument(
+        "--members",
+        nargs="+",
+        default=None,
+        metavar="MODEL:SUBSET",
+        help="identity of each --models file, in the same order: model4:0 (full set), model4:2 "
+        "(subsample 2), model4:binary (the workflow passes them; default: from the file names)",
+    )
+    parser.add_argument(
+        "--test",
+        nargs="+",
+        required=True,
+        metavar="SAMPLE.npz",
+        help="test_000 sample of every band (inclination labels)",
+    )
+    parser.add_argument(
+        "--binary-test",
+        nargs="+",
+        default=[],
+        metavar="SAMPLE.npz",
+        help="binary_test sample of every band (needed with binary models)",
+    )
     parser.add_argument("--output-dir", required=True, help="folder for the evaluation files")
     parser.add_argument("--bundle-dir", required=True, help="folder for the model bundle")
     config.add_argument(parser, "views", help="test-time views: rotations by 90 deg and flips")
     # Not the training batch size: its own dest, so it is never mistaken for that setting.
-    parser.add_argument("--batch-size", dest="prediction_batch_size", type=int, default=256, metavar="BATCH_SIZE",
-                        help="images per prediction call (default 256)")
+    parser.add_argument(
+        "--batch-size",
+        dest="prediction_batch_size",
+        type=int,
+        default=256,
+        metavar="BATCH_SIZE",
+        help="images per prediction call (default 256)",
+    )
     add_common_arguments(parser)
     return parser
 
 
 def _run_args(args):
-    run(models=args.models, test=args.test, binary_test=args.binary_test, output_dir=args.output_dir,
-        bundle_dir=args.bundle_dir, views=args.views, seed=args.seed, batch_size=args.prediction_batch_size,
-        members=args.members)
+    run(
+        models=args.models,
+        test=args.test,
+        binary_test=args.binary_test,
+        output_dir=args.output_dir,
+        bundle_dir=args.bundle_dir,
+        views=args.views,
+        seed=args.seed,
+        batch_size=args.prediction_batch_size,
+        members=args.members,
+    )
 
 
 def build_parser():

@@ -39,8 +39,20 @@ def _rows(catalog, shard):
     return pgcs
 
 
-def run(*, bundle, catalog, data_path=None, output, gallery=None, bands=naming.BANDS, root=naming.DEFAULT_ROOT,
-        shard=None, identity=None, galaxies_per_batch=survey.GALAXIES_PER_BATCH, archive=None):
+def run(
+    *,
+    bundle,
+    catalog,
+    data_path=None,
+    output,
+    gallery=None,
+    bands=naming.BANDS,
+    root=naming.DEFAULT_ROOT,
+    shard=None,
+    identity=None,
+    galaxies_per_batch=survey.GALAXIES_PER_BATCH,
+    archive=None,
+):
     """Measure the galaxies of ``shard`` (``(I, K)``, all rows without) of ``catalog``; returns the counts.
 
     The images are read from ``data_path``, or from ``archive`` (a :func:`pack` tar file),
@@ -52,8 +64,16 @@ def run(*, bundle, catalog, data_path=None, output, gallery=None, bands=naming.B
     if (data_path is None) == (archive is None):
         raise ConfigError("give the images' folder (--data-path) or their archive (--archive), one of the two")
     pgcs = _rows(catalog, shard)
-    options = dict(bundle=bundle, pgcs=pgcs, output=output, gallery=gallery, bands=tuple(bands), root=root,
-                   identity=identity, galaxies_per_batch=galaxies_per_batch)
+    options = dict(
+        bundle=bundle,
+        pgcs=pgcs,
+        output=output,
+        gallery=gallery,
+        bands=tuple(bands),
+        root=root,
+        identity=identity,
+        galaxies_per_batch=galaxies_per_batch,
+    )
     if archive is None:
         counts = survey.measure(data_path=data_path, **options)
     else:
@@ -63,9 +83,16 @@ def run(*, bundle, catalog, data_path=None, output, gallery=None, bands=naming.B
             counts = survey.measure(data_path=folder, source=str(archive), **options)
     check_outputs([output] + ([gallery] if gallery else []))
     seconds = time.perf_counter() - start
-    logger.info("measure: %d galaxies (%d ok, %d partial, %d failed), %d band(s), %.1f s, %.2f galaxies/s",
-                len(pgcs), counts["ok"], counts["partial"], counts["failed"], len(bands), seconds,
-                len(pgcs) / seconds if seconds else 0.0)
+    logger.info(
+        "measure: %d galaxies (%d ok, %d partial, %d failed), %d band(s), %.1f s, %.2f galaxies/s",
+        len(pgcs),
+        counts["ok"],
+        counts["partial"],
+        counts["failed"],
+        len(bands),
+        seconds,
+        len(pgcs) / seconds if seconds else 0.0,
+    )
     logger.info("measure: %s", survey.warning_summary(counts["warnings"], len(pgcs)))
     return counts
 
@@ -75,34 +102,67 @@ def pack(*, catalog, data_path, archive, bands=naming.BANDS, root=naming.DEFAULT
     pgcs = _rows(catalog, shard)
     counts = survey.pack(pgcs=pgcs, data_path=data_path, archive=archive, bands=tuple(bands), root=root)
     check_outputs([archive])
-    logger.info("pack: %d images of %d galaxies into %s (%d missing or not regular files: the measure job "
-                "reports them)", counts["images"], len(pgcs), archive, counts["missing"])
+    logger.info(
+        "pack: %d images of %d galaxies into %s (%d missing or not regular files: the measure job reports them)",
+        counts["images"],
+        len(pgcs),
+        archive,
+        counts["missing"],
+    )
     return counts
 
 
 def add_arguments(parser):
-    parser.add_argument("--bundle", metavar="DIR", help="model bundle (manifest.json + members); required but "
-                        "with --pack")
-    parser.add_argument("--bundle-id", default=None, metavar="ID",
-                        help="refuse a bundle whose identity (inclinet.bundle.identity) is not ID")
+    parser.add_argument(
+        "--bundle", metavar="DIR", help="model bundle (manifest.json + members); required but with --pack"
+    )
+    parser.add_argument(
+        "--bundle-id",
+        default=None,
+        metavar="ID",
+        help="refuse a bundle whose identity (inclinet.bundle.identity) is not ID",
+    )
     parser.add_argument("-c", "--catalog", required=True, help="galaxy catalog (pipe-separated or CSV)")
-    parser.add_argument("-p", "--data-path", metavar="DATA_DIR",
-                        help="folder of the raw images (or give --archive)")
-    parser.add_argument("--archive", metavar="IMAGES.tar",
-                        help="read the raw images from this tar file (written by --pack) instead of --data-path")
-    parser.add_argument("--pack", metavar="IMAGES.tar",
-                        help="only write the raw images of the rows (from --data-path) into this tar file")
-    parser.add_argument("-r", "--root", default=naming.DEFAULT_ROOT,
-                        help=f"raw file name root, pgc<id>_<root>_<band> (default {naming.DEFAULT_ROOT})")
-    parser.add_argument("--bands", default=",".join(naming.BANDS), type=survey.parse_bands,
-                        help="comma list of g,r,i,gri (default all four)")
+    parser.add_argument("-p", "--data-path", metavar="DATA_DIR", help="folder of the raw images (or give --archive)")
+    parser.add_argument(
+        "--archive",
+        metavar="IMAGES.tar",
+        help="read the raw images from this tar file (written by --pack) instead of --data-path",
+    )
+    parser.add_argument(
+        "--pack",
+        metavar="IMAGES.tar",
+        help="only write the raw images of the rows (from --data-path) into this tar file",
+    )
+    parser.add_argument(
+        "-r",
+        "--root",
+        default=naming.DEFAULT_ROOT,
+        help=f"raw file name root, pgc<id>_<root>_<band> (default {naming.DEFAULT_ROOT})",
+    )
+    parser.add_argument(
+        "--bands",
+        default=",".join(naming.BANDS),
+        type=survey.parse_bands,
+        help="comma list of g,r,i,gri (default all four)",
+    )
     parser.add_argument("--shard", default=None, metavar="I/K", help="catalog rows of shard I of K only")
-    parser.add_argument("--galaxies-per-batch", type=int, default=survey.GALAXIES_PER_BATCH, metavar="N",
-                        help=f"galaxies held in memory at once, all bands (default {survey.GALAXIES_PER_BATCH})")
-    parser.add_argument("-o", "--output", metavar="CHUNK.csv", help="the chunk's catalog rows; required but "
-                        "with --pack")
-    parser.add_argument("--gallery", default=None, metavar="GALLERY.npz",
-                        help=f"the chunk's {survey.GALLERY_SIZE} most uncertain galaxies (normalised images)")
+    parser.add_argument(
+        "--galaxies-per-batch",
+        type=int,
+        default=survey.GALAXIES_PER_BATCH,
+        metavar="N",
+        help=f"galaxies held in memory at once, all bands (default {survey.GALAXIES_PER_BATCH})",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="CHUNK.csv", help="the chunk's catalog rows; required but with --pack"
+    )
+    parser.add_argument(
+        "--gallery",
+        default=None,
+        metavar="GALLERY.npz",
+        help=f"the chunk's {survey.GALLERY_SIZE} most uncertain galaxies (normalised images)",
+    )
     add_common_arguments(parser, seed=False)
     return parser
 
@@ -118,17 +178,34 @@ def main(argv=None):
         shard = parse_shard(args.shard) if args.shard else None
         if args.pack is not None:
             if args.data_path is None or args.archive is not None:
-                raise ConfigError("invalid --pack: it reads the images from --data-path; give --data-path, "
-                                  "not --archive")
-            pack(catalog=args.catalog, data_path=args.data_path, archive=args.pack, bands=args.bands,
-                 root=args.root, shard=shard)
+                raise ConfigError(
+                    "invalid --pack: it reads the images from --data-path; give --data-path, not --archive"
+                )
+            pack(
+                catalog=args.catalog,
+                data_path=args.data_path,
+                archive=args.pack,
+                bands=args.bands,
+                root=args.root,
+                shard=shard,
+            )
             return
         for flag, value in (("--bundle", args.bundle), ("--output", args.output)):
             if value is None:
                 raise ConfigError(f"invalid {flag}: missing; must be given to measure (all but --pack)")
-        run(bundle=args.bundle, catalog=args.catalog, data_path=args.data_path, output=args.output,
-            gallery=args.gallery, bands=args.bands, root=args.root, shard=shard, identity=args.bundle_id,
-            galaxies_per_batch=args.galaxies_per_batch, archive=args.archive)
+        run(
+            bundle=args.bundle,
+            catalog=args.catalog,
+            data_path=args.data_path,
+            output=args.output,
+            gallery=args.gallery,
+            bands=args.bands,
+            root=args.root,
+            shard=shard,
+            identity=args.bundle_id,
+            galaxies_per_batch=args.galaxies_per_batch,
+            archive=args.archive,
+        )
 
     return run_main(parser, _run, argv)
 

@@ -23,15 +23,26 @@ def run(*, inputs, output, parquet=None):
     start = time.perf_counter()
     result = survey.merge(list(inputs), output=output, parquet=parquet)
     check_outputs([output] + ([parquet] if parquet else []))
-    logger.info("merge: %d chunk(s), %d galaxies (%s), bundle %s, %.1f s", len(inputs), result["rows"],
-                ", ".join(f"{k} {v}" for k, v in result["statuses"].items()), result["bundle"],
-                time.perf_counter() - start)
+    logger.info(
+        "merge: %d chunk(s), %d galaxies (%s), bundle %s, %.1f s",
+        len(inputs),
+        result["rows"],
+        ", ".join(f"{k} {v}" for k, v in result["statuses"].items()),
+        result["bundle"],
+        time.perf_counter() - start,
+    )
     return result
 
 
 def add_arguments(parser):
-    parser.add_argument("-i", "--inputs", nargs="+", required=True, metavar="CHUNK.csv",
-                        help="chunk CSVs written by inclinet-measure, in catalog order")
+    parser.add_argument(
+        "-i",
+        "--inputs",
+        nargs="+",
+        required=True,
+        metavar="CHUNK.csv",
+        help="chunk CSVs written by inclinet-measure, in catalog order",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="CATALOG.csv", help="the merged catalog (CSV)")
     parser.add_argument("--parquet", default=None, metavar="CATALOG.parquet", help="also write it as Parquet")
     add_common_arguments(parser, seed=False)

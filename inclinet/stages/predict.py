@@ -90,7 +90,9 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
     for index, (path, extra) in enumerate(items):
         if path is None:
             answers[index] = {
-                "status": "failed", "filename": None, **extra,
+                "status": "failed",
+                "filename": None,
+                **extra,
                 "message": f"no colour image of pgc {extra['pgc']} under {data_path}",
             }
             continue
@@ -114,7 +116,12 @@ def run(*, bundle, inputs=(), catalog=None, data_path=None, output=None, stream=
     failed = sum(answer["status"] != "success" for answer in answers)
     logger.info(
         "predict: %d image(s), %d predicted, %d failed, %d member(s), %d view(s), %.1f s",
-        len(answers), len(answers) - failed, failed, len(loaded.members), loaded.views, time.perf_counter() - start,
+        len(answers),
+        len(answers) - failed,
+        failed,
+        len(loaded.members),
+        loaded.views,
+        time.perf_counter() - start,
     )
     return answers
 
@@ -166,10 +173,12 @@ def answer_images(bundle, images, infos, *, names=None, log_warnings=True):
     for index, (info, prediction, row) in enumerate(zip(infos, predictions, statistics)):
         warnings = reliability.warnings_for(info, row, prediction["member_spread"], reference)
         for warning in warnings if log_warnings else ():
-            logger.warning("%s: out of the training distribution: %s",
-                           names[index] if names is not None else f"image {index}", warning)
-        answers.append({"status": "success", **prediction, "out_of_distribution": bool(warnings),
-                        "warnings": warnings})
+            logger.warning(
+                "%s: out of the training distribution: %s",
+                names[index] if names is not None else f"image {index}",
+                warning,
+            )
+        answers.append({"status": "success", **prediction, "out_of_distribution": bool(warnings), "warnings": warnings})
     return answers
 
 
@@ -195,13 +204,13 @@ def add_arguments(parser):
 def _run_args(args):
     if args.catalog is None and args.data_path is not None:
         raise ConfigError("invalid --data-path: given without --catalog; must come with --catalog")
-    answers = run(bundle=args.bundle, inputs=args.inputs, catalog=args.catalog, data_path=args.data_path,
-                  output=args.output)
+    answers = run(
+        bundle=args.bundle, inputs=args.inputs, catalog=args.catalog, data_path=args.data_path, output=args.output
+    )
     failed = [a for a in answers if a["status"] != "success"]
     if failed:
         raise InputError(
-            f"{len(failed)} of {len(answers)} input(s) could not be predicted (first: "
-            f"{failed[0]['message']})"
+            f"{len(failed)} of {len(answers)} input(s) could not be predicted (first: {failed[0]['message']})"
         )
 
 

@@ -54,8 +54,18 @@ def prepare(path, band, size):
     return normalise_file_image(image, size, path)
 
 
-def run(*, data_dir, catalog, band, size=config.DEFAULTS.size, output, root=naming.DEFAULT_ROOT, shard=None,
-        report=None, jpeg_dir=None):
+def run(
+    *,
+    data_dir,
+    catalog,
+    band,
+    size=config.DEFAULTS.size,
+    output,
+    root=naming.DEFAULT_ROOT,
+    shard=None,
+    report=None,
+    jpeg_dir=None,
+):
     """Resize the images of catalog rows ``shard`` (``(I, K)``, default all) of ``band`` into ``output``.
 
     Returns a summary dict. Rows are the catalog rows in file order; shard I of K takes
@@ -91,8 +101,12 @@ def run(*, data_dir, catalog, band, size=config.DEFAULTS.size, output, root=nami
             except ValueError as exc:
                 raise invalid("--root", root, f"a plain file-name part ({exc})") from None
             if path is None:
-                skips.skip(galaxy.pgc, f"no {band} image under {data_dir}", band=band,
-                           file=naming.raw_image_names(galaxy.pgc, band, root)[0])
+                skips.skip(
+                    galaxy.pgc,
+                    f"no {band} image under {data_dir}",
+                    band=band,
+                    file=naming.raw_image_names(galaxy.pgc, band, root)[0],
+                )
                 continue
             try:
                 image = prepare(path, band, size)
@@ -106,14 +120,32 @@ def run(*, data_dir, catalog, band, size=config.DEFAULTS.size, output, root=nami
                 _write_jpeg(jpeg_dir / jpeg_name(galaxy.pgc, size, galaxy.label, band), image, band)
             if done % _LOG_EVERY == 0:
                 logger.info("prep %s: %d/%d rows", band, done, len(rows))
-        writer.set(labels=np.asarray(labels, dtype=np.int32), pgcIDs=np.asarray(pgcs, dtype=np.int32),
-                   band=np.array(band))
+        writer.set(
+            labels=np.asarray(labels, dtype=np.int32), pgcIDs=np.asarray(pgcs, dtype=np.int32), band=np.array(band)
+        )
     skips.write(report_path)
     check_outputs([output, report_path])
-    summary = {"band": band, "size": size, "shard": f"{index}/{count}", "rows": len(rows), "images": len(pgcs),
-               "skipped": len(skips), "seconds": round(time.perf_counter() - start, 2)}
-    logger.info("prep %s shard %d/%d: %d rows -> %d images at %d px, %d skipped, %.1f s -> %s",
-                band, index, count, len(rows), len(pgcs), size, len(skips), summary["seconds"], output)
+    summary = {
+        "band": band,
+        "size": size,
+        "shard": f"{index}/{count}",
+        "rows": len(rows),
+        "images": len(pgcs),
+        "skipped": len(skips),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info(
+        "prep %s shard %d/%d: %d rows -> %d images at %d px, %d skipped, %.1f s -> %s",
+        band,
+        index,
+        count,
+        len(rows),
+        len(pgcs),
+        size,
+        len(skips),
+        summary["seconds"],
+        output,
+    )
     return summary
 
 
@@ -128,21 +160,37 @@ def add_arguments(parser):
     parser.add_argument("-c", "--catalog", required=True, help="galaxy catalog (pipe-separated or CSV)")
     parser.add_argument("-b", "--band", required=True, choices=naming.BANDS, help="band: g, r, i or gri (colour)")
     config.add_argument(parser, "size", "-s", help="output image size in pixels")
-    parser.add_argument("-r", "--root", default=naming.DEFAULT_ROOT,
-                        help=f"raw file name root, pgc<id>_<root>_<band> (default {naming.DEFAULT_ROOT})")
+    parser.add_argument(
+        "-r",
+        "--root",
+        default=naming.DEFAULT_ROOT,
+        help=f"raw file name root, pgc<id>_<root>_<band> (default {naming.DEFAULT_ROOT})",
+    )
     parser.add_argument("--shard", default=None, metavar="I/K", help="process catalog rows of shard I of K only")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.npz",
-                        help="output shard (resized/<S>x<S>_<TAG>/part<iiii>of<kkkk>.npz)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.npz",
+        help="output shard (resized/<S>x<S>_<TAG>/part<iiii>of<kkkk>.npz)",
+    )
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT.report.csv)")
-    parser.add_argument("--jpeg-dir", default=None, metavar="DIR",
-                        help="also write one JPEG per galaxy there (pgc<id>_<S>x<S>_<label>.<TAG>.jpg)")
+    parser.add_argument(
+        "--jpeg-dir",
+        default=None,
+        metavar="DIR",
+        help="also write one JPEG per galaxy there (pgc<id>_<S>x<S>_<label>.<TAG>.jpg)",
+    )
     add_common_arguments(parser)  # --seed accepted for uniform job lines; this stage draws no random numbers
     return parser
 
 
 def build_parser():
-    return add_arguments(argparse.ArgumentParser(
-        prog="inclinet-prep", description="Resize one band of (a shard of) the catalog's galaxies into an npz."))
+    return add_arguments(
+        argparse.ArgumentParser(
+            prog="inclinet-prep", description="Resize one band of (a shard of) the catalog's galaxies into an npz."
+        )
+    )
 
 
 def main(argv=None):
@@ -150,8 +198,17 @@ def main(argv=None):
 
     def _run(args):
         shard = parse_shard(args.shard) if args.shard else None
-        run(data_dir=args.data_path, catalog=args.catalog, band=args.band, size=args.size, output=args.output,
-            root=args.root, shard=shard, report=args.report, jpeg_dir=args.jpeg_dir)
+        run(
+            data_dir=args.data_path,
+            catalog=args.catalog,
+            band=args.band,
+            size=args.size,
+            output=args.output,
+            root=args.root,
+            shard=shard,
+            report=args.report,
+            jpeg_dir=args.jpeg_dir,
+        )
 
     return run_main(parser, _run, argv)
 

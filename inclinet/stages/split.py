@@ -71,8 +71,9 @@ def draw_split(labels_by_pgc, *, seed, test_fraction=0.1, binary_test_fraction=0
 
     binary_test = []
     for stratum in ("numeric", "F", "J"):
-        members = np.array([p for p, c in zip(pgcs.tolist(), classes.tolist()) if _stratum(c) == stratum],
-                           dtype=np.int64)
+        members = np.array(
+            [p for p, c in zip(pgcs.tolist(), classes.tolist()) if _stratum(c) == stratum], dtype=np.int64
+        )
         stratum_rng = rng_for(seed, "split", "binary", stratum)
         binary_test += stratum_rng.permutation(members)[: _n_test(len(members), binary_test_fraction)].tolist()
     binary_test_set = set(binary_test)
@@ -91,14 +92,20 @@ def _label_reason(label):
     if label in (CLASS_J, CLASS_F) or MIN_INCLINATION <= label <= MAX_INCLINATION:
         return None, True
     if label == OUT_OF_RANGE:
-        return ("accepted catalog row (inc_flg 0) whose inc is below 10 or above 90 (see the catalog); "
-                "left out of both tasks: fix inc or flag the row"), False
+        return (
+            "accepted catalog row (inc_flg 0) whose inc is below 10 or above 90 (see the catalog); "
+            "left out of both tasks: fix inc or flag the row"
+        ), False
     if 10 <= label < MIN_INCLINATION:
-        return (f"accepted galaxy with inclination {label}, below {MIN_INCLINATION}: an accept for the binary "
-                "task, left out of regression"), True
+        return (
+            f"accepted galaxy with inclination {label}, below {MIN_INCLINATION}: an accept for the binary "
+            "task, left out of regression"
+        ), True
     if 1 < label < 10:
-        return (f"accepted galaxy with inclination {label}: not an inclination the tasks can use and not a "
-                "reject; left out of both tasks: fix inc or flag the row in the catalog"), False
+        return (
+            f"accepted galaxy with inclination {label}: not an inclination the tasks can use and not a "
+            "reject; left out of both tasks: fix inc or flag the row in the catalog"
+        ), False
     return f"label {label} is not 0 (J), 1 (F) or an inclination 10..{MAX_INCLINATION}; left out", False
 
 
@@ -155,8 +162,12 @@ def _labels_over_bands(bands, skips):
                 conflicts.add(pgc)
                 continue
             if pgc in labels_by_pgc and labels_by_pgc[pgc] != label:
-                skips.skip(pgc, f"label {label} differs from {labels_by_pgc[pgc]} in another band; left out",
-                           band=band, file=info["path"])
+                skips.skip(
+                    pgc,
+                    f"label {label} differs from {labels_by_pgc[pgc]} in another band; left out",
+                    band=band,
+                    file=info["path"],
+                )
                 conflicts.add(pgc)
             labels_by_pgc.setdefault(pgc, label)
     for pgc in conflicts:
@@ -172,8 +183,7 @@ def _missing_per_band(bands, labels_by_pgc, skips):
         absent = sorted(all_pgcs - set(info["pgcs"].tolist()))
         missing[naming.band_tag(band)] = absent
         for pgc in absent:
-            skips.skip(pgc, "missing from this band (present in another); split consistently, absent here",
-                       band=band)
+            skips.skip(pgc, "missing from this band (present in another); split consistently, absent here", band=band)
     return missing
 
 
@@ -191,18 +201,26 @@ def _write_band_subsets(band, info, subsets, *, size, output_dir, scratch):
                 labels = np.array([binary_label(c) for c in labels.tolist()], dtype=np.int64)
             with NpzWriter(path, (size, size, 3), n_rows=len(picked)) as writer:
                 for start_row in range(0, len(picked), _CHUNK_ROWS):
-                    writer.append(rows.read(picked[start_row:start_row + _CHUNK_ROWS]))
-                writer.set(labels=labels.astype(np.int32), pgcIDs=info["pgcs"][picked].astype(np.int32),
-                           band=np.array(band))
+                    writer.append(rows.read(picked[start_row : start_row + _CHUNK_ROWS]))
+                writer.set(
+                    labels=labels.astype(np.int32), pgcIDs=info["pgcs"][picked].astype(np.int32), band=np.array(band)
+                )
             counts[name] = int(len(picked))
             paths.append(path)
     return counts, paths
 
 
-def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
-        test_fraction=config.DEFAULTS.test_fraction, binary_test_fraction=config.DEFAULTS.binary_test_fraction,
-        seed=config.DEFAULTS.seed,
-        scratch_dir=None):
+def run(
+    *,
+    inputs,
+    output_dir,
+    size,
+    n_subsamples=config.DEFAULTS.subsamples,
+    test_fraction=config.DEFAULTS.test_fraction,
+    binary_test_fraction=config.DEFAULTS.binary_test_fraction,
+    seed=config.DEFAULTS.seed,
+    scratch_dir=None,
+):
     """Split the compressed bands ``inputs`` into ``output_dir``; returns the summary dict.
 
     Writes, for every band, the files of :func:`inclinet.naming.sample` (``test_000``,
@@ -220,8 +238,13 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
     bands = _read_bands(inputs, size)
     labels_by_pgc, conflicts = _labels_over_bands(bands, skips)
     missing = _missing_per_band(bands, labels_by_pgc, skips)
-    subsets = draw_split(labels_by_pgc, seed=seed, test_fraction=test_fraction,
-                         binary_test_fraction=binary_test_fraction, n_subsamples=n_subsamples)
+    subsets = draw_split(
+        labels_by_pgc,
+        seed=seed,
+        test_fraction=test_fraction,
+        binary_test_fraction=binary_test_fraction,
+        n_subsamples=n_subsamples,
+    )
     if not subsets["train_000"]:
         raise InputError(
             f"no galaxies with inclination {MIN_INCLINATION}..{MAX_INCLINATION} to train on in "
@@ -233,8 +256,9 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
     scratch = Path(scratch_dir) if scratch_dir else output_dir
     scratch.mkdir(parents=True, exist_ok=True)
     for band, info in bands.items():
-        counts[naming.band_tag(band)], paths = _write_band_subsets(band, info, subsets, size=size,
-                                                                   output_dir=output_dir, scratch=scratch)
+        counts[naming.band_tag(band)], paths = _write_band_subsets(
+            band, info, subsets, size=size, output_dir=output_dir, scratch=scratch
+        )
         outputs += paths
 
     summary = {
@@ -255,8 +279,16 @@ def run(*, inputs, output_dir, size, n_subsamples=config.DEFAULTS.subsamples,
     logger.info(
         "split: %d galaxies over %d band(s): test %d, train %d, %d subsample(s); binary train %d, test %d; "
         "%d report row(s); seed %d; %.1f s",
-        len(labels_by_pgc), len(bands), len(subsets["test_000"]), len(subsets["train_000"]), n_subsamples,
-        len(subsets["binary_train"]), len(subsets["binary_test"]), len(skips), seed, time.perf_counter() - start,
+        len(labels_by_pgc),
+        len(bands),
+        len(subsets["test_000"]),
+        len(subsets["train_000"]),
+        n_subsamples,
+        len(subsets["binary_train"]),
+        len(subsets["binary_test"]),
+        len(skips),
+        seed,
+        time.perf_counter() - start,
     )
     return summary
 
@@ -269,12 +301,24 @@ def _kind_index(name):
 
 
 def add_arguments(parser):
-    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="COMPRESSED.npz",
-                        help="compressed npz of every band (compressed/<S>x<S>_<TAG>.npz)")
+    parser.add_argument(
+        "-i",
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="COMPRESSED.npz",
+        help="compressed npz of every band (compressed/<S>x<S>_<TAG>.npz)",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="SAMPLES_DIR", help="folder of the sample files")
     config.add_argument(parser, "size", "-s", required=True, help="image size in pixels (checked)")
-    config.add_argument(parser, "subsamples", "-n", flag="--n-subsamples", metavar="N_SUBSAMPLES",
-                        help="number of 2/3 training subsamples train_001..train_00m")
+    config.add_argument(
+        parser,
+        "subsamples",
+        "-n",
+        flag="--n-subsamples",
+        metavar="N_SUBSAMPLES",
+        help="number of 2/3 training subsamples train_001..train_00m",
+    )
     config.add_argument(parser, "test_fraction")
     config.add_argument(parser, "binary_test_fraction")
     add_common_arguments(parser)
@@ -282,16 +326,26 @@ def add_arguments(parser):
 
 
 def build_parser():
-    return add_arguments(argparse.ArgumentParser(
-        prog="inclinet-split", description="Split galaxies into test/train subsets, identically in every band."))
+    return add_arguments(
+        argparse.ArgumentParser(
+            prog="inclinet-split", description="Split galaxies into test/train subsets, identically in every band."
+        )
+    )
 
 
 def main(argv=None):
     parser = build_parser()
 
     def _run(args):
-        run(inputs=args.input, output_dir=args.output, size=args.size, n_subsamples=args.subsamples,
-            test_fraction=args.test_fraction, binary_test_fraction=args.binary_test_fraction, seed=args.seed)
+        run(
+            inputs=args.input,
+            output_dir=args.output,
+            size=args.size,
+            n_subsamples=args.subsamples,
+            test_fraction=args.test_fraction,
+            binary_test_fraction=args.binary_test_fraction,
+            seed=args.seed,
+        )
 
     return run_main(parser, _run, argv)
 

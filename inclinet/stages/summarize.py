@@ -24,15 +24,21 @@ def run(*, catalog, output, galleries=(), numbers=None):
     start = time.perf_counter()
     result = survey.summarize(catalog=catalog, galleries=list(galleries), output=output, numbers_path=numbers)
     check_outputs([output] + ([numbers] if numbers else []))
-    logger.info("summarize: %d galaxies, bundle %s, %.1f s", result["galaxies"], result["bundle"],
-                time.perf_counter() - start)
+    logger.info(
+        "summarize: %d galaxies, bundle %s, %.1f s", result["galaxies"], result["bundle"], time.perf_counter() - start
+    )
     return result
 
 
 def add_arguments(parser):
     parser.add_argument("-c", "--catalog", required=True, metavar="CATALOG.csv", help="merged survey catalog")
-    parser.add_argument("--galleries", nargs="*", default=(), metavar="GALLERY.npz",
-                        help="gallery files of the chunks (inclinet-measure --gallery)")
+    parser.add_argument(
+        "--galleries",
+        nargs="*",
+        default=(),
+        metavar="GALLERY.npz",
+        help="gallery files of the chunks (inclinet-measure --gallery)",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="the report page")
     parser.add_argument("--numbers", default=None, metavar="REPORT.json", help="also write the numbers as JSON")
     add_common_arguments(parser, seed=False)
@@ -45,8 +51,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    return run_main(parser, lambda args: run(catalog=args.catalog, output=args.output, galleries=args.galleries,
-                                             numbers=args.numbers), argv)
+    return run_main(
+        parser,
+        lambda args: run(catalog=args.catalog, output=args.output, galleries=args.galleries, numbers=args.numbers),
+        argv,
+    )
 
 
 if __name__ == "__main__":

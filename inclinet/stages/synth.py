@@ -258,9 +258,34 @@ class GalaxyParams:
 
 
 TRUTH_COLUMNS = (
-    "pgc", "index", "label", "cause", "true_inc", "b_a", "thickness", "sky_pa", "catalog_pa", "misalignment",
-    "d25", "bulge_fraction", "bulge_n", "bar", "n_arms", "pitch", "psf_fwhm", "noise_level", "brightness", "n_stars",
-    "frame", "psf_beta", "softening", "gamma", "jpeg_quality", "corners", "n_field", "fov_arcsec",
+    "pgc",
+    "index",
+    "label",
+    "cause",
+    "true_inc",
+    "b_a",
+    "thickness",
+    "sky_pa",
+    "catalog_pa",
+    "misalignment",
+    "d25",
+    "bulge_fraction",
+    "bulge_n",
+    "bar",
+    "n_arms",
+    "pitch",
+    "psf_fwhm",
+    "noise_level",
+    "brightness",
+    "n_stars",
+    "frame",
+    "psf_beta",
+    "softening",
+    "gamma",
+    "jpeg_quality",
+    "corners",
+    "n_field",
+    "fov_arcsec",
 )
 
 
@@ -330,20 +355,50 @@ def galaxy_params(index, seed, pgc=None):
     edge_star_draw = rng.random(size=6)
 
     params = GalaxyParams(
-        index=index, pgc=PGC_BASE + index if pgc is None else int(pgc), label=label, cause=cause,
-        true_inc=float(true_inc), sky_pa=float(sky_pa), catalog_pa=float(catalog_pa), d25=d25, ra=float(ra),
-        dec=float(dec), inc_e=inc_e, inc_n=inc_n, elliptical=cause == "not_spiral", thickness=float(thickness),
-        r25_over_h=float(r25_over_h), bulge_fraction=float(bulge_fraction), bulge_n=bulge_n,
-        bulge_hlr_over_h=float(bulge_hlr_over_h), bulge_q=float(bulge_q), has_bar=has_bar,
-        bar_fraction=float(bar_fraction), bar_sigma_over_h=float(bar_sigma_over_h), bar_q=float(bar_q),
-        bar_angle=float(bar_angle), arm_fraction=float(arm_fraction), knot_fraction=float(knot_fraction),
-        n_arms=n_arms, pitch=float(pitch), arm_phase=float(arm_phase), arm_inner_over_h=float(arm_inner_over_h),
-        arm_outer_over_h=float(arm_outer_over_h), psf_fwhm=float(psf_fwhm), noise_level=float(noise_level),
-        softening=float(softening), saturation=float(saturation), sky_gray=float(sky_gray),
-        sky_dark=float(sky_dark), brightness=float(faint_factor) if cause == "faint" else 1.0,
-        colour_jitter=colour_jitter, elliptical_hlr_over_r25=float(elliptical_hlr_over_r25),
-        elliptical_q=float(elliptical_q), companion=companion if cause == "multiple" else {},
-        dust_tau=float(dust_tau), dust_side=dust_side,
+        index=index,
+        pgc=PGC_BASE + index if pgc is None else int(pgc),
+        label=label,
+        cause=cause,
+        true_inc=float(true_inc),
+        sky_pa=float(sky_pa),
+        catalog_pa=float(catalog_pa),
+        d25=d25,
+        ra=float(ra),
+        dec=float(dec),
+        inc_e=inc_e,
+        inc_n=inc_n,
+        elliptical=cause == "not_spiral",
+        thickness=float(thickness),
+        r25_over_h=float(r25_over_h),
+        bulge_fraction=float(bulge_fraction),
+        bulge_n=bulge_n,
+        bulge_hlr_over_h=float(bulge_hlr_over_h),
+        bulge_q=float(bulge_q),
+        has_bar=has_bar,
+        bar_fraction=float(bar_fraction),
+        bar_sigma_over_h=float(bar_sigma_over_h),
+        bar_q=float(bar_q),
+        bar_angle=float(bar_angle),
+        arm_fraction=float(arm_fraction),
+        knot_fraction=float(knot_fraction),
+        n_arms=n_arms,
+        pitch=float(pitch),
+        arm_phase=float(arm_phase),
+        arm_inner_over_h=float(arm_inner_over_h),
+        arm_outer_over_h=float(arm_outer_over_h),
+        psf_fwhm=float(psf_fwhm),
+        noise_level=float(noise_level),
+        softening=float(softening),
+        saturation=float(saturation),
+        sky_gray=float(sky_gray),
+        sky_dark=float(sky_dark),
+        brightness=float(faint_factor) if cause == "faint" else 1.0,
+        colour_jitter=colour_jitter,
+        elliptical_hlr_over_r25=float(elliptical_hlr_over_r25),
+        elliptical_q=float(elliptical_q),
+        companion=companion if cause == "multiple" else {},
+        dust_tau=float(dust_tau),
+        dust_side=dust_side,
     )
     params.stars = _place_stars(params, star_draws, edge_star_draw)
     _draw_observation(params, rng_for(seed, "synth-observation", index))
@@ -402,7 +457,8 @@ def _draw_observation(params, rng):
     draws = rng.random(size=(n_field, 7))
     params.field_sources = [
         {
-            "x": float(u[0] - 0.5), "y": float(u[1] - 0.5),
+            "x": float(u[0] - 0.5),
+            "y": float(u[1] - 0.5),
             # Mostly faint (as in real cutouts): log-flux weighted towards the faint end over 2.5
             # decades, in units of the D25 brightness x PSF area.
             "flux": float(np.exp(np.log(0.2) + u[2] ** 2 * np.log(150.0))),
@@ -435,36 +491,43 @@ def _place_stars(params, draws, edge_draw=None):
                 x, y = 1.15 * r25, 0.0
             else:
                 x, y = x / scale, y / scale
-        stars.append({
-            "x": float(np.clip(x, -half_fov * 0.95, half_fov * 0.95)),
-            "y": float(np.clip(y, -half_fov * 0.95, half_fov * 0.95)),
-            "flux": float(np.exp(np.log(0.5) + u_flux * np.log(100.0))),
-            "colour": (0.5 + 0.8 * float(u_colour1), 1.0, 0.8 + 0.5 * float(u_colour2)),
-        })
+        stars.append(
+            {
+                "x": float(np.clip(x, -half_fov * 0.95, half_fov * 0.95)),
+                "y": float(np.clip(y, -half_fov * 0.95, half_fov * 0.95)),
+                "flux": float(np.exp(np.log(0.5) + u_flux * np.log(100.0))),
+                "colour": (0.5 + 0.8 * float(u_colour1), 1.0, 0.8 + 0.5 * float(u_colour2)),
+            }
+        )
     if edge_draw is not None and params.cause != "star" and edge_draw[0] < 0.25:
         _, u_r, u_angle, u_flux, u_colour1, u_colour2 = edge_draw
         radius = (0.7 + 0.5 * float(u_r)) * r25
         angle = 2.0 * math.pi * float(u_angle)
-        stars.append({
-            "x": float(radius * math.cos(angle)),
-            "y": float(radius * math.sin(angle) * max(q, 0.4)),
-            "flux": float(np.exp(np.log(20.0) + u_flux * np.log(20.0))),
-            "colour": (0.6 + 0.6 * float(u_colour1), 1.0, 0.9 + 0.3 * float(u_colour2)),
-        })
+        stars.append(
+            {
+                "x": float(radius * math.cos(angle)),
+                "y": float(radius * math.sin(angle) * max(q, 0.4)),
+                "flux": float(np.exp(np.log(20.0) + u_flux * np.log(20.0))),
+                "colour": (0.6 + 0.6 * float(u_colour1), 1.0, 0.9 + 0.3 * float(u_colour2)),
+            }
+        )
     if params.cause == "star":
         u_r, u_angle, u_flux, u_colour1, u_colour2 = draws[-1]
         radius = (0.3 + 0.45 * float(u_r)) * r25
         angle = 2.0 * math.pi * float(u_angle)
-        stars.append({
-            "x": float(radius * math.cos(angle)),
-            "y": float(radius * math.sin(angle) * q),
-            "flux": float(np.exp(np.log(2000.0) + u_flux * np.log(10.0))),
-            "colour": (0.6 + 0.6 * float(u_colour1), 1.0, 0.9 + 0.3 * float(u_colour2)),
-        })
+        stars.append(
+            {
+                "x": float(radius * math.cos(angle)),
+                "y": float(radius * math.sin(angle) * q),
+                "flux": float(np.exp(np.log(2000.0) + u_flux * np.log(10.0))),
+                "colour": (0.6 + 0.6 * float(u_colour1), 1.0, 0.9 + 0.3 * float(u_colour2)),
+            }
+        )
     return stars
 
 
 # -- rendering ---------------------------------------------------------------------------------
+
 
 def _import_galsim():
     try:
@@ -550,7 +613,7 @@ def _draw_star(galsim, profile, star, size, pixel_scale, fwhm):
     xs, ys = max(x0, 0), max(y0, 0)
     xe, ye = min(x0 + side, size), min(y0 + side, size)
     if xs < xe and ys < ye:
-        full[ys:ye, xs:xe] = stamp[ys - y0:ye - y0, xs - x0:xe - x0]
+        full[ys:ye, xs:xe] = stamp[ys - y0 : ye - y0, xs - x0 : xe - x0]
     return full
 
 
@@ -593,8 +656,9 @@ def render_galaxy(params, size, seed):
     sin_i = math.sin(math.radians(inc))
     rotation = params._misalignment()
     g1, g2 = params.psf_shear
-    psf = galsim.Moffat(beta=params.psf_beta, fwhm=params.psf_fwhm, trunc=8.0 * params.psf_fwhm,
-                        gsparams=gsparams).shear(g1=g1, g2=g2)
+    psf = galsim.Moffat(
+        beta=params.psf_beta, fwhm=params.psf_fwhm, trunc=8.0 * params.psf_fwhm, gsparams=gsparams
+    ).shear(g1=g1, g2=g2)
     star_psf = galsim.Moffat(beta=params.psf_beta, fwhm=params.psf_fwhm).shear(g1=g1, g2=g2)
     # The galaxy's centre in the frame (pixels from the centre; GalSim's y is up).
     offset = (params.centre_offset[0] * size, params.centre_offset[1] * size)
@@ -604,14 +668,21 @@ def render_galaxy(params, size, seed):
     neighbours = {}  # a second galaxy
 
     def draw(obj):
-        image = galsim.Convolve(obj, psf).drawImage(nx=size, ny=size, scale=pixel_scale, dtype=np.float64,
-                                                    offset=offset)
+        image = galsim.Convolve(obj, psf).drawImage(
+            nx=size, ny=size, scale=pixel_scale, dtype=np.float64, offset=offset
+        )
         return image.array
 
     def shoot(obj, key, n_photons):
         image = galsim.Convolve(obj, psf).drawImage(
-            nx=size, ny=size, scale=pixel_scale, dtype=np.float64, method="phot", n_photons=n_photons,
-            rng=galsim.BaseDeviate(derive_seed(seed, "synth-photons", params.index, key)), poisson_flux=False,
+            nx=size,
+            ny=size,
+            scale=pixel_scale,
+            dtype=np.float64,
+            method="phot",
+            n_photons=n_photons,
+            rng=galsim.BaseDeviate(derive_seed(seed, "synth-photons", params.index, key)),
+            poisson_flux=False,
             offset=offset,
         )
         return image.array
@@ -624,23 +695,30 @@ def render_galaxy(params, size, seed):
         elliptical = galsim.DeVaucouleurs(half_light_radius=hlr, flux=disk_plane_flux, gsparams=gsparams)
         components["bulge"] = draw(elliptical.shear(q=params.elliptical_q, beta=rotation * galsim.degrees))
     else:
-        smooth_fraction = 1.0 - params.arm_fraction - params.knot_fraction - (params.bar_fraction if params.has_bar
-                                                                                 else 0.0)
+        smooth_fraction = (
+            1.0 - params.arm_fraction - params.knot_fraction - (params.bar_fraction if params.has_bar else 0.0)
+        )
         disk = galsim.InclinedExponential(
-            inclination=inc * galsim.degrees, scale_radius=h, scale_h_over_r=params.thickness,
-            flux=disk_plane_flux * smooth_fraction, gsparams=gsparams,
+            inclination=inc * galsim.degrees,
+            scale_radius=h,
+            scale_h_over_r=params.thickness,
+            flux=disk_plane_flux * smooth_fraction,
+            gsparams=gsparams,
         ).rotate(rotation * galsim.degrees)
         components["disk"] = draw(disk)
         bulge_flux = disk_plane_flux * params.bulge_fraction / (1.0 - params.bulge_fraction)
         bulge_q = math.sqrt(cos_i**2 + (params.bulge_q * sin_i) ** 2)
         bulge = galsim.Sersic(
-            n=params.bulge_n, half_light_radius=params.bulge_hlr_over_h * h, flux=max(bulge_flux, 1e-6),
+            n=params.bulge_n,
+            half_light_radius=params.bulge_hlr_over_h * h,
+            flux=max(bulge_flux, 1e-6),
             gsparams=gsparams,
         ).shear(q=bulge_q, beta=rotation * galsim.degrees)
         bulge_like = [bulge]
         if params.has_bar:
-            bar = galsim.Gaussian(sigma=params.bar_sigma_over_h * h, flux=disk_plane_flux * params.bar_fraction,
-                                  gsparams=gsparams).shear(q=params.bar_q, beta=params.bar_angle * galsim.degrees)
+            bar = galsim.Gaussian(
+                sigma=params.bar_sigma_over_h * h, flux=disk_plane_flux * params.bar_fraction, gsparams=gsparams
+            ).shear(q=params.bar_q, beta=params.bar_angle * galsim.degrees)
             bar = bar.transform(1.0, 0.0, 0.0, cos_i).withFlux(disk_plane_flux * params.bar_fraction)
             bulge_like.append(bar.rotate(rotation * galsim.degrees))
         components["bulge"] = draw(galsim.Add(bulge_like))
@@ -657,8 +735,11 @@ def render_galaxy(params, size, seed):
             distance = c["distance_over_r25"] * r25
             angle = math.radians(c["angle"])
             companion = galsim.InclinedExponential(
-                inclination=c["inc"] * galsim.degrees, scale_radius=h * c["h_ratio"], scale_h_over_r=0.15,
-                flux=disk_plane_flux * c["flux_ratio"] * c["h_ratio"] ** 2, gsparams=gsparams,
+                inclination=c["inc"] * galsim.degrees,
+                scale_radius=h * c["h_ratio"],
+                scale_h_over_r=0.15,
+                flux=disk_plane_flux * c["flux_ratio"] * c["h_ratio"] ** 2,
+                gsparams=gsparams,
             ).rotate(c["rotation"] * galsim.degrees)
             companion_bulge = galsim.DeVaucouleurs(
                 half_light_radius=0.3 * h * c["h_ratio"], flux=0.25 * companion.flux, gsparams=gsparams
@@ -669,8 +750,9 @@ def render_galaxy(params, size, seed):
 
     stars = np.zeros((3, size, size))
     for star in params.stars:
-        image = _draw_star(galsim, star_psf.withFlux(star["flux"] * params.psf_fwhm**2), star, size, pixel_scale,
-                           params.psf_fwhm)
+        image = _draw_star(
+            galsim, star_psf.withFlux(star["flux"] * params.psf_fwhm**2), star, size, pixel_scale, params.psf_fwhm
+        )
         for band in range(3):
             stars[band] += image * star["colour"][band]
 
@@ -708,7 +790,8 @@ def render_galaxy(params, size, seed):
         # Colour: R, G, B = i, r, g on a dark sky.
         channel = 2 - band
         rgb[:, :, channel] = np.clip(
-            np.rint(params.sky_dark + (255.0 - params.sky_dark) * stretched * params.composite[band]), 0, 255)
+            np.rint(params.sky_dark + (255.0 - params.sky_dark) * stretched * params.composite[band]), 0, 255
+        )
     if params.corners:
         corners = _corner_mask(params.corners, size)
         for array in gray.values():
@@ -786,8 +869,9 @@ def _validate(n_galaxies, size):
         raise invalid("--size", size, "an integer number of pixels >= 16 (the originals use 512)")
 
 
-def run(*, n_galaxies, output, size=config.DEFAULTS.synthetic_size, seed=0, shard=None, catalog_only=False,
-        no_catalog=False):
+def run(
+    *, n_galaxies, output, size=config.DEFAULTS.synthetic_size, seed=0, shard=None, catalog_only=False, no_catalog=False
+):
     """Render a synthetic universe (or one shard of it) and/or write its catalog.
 
     ``shard`` is ``"I/K"`` or ``(I, K)``; it selects ``shard_range(n_galaxies, I, K)`` and,
@@ -836,26 +920,49 @@ def run(*, n_galaxies, output, size=config.DEFAULTS.synthetic_size, seed=0, shar
     logger.info(
         "synth: %d galaxies rendered (shard %d/%d, indices %d..%d of %d) at %d px in %.1f s (%.2f galaxies/s); "
         "catalog %s; seed %d",
-        len(indices), index, count, indices.start if len(indices) else 0,
-        indices.stop - 1 if len(indices) else -1, n_galaxies, size, seconds, rate,
-        catalog_path if catalog_path else "not written", seed,
+        len(indices),
+        index,
+        count,
+        indices.start if len(indices) else 0,
+        indices.stop - 1 if len(indices) else -1,
+        n_galaxies,
+        size,
+        seconds,
+        rate,
+        catalog_path if catalog_path else "not written",
+        seed,
     )
     return {"rendered": len(indices), "indices": indices, "catalog": catalog_path, "seconds": seconds}
 
 
 def add_arguments(parser):
-    parser.add_argument("--n-galaxies", "-n", type=int, required=True,
-                        help="number of galaxies in the universe (required)")
-    parser.add_argument("--output", "-o", type=Path, required=True,
-                        help="output directory: images under galaxies/, catalog.csv and truth.csv")
-    parser.add_argument("--size", "-s", type=int, default=config.DEFAULTS.synthetic_size,
-                        help=f"image size in pixels (default {config.DEFAULTS.synthetic_size})")
-    parser.add_argument("--shard", default=None, metavar="I/K",
-                        help="render only shard I of K (1-based); the catalog is then not written "
-                             "unless --catalog-only")
+    parser.add_argument(
+        "--n-galaxies", "-n", type=int, required=True, help="number of galaxies in the universe (required)"
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="output directory: images under galaxies/, catalog.csv and truth.csv",
+    )
+    parser.add_argument(
+        "--size",
+        "-s",
+        type=int,
+        default=config.DEFAULTS.synthetic_size,
+        help=f"image size in pixels (default {config.DEFAULTS.synthetic_size})",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/K",
+        help="render only shard I of K (1-based); the catalog is then not written unless --catalog-only",
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--catalog-only", action="store_true",
-                       help="write catalog.csv and truth.csv only, render nothing (fast)")
+    group.add_argument(
+        "--catalog-only", action="store_true", help="write catalog.csv and truth.csv only, render nothing (fast)"
+    )
     group.add_argument("--no-catalog", action="store_true", help="render images only, write no catalog")
     add_common_arguments(parser)
     return parser
@@ -873,8 +980,15 @@ def main(argv=None):
     parser = build_parser()
 
     def _run(args):
-        run(n_galaxies=args.n_galaxies, output=args.output, size=args.size, seed=args.seed, shard=args.shard,
-            catalog_only=args.catalog_only, no_catalog=args.no_catalog)
+        run(
+            n_galaxies=args.n_galaxies,
+            output=args.output,
+            size=args.size,
+            seed=args.seed,
+            shard=args.shard,
+            catalog_only=args.catalog_only,
+            no_catalog=args.no_catalog,
+        )
 
     return run_main(parser, _run, argv)
 

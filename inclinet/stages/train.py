@@ -69,6 +69,7 @@ class TrainingInterrupted(StageError):
 
 # -- input files --------------------------------------------------------------------------
 
+
 def inspect_batch_file(path, task):
     """Check a training batch file cheaply (images header + labels) -> (n_rows, image_size)."""
     path = Path(path)
@@ -236,6 +237,7 @@ class BatchStream:
 
 # -- checkpoint ---------------------------------------------------------------------------
 
+
 def _seed_variables(model):
     """The state variables of the model's random-number generators (dropout), in layer order."""
     weights = {id(v) for v in model.weights}
@@ -346,6 +348,7 @@ def load_checkpoint(path):
 
 
 # -- training -----------------------------------------------------------------------------
+
 
 def enable_determinism():
     """Make TensorFlow pick deterministic kernels (same inputs and state -> same bits).
@@ -491,9 +494,21 @@ def run(
         previous_handler = None
     try:
         return _train(
-            flag=flag, model=model, task=task, train=train, validation=validation, output=output,
-            checkpoint=checkpoint, metrics=metrics, plot=plot, epochs=epochs, batch_size=batch_size,
-            early_stopping=early_stopping, learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
+            flag=flag,
+            model=model,
+            task=task,
+            train=train,
+            validation=validation,
+            output=output,
+            checkpoint=checkpoint,
+            metrics=metrics,
+            plot=plot,
+            epochs=epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            learning_rate=learning_rate,
+            lr_schedule=lr_schedule,
+            seed=seed,
             start_time=start_time,
         )
     finally:
@@ -501,8 +516,25 @@ def run(
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _train(*, flag, model, task, train, validation, output, checkpoint, metrics, plot, epochs, batch_size,
-           early_stopping, learning_rate, lr_schedule, seed, start_time):
+def _train(
+    *,
+    flag,
+    model,
+    task,
+    train,
+    validation,
+    output,
+    checkpoint,
+    metrics,
+    plot,
+    epochs,
+    batch_size,
+    early_stopping,
+    learning_rate,
+    lr_schedule,
+    seed,
+    start_time,
+):
     stream, val_images, val_labels = _read_inputs(model, task, train, validation, batch_size, seed)
     signature = {
         "model": model,
@@ -522,17 +554,40 @@ def _train(*, flag, model, task, train, validation, output, checkpoint, metrics,
     # Seeds every generator the model draws from (initial weights, dropout): derived from
     # the member too, so that bagged members of one model start from different weights.
     keras.utils.set_random_seed(derive_seed(seed, "train", model, task, Path(output).stem))
-    session = _start_or_resume(keras, checkpoint, signature, stream, val_images[:1], val_labels[:1],
-                               learning_rate=learning_rate, epochs=epochs)
+    session = _start_or_resume(
+        keras, checkpoint, signature, stream, val_images[:1], val_labels[:1], learning_rate=learning_rate, epochs=epochs
+    )
     validation_set = (inclinet_models.scale_pixels(val_images), _targets(val_labels, task))
     state = session.state
     while state["epoch"] < epochs and not state["stopped_early"]:
-        _train_epoch(keras, session, stream, validation_set, flag=flag, checkpoint=checkpoint, epochs=epochs,
-                     early_stopping=early_stopping)
-    return _finish(session, stream, model=model, task=task, train=train, output=output, checkpoint=checkpoint,
-                   metrics=metrics, plot=plot, epochs=epochs, early_stopping=early_stopping,
-                   learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed, n_validation=len(val_images),
-                   start_time=start_time)
+        _train_epoch(
+            keras,
+            session,
+            stream,
+            validation_set,
+            flag=flag,
+            checkpoint=checkpoint,
+            epochs=epochs,
+            early_stopping=early_stopping,
+        )
+    return _finish(
+        session,
+        stream,
+        model=model,
+        task=task,
+        train=train,
+        output=output,
+        checkpoint=checkpoint,
+        metrics=metrics,
+        plot=plot,
+        epochs=epochs,
+        early_stopping=early_stopping,
+        learning_rate=learning_rate,
+        lr_schedule=lr_schedule,
+        seed=seed,
+        n_validation=len(val_images),
+        start_time=start_time,
+    )
 
 
 def _read_inputs(model, task, train, validation, batch_size, seed):
@@ -546,9 +601,7 @@ def _read_inputs(model, task, train, validation, batch_size, seed):
         )
     val_images, val_labels = build_validation_set(validation, task, seed)
     if val_images.shape[1] != stream.image_size:
-        raise InputError(
-            f"validation images are {val_images.shape[1]} px but training batches {stream.image_size} px"
-        )
+        raise InputError(f"validation images are {val_images.shape[1]} px but training batches {stream.image_size} px")
     return stream, val_images, val_labels
 
 
@@ -584,23 +637,29 @@ def _start_or_resume(keras, checkpoint, signature, stream, probe_images, probe_l
             net.evaluate(inclinet_models.scale_pixels(probe_images), _targets(probe_labels, task), verbose=0)
         logger.info(
             "resuming from %s at epoch %d step %d (optimizer step %d)",
-            checkpoint, state["epoch"] + 1, state["step"], int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
+            checkpoint,
+            state["epoch"] + 1,
+            state["step"],
+            int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
         )
     else:
         net = inclinet_models.build_model(model, input_size=stream.image_size, task=task)
         _compile(keras, net, task, learning_rate, lr_schedule, epochs * stream.steps_per_epoch)
-        session = _Session(net, {
-            "format": CHECKPOINT_FORMAT,
-            "signature": signature,
-            "epoch": 0,
-            "step": 0,
-            "history": [],
-            "best_epoch": None,
-            "best_val_loss": None,
-            "wait": 0,
-            "stopped_early": False,
-            "train_seconds": 0.0,
-        })
+        session = _Session(
+            net,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "signature": signature,
+                "epoch": 0,
+                "step": 0,
+                "history": [],
+                "best_epoch": None,
+                "best_val_loss": None,
+                "wait": 0,
+                "stopped_early": False,
+                "train_seconds": 0.0,
+            },
+        )
     session.state["resumed"] = session.state.get("resumed", 0) + (1 if resuming else 0)
     return session
 
@@ -667,8 +726,25 @@ def _train_epoch(keras, session, stream, validation_set, *, flag, checkpoint, ep
         )
 
 
-def _finish(session, stream, *, model, task, train, output, checkpoint, metrics, plot, epochs, early_stopping,
-            learning_rate, lr_schedule, seed, n_validation, start_time):
+def _finish(
+    session,
+    stream,
+    *,
+    model,
+    task,
+    train,
+    output,
+    checkpoint,
+    metrics,
+    plot,
+    epochs,
+    early_stopping,
+    learning_rate,
+    lr_schedule,
+    seed,
+    n_validation,
+    start_time,
+):
     """Write the model (best epoch's weights with early stopping), the metrics JSON and the plot; log and
     return the metrics."""
     net, state = session.net, session.state
@@ -677,9 +753,7 @@ def _finish(session, stream, *, model, task, train, output, checkpoint, metrics,
     with atomic_path(output) as tmp:
         net.save(tmp)
     history = state["history"]
-    images_trained = sum(
-        (r["images_per_second"] or 0) * r["seconds"] for r in history
-    )
+    images_trained = sum((r["images_per_second"] or 0) * r["seconds"] for r in history)
     result = {
         "model": model,
         "task": task,
@@ -715,8 +789,15 @@ def _finish(session, stream, *, model, task, train, output, checkpoint, metrics,
     )
     logger.info(
         "train: %s %s, %d epoch(s) of %d images (best epoch %s), %s, %.0f images/s, %.1f s, seed %d",
-        model, task, len(history), result["train_images_per_epoch"], state["best_epoch"], quality,
-        result["images_per_second"] or 0.0, time.perf_counter() - start_time, seed,
+        model,
+        task,
+        len(history),
+        result["train_images_per_epoch"],
+        state["best_epoch"],
+        quality,
+        result["images_per_second"] or 0.0,
+        time.perf_counter() - start_time,
+        seed,
     )
     return result
 
@@ -725,14 +806,24 @@ def _log_epoch(record, task, epochs):
     if task == "regression":
         logger.info(
             "epoch %d/%d: loss %.4f, MAE %.2f deg, val loss %.4f, val MAE %.2f deg, %.0f images/s",
-            record["epoch"], epochs, record.get("loss", float("nan")), record.get("mae_deg", float("nan")),
-            record["val_loss"], record.get("val_mae_deg", float("nan")), record["images_per_second"] or 0.0,
+            record["epoch"],
+            epochs,
+            record.get("loss", float("nan")),
+            record.get("mae_deg", float("nan")),
+            record["val_loss"],
+            record.get("val_mae_deg", float("nan")),
+            record["images_per_second"] or 0.0,
         )
     else:
         logger.info(
             "epoch %d/%d: loss %.4f, accuracy %.3f, val loss %.4f, val accuracy %.3f, %.0f images/s",
-            record["epoch"], epochs, record.get("loss", float("nan")), record.get("accuracy", float("nan")),
-            record["val_loss"], record.get("val_accuracy", float("nan")), record["images_per_second"] or 0.0,
+            record["epoch"],
+            epochs,
+            record.get("loss", float("nan")),
+            record.get("accuracy", float("nan")),
+            record["val_loss"],
+            record.get("val_accuracy", float("nan")),
+            record["images_per_second"] or 0.0,
         )
 
 
@@ -741,7 +832,10 @@ def add_arguments(parser):
     parser.add_argument("--task", required=True, choices=inclinet_models.TASKS, help="regression or binary")
     parser.add_argument("--train", nargs="+", required=True, metavar="BATCH.npz", help="augmented batch files")
     parser.add_argument(
-        "--validation", nargs="+", required=True, metavar="SAMPLE.npz",
+        "--validation",
+        nargs="+",
+        required=True,
+        metavar="SAMPLE.npz",
         help="held-out samples of every band (test_000 or binary_test)",
     )
     parser.add_argument("--output", required=True, metavar="MODEL.keras", help="trained model")
@@ -751,31 +845,49 @@ def add_arguments(parser):
     config.add_argument(parser, "epochs", help="epoch budget")
     config.add_argument(parser, "batch_size", help="images per step")
     parser.add_argument(
-        "--early-stopping", type=int, default=None, metavar="PATIENCE",
+        "--early-stopping",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
         help="stop after PATIENCE epochs without a better validation loss and keep the best weights",
     )
     config.add_argument(parser, "learning_rate")
-    config.add_argument(parser, "lr_schedule",
-                        help="constant (as the original) or cosine decay to 5%% of the rate over the epoch budget")
+    config.add_argument(
+        parser,
+        "lr_schedule",
+        help="constant (as the original) or cosine decay to 5%% of the rate over the epoch budget",
+    )
     add_common_arguments(parser)
     return parser
 
 
 def _run_args(args):
     run(
-        model=args.model, task=args.task, train=args.train, validation=args.validation, output=args.output,
-        checkpoint=args.checkpoint, metrics=args.metrics, plot=args.plot, epochs=args.epochs,
-        batch_size=args.batch_size, early_stopping=args.early_stopping, learning_rate=args.learning_rate,
-        lr_schedule=args.lr_schedule, seed=args.seed,
+        model=args.model,
+        task=args.task,
+        train=args.train,
+        validation=args.validation,
+        output=args.output,
+        checkpoint=args.checkpoint,
+        metrics=args.metrics,
+        plot=args.plot,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        early_stopping=args.early_stopping,
+        learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
+        seed=args.seed,
     )
 
 
 def build_parser():
-    return add_arguments(argparse.ArgumentParser(
-        prog="inclinet-train",
-        description=__doc__.splitlines()[0],
-        epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 interrupted (checkpoint saved; rerun to resume).",
-    ))
+    return add_arguments(
+        argparse.ArgumentParser(
+            prog="inclinet-train",
+            description=__doc__.splitlines()[0],
+            epilog="Exit codes: 0 done, 1 failure, 2 bad input, 3 interrupted (checkpoint saved; rerun to resume).",
+        )
+    )
 
 
 def main(argv=None):

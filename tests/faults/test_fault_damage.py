@@ -15,10 +15,12 @@ from workflow import dag
 from workflow.cli import main
 from workflow.engines.common import output_problems
 
-WRITE = ("import sys, numpy as np\n"
-         "np.savez(sys.argv[1], images=np.arange(4096, dtype=np.uint8).reshape(4, 32, 32, 1))\n"
-         "open(sys.argv[2], 'w').write('pgc,band,file,reason\\n1,g,x,why\\n')\n"
-         "open(sys.argv[3], 'w').write('{\"ok\": 1}')\n")
+WRITE = (
+    "import sys, numpy as np\n"
+    "np.savez(sys.argv[1], images=np.arange(4096, dtype=np.uint8).reshape(4, 32, 32, 1))\n"
+    "open(sys.argv[2], 'w').write('pgc,band,file,reason\\n1,g,x,why\\n')\n"
+    "open(sys.argv[3], 'w').write('{\"ok\": 1}')\n"
+)
 OUTPUTS = ["out.npz", "out.report.csv", "out.json"]
 
 
@@ -27,19 +29,28 @@ def _flip(path, offset=None, count=64):
     info = path.stat()
     raw = bytearray(path.read_bytes())
     start = len(raw) // 2 if offset is None else offset
-    raw[start:start + count] = bytes(255 - b for b in raw[start:start + count])
+    raw[start : start + count] = bytes(255 - b for b in raw[start : start + count])
     path.write_bytes(bytes(raw))
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def _run(tmp_path):
-    jobs = [dag.JobSpec(id="w", stage="prep", executable=sys.executable, args=["-c", WRITE, *OUTPUTS], inputs=[],
-                        outputs=list(OUTPUTS))]
+    jobs = [
+        dag.JobSpec(
+            id="w",
+            stage="prep",
+            executable=sys.executable,
+            args=["-c", WRITE, *OUTPUTS],
+            inputs=[],
+            outputs=list(OUTPUTS),
+        )
+    ]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     dag.save_jobs(run_dir, jobs)
-    (run_dir / "run.json").write_text(json.dumps({"engine": "local", "config": {"retries": 0},
-                                                  "engine_args": {"max_parallel": 1}}))
+    (run_dir / "run.json").write_text(
+        json.dumps({"engine": "local", "config": {"retries": 0}, "engine_args": {"max_parallel": 1}})
+    )
     assert main(["resume", str(run_dir), "-q"]) == 0
     return run_dir, jobs[0]
 
@@ -79,8 +90,13 @@ def test_npz_readers_name_a_damaged_file(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     for compressed in (True, False):
         path = tmp_path / f"sample_{compressed}.npz"
-        atomic_savez(path, compressed=compressed, images=images, labels=np.arange(8, dtype=np.int32),
-                     pgcIDs=np.arange(8, dtype=np.int32))
+        atomic_savez(
+            path,
+            compressed=compressed,
+            images=images,
+            labels=np.arange(8, dtype=np.int32),
+            pgcIDs=np.arange(8, dtype=np.int32),
+        )
         _flip(path, offset=path.stat().st_size // 4, count=16)
         with pytest.raises(InputError, match=f"{path.name}: not a readable npz"):
             load_npz(path)

@@ -59,21 +59,33 @@ def _real_data(tmp_path, n=4, images=True):
 
 
 def _build(tmp_path, *extra):
-    return workflow_main(["--bands", "g", "--models", "model4", "--tasks", "regression", "--size", "32",
-                          "--dry-run", "-q", *extra])
+    return workflow_main(
+        ["--bands", "g", "--models", "model4", "--tasks", "regression", "--size", "32", "--dry-run", "-q", *extra]
+    )
 
 
-@pytest.mark.parametrize("case", ["data path missing", "data path empty", "no image matches",
-                                  "catalog is a folder", "output dir is a file", "output dir under a file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "data path missing",
+        "data path empty",
+        "no image matches",
+        "catalog is a folder",
+        "output dir is a file",
+        "output dir under a file",
+    ],
+)
 def test_build_time_input_errors_name_the_users_paths(tmp_path, capsys, case):
     data, catalog = _real_data(tmp_path, images=case != "no image matches")
     output = tmp_path / "run"
-    expected = {"data path missing": f"--data-path {tmp_path / 'nowhere'}: folder not found",
-                "data path empty": f"--data-path {tmp_path / 'empty'}: the folder holds no files",
-                "no image matches": f"--data-path {data}: none of the catalog's galaxies has an image there",
-                "catalog is a folder": f"--catalog {tmp_path}: not a regular file",
-                "output dir is a file": "invalid --output-dir",
-                "output dir under a file": "is a file, not a folder"}[case]
+    expected = {
+        "data path missing": f"--data-path {tmp_path / 'nowhere'}: folder not found",
+        "data path empty": f"--data-path {tmp_path / 'empty'}: the folder holds no files",
+        "no image matches": f"--data-path {data}: none of the catalog's galaxies has an image there",
+        "catalog is a folder": f"--catalog {tmp_path}: not a regular file",
+        "output dir is a file": "invalid --output-dir",
+        "output dir under a file": "is a file, not a folder",
+    }[case]
     if case == "data path missing":
         data = tmp_path / "nowhere"
     elif case == "data path empty":
@@ -100,8 +112,9 @@ def test_build_time_unreadable_catalog_is_one_line(tmp_path, capsys, monkeypatch
     import workflow.cli as cli
 
     real_access = cli.os.access
-    monkeypatch.setattr(cli.os, "access",
-                        lambda path, mode: False if Path(path) == catalog else real_access(path, mode))
+    monkeypatch.setattr(
+        cli.os, "access", lambda path, mode: False if Path(path) == catalog else real_access(path, mode)
+    )
     code = _build(tmp_path, "--data-path", str(data), "--catalog", str(catalog), "--output-dir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert code == 2 and f"--catalog {catalog}: not readable (permission denied)" in err and "Traceback" not in err
@@ -112,8 +125,10 @@ def test_missing_inputs_report_says_what_is_in_place_of_an_image(tmp_path):
     target = data / "pgc101_d25x2_rot_g.png"
     target.unlink()
     target.mkdir()
-    assert _build(tmp_path, "--data-path", str(data), "--catalog", str(catalog),
-                  "--output-dir", str(tmp_path / "run")) == 0
+    assert (
+        _build(tmp_path, "--data-path", str(data), "--catalog", str(catalog), "--output-dir", str(tmp_path / "run"))
+        == 0
+    )
     report = (tmp_path / "run" / "missing_inputs.csv").read_text()
     assert "is a directory, not an image file" in report
     assert json.loads((tmp_path / "run" / "run.json").read_text())["engine"] == "local"

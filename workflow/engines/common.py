@@ -42,7 +42,7 @@ LOST = "lost"
 JOB_STATES = (UNSUBMITTED, PENDING, RUNNING, DONE, FAILED, BLOCKED, CANCELLED, LOST)
 STATE_MEANINGS = {
     UNSUBMITTED: "nothing will start it until 'resume' hands it over: a --dry-run build, a plan not "
-                 "submitted, a SLURM submission that stopped part-way, a local run stopped before it started",
+    "submitted, a SLURM submission that stopped part-way, a local run stopped before it started",
     PENDING: "handed over and waiting: for its parents, a free core, or the batch queue",
     RUNNING: "started and not ended (retries of a failed attempt included)",
     DONE: "ended with exit code 0 and its declared outputs present",
@@ -113,8 +113,10 @@ def resolve_executable(name):
     found = shutil.which(name)
     if found:
         return [found]
-    raise InputError(f"executable {name} not found beside {sys.executable}, in {REPO_ROOT / 'bin'} or on PATH; "
-                     "install inclinet (scripts/bootstrap.sh)")
+    raise InputError(
+        f"executable {name} not found beside {sys.executable}, in {REPO_ROOT / 'bin'} or on PATH; "
+        "install inclinet (scripts/bootstrap.sh)"
+    )
 
 
 def job_command(job):
@@ -142,6 +144,7 @@ def read_json(path):
 
 
 # -- outputs ----------------------------------------------------------------------------
+
 
 def file_intact(path, *, deep=False):
     """True when ``path`` exists and, for npz/keras/json, opens as such.
@@ -251,6 +254,7 @@ def describe_problems(problems):
 
 
 # -- raw inputs -------------------------------------------------------------------------
+
 
 def _pfn_path(pfn):
     if pfn.startswith("file://"):

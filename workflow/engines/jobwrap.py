@@ -164,5 +164,12 @@ def read_record(run_dir, job_id):
 
 def command(run_dir, job_id, first_attempt, tries, argv):
     """The argv that runs ``argv`` under the wrapper: attempts ``first_attempt`` .. ``first_attempt + tries - 1``."""
-    return ["bash", str(script_path(run_dir).resolve()), str(record_path(run_dir, job_id).resolve()), job_id,
-            str(first_attempt), str(tries), *argv]
+    return [
+        "bash",
+        str(script_path(run_dir).resolve()),
+        str(record_path(run_dir, job_id).resolve()),
+        job_id,
+        str(first_attempt),
+        str(tries),
+        *argv,
+    ]

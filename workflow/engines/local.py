@@ -79,12 +79,17 @@ STAGE_ORDER = DAG_STAGES  # earlier stages are started first
 
 
 def add_arguments(parser):
-    parser.add_argument("--max-parallel", type=int, metavar="CORES",
-                        help="cores the local engine may use at once (default: all of this machine)")
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        metavar="CORES",
+        help="cores the local engine may use at once (default: all of this machine)",
+    )
     return parser
 
 
 # -- small process helpers ----------------------------------------------------------------
+
 
 def _process_start(pid):
     """Start time of ``pid`` in clock ticks (from /proc), or None when it is not running."""
@@ -115,6 +120,7 @@ def _alive(pid, start):
 
 
 # -- state ------------------------------------------------------------------------------
+
 
 class RunState:
     """Per-job state files of one run directory."""
@@ -147,10 +153,14 @@ class RunState:
 
         current = self.runner()
         if current and current.get("pid") != os.getpid() and _alive(current.get("pid"), current.get("pid_start")):
-            raise ConfigError(f"run {self.dir.parent} is being run by process {current['pid']}; wait for it, "
-                              f"or stop it with 'run_workflow.py cancel {self.dir.parent}'")
-        atomic_write_json(self.dir / "runner.json",
-                          {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "started": time.time()})
+            raise ConfigError(
+                f"run {self.dir.parent} is being run by process {current['pid']}; wait for it, "
+                f"or stop it with 'run_workflow.py cancel {self.dir.parent}'"
+            )
+        atomic_write_json(
+            self.dir / "runner.json",
+            {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "started": time.time()},
+        )
 
     def release_runner(self):
         current = self.runner()
@@ -159,6 +169,7 @@ class RunState:
 
 
 # -- the scheduler ----------------------------------------------------------------------
+
 
 class _Running:
     def __init__(self, job, attempt, pid, pid_start, process=None, started=None):
@@ -257,10 +268,16 @@ class LocalRunner:
             state = record.get("state", PENDING)
             if state == RUNNING:
                 if _alive(record.get("pid"), record.get("pid_start")):
-                    logger.info("%s: still running from an earlier runner (pid %s); waiting for it",
-                                job_id, record.get("pid"))
-                    self.running[job_id] = _Running(job, record.get("attempts", 1), record["pid"],
-                                                    record.get("pid_start"), started=record.get("started"))
+                    logger.info(
+                        "%s: still running from an earlier runner (pid %s); waiting for it", job_id, record.get("pid")
+                    )
+                    self.running[job_id] = _Running(
+                        job,
+                        record.get("attempts", 1),
+                        record["pid"],
+                        record.get("pid_start"),
+                        started=record.get("started"),
+                    )
                     self.status[job_id] = RUNNING
                     continue
                 state = self._outcome_of_dead(job_id, record)
@@ -270,8 +287,11 @@ class LocalRunner:
                 if not problems:
                     self.status[job_id] = DONE
                     continue
-                logger.warning("%s: done before, but its outputs no longer match; running it again: %s",
-                               job_id, describe_problems(problems))
+                logger.warning(
+                    "%s: done before, but its outputs no longer match; running it again: %s",
+                    job_id,
+                    describe_problems(problems),
+                )
                 previous = record.get("outputs")
             self.records[job_id] = {"state": PENDING, "attempts": 0}
             self._set(job_id, PENDING, previous_outputs=previous)
@@ -302,16 +322,31 @@ class LocalRunner:
                     changed = True
         for job_id in adopted:
             self._set(job_id, DONE, attempts=0, rebuilt=True, outputs=record_outputs(self.jobs[job_id], self.run_dir))
-        logger.warning("%s has no job records (was it deleted?): state rebuilt from the outputs on disk: "
-                       "%d of %d jobs have all their outputs intact and count as done; the other %d will run",
-                       self.state.dir, len(adopted), len(self.order), len(self.order) - len(adopted))
+        logger.warning(
+            "%s has no job records (was it deleted?): state rebuilt from the outputs on disk: "
+            "%d of %d jobs have all their outputs intact and count as done; the other %d will run",
+            self.state.dir,
+            len(adopted),
+            len(self.order),
+            len(self.order) - len(adopted),
+        )
 
     def _outcome_of_dead(self, job_id, record):
         rc = jobwrap.read_record(self.run_dir, job_id)
-        if rc and rc.get("attempt") == record.get("attempts") and rc["exit_code"] == 0 \
-                and not any(file_problem(data_dir(self.run_dir) / lfn) for lfn in self.jobs[job_id].outputs):
-            self._set(job_id, DONE, returncode=0, ended=rc.get("ended"), outputs=self._record(job_id),
-                      duration=(rc.get("ended") or time.time()) - (record.get("started") or time.time()))
+        if (
+            rc
+            and rc.get("attempt") == record.get("attempts")
+            and rc["exit_code"] == 0
+            and not any(file_problem(data_dir(self.run_dir) / lfn) for lfn in self.jobs[job_id].outputs)
+        ):
+            self._set(
+                job_id,
+                DONE,
+                returncode=0,
+                ended=rc.get("ended"),
+                outputs=self._record(job_id),
+                duration=(rc.get("ended") or time.time()) - (record.get("started") or time.time()),
+            )
             return DONE
         return PENDING
 
@@ -334,13 +369,30 @@ class LocalRunner:
         env.setdefault("OMP_NUM_THREADS", str(self._cores(job)))
         env.setdefault("TF_NUM_INTRAOP_THREADS", str(self._cores(job)))
         with open(log, "ab") as handle:
-            process = subprocess.Popen(wrapper, cwd=self._data, stdout=handle, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                wrapper,
+                cwd=self._data,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         started = time.time()
         pid_start = _process_start(process.pid)
         self.running[job.id] = _Running(job, attempt, process.pid, pid_start, process, started)
-        self._set(job.id, RUNNING, attempts=attempt, pid=process.pid, pid_start=pid_start,
-                  runner_pid=os.getpid(), started=started, ended=None, returncode=None, log=str(log))
+        self._set(
+            job.id,
+            RUNNING,
+            attempts=attempt,
+            pid=process.pid,
+            pid_start=pid_start,
+            runner_pid=os.getpid(),
+            started=started,
+            ended=None,
+            returncode=None,
+            log=str(log),
+        )
         logger.debug("started %s (attempt %d, pid %d)", job.id, attempt, process.pid)
 
     def _reap(self, job_id):
@@ -357,17 +409,22 @@ class LocalRunner:
         ended = time.time()
         duration = ended - running.started
         if code == 0:
-            problems = [(lfn, reason) for lfn in job.outputs
-                        if (reason := file_problem(data_dir(self.run_dir) / lfn)) is not None]
+            problems = [
+                (lfn, reason)
+                for lfn in job.outputs
+                if (reason := file_problem(data_dir(self.run_dir) / lfn)) is not None
+            ]
             if problems:
-                logger.error("%s: exited 0 but its declared outputs are not usable: %s", job_id,
-                             describe_problems(problems))
+                logger.error(
+                    "%s: exited 0 but its declared outputs are not usable: %s", job_id, describe_problems(problems)
+                )
                 code = -1
         if code == 0:
             outputs = self._record(job_id)
             self._invalidate_readers(job_id, outputs)
-            self._set(job_id, DONE, returncode=0, ended=ended, duration=duration, outputs=outputs,
-                      previous_outputs=None)
+            self._set(
+                job_id, DONE, returncode=0, ended=ended, duration=duration, outputs=outputs, previous_outputs=None
+            )
             return True
         if self.stop_signal is not None:
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, interrupted=True)
@@ -378,19 +435,35 @@ class LocalRunner:
             # Stopped from outside (after saving its checkpoint, or by a SIGTERM that came
             # before its handler was in place): run it again, no retry used.
             logger.warning("%s was interrupted (checkpoint saved); continuing it", job_id)
-            self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration,
-                      interruptions=record.get("interruptions", 0) + 1)
+            self._set(
+                job_id,
+                PENDING,
+                returncode=code,
+                ended=ended,
+                duration=duration,
+                interruptions=record.get("interruptions", 0) + 1,
+            )
             return False
         failures = record.get("failures", 0) + 1
         if code == USAGE_ERROR_EXIT:
             logger.error("%s: exit code 2 is a usage or input error; not retrying", job_id)
         if may_retry(code, failures, self._retries(job)):
-            logger.warning("%s failed (exit %s, attempt %d); retrying; log: %s", job_id, code, running.attempt,
-                           log_path(self.run_dir, job))
+            logger.warning(
+                "%s failed (exit %s, attempt %d); retrying; log: %s",
+                job_id,
+                code,
+                running.attempt,
+                log_path(self.run_dir, job),
+            )
             self._set(job_id, PENDING, returncode=code, ended=ended, duration=duration, failures=failures)
             return False
-        logger.error("%s failed (exit %s) after %d attempt(s); log: %s", job_id, code, running.attempt,
-                     log_path(self.run_dir, job))
+        logger.error(
+            "%s failed (exit %s) after %d attempt(s); log: %s",
+            job_id,
+            code,
+            running.attempt,
+            log_path(self.run_dir, job),
+        )
         self._set(job_id, FAILED, returncode=code, ended=ended, duration=duration, failures=failures)
         self._block_descendants(job_id)
         return False
@@ -405,15 +478,19 @@ class LocalRunner:
     def _invalidate_readers(self, job_id, outputs):
         """A re-run whose outputs differ from the earlier ones: jobs that read those re-run too."""
         previous = self.records[job_id].get("previous_outputs") or {}
-        changed = sorted(lfn for lfn, old in previous.items()
-                         if old and outputs and outputs.get(lfn, {}).get("sha256") != old.get("sha256"))
+        changed = sorted(
+            lfn
+            for lfn, old in previous.items()
+            if old and outputs and outputs.get(lfn, {}).get("sha256") != old.get("sha256")
+        )
         if not changed:
             return
         for child in self.children[job_id]:
             read = sorted(set(changed) & set(self.jobs[child].inputs))
             if read and self.status.get(child) == DONE:
-                logger.warning("%s: running it again: its input %s was re-made with other content", child,
-                               ", ".join(read))
+                logger.warning(
+                    "%s: running it again: its input %s was re-made with other content", child, ", ".join(read)
+                )
                 self._set(child, PENDING, previous_outputs=self.records[child].get("outputs"), attempts=0)
 
     def _block_descendants(self, job_id):
@@ -427,8 +504,9 @@ class LocalRunner:
     def _on_signal(self, signum, _frame):
         if self.stop_signal is None:
             self.stop_signal = signum
-            logger.warning("received %s: stopping the running jobs (they may save checkpoints)",
-                           signal.Signals(signum).name)
+            logger.warning(
+                "received %s: stopping the running jobs (they may save checkpoints)", signal.Signals(signum).name
+            )
             for running in list(self.running.values()):
                 _signal(running.pid, signal.SIGTERM)
 
@@ -441,8 +519,11 @@ class LocalRunner:
             jobwrap.install(self.run_dir)
             log_path(self.run_dir, "x").parent.mkdir(parents=True, exist_ok=True)
             self._data = data_dir(self.run_dir)
-            self._env = dict(os.environ, TF_NUM_INTEROP_THREADS=os.environ.get("TF_NUM_INTEROP_THREADS", "1"),
-                             TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+            self._env = dict(
+                os.environ,
+                TF_NUM_INTEROP_THREADS=os.environ.get("TF_NUM_INTEROP_THREADS", "1"),
+                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            )
             self._recover()
             return self._loop()
         finally:
@@ -463,8 +544,13 @@ class LocalRunner:
                         bar.update(1)
                         done = sum(1 for s in self.status.values() if s == DONE)
                         if not self.progress:
-                            logger.info("[%d/%d] %s done (%.1f s)", done, total, job_id,
-                                        self.records[job_id].get("duration") or 0)
+                            logger.info(
+                                "[%d/%d] %s done (%.1f s)",
+                                done,
+                                total,
+                                job_id,
+                                self.records[job_id].get("duration") or 0,
+                            )
                 if self.stop_signal is not None:
                     if not self.running:
                         break
@@ -522,6 +608,7 @@ def _progress_bar(total, initial, enabled):
 
 # -- summaries and status ---------------------------------------------------------------
 
+
 def job_state(run_dir, job_id, record, *, runner_alive=False):
     """The state (:data:`~workflow.engines.common.JOB_STATES`) of a job from its state file ``record``.
 
@@ -556,10 +643,20 @@ def collect(run_dir, jobs):
         duration = record.get("duration")
         if current == RUNNING and record.get("started"):
             duration = time.time() - record["started"]
-        rows.append({"id": job.id, "stage": job.stage, "state": current, "attempts": record.get("attempts", 0),
-                     "duration": duration, "returncode": record.get("returncode"),
-                     "started": record.get("started"), "ended": record.get("ended"),
-                     "log": str(log_path(run_dir, job)), "parents": job.parents})
+        rows.append(
+            {
+                "id": job.id,
+                "stage": job.stage,
+                "state": current,
+                "attempts": record.get("attempts", 0),
+                "duration": duration,
+                "returncode": record.get("returncode"),
+                "started": record.get("started"),
+                "ended": record.get("ended"),
+                "log": str(log_path(run_dir, job)),
+                "parents": job.parents,
+            }
+        )
     return rows
 
 
@@ -576,8 +673,10 @@ def summary_text(rows):
         ends = [r["ended"] for r in mine if r["ended"]]
         wall = (max(ends) - min(starts)) if starts and ends else 0.0
         busy = sum(r["duration"] or 0 for r in mine)
-        lines.append(f"{stage:<12} {len(mine):>4}  {sum(r['state'] == DONE for r in mine):>4}  "
-                     f"{sum(r['state'] == FAILED for r in mine):>6}  {wall:>6.1f}  {busy:>7.1f}")
+        lines.append(
+            f"{stage:<12} {len(mine):>4}  {sum(r['state'] == DONE for r in mine):>4}  "
+            f"{sum(r['state'] == FAILED for r in mine):>6}  {wall:>6.1f}  {busy:>7.1f}"
+        )
     failed = [r for r in rows if r["state"] == FAILED]
     blocked = [r for r in rows if r["state"] == BLOCKED]
     for row in failed:
@@ -610,10 +709,11 @@ def status_text(run_dir, rows, *, table=True):
         overall = "Failure"
     else:
         overall = "Stopped"
-    lines = [f"{'UNRDY':>6} {'READY':>6} {'RUN':>6} {'DONE':>6} {'FAIL':>6} {'%DONE':>6} STATE    RUN",
-             f"{n_unready:>6} {n_ready:>6} {n_running:>6} {n_done:>6} {n_failed:>6} {percent:>6.1f} "
-             f"{overall:<8} {run_dir}",
-             f"Summary: {total} jobs; {count_states(r['state'] for r in rows)}"]
+    lines = [
+        f"{'UNRDY':>6} {'READY':>6} {'RUN':>6} {'DONE':>6} {'FAIL':>6} {'%DONE':>6} STATE    RUN",
+        f"{n_unready:>6} {n_ready:>6} {n_running:>6} {n_done:>6} {n_failed:>6} {percent:>6.1f} {overall:<8} {run_dir}",
+        f"Summary: {total} jobs; {count_states(r['state'] for r in rows)}",
+    ]
     if table:
         lines.append("")
         lines.append(f"{'JOB':<28} {'STATE':<10} {'TRY':>3} {'SECONDS':>8}  LOG")
@@ -625,6 +725,7 @@ def status_text(run_dir, rows, *, table=True):
 
 # -- engine interface -------------------------------------------------------------------
 
+
 def _finish(run_dir, jobs, outcome):
     rows = collect(run_dir, jobs)
     print(summary_text(rows))
@@ -632,8 +733,7 @@ def _finish(run_dir, jobs, outcome):
         print(f"stopped by {signal.Signals(-outcome).name}; continue with 'run_workflow.py resume {run_dir}'")
         return 128 - outcome
     if outcome:
-        print(f"{outcome} job(s) failed; fix the cause (see the logs above) and run "
-              f"'run_workflow.py resume {run_dir}'")
+        print(f"{outcome} job(s) failed; fix the cause (see the logs above) and run 'run_workflow.py resume {run_dir}'")
         return 1
     print(f"all {len(rows)} jobs done in {run_dir}")
     return 0
@@ -641,8 +741,9 @@ def _finish(run_dir, jobs, outcome):
 
 def run(run_dir, jobs, args):
     """Run every job of ``jobs`` on this machine; exit code 0 when all finished."""
-    runner = LocalRunner(run_dir, jobs, max_parallel=getattr(args, "max_parallel", None),
-                         retries=getattr(args, "retries_override", None))
+    runner = LocalRunner(
+        run_dir, jobs, max_parallel=getattr(args, "max_parallel", None), retries=getattr(args, "retries_override", None)
+    )
     return _finish(run_dir, jobs, runner.execute())
 
 
@@ -660,8 +761,10 @@ def status(run_dir, jobs, args):
         base = data_dir(run_dir)
         present = sum(1 for job in jobs if job.outputs and all((base / lfn).exists() for lfn in job.outputs))
         if present:
-            print(f"note: {state.dir} has no job records, but {present} job(s) have all their outputs on disk; "
-                  f"'run_workflow.py resume {run_dir}' rebuilds the state from the intact ones")
+            print(
+                f"note: {state.dir} has no job records, but {present} job(s) have all their outputs on disk; "
+                f"'run_workflow.py resume {run_dir}' rebuilds the state from the intact ones"
+            )
     code = status_exit_code(row["state"] for row in rows)
     if getattr(args, "verify", False):
         return max(code, verify(run_dir, jobs, rows))
@@ -689,8 +792,10 @@ def verify(run_dir, jobs, rows=None):
         print(f"MISMATCH {job_id}: {data_dir(run_dir) / lfn}: {reason}")
     if mismatched:
         jobs_hit = len({m[0] for m in mismatched})
-        print(f"verify: {len(mismatched)} of {checked} outputs of {len(done)} done jobs no longer match "
-              f"({jobs_hit} job(s)); 'run_workflow.py resume {run_dir}' runs those jobs again")
+        print(
+            f"verify: {len(mismatched)} of {checked} outputs of {len(done)} done jobs no longer match "
+            f"({jobs_hit} job(s)); 'run_workflow.py resume {run_dir}' runs those jobs again"
+        )
         return 1
     print(f"verify: all {checked} outputs of {len(done)} done jobs match their size and SHA-256")
     return 0
@@ -719,6 +824,8 @@ def cancel(run_dir, jobs, args):
         if _alive(record["pid"], record.get("pid_start")):
             _signal(record["pid"], signal.SIGKILL, group=True)
         state.put(job_id, dict(state.get(job_id), state=PENDING, interrupted=True))
-    print(f"cancelled run {run_dir} ({len(targets)} orphaned job(s) stopped); "
-          f"continue with 'run_workflow.py resume {run_dir}'")
+    print(
+        f"cancelled run {run_dir} ({len(targets)} orphaned job(s) stopped); "
+        f"continue with 'run_workflow.py resume {run_dir}'"
+    )
     return 0

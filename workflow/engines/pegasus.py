@@ -66,26 +66,54 @@ _CANCELLED = {"JOB_ABORTED"}
 
 
 def add_arguments(parser):
-    parser.add_argument("--pegasus-site", default=None, metavar="SITE",
-                        help="execution site of sites.yml for --engine pegasus (default condorpool; e.g. slurm)")
-    parser.add_argument("--submit-dir", default=None, metavar="DIR",
-                        help="pegasus-plan --dir (default RUN/submit; the planner adds <user>/pegasus/<name>/runNNNN)")
-    parser.add_argument("--cluster-size", type=int, default=None, metavar="N",
-                        help="cluster N synth/prep jobs into one (label clustering; prep grouped by band)")
-    parser.add_argument("--reuse", action="append", default=None, metavar="RUN_OR_SUBMIT_DIR",
-                        help="reuse the outputs registered by an earlier Pegasus run (its run directory or submit "
-                             "directory; pegasus-plan --reuse)")
-    parser.add_argument("--container-mode", choices=("stage", "shared"), default=None,
-                        help="stage: Pegasus stages the --container-image to each site (once per site on "
-                             "nonsharedfs sites, with every job on condorio ones); shared: the image is a "
-                             "file:// path every node sees (CVMFS, shared file system), read in place (stage)")
-    parser.add_argument("--resources", action="append", default=None, metavar="STAGE.KEY=VALUE",
-                        help="override a stage's sized request for every engine (KEY: cores, gpus, memory in MB, "
-                             "runtime in s), e.g. train.runtime=7200; repeatable")
+    parser.add_argument(
+        "--pegasus-site",
+        default=None,
+        metavar="SITE",
+        help="execution site of sites.yml for --engine pegasus (default condorpool; e.g. slurm)",
+    )
+    parser.add_argument(
+        "--submit-dir",
+        default=None,
+        metavar="DIR",
+        help="pegasus-plan --dir (default RUN/submit; the planner adds <user>/pegasus/<name>/runNNNN)",
+    )
+    parser.add_argument(
+        "--cluster-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cluster N synth/prep jobs into one (label clustering; prep grouped by band)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=None,
+        metavar="RUN_OR_SUBMIT_DIR",
+        help="reuse the outputs registered by an earlier Pegasus run (its run directory or submit "
+        "directory; pegasus-plan --reuse)",
+    )
+    parser.add_argument(
+        "--container-mode",
+        choices=("stage", "shared"),
+        default=None,
+        help="stage: Pegasus stages the --container-image to each site (once per site on "
+        "nonsharedfs sites, with every job on condorio ones); shared: the image is a "
+        "file:// path every node sees (CVMFS, shared file system), read in place (stage)",
+    )
+    parser.add_argument(
+        "--resources",
+        action="append",
+        default=None,
+        metavar="STAGE.KEY=VALUE",
+        help="override a stage's sized request for every engine (KEY: cores, gpus, memory in MB, "
+        "runtime in s), e.g. train.runtime=7200; repeatable",
+    )
     return parser
 
 
 # -- options ----------------------------------------------------------------------------
+
 
 def _clustered(jobs):
     """True when the DAG carries cluster labels (``--cluster-size``): plan with ``--cluster label``."""
@@ -130,8 +158,19 @@ def plan_options(run_dir, args, *, cluster=False):
 def plan_command(run_dir, args, *, submit=True, cluster=False):
     """The ``pegasus-plan`` command line of this run."""
     options = plan_options(run_dir, args, cluster=cluster)
-    argv = ["pegasus-plan", "--conf", options["conf"], "--dir", options["dir"], "--sites", ",".join(options["sites"]),
-            "--output-sites", "local", "--cleanup", options["cleanup"]]
+    argv = [
+        "pegasus-plan",
+        "--conf",
+        options["conf"],
+        "--dir",
+        options["dir"],
+        "--sites",
+        ",".join(options["sites"]),
+        "--output-sites",
+        "local",
+        "--cleanup",
+        options["cleanup"],
+    ]
     for site, staging in (options.get("staging_sites") or {}).items():
         argv += ["--staging-site", f"{site}={staging}"]
     if options.get("cluster"):
@@ -149,6 +188,7 @@ def _quote(argv):
 
 
 # -- submit directories -----------------------------------------------------------------
+
 
 def braindumps(base):
     """Submit directories (holding ``braindump.yml``) at or below ``base``, oldest first."""
@@ -173,8 +213,10 @@ def reused_submit_dir(path):
         path = path / "submit"
     found = braindumps(path)
     if not found:
-        raise InputError(f"invalid --reuse: {path}; must be a planned Pegasus run (a run directory or a submit "
-                         f"directory with {BRAINDUMP})")
+        raise InputError(
+            f"invalid --reuse: {path}; must be a planned Pegasus run (a run directory or a submit "
+            f"directory with {BRAINDUMP})"
+        )
     return found[-1]
 
 
@@ -202,6 +244,7 @@ def find_submit_dir(run_dir, args=None):
 
 # -- planning ---------------------------------------------------------------------------
 
+
 def plan(run_dir, args, *, cluster=False):
     """Run ``pegasus-plan`` (with ``--submit`` where HTCondor is here); record and return the submit dir."""
     run_dir = Path(run_dir)
@@ -213,12 +256,15 @@ def plan(run_dir, args, *, cluster=False):
         raise StageError(f"pegasus-plan failed (exit {result.returncode}):\n{output[-4000:]}\ncommand: {_quote(argv)}")
     submit_dir = _submit_dir_from_output(output, plan_options(run_dir, args, cluster=cluster)["dir"])
     brain = read_braindump(submit_dir)
-    atomic_write_json(state_dir(run_dir) / STATE_FILE, {
-        "submit_dir": str(submit_dir),
-        "submitted": submit,
-        "planner_version": str(brain.get("planner_version", "")),
-        "plan_command": argv,
-    })
+    atomic_write_json(
+        state_dir(run_dir) / STATE_FILE,
+        {
+            "submit_dir": str(submit_dir),
+            "submitted": submit,
+            "planner_version": str(brain.get("planner_version", "")),
+            "plan_command": argv,
+        },
+    )
     return submit_dir, submit, str(brain.get("planner_version", ""))
 
 
@@ -233,9 +279,11 @@ def _submit_dir_from_output(output, base):
 
 
 def _not_submitted_hint(submit_dir):
-    return (f"planned, not submitted (HTCondor's condor_submit is not on PATH here).\n"
-            f"submit it on the submit host with:\n  pegasus-run {submit_dir}\n"
-            f"  (or: python run_workflow.py resume RUN)")
+    return (
+        f"planned, not submitted (HTCondor's condor_submit is not on PATH here).\n"
+        f"submit it on the submit host with:\n  pegasus-run {submit_dir}\n"
+        f"  (or: python run_workflow.py resume RUN)"
+    )
 
 
 def run(run_dir, jobs, args):
@@ -244,20 +292,24 @@ def run(run_dir, jobs, args):
     cluster = _clustered(jobs)
     command = _quote(plan_command(run_dir, args, cluster=cluster))
     if not shutil.which("pegasus-plan"):
-        print(f"pegasus-plan is not on PATH here, so the workflow was written but not planned.\n"
-              f"Run on the Pegasus submit host (with HTCondor running):\n  {command}")
+        print(
+            f"pegasus-plan is not on PATH here, so the workflow was written but not planned.\n"
+            f"Run on the Pegasus submit host (with HTCondor running):\n  {command}"
+        )
         return 0
     submit_dir, submitted, version = plan(run_dir, args, cluster=cluster)
     print(f"planned with Pegasus {version or '?'}: {submit_dir}")
     if submitted:
-        print(f"submitted; watch it with: pegasus-status -l {submit_dir}\n"
-              f"  (or: python run_workflow.py status {run_dir})")
+        print(
+            f"submitted; watch it with: pegasus-status -l {submit_dir}\n  (or: python run_workflow.py status {run_dir})"
+        )
     else:
         print(_not_submitted_hint(submit_dir))
     return 0
 
 
 # -- watching ---------------------------------------------------------------------------
+
 
 def planned_jobs(submit_dir):
     """``{job name: kind}`` of the planned DAG (kind: the transformation or the auxiliary job type)."""
@@ -298,7 +350,7 @@ def planned_edges(submit_dir):
         if parts[:1] == ["PARENT"] and "CHILD" in parts:
             cut = parts.index("CHILD")
             for parent in parts[1:cut]:
-                edges.setdefault(parent, []).extend(parts[cut + 1:])
+                edges.setdefault(parent, []).extend(parts[cut + 1 :])
     return edges
 
 
@@ -371,8 +423,10 @@ def status(run_dir, jobs, args):
     submit_dir = find_submit_dir(run_dir, args)
     if submit_dir is None:
         argv = plan_command(run_dir, args, cluster=_clustered(jobs))
-        print(f"not planned yet: no {BRAINDUMP} below the submit directory.\n"
-              f"plan and submit with: python run_workflow.py resume {run_dir}\n  (= {_quote(argv)})")
+        print(
+            f"not planned yet: no {BRAINDUMP} below the submit directory.\n"
+            f"plan and submit with: python run_workflow.py resume {run_dir}\n  (= {_quote(argv)})"
+        )
         print(f"states: {count_states([UNSUBMITTED] * len(jobs))}")
         return 0
     submitted = _recorded(run_dir).get("submitted", True) or (Path(submit_dir) / "jobstate.log").is_file()
@@ -392,8 +446,12 @@ def status(run_dir, jobs, args):
             if mapped[name] in (FAILED, CANCELLED):
                 print(f"  {mapped[name]}: {name} ({states[name]}); see pegasus-analyzer {submit_dir}")
     else:
-        _print_summary(submit_dir, planned, counts,
-                       "submitted, no jobstate.log yet (HTCondor is not on this machine: no live state)")
+        _print_summary(
+            submit_dir,
+            planned,
+            counts,
+            "submitted, no jobstate.log yet (HTCondor is not on this machine: no live state)",
+        )
     print(f"states: {count_states(mapped.values())} (of {len(planned)} planned jobs)")
     return status_exit_code(mapped.values())
 
@@ -401,8 +459,10 @@ def status(run_dir, jobs, args):
 def resume(run_dir, jobs, args):
     """Plan a run never planned; submit a planned one; resubmit the rescue DAG of a failed one."""
     if getattr(args, "retries_override", None) is not None:
-        raise ConfigError("resume --retries: the pegasus engine plans each job's retries into the workflow "
-                          "(dagman retry); build the run again with --retries N instead")
+        raise ConfigError(
+            "resume --retries: the pegasus engine plans each job's retries into the workflow "
+            "(dagman retry); build the run again with --retries N instead"
+        )
     submit_dir = find_submit_dir(run_dir, args)
     cluster = _clustered(jobs)
     if submit_dir is None:
@@ -417,8 +477,9 @@ def resume(run_dir, jobs, args):
             return 0
         print(f"submitted; watch it with: pegasus-status -l {submit_dir}")
         return 0
-    return _tool(["pegasus-run", str(submit_dir)],
-                 "submit it (or resubmit its rescue DAG: finished jobs are skipped)", run_dir)
+    return _tool(
+        ["pegasus-run", str(submit_dir)], "submit it (or resubmit its rescue DAG: finished jobs are skipped)", run_dir
+    )
 
 
 def cancel(run_dir, jobs, args):
@@ -431,8 +492,10 @@ def cancel(run_dir, jobs, args):
 
 def _tool(argv, what, run_dir):
     if not (shutil.which(argv[0]) and shutil.which("condor_q")):
-        print(f"{argv[0]} needs HTCondor, which is not on this machine; {what} on the submit host with:\n  "
-              + _quote(argv))
+        print(
+            f"{argv[0]} needs HTCondor, which is not on this machine; {what} on the submit host with:\n  "
+            + _quote(argv)
+        )
         return 0
     code = subprocess.call(argv)
     if code == 0 and argv[0] == "pegasus-run":

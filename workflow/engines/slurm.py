@@ -65,8 +65,20 @@ RESUBMIT_STATES = (UNSUBMITTED, FAILED, CANCELLED, BLOCKED, LOST)
 RECORDED_FLAGS = ()
 
 # SLURM job states (squeue %T / sacct State) -> the engines' job states.
-_SLURM_RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT",
-                  "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT"}
+_SLURM_RUNNING = {
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESIZING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "SPECIAL_EXIT",
+}
 _SLURM_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 _NEVER_SATISFIED = "DependencyNeverSatisfied"
 SBATCH_ATTEMPTS = 4
@@ -75,8 +87,8 @@ CHECKPOINT_GRACE_S = 120
 _TRANSIENT = ("try again", "temporarily", "timed out", "timeout", "connection refused", "busy")
 
 
-
 # -- options ----------------------------------------------------------------------------
+
 
 @dataclass
 class SlurmOptions:
@@ -123,36 +135,87 @@ def add_arguments(parser):
     ``parser`` is a parser or an argument group (the workflow CLI passes one per engine).
     """
     group = parser
-    group.add_argument("--partition", dest="slurm_partition", metavar="NAME",
-                       help="partition of every job (default: the cluster's default partition)")
-    group.add_argument("--gpu-partition", dest="slurm_gpu_partition", metavar="NAME",
-                       help="partition of the jobs that request GPUs (training, evaluation)")
+    group.add_argument(
+        "--partition",
+        dest="slurm_partition",
+        metavar="NAME",
+        help="partition of every job (default: the cluster's default partition)",
+    )
+    group.add_argument(
+        "--gpu-partition",
+        dest="slurm_gpu_partition",
+        metavar="NAME",
+        help="partition of the jobs that request GPUs (training, evaluation)",
+    )
     group.add_argument("--account", dest="slurm_account", metavar="NAME", help="account charged for the jobs")
-    group.add_argument("--sbatch-option", dest="slurm_sbatch_options", action="append", metavar="OPTION",
-                       help="extra sbatch option for every job, e.g. --sbatch-option=--qos=short "
-                            "(repeatable; given after the engine's own options, so it overrides them)")
-    group.add_argument("--request-gpus", dest="slurm_request_gpus", choices=("auto", "yes", "no"),
-                       help="ask SLURM for the GPUs of training/evaluation jobs: auto (default) = only when "
-                            "the cluster (or --gpu-partition) has gpu GRES")
-    group.add_argument("--gpu-flag", dest="slurm_gpu_flag", choices=("gres", "gpus"),
-                       help="how GPUs are requested: gres (--gres=gpu:N, default) or gpus (--gpus=N)")
-    group.add_argument("--container", dest="slurm_container", metavar="IMAGE",
-                       help="run every job inside this Apptainer/Singularity image (.sif); the image must "
-                            "provide the inclinet-* executables")
-    group.add_argument("--container-runtime", dest="slurm_container_runtime", choices=("apptainer", "singularity"),
-                       help="container runtime for --container (default apptainer)")
-    group.add_argument("--submit-workers", dest="slurm_submit_workers", type=int, metavar="N",
-                       help="sbatch calls in flight at once while submitting (default 8)")
-    group.add_argument("--wait", dest="slurm_wait", action="store_true",
-                       help="after submitting, wait until every job has ended; exit 1 if one did not succeed")
-    group.add_argument("--poll-interval", dest="slurm_poll_interval", type=float, default=None, metavar="SECONDS",
-                       help="seconds between squeue calls with --wait (default 10)")
-    group.add_argument("--wait-timeout", dest="slurm_wait_timeout", type=float, default=None, metavar="SECONDS",
-                       help="give up waiting after this many seconds (the jobs go on; default: no limit)")
+    group.add_argument(
+        "--sbatch-option",
+        dest="slurm_sbatch_options",
+        action="append",
+        metavar="OPTION",
+        help="extra sbatch option for every job, e.g. --sbatch-option=--qos=short "
+        "(repeatable; given after the engine's own options, so it overrides them)",
+    )
+    group.add_argument(
+        "--request-gpus",
+        dest="slurm_request_gpus",
+        choices=("auto", "yes", "no"),
+        help="ask SLURM for the GPUs of training/evaluation jobs: auto (default) = only when "
+        "the cluster (or --gpu-partition) has gpu GRES",
+    )
+    group.add_argument(
+        "--gpu-flag",
+        dest="slurm_gpu_flag",
+        choices=("gres", "gpus"),
+        help="how GPUs are requested: gres (--gres=gpu:N, default) or gpus (--gpus=N)",
+    )
+    group.add_argument(
+        "--container",
+        dest="slurm_container",
+        metavar="IMAGE",
+        help="run every job inside this Apptainer/Singularity image (.sif); the image must "
+        "provide the inclinet-* executables",
+    )
+    group.add_argument(
+        "--container-runtime",
+        dest="slurm_container_runtime",
+        choices=("apptainer", "singularity"),
+        help="container runtime for --container (default apptainer)",
+    )
+    group.add_argument(
+        "--submit-workers",
+        dest="slurm_submit_workers",
+        type=int,
+        metavar="N",
+        help="sbatch calls in flight at once while submitting (default 8)",
+    )
+    group.add_argument(
+        "--wait",
+        dest="slurm_wait",
+        action="store_true",
+        help="after submitting, wait until every job has ended; exit 1 if one did not succeed",
+    )
+    group.add_argument(
+        "--poll-interval",
+        dest="slurm_poll_interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between squeue calls with --wait (default 10)",
+    )
+    group.add_argument(
+        "--wait-timeout",
+        dest="slurm_wait_timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up waiting after this many seconds (the jobs go on; default: no limit)",
+    )
     return parser
 
 
 # -- run-directory bookkeeping ----------------------------------------------------------
+
 
 def slurm_state_dir(run_dir):
     return common.state_dir(run_dir) / STATE_SUBDIR
@@ -206,6 +269,7 @@ def _append_lines(path, lines):
 
 # -- SLURM commands ---------------------------------------------------------------------
 
+
 def _slurm(argv, *, check=True):
     """Run a SLURM client command; return the CompletedProcess."""
     try:
@@ -213,8 +277,9 @@ def _slurm(argv, *, check=True):
     except FileNotFoundError:
         raise StageError(f"{argv[0]} not found: run on a SLURM submit host (with slurm-client installed)") from None
     if check and result.returncode != 0:
-        raise StageError(f"{shlex.join(argv[:3])} ... failed (exit {result.returncode}): "
-                         f"{(result.stderr or result.stdout).strip()}")
+        raise StageError(
+            f"{shlex.join(argv[:3])} ... failed (exit {result.returncode}): {(result.stderr or result.stdout).strip()}"
+        )
     return result
 
 
@@ -223,8 +288,9 @@ def squeue_states(slurm_ids):
     ids = sorted({str(i) for i in slurm_ids if i}, key=lambda s: int(s) if s.isdigit() else 0)
     if not ids:
         return {}
-    result = _slurm(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%T|%r"],
-                    check=False)
+    result = _slurm(
+        ["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%T|%r"], check=False
+    )
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
             return {}
@@ -243,9 +309,19 @@ def sacct_states(slurm_ids):
     if not ids:
         return {}
     try:
-        result = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations",
-                                 f"--jobs={','.join(ids)}", "--format=JobID,State,ExitCode"],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [
+                "sacct",
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                f"--jobs={','.join(ids)}",
+                "--format=JobID,State,ExitCode",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except FileNotFoundError:
         return None
     if result.returncode != 0 or "disabled" in result.stderr + result.stdout:
@@ -271,6 +347,7 @@ def cluster_has_gpus(partition=None):
 
 # -- submission -------------------------------------------------------------------------
 
+
 def _format_time(seconds):
     seconds = max(60, int(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -292,11 +369,19 @@ def job_command(job, run_dir, options, *, use_gpus=False):
 def sbatch_argv(job, run_dir, options, dependencies=(), *, use_gpus=False):
     """The full ``sbatch`` command line of one job (``dependencies``: SLURM ids)."""
     run_dir = Path(run_dir).resolve()
-    argv = ["sbatch", "--parsable", f"--job-name={job.id}",
-            f"--output={common.log_path(run_dir, job)}", "--open-mode=append",
-            f"--chdir={common.data_dir(run_dir)}", "--nodes=1", "--ntasks=1",
-            f"--cpus-per-task={max(1, int(job.cores))}", f"--mem={max(1, int(job.memory_mb))}M",
-            f"--time={_format_time(job.runtime_s)}"]
+    argv = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={job.id}",
+        f"--output={common.log_path(run_dir, job)}",
+        "--open-mode=append",
+        f"--chdir={common.data_dir(run_dir)}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={max(1, int(job.cores))}",
+        f"--mem={max(1, int(job.memory_mb))}M",
+        f"--time={_format_time(job.runtime_s)}",
+    ]
     gpu_job = use_gpus and job.gpus > 0
     partition = options.gpu_partition if gpu_job and options.gpu_partition else options.partition
     if partition:
@@ -338,8 +423,9 @@ def _decide_gpus(jobs, options):
         return False
     found = cluster_has_gpus(options.gpu_partition or options.partition)
     if not found:
-        logger.info("no gpu GRES on the cluster: GPU jobs are submitted without GPU requests (--request-gpus yes "
-                    "to force)")
+        logger.info(
+            "no gpu GRES on the cluster: GPU jobs are submitted without GPU requests (--request-gpus yes to force)"
+        )
     return found
 
 
@@ -401,15 +487,20 @@ def submit(run_dir, jobs, options, *, selected=None, live=None):
         shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
         hint = ""
         if "node configuration is not available" in shown or "can not be satisfied" in shown:
-            hint = (" (a job asks for more cores, memory or GPUs than a node of the partition has: choose another "
-                    "--partition or lower the request, e.g. --sbatch-option=--mem=8G)")
-        raise StageError(f"sbatch refused {len(errors)} job(s) ({len(ids)} submitted): {shown}{hint}; fix the "
-                         f"options and run 'resume {run_dir}' to submit the rest")
+            hint = (
+                " (a job asks for more cores, memory or GPUs than a node of the partition has: choose another "
+                "--partition or lower the request, e.g. --sbatch-option=--mem=8G)"
+            )
+        raise StageError(
+            f"sbatch refused {len(errors)} job(s) ({len(ids)} submitted): {shown}{hint}; fix the "
+            f"options and run 'resume {run_dir}' to submit the rest"
+        )
     logger.info("submitted %d job(s) to SLURM in %.1f s", len(ids), elapsed)
     return ids
 
 
 # -- status -----------------------------------------------------------------------------
+
 
 @dataclass
 class JobStatus:
@@ -612,6 +703,7 @@ def _finish(run_dir, jobs, args):
 
 # -- engine interface -------------------------------------------------------------------
 
+
 def _options(args, base=None):
     """Submission options from the flags given now over ``base``; ``--retries`` of this submission only."""
     args = args if args is not None else argparse.Namespace()
@@ -625,11 +717,16 @@ def run(run_dir, jobs, args):
     run_dir = Path(run_dir).resolve()
     previous = submissions(run_dir)
     if previous:
-        live = [k for k, (state, _) in squeue_states(previous.values()).items()
-                if _from_slurm_state(state) and _from_slurm_state(state)[0] in LIVE_STATES]
+        live = [
+            k
+            for k, (state, _) in squeue_states(previous.values()).items()
+            if _from_slurm_state(state) and _from_slurm_state(state)[0] in LIVE_STATES
+        ]
         if live:
-            raise ConfigError(f"{run_dir} still has {len(live)} job(s) queued or running on SLURM; "
-                              f"'cancel {run_dir}' first, or follow them with 'status {run_dir}'")
+            raise ConfigError(
+                f"{run_dir} still has {len(live)} job(s) queued or running on SLURM; "
+                f"'cancel {run_dir}' first, or follow them with 'status {run_dir}'"
+            )
         # A rebuilt run (run_workflow.py --force) starts afresh; the old bookkeeping is kept aside.
         old = slurm_state_dir(run_dir)
         old.rename(old.with_name(f"{STATE_SUBDIR}.{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -649,12 +746,19 @@ def status(run_dir, jobs, args):
     if getattr(args, "verify", False):
         # No checksums are recorded on SLURM: every output of a finished job is re-read
         # and must open (zip members pass their CRC check, JSON parses, files not empty).
-        problems = [(job.id, lfn, reason) for job in jobs if statuses[job.id].state == DONE
-                    for lfn, reason in common.output_problems(job, run_dir, None, full=True)]
+        problems = [
+            (job.id, lfn, reason)
+            for job in jobs
+            if statuses[job.id].state == DONE
+            for lfn, reason in common.output_problems(job, run_dir, None, full=True)
+        ]
         for job_id, lfn, reason in problems:
             print(f"MISMATCH {job_id}: {common.data_dir(run_dir) / lfn}: {reason}")
-        print(f"verify: {len(problems)} output(s) of finished jobs damaged or missing" if problems
-              else "verify: every output of the finished jobs opens and passes its CRC checks")
+        print(
+            f"verify: {len(problems)} output(s) of finished jobs damaged or missing"
+            if problems
+            else "verify: every output of the finished jobs opens and passes its CRC checks"
+        )
         code = max(code, 1 if problems else 0)
     return code
 
