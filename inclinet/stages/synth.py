@@ -32,8 +32,17 @@ in the frame (the catalog's D25 is only roughly the visible size), centring erro
 width, Moffat index and ellipticity, sky level, noise and sky gradients, the asinh
 softening and a gamma of the stretch, saturation, JPEG quality, colour balance, rotation
 corners (the black or white triangles left by rotating a cutout), and a field of faint
-stars and background galaxies. Intrinsic disk thickness follows a truncated normal
-(mean 0.2, sd 0.06, 0.08-0.40), bulges range from none to 60% of the light.
+stars and background galaxies. The disk's intrinsic (edge-on, second-moment) axial ratio
+q0 follows a truncated normal (mean 0.22, sd 0.07, 0.08-0.40), the spread measured for SDSS
+spirals (Padilla & Strauss 2008: mean 0.21, sd 0.05; Rodriguez & Padilla 2013: 0.27, sd
+0.10); bulges range from none to 60% of the light.
+
+What makes a galaxy usable is not what makes its image clean: accepted and face-on galaxies
+also get what real cutouts show around usable galaxies (:func:`_draw_surroundings`): a bright
+saturated star off the disk with diffraction spikes and, sometimes, a masked (white) core, a
+neighbouring galaxy that does not overlap the disk, and a lopsided disk. A ``[faint]``
+galaxy is faint by its visible signal-to-noise (D25 surface brightness over the sky noise per
+pixel at 512 px: 0.04-0.2, where accepted galaxies have 0.5-8), so the two never overlap.
 
 Every galaxy is drawn from its own random streams ``rng_for(seed, "synth", index)`` (the
 galaxy) and ``rng_for(seed, "synth-observation", index)`` (how it is observed), so a
@@ -102,7 +111,7 @@ OBSERVATION_RANGES = {
     "composite_i": (0.9, 1.4, "lin"),  # scale of the i (red) channel of the composite
     "jpeg_quality": (55, 95, "int"),
     "corner_probability": (0.25, None, "p"),  # rotation corners in the frame
-    "field_sources": (20.0, None, "poisson"),  # mean number of faint stars and background galaxies
+    "field_sources": (35.0, None, "poisson"),  # mean number of faint stars and background galaxies
 }
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -148,7 +157,7 @@ class GalaxyParams:
     inc_e: float
     inc_n: int
     elliptical: bool
-    thickness: float  # disk scale height / scale radius
+    thickness: float  # q0: the disk's edge-on axial ratio (second moments); scale height = q0 x 6/pi x h
     r25_over_h: float
     bulge_fraction: float
     bulge_n: float
@@ -189,6 +198,8 @@ class GalaxyParams:
     jpeg_quality: int = JPEG_QUALITY
     composite: tuple = (1.0, 1.0, 1.0)  # scale of the g, r, i channels of the colour composite
     corners: dict = field(default_factory=dict)  # angle, half_side (fraction of the side), gray, colour fill
+    neighbour: dict = field(default_factory=dict)  # a galaxy beside the disk (not overlapping it), as companion
+    lopsided: dict = field(default_factory=dict)  # fraction, scale, offset_over_h, angle of a displaced disk
     field_sources: list = field(default_factory=list)  # dicts: x, y (fraction of field), flux, size, q, angle
 
     @property
@@ -308,7 +319,7 @@ def galaxy_params(index, seed, pgc=None):
     inc_n = int(rng.integers(3, 13))
     # Intrinsic thickness and bulges spread as in real spirals: this is what makes the
     # axial-ratio formula (fixed q0 = 0.2) fail for a good fraction of galaxies.
-    thickness = _truncated_normal(rng, 0.2, 0.06, 0.08, 0.40)
+    thickness = _truncated_normal(rng, 0.22, 0.07, 0.08, 0.40)
     r25_over_h = rng.uniform(2.6, 4.4)
     bulge_fraction = rng.uniform(0.0, 0.6)
     bulge_n = float(SERSIC_INDICES[int(rng.integers(len(SERSIC_INDICES)))])
@@ -335,7 +346,7 @@ def galaxy_params(index, seed, pgc=None):
     sky_gray = rng.uniform(215.0, 245.0)
     sky_dark = rng.uniform(4.0, 18.0)
     colour_jitter = tuple(float(v) for v in rng.uniform(0.9, 1.1, size=3))
-    faint_factor = rng.uniform(0.05, 0.10)
+    faint_snr = rng.uniform(0.04, 0.2)  # [faint]: D25 brightness / sky noise (accepted: >= 0.5)
     elliptical_hlr_over_r25 = rng.uniform(0.2, 0.35)
     elliptical_q = rng.uniform(0.55, 1.0)
     companion = {
@@ -392,7 +403,7 @@ def galaxy_params(index, seed, pgc=None):
         saturation=float(saturation),
         sky_gray=float(sky_gray),
         sky_dark=float(sky_dark),
-        brightness=float(faint_factor) if cause == "faint" else 1.0,
+        brightness=1.0,
         colour_jitter=colour_jitter,
         elliptical_hlr_over_r25=float(elliptical_hlr_over_r25),
         elliptical_q=float(elliptical_q),
@@ -402,6 +413,9 @@ def galaxy_params(index, seed, pgc=None):
     )
     params.stars = _place_stars(params, star_draws, edge_star_draw)
     _draw_observation(params, rng_for(seed, "synth-observation", index))
+    if cause == "faint":
+        params.brightness = float(faint_snr * params.noise_level)
+    _draw_surroundings(params, rng_for(seed, "synth-surroundings", index))
     return params
 
 
@@ -459,9 +473,9 @@ def _draw_observation(params, rng):
         {
             "x": float(u[0] - 0.5),
             "y": float(u[1] - 0.5),
-            # Mostly faint (as in real cutouts): log-flux weighted towards the faint end over 2.5
+            # Mostly faint (as in real cutouts): log-flux weighted towards the faint end over 2.7
             # decades, in units of the D25 brightness x PSF area.
-            "flux": float(np.exp(np.log(0.2) + u[2] ** 2 * np.log(150.0))),
+            "flux": float(np.exp(np.log(0.3) + u[2] ** 2 * np.log(500.0))),
             "galaxy": bool(u[3] < 0.4),
             "size": float(0.3 + 1.2 * u[4]),  # arcsec (background galaxies only)
             "q": float(0.3 + 0.7 * u[5]),
@@ -469,6 +483,71 @@ def _draw_observation(params, rng):
         }
         for u in draws
     ]
+
+
+#: Scale height over scale radius of GalSim's sech^2 disk per unit of q0: a disk's edge-on
+#: second-moment axial ratio is sqrt(<z^2> / <x^2>) = sqrt((pi^2 h_z^2 / 12) / (3 h^2)) = (pi / 6) h_z / h.
+HZ_PER_Q0 = 6.0 / math.pi
+
+#: Probabilities of what surrounds a galaxy (any class but the one the item would define).
+SURROUNDINGS = {
+    "bright_star": 0.35,  # a saturated star off the disk (diffraction spikes; masked core in 40%)
+    "neighbour": 0.25,  # a galaxy beside the disk, not overlapping it
+    "lopsided": 0.6,  # part of the disk light displaced in the disk plane
+}
+
+
+def _ellipse_radius(params, angle):
+    """Radius (arcsec) of the disk's D25 ellipse in the direction ``angle`` (radians, image frame)."""
+    r25 = params.d25 * 30.0
+    q = max(params.b_a, 0.1)
+    phi = angle - math.radians(params._misalignment())
+    return r25 * q / math.sqrt((q * math.cos(phi)) ** 2 + math.sin(phi) ** 2)
+
+
+def _draw_surroundings(params, rng):
+    """Bright star, neighbour and lopsidedness, from the galaxy's own stream (fixed draw order)."""
+    r25 = params.d25 * 30.0
+    half_fov = 2.0 * r25 * params.frame
+    u = rng.random(12)
+    if u[0] < SURROUNDINGS["bright_star"] and params.cause != "star":
+        angle = 2.0 * math.pi * u[1]
+        radius = min(_ellipse_radius(params, angle) * (1.35 + 0.8 * u[2]) + 2.0 * params.psf_fwhm, 1.3 * half_fov)
+        fov = 4.0 * r25 * params.frame
+        params.stars.append(
+            {
+                "x": float(radius * math.cos(angle) + params.centre_offset[0] * fov),
+                "y": float(radius * math.sin(angle) + params.centre_offset[1] * fov),
+                "flux": float(np.exp(np.log(300.0) + u[3] * np.log(100.0))),
+                "colour": (0.6 + 0.6 * float(u[4]), 1.0, 0.9 + 0.3 * float(u[5])),
+                "spikes": float(180.0 * u[6]),
+                "masked_core": bool(u[7] < 0.4),
+            }
+        )
+    v = rng.random(8)
+    if v[0] < SURROUNDINGS["neighbour"] and params.cause != "multiple" and not params.elliptical:
+        h_ratio = 0.15 + 0.4 * float(v[1])
+        angle = 2.0 * math.pi * float(v[2])
+        distance = _ellipse_radius(params, angle) + (1.1 * h_ratio + 0.1 + 0.6 * float(v[3])) * r25
+        params.neighbour = {
+            "distance_over_r25": float(distance / r25),
+            "angle": float(math.degrees(angle)),
+            "flux_ratio": float(0.1 + 0.8 * v[4]),
+            "h_ratio": float(h_ratio),
+            "inc": float(85.0 * v[5]),
+            "rotation": float(180.0 * v[6]),
+        }
+    w = rng.random(5)
+    if w[0] < SURROUNDINGS["lopsided"] and not params.elliptical:
+        params.lopsided = {
+            "fraction": float(0.05 + 0.2 * w[1]),
+            "scale": float(0.5 + 0.4 * w[2]),
+            "offset_over_h": float(0.3 + 0.9 * w[3]),
+            "angle": float(360.0 * w[4]),
+        }
+    if params.cause == "star":
+        params.stars[-1]["spikes"] = float(180.0 * u[6])
+        params.stars[-1]["masked_core"] = bool(u[7] < 0.4)
 
 
 def _place_stars(params, draws, edge_draw=None):
@@ -617,6 +696,29 @@ def _draw_star(galsim, profile, star, size, pixel_scale, fwhm):
     return full
 
 
+def _spikes(star, flux, size, pixel_scale, fwhm):
+    """Diffraction spikes of a bright star (flux per pixel): a cross of thin exponential streaks.
+
+    3% of the star's flux, along two perpendicular directions at the star's ``spikes`` angle,
+    longer for brighter stars.
+    """
+    x0 = (size - 1) / 2.0 + star["x"] / pixel_scale
+    y0 = (size - 1) / 2.0 + star["y"] / pixel_scale
+    length = fwhm * math.sqrt(star["flux"] / 300.0) / pixel_scale
+    width = max(0.35 * fwhm / pixel_scale, 0.5)
+    yy, xx = np.indices((size, size), dtype=np.float64)
+    xx -= x0
+    yy -= y0
+    image = np.zeros((size, size))
+    for angle in (star["spikes"], star["spikes"] + 90.0):
+        theta = math.radians(angle)
+        along = xx * math.cos(theta) + yy * math.sin(theta)
+        across = -xx * math.sin(theta) + yy * math.cos(theta)
+        image += np.exp(-np.abs(along) / length - 0.5 * (across / width) ** 2)
+    # Normalise by the analytic integral of both streaks: 2 x (2 L) x sqrt(2 pi) w.
+    return image * 0.03 * flux / (4.0 * length * math.sqrt(2.0 * math.pi) * width)
+
+
 def _dust_lane(params, size, pixel_scale, h, offset=(0.0, 0.0)):
     """Optical depth map (r band) of the dust lane of a disk seen at more than 60 deg, or None.
 
@@ -635,7 +737,7 @@ def _dust_lane(params, size, pixel_scale, h, offset=(0.0, 0.0)):
     angle = math.radians(params._misalignment())
     along = x * math.cos(angle) + y * math.sin(angle)
     across = -x * math.sin(angle) + y * math.cos(angle)
-    width = 0.5 * params.thickness * h + 0.25 * h * cos_i
+    width = 0.5 * params.thickness * HZ_PER_Q0 * h + 0.25 * h * cos_i
     offset = params.dust_side * 0.15 * h * cos_i
     tau = tau0 * np.exp(-np.abs(along) / (1.5 * h)) * np.exp(-0.5 * ((across - offset) / width) ** 2)
     sigma_pixels = params.psf_fwhm / 2.3548 / pixel_scale
@@ -698,14 +800,30 @@ def render_galaxy(params, size, seed):
         smooth_fraction = (
             1.0 - params.arm_fraction - params.knot_fraction - (params.bar_fraction if params.has_bar else 0.0)
         )
+        hz_over_h = params.thickness * HZ_PER_Q0
+        lop = params.lopsided
+        lop_fraction = lop.get("fraction", 0.0)
         disk = galsim.InclinedExponential(
             inclination=inc * galsim.degrees,
             scale_radius=h,
-            scale_h_over_r=params.thickness,
-            flux=disk_plane_flux * smooth_fraction,
+            scale_h_over_r=hz_over_h,
+            flux=disk_plane_flux * smooth_fraction * (1.0 - lop_fraction),
             gsparams=gsparams,
-        ).rotate(rotation * galsim.degrees)
-        components["disk"] = draw(disk)
+        )
+        if lop:
+            # Part of the disk light in a smaller disk displaced in the disk plane (projected
+            # along the minor axis by cos i): the m = 1 asymmetry most spirals show.
+            shift = lop["offset_over_h"] * h
+            phase = math.radians(lop["angle"])
+            displaced = galsim.InclinedExponential(
+                inclination=inc * galsim.degrees,
+                scale_radius=h * lop["scale"],
+                scale_h_over_r=hz_over_h / lop["scale"],
+                flux=disk_plane_flux * smooth_fraction * lop_fraction,
+                gsparams=gsparams,
+            ).shift(shift * math.cos(phase), shift * math.sin(phase) * cos_i)
+            disk = disk + displaced
+        components["disk"] = draw(disk.rotate(rotation * galsim.degrees))
         bulge_flux = disk_plane_flux * params.bulge_fraction / (1.0 - params.bulge_fraction)
         bulge_q = math.sqrt(cos_i**2 + (params.bulge_q * sin_i) ** 2)
         bulge = galsim.Sersic(
@@ -723,36 +841,43 @@ def render_galaxy(params, size, seed):
             bulge_like.append(bar.rotate(rotation * galsim.degrees))
         components["bulge"] = draw(galsim.Add(bulge_like))
         # Arms and knots have no thickness of their own: blur them by the projected scale height.
-        thick_blur = galsim.Gaussian(sigma=max(params.thickness * h * sin_i, 1e-3), gsparams=gsparams)
+        thick_blur = galsim.Gaussian(sigma=max(0.9 * hz_over_h * h * sin_i, 1e-3), gsparams=gsparams)
         arm_points = _arm_points(params, h, structure_rng)
         arms = _disk_plane(galsim, arm_points, disk_plane_flux * params.arm_fraction, cos_i, rotation, gsparams)
         components["arms"] = shoot(galsim.Convolve(arms, thick_blur), "arms", n_photons)
         knot_points = _knot_points(params, arm_points, h, structure_rng)
         knots = _disk_plane(galsim, knot_points, disk_plane_flux * params.knot_fraction, cos_i, rotation, gsparams)
         components["knots"] = shoot(galsim.Convolve(knots, thick_blur), "knots", max(n_photons // 4, 5_000))
-        if params.companion:
-            c = params.companion
+        # A second galaxy: overlapping the disk for [multiple], beside it for a neighbour.
+        for c in (params.companion, params.neighbour):
+            if not c:
+                continue
             distance = c["distance_over_r25"] * r25
             angle = math.radians(c["angle"])
-            companion = galsim.InclinedExponential(
+            other = galsim.InclinedExponential(
                 inclination=c["inc"] * galsim.degrees,
                 scale_radius=h * c["h_ratio"],
-                scale_h_over_r=0.15,
+                scale_h_over_r=0.15 * HZ_PER_Q0,
                 flux=disk_plane_flux * c["flux_ratio"] * c["h_ratio"] ** 2,
                 gsparams=gsparams,
             ).rotate(c["rotation"] * galsim.degrees)
-            companion_bulge = galsim.DeVaucouleurs(
-                half_light_radius=0.3 * h * c["h_ratio"], flux=0.25 * companion.flux, gsparams=gsparams
+            other_bulge = galsim.DeVaucouleurs(
+                half_light_radius=0.3 * h * c["h_ratio"], flux=0.25 * other.flux, gsparams=gsparams
             )
-            offset = (distance * math.cos(angle), distance * math.sin(angle))
-            neighbours["disk"] = draw(companion.shift(offset))
-            neighbours["bulge"] = draw(companion_bulge.shift(offset))
+            position = (distance * math.cos(angle), distance * math.sin(angle))
+            for name, profile in (("disk", other), ("bulge", other_bulge)):
+                image = draw(profile.shift(position))
+                neighbours[name] = neighbours[name] + image if name in neighbours else image
 
     stars = np.zeros((3, size, size))
+    masked = np.zeros((size, size), dtype=bool)  # saturated cores blanked by the pipeline
     for star in params.stars:
-        image = _draw_star(
-            galsim, star_psf.withFlux(star["flux"] * params.psf_fwhm**2), star, size, pixel_scale, params.psf_fwhm
-        )
+        flux = star["flux"] * params.psf_fwhm**2
+        image = _draw_star(galsim, star_psf.withFlux(flux), star, size, pixel_scale, params.psf_fwhm)
+        if star.get("masked_core"):
+            masked |= image / (pixel_scale * pixel_scale) > 5.0 * params.saturation
+        if "spikes" in star:
+            image = image + _spikes(star, flux, size, pixel_scale, params.psf_fwhm)
         for band in range(3):
             stars[band] += image * star["colour"][band]
 
@@ -792,6 +917,9 @@ def render_galaxy(params, size, seed):
         rgb[:, :, channel] = np.clip(
             np.rint(params.sky_dark + (255.0 - params.sky_dark) * stretched * params.composite[band]), 0, 255
         )
+    for array in gray.values():
+        array[masked] = 255
+    rgb[masked] = int(round(params.sky_dark))
     if params.corners:
         corners = _corner_mask(params.corners, size)
         for array in gray.values():
