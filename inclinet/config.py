@@ -21,7 +21,7 @@ from pathlib import Path
 
 from inclinet import naming
 from inclinet.errors import invalid
-from inclinet.models import TTA_VIEW_COUNTS
+from inclinet.models import DROPOUT, TTA_VIEW_COUNTS
 
 #: Flag help texts end with the default, as ``(default X)``; ``None`` shows no default.
 _UNSET = object()
@@ -90,6 +90,32 @@ SETTINGS = {
             choices=("constant", "cosine"),
         ),
         Setting("views", int, 8, "augmented views per test image in evaluation", choices=TTA_VIEW_COUNTS),
+        Setting("dropout", float, DROPOUT, "dropout rate of every dropout layer", minimum=0.0, maximum=0.95),
+        Setting(
+            "aug_scale",
+            float,
+            1.0,
+            "factor on the half-width of the augmentation's scale range (1: the chains' own 0.8..1.2)",
+            minimum=0.0,
+            maximum=4.0,
+        ),
+        Setting(
+            "aug_noise",
+            float,
+            1.0,
+            "factor on the augmentation's Gaussian noise level (1: the chains' own)",
+            minimum=0.0,
+        ),
+        # The hyper-parameter search (inclinet-hpo; run_workflow.py --hpo-trials N).
+        Setting("hpo_trials", int, 0, "trials of a hyper-parameter search before training (0: no search)", minimum=0),
+        Setting(
+            "hpo_parallel",
+            int,
+            1,
+            "trial jobs of the search, run in parallel (the search's result depends on it)",
+            minimum=1,
+        ),
+        Setting("hpo_epochs", int, 3, "training epochs of one search trial", minimum=1),
         Setting("seed", int, 0, "random seed of the run"),
         # -- execution: how the work is cut and retried ---------------------------------------
         Setting("galaxies_per_job", int, 500, "catalog rows per synth/prep job", minimum=1, science=False),

@@ -28,6 +28,8 @@ INCLINATION_MAX = 90.0
 INCLINATION_CENTRE = 67.5
 INCLINATION_HALF_RANGE = 22.5
 TTA_VIEW_COUNTS = (1, 2, 4, 8)
+#: Dropout rate of every dropout layer of the three families (the original's 0.25).
+DROPOUT = 0.25
 
 PIXEL_SCALING = {"divide_by": PIXEL_SCALE, "dtype": "float32"}
 LABEL_SCALING = {
@@ -44,23 +46,23 @@ _BODIES = {
         ("conv", 16),
         ("conv", 16),
         ("pool", 2),
-        ("dropout", 0.25),
+        ("dropout", None),
         ("conv", 32),
         ("conv", 32),
         ("bn", None),
         ("pool", 4),
-        ("dropout", 0.25),
+        ("dropout", None),
     ],
     "model5": [
         ("conv", 128),
         ("conv", 128),
         ("pool", 2),
-        ("dropout", 0.25),
+        ("dropout", None),
         ("conv", 256),
         ("conv", 256),
         ("bn", None),
         ("pool", 4),
-        ("dropout", 0.25),
+        ("dropout", None),
         ("conv", 256),
         ("conv", 256),
         ("bn", None),
@@ -70,12 +72,12 @@ _BODIES = {
         ("conv", 32),
         ("conv", 32),
         ("pool", 2),
-        ("dropout", 0.25),
+        ("dropout", None),
         ("conv", 64),
         ("conv", 64),
         ("bn", None),
         ("pool", 4),
-        ("dropout", 0.25),
+        ("dropout", None),
     ],
 }
 # Dense stacks with the original layer names (fc_out2 is the head).
@@ -118,11 +120,11 @@ def minimum_input_size(name):
     return size
 
 
-def build_model(name, *, input_size=DEFAULT_INPUT_SIZE, task="regression"):
+def build_model(name, *, input_size=DEFAULT_INPUT_SIZE, task="regression", dropout=DROPOUT):
     """Build (uncompiled) model4, model5 or model6 for square RGB inputs of ``input_size`` px.
 
     The layers follow the original tables: 3x3 valid ReLU convolutions, max pooling with
-    strides equal to the pool size, batch normalisation over channels, dropout 0.25, a
+    strides equal to the pool size, batch normalisation over channels, dropout ``dropout`` (0.25), a
     ReLU dense stack and the head ``fc_out2``: ``Dense(1, tanh)`` for regression (the
     scaled inclination), ``Dense(2, softmax)`` for binary (P(accept), P(reject)).
 
@@ -133,6 +135,8 @@ def build_model(name, *, input_size=DEFAULT_INPUT_SIZE, task="regression"):
         raise invalid("model", name, "one of " + ", ".join(MODEL_NAMES))
     if task not in TASKS:
         raise invalid("task", task, "one of " + ", ".join(TASKS))
+    if not 0.0 <= float(dropout) < 1.0:
+        raise invalid("dropout", dropout, "a rate in [0, 1)")
     input_size = int(input_size)
     needed = minimum_input_size(name)
     if input_size < needed:
@@ -153,7 +157,7 @@ def build_model(name, *, input_size=DEFAULT_INPUT_SIZE, task="regression"):
         elif kind == "pool":
             x = layers.MaxPooling2D(pool_size=arg, strides=arg, name=f"pool_{counts[kind]}")(x)
         elif kind == "dropout":
-            x = layers.Dropout(arg, name=f"dropout_{counts[kind]}")(x)
+            x = layers.Dropout(float(dropout), name=f"dropout_{counts[kind]}")(x)
         else:
             x = layers.BatchNormalization(axis=-1, name=f"bn_{counts[kind]}")(x)
     x = layers.Flatten(name="flatten")(x)

@@ -195,6 +195,25 @@ def bundle_member(name, bundle="bundle"):
     return f"{bundle}/{name}.keras"
 
 
+# -- the hyper-parameter search (run_workflow.py --hpo-trials N) ---------------------------
+
+HPO_DIR = "hpo"
+#: What the select job writes: the parameters training reads, the merged study, the report's summary.
+HPO_BEST_PARAMS = f"{HPO_DIR}/best_params.json"
+HPO_STUDY = f"{HPO_DIR}/study.journal"
+HPO_SUMMARY = f"{HPO_DIR}/search.json"
+
+
+def hpo_journal(index, count):
+    """The Optuna journal of trial job ``index`` of ``count`` (its study; the job's checkpoint)."""
+    return f"{HPO_DIR}/trials_{index:02d}of{count:02d}.journal"
+
+
+def hpo_trials(index, count):
+    """The trials of trial job ``index`` of ``count``, as JSON (what the select job reads)."""
+    return f"{HPO_DIR}/trials_{index:02d}of{count:02d}.json"
+
+
 # -- the survey workflow (run_workflow.py --predict-with BUNDLE) ----------------------------
 #
 # Every survey product carries the bundle's identity (inclinet.bundle.identity) in its name,

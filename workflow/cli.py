@@ -97,6 +97,10 @@ def add_build_arguments(parser):
     for name in ("subsamples", "epochs", "batch_size", "lr_schedule", "n_batches", "per_bin", "views"):
         settings.add_argument(science, name, default=None)
 
+    search = parser.add_argument_group("hyper-parameter search (inclinet-hpo; none without --hpo-trials)")
+    for name in ("hpo_trials", "hpo_parallel", "hpo_epochs"):
+        settings.add_argument(search, name, default=None)
+
     execution = parser.add_argument_group("execution settings")
     settings.add_argument(execution, "galaxies_per_job", default=None)
     settings.add_argument(
@@ -243,6 +247,9 @@ SCIENCE_KEYS = {
             "per_bin",
             "views",
             "seed",
+            "hpo_trials",
+            "hpo_parallel",
+            "hpo_epochs",
         )
     },
 }

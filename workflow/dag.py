@@ -11,6 +11,11 @@ Job graph::
     [synth-catalog, synth x K] -> prep (band x chunk) -> compress (band) -> split
         -> augment (training subset) -> train (model x subset) -> evaluate (+ bundle)
 
+with ``hpo_trials`` N (a hyper-parameter search before training)::
+
+    split -> hpo trial x K -> hpo select -> augment (regression subsets read the best
+        parameters) -> train (regression members read them) -> evaluate (+ the search's summary)
+
 and with ``predict_with`` (a finished bundle), the survey workflow::
 
     [synth-catalog, synth x K] -> measure (chunk, all bands) -> merge -> summarize
@@ -38,7 +43,9 @@ from inclinet.io import atomic_write_json
 STAGES = registry.DAG_STAGES
 #: The survey workflow's stages (``predict_with``), and those of the training workflow.
 SURVEY_STAGES = ("measure", "merge", "summarize")
-TRAINING_STAGES = tuple(stage for stage in STAGES if stage not in SURVEY_STAGES)
+#: The hyper-parameter search's stage: in the training DAG only with ``hpo_trials``.
+SEARCH_STAGES = ("hpo",)
+TRAINING_STAGES = tuple(stage for stage in STAGES if stage not in SURVEY_STAGES + SEARCH_STAGES)
 
 #: Logical folder of the raw inputs (``raw/catalog.csv``, ``raw/galaxies/<image>``) and of
 #: the final products; the names are :mod:`inclinet.naming`'s.
@@ -149,6 +156,16 @@ def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", membe
         per_epoch = (augmented + test_images) / TRAIN_IMAGES_PER_S[model] * _pixels(size, 64)
         seconds = 60 + config.epochs * per_epoch
         memory = max(8000, 4000 + test_images * size * size * 3 * 2 / 1e6)
+    elif stage == "hpo":
+        # A trial job: its share of the trials, each augmenting the search's training galaxies
+        # (4/5 of the full set) and training --hpo-epochs epochs on them, validating on the rest.
+        trials = math.ceil(config.hpo_trials / config.hpo_parallel)
+        galaxies = n_galaxies * (1 - TEST_FRACTION)
+        per_trial = (augmented / 400 + galaxies * 0.0006) * _pixels(size, 128) + config.hpo_epochs * (
+            augmented + 0.2 * galaxies * 2 * bands / 4
+        ) / TRAIN_IMAGES_PER_S[model] * _pixels(size, 64)
+        seconds = 60 + trials * (30 + per_trial)
+        memory = max(8000, 4000 + galaxies * bands * size * size * 3 * 2 / 1e6)
     elif stage == "measure":
         # Per image: reading and normalising (~10 ms) plus every member over every view.
         seconds = 10 + items * bands * (0.01 + members * config.views / 400 * _pixels(size, 64))
@@ -226,6 +243,10 @@ class WorkflowConfig:
     container_mode: str = "stage"
     #: The survey workflow: measure the catalog's galaxies with this bundle instead of training.
     predict_with: str | None = None
+    #: The hyper-parameter search before training: trials (0: none), trial jobs, epochs per trial.
+    hpo_trials: int = settings.DEFAULTS.hpo_trials
+    hpo_parallel: int = settings.DEFAULTS.hpo_parallel
+    hpo_epochs: int = settings.DEFAULTS.hpo_epochs
 
     def validate(self):
         """Raise :class:`ConfigError` for flags that cannot make a DAG."""
@@ -257,7 +278,11 @@ class WorkflowConfig:
         if self.container_mode not in CONTAINER_MODES:
             raise invalid("--container-mode", self.container_mode, " or ".join(CONTAINER_MODES))
         resource_overrides(self)
+        if self.hpo_trials and self.hpo_parallel > self.hpo_trials:
+            raise invalid("--hpo-parallel", self.hpo_parallel, f"at most --hpo-trials ({self.hpo_trials})")
         if self.predict_with is not None:
+            if self.hpo_trials:
+                raise ConfigError("--hpo-trials searches before training: give it without --predict-with")
             manifest = Path(self.predict_with) / "manifest.json"
             if not manifest.is_file():
                 raise InputError(
@@ -324,7 +349,7 @@ def expected_job_counts(config, n_galaxies):
         "augment": subsets,
         "train": subsets * len(config.models),
         "evaluate": 1,
-    }
+    } | ({"hpo": config.hpo_parallel + 1} if config.hpo_trials else {})
 
 
 # -- building ---------------------------------------------------------------------------
@@ -467,6 +492,9 @@ def build_jobs(config, *, missing=None):
             resources=sized_resources("split", config, n_galaxies=len(ids)),
         )
     )
+    if config.hpo_trials:
+        jobs.extend(_search_jobs(config, len(ids)))
+    searched = ["--hpo-params", naming.HPO_BEST_PARAMS] if config.hpo_trials else []
 
     models = []
     for subset in training_subsets(config):
@@ -479,6 +507,8 @@ def build_jobs(config, *, missing=None):
         validation = [naming.sample(config.size, b, val_kind, 0) for b in config.bands]
         batches = [naming.augmented_batch(config.size, subset, b) for b in range(1, config.n_batches + 1)]
         report = naming.report_for(naming.augmented_dir(subset))
+        # The search tunes the regression members: their augmentation and training read its result.
+        tuned = searched if task == "regression" else []
         jobs.append(
             _job(
                 f"augment_{naming.uset(subset)}",
@@ -502,8 +532,9 @@ def build_jobs(config, *, missing=None):
                     report,
                     "--seed",
                     config.seed,
+                    *tuned,
                 ],
-                train_samples,
+                train_samples + tuned[1:],
                 batches + [report],
                 config,
                 resources=sized_resources("augment", config, n_galaxies=len(ids)),
@@ -541,13 +572,14 @@ def build_jobs(config, *, missing=None):
                 config.lr_schedule,
                 "--seed",
                 config.seed,
+                *tuned,
             ]
             jobs.append(
                 _job(
                     f"train_{naming.uset(subset)}_{model}",
                     "train",
                     args,
-                    batches + validation,
+                    batches + validation + tuned[1:],
                     outputs,
                     config,
                     checkpoint=checkpoint,
@@ -558,6 +590,72 @@ def build_jobs(config, *, missing=None):
 
     jobs.append(_evaluate_job(config, models, len(ids)))
     return _linked(jobs, config)
+
+
+def _search_jobs(config, n_galaxies):
+    """The hyper-parameter search: ``hpo_parallel`` trial jobs, then the select job.
+
+    Trial job k reads the full training set's sample of every band, keeps its study in its
+    own journal (its checkpoint: resumed after a stop, staged in and out by Pegasus) and
+    writes its trials as JSON, which the select job reads (:mod:`inclinet.hpo`).
+    """
+    count = config.hpo_parallel
+    train_samples = [naming.sample(config.size, band, "train", 0) for band in config.bands]
+    slowest = min(config.models, key=TRAIN_IMAGES_PER_S.get)
+    resources = sized_resources("hpo", config, n_galaxies=n_galaxies, model=slowest)
+    jobs, outputs = [], []
+    for index in range(1, count + 1):
+        journal, out = naming.hpo_journal(index, count), naming.hpo_trials(index, count)
+        args = [
+            "trial",
+            "--train",
+            *train_samples,
+            "--models",
+            ",".join(config.models),
+            "--trials",
+            config.hpo_trials,
+            "--job",
+            f"{index}/{count}",
+            "--epochs",
+            config.hpo_epochs,
+            "-b",
+            config.n_batches,
+            "-z",
+            config.per_bin,
+            "--journal",
+            journal,
+            "--output",
+            out,
+            "--seed",
+            config.seed,
+        ]
+        jobs.append(
+            _job(
+                f"hpo_trial_{index:02d}of{count:02d}",
+                "hpo",
+                args,
+                train_samples,
+                [out],
+                config,
+                checkpoint=journal,
+                resources=resources,
+            )
+        )
+        outputs.append(out)
+    selected = [naming.HPO_BEST_PARAMS, naming.HPO_STUDY, naming.HPO_SUMMARY]
+    args = ["select", "--input", *outputs, "--best", selected[0], "--study", selected[1], "--summary", selected[2]]
+    jobs.append(
+        _job(
+            "hpo_select",
+            "hpo",
+            [*args, "--seed", config.seed],
+            outputs,
+            selected,
+            config,
+            resources=Resources(cores=1, memory_mb=2000, runtime_s=RUNTIME_FLOOR_S),
+        )
+    )
+    return jobs
 
 
 def _linked(jobs, config):
@@ -824,6 +922,9 @@ def _evaluate_job(config, models, n_galaxies):
         args += ["--binary-test", *tests]
         inputs += tests
     args += ["--output-dir", EVALUATION_DIR, "--bundle-dir", BUNDLE_DIR, "--views", config.views, "--seed", config.seed]
+    if config.hpo_trials:
+        args += ["--hpo-summary", naming.HPO_SUMMARY]
+        inputs.append(naming.HPO_SUMMARY)
     members = []
     for subset in training_subsets(config):
         for model in config.models:
@@ -884,8 +985,9 @@ def final_outputs(jobs):
     return [lfn for job in jobs if job.stage in FINAL_STAGES for lfn in job.outputs]
 
 
-#: Stages whose outputs are staged out and registered (models, evaluation, bundle, survey catalog and report).
-FINAL_STAGES = ("train", "evaluate", "merge", "summarize")
+#: Stages whose outputs are staged out and registered (models, evaluation, bundle, survey catalog and report,
+#: the search's trials, best parameters and study).
+FINAL_STAGES = ("train", "evaluate", "merge", "summarize", "hpo")
 
 
 # -- persistence ------------------------------------------------------------------------

@@ -52,6 +52,8 @@ STAGES = (
     Stage("prep", "resize one band of a catalog shard into an npz"),
     Stage("compress", "merge one band's prep parts into one npz"),
     Stage("split", "test/train subsets by galaxy, identical in every band"),
+    # The hyper-parameter search (run_workflow.py --hpo-trials N): trial jobs, then one select job.
+    Stage("hpo", "hyper-parameter search: trial jobs over Optuna studies, then the best parameters", cores=2, gpus=1),
     Stage("augment", "balanced augmented batches of one training subset"),
     Stage("train", "train one model x subset x task, resumable", cores=2, gpus=1),
     Stage("evaluate", "score the members and ensembles; write the bundle", cores=2, gpus=1),

@@ -117,15 +117,26 @@ def run(
     subset=None,
     report=None,
     scratch_dir=None,
+    aug_scale=config.DEFAULTS.aug_scale,
+    aug_noise=config.DEFAULTS.aug_noise,
+    hpo_params=None,
 ):
     """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
 
     ``inputs``: the subset's sample file of every band (the colour band ``gri`` and at
     least one of g, r, i). Rows with labels outside the task's range are recorded in the
     report (default ``<output_dir>.report.csv``), as are galaxies missing from some band.
+    ``aug_scale`` and ``aug_noise`` scale the chains' scale range and noise level
+    (:func:`inclinet.hpo.chain_parameters`); ``hpo_params``, the best-parameters file of a
+    hyper-parameter search, replaces both with the search's values.
     """
+    from inclinet import hpo
+
     start = time.perf_counter()
     _check_arguments(inputs, size, task, n_batches, per_bin)
+    if hpo_params is not None:
+        aug_scale, aug_noise = hpo.augmentation_params(hpo_params)
+    chains = hpo.chain_parameters(config.check("aug_scale", aug_scale), config.check("aug_noise", aug_noise))
     output_dir = Path(output_dir)
     subset = subset or subset_name(inputs, output_dir)
     report_path = Path(report) if report else Path(naming.report_for(output_dir))
@@ -153,6 +164,7 @@ def run(
         seed,
         subset,
         size,
+        chains,
     )
     skips.write(report_path)
     check_outputs(outputs + [report_path])
@@ -251,7 +263,7 @@ def _pools(samples, task, inputs):
     return pools, empty_groups
 
 
-def _write_batches(output_dir, scratch, samples, pools, task, n_batches, per_bin, seed, subset, size):
+def _write_batches(output_dir, scratch, samples, pools, task, n_batches, per_bin, seed, subset, size, chains):
     """Write the batches one at a time (rows read through a scratch copy of each sample); returns their paths."""
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = []
@@ -261,7 +273,7 @@ def _write_batches(output_dir, scratch, samples, pools, task, n_batches, per_bin
         }
         for batch in range(1, n_batches + 1):
             path = output_dir / Path(naming.augmented_batch(size, 0, batch)).name
-            _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size)
+            _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size, chains)
             outputs.append(path)
             logger.debug("augment %s: batch %d/%d written", subset, batch, n_batches)
     return outputs
@@ -274,7 +286,7 @@ def _group_label(task, key):
     return "reject" if key == 1 else "accept"
 
 
-def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size):
+def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subset, size, chains):
     rng = rng_for(seed, subset, batch)
     entries = plan_batch(pools, task, per_bin, rng)
     # Shuffle the plan, not the images: the batch is built in its final order (no copy).
@@ -291,7 +303,7 @@ def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subs
     labels = np.array([samples[band]["labels"][row] for band, row in entries], dtype=np.int32)
     pgcs = np.array([samples[band]["pgcs"][row] for band, row in entries], dtype=np.int32)
     filters = np.array([naming.filter_code(band) for band, _ in entries], dtype="S1")
-    augment_batch(images, filters, rng, out=images)
+    augment_batch(images, filters, rng, colour_params=chains[0], gray_params=chains[1], out=images)
     with NpzWriter(path, (size, size, 3), n_rows=len(entries)) as writer:
         writer.append(images)
         writer.set(labels=labels, pgcIDs=pgcs, filter=filters)
@@ -322,6 +334,14 @@ def add_arguments(parser):
         "default: read from the input names)",
     )
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT_DIR.report.csv)")
+    config.add_argument(parser, "aug_scale")
+    config.add_argument(parser, "aug_noise")
+    parser.add_argument(
+        "--hpo-params",
+        metavar="BEST.json",
+        help="best parameters of a hyper-parameter search (inclinet-hpo select): its augmentation "
+        "scale and noise replace --aug-scale and --aug-noise",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -348,6 +368,9 @@ def main(argv=None):
             seed=args.seed,
             subset=args.subset,
             report=args.report,
+            aug_scale=args.aug_scale,
+            aug_noise=args.aug_noise,
+            hpo_params=args.hpo_params,
         )
 
     return run_main(parser, _run, argv)

@@ -313,14 +313,22 @@ def run(
     seed=config.DEFAULTS.seed,
     batch_size=256,
     members=None,
+    hpo_summary=None,
 ):
     """Evaluate ``models`` on ``test`` (and binary members on ``binary_test``); write the report and bundle.
 
     ``members``: the ``model:subset`` identity of each model file (:func:`naming.member_id`),
-    as the workflow passes it; None reads it from the file names. Returns the metrics
-    dictionary that is also written to ``metrics.json``.
+    as the workflow passes it; None reads it from the file names. ``hpo_summary``: the
+    summary of a hyper-parameter search (``hpo/search.json``), shown in the report and
+    recorded in the metrics. Returns the metrics dictionary that is also written to
+    ``metrics.json``.
     """
     start = time.perf_counter()
+    search = None
+    if hpo_summary is not None:
+        from inclinet import hpo
+
+        search = hpo.read_summary(hpo_summary)
     if views not in inclinet_models.TTA_VIEW_COUNTS:
         raise invalid("--views", views, "one of " + ", ".join(map(str, inclinet_models.TTA_VIEW_COUNTS)))
     if not models:
@@ -363,6 +371,10 @@ def run(
         "tta": {},
         "binary": {},
     }
+    if search is not None:
+        metrics["hpo"] = {
+            key: search[key] for key in ("search", "jobs", "best", "by_model", "importances", "importance_note")
+        }
     bands = ["all"] + [BAND_NAMES[s["band"]] for s in test_sets]
     band_of_row = rows["band_name"]
     for column in names + list(columns["order"]) + ["peer"]:
@@ -406,7 +418,7 @@ def run(
     _write_predictions(paths["predictions.csv"], rows, names, columns)
     atomic_write_json(paths["metrics.json"], metrics)
     _write_plots(paths, rows, columns, metrics, test_sets, binary_rows)
-    _write_html(paths["report.html"], metrics, names, columns["order"], view_counts)
+    _write_html(paths["report.html"], metrics, names, columns["order"], view_counts, search)
     manifest = write_bundle(
         bundle_dir,
         members,
@@ -695,7 +707,7 @@ def _fmt(value, digits=2):
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _write_html(path, metrics, names, ensemble_order, view_counts):
+def _write_html(path, metrics, names, ensemble_order, view_counts, search=None):
     regression = metrics["regression"]
     bands = list(next(iter(regression.values())).keys())
     parts = [
@@ -780,6 +792,10 @@ def _write_html(path, metrics, names, ensemble_order, view_counts):
         ("confusion.png", "Binary confusion matrix and reliability"),
     ):
         parts.append(f"<h2>{caption}</h2><img src='{image}' alt='{caption}'>")
+    if search is not None:
+        from inclinet import hpo
+
+        parts.append(hpo.html_section(search))
     parts.append("</body></html>\n")
     atomic_write_text(path, "\n".join(parts))
 
@@ -826,6 +842,11 @@ def add_arguments(parser):
         metavar="BATCH_SIZE",
         help="images per prediction call (default 256)",
     )
+    parser.add_argument(
+        "--hpo-summary",
+        metavar="SEARCH.json",
+        help="summary of the hyper-parameter search (inclinet-hpo select): adds its section to the report",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -841,6 +862,7 @@ def _run_args(args):
         seed=args.seed,
         batch_size=args.prediction_batch_size,
         members=args.members,
+        hpo_summary=args.hpo_summary,
     )
 
 

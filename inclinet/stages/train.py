@@ -462,15 +462,31 @@ def run(
     learning_rate=config.DEFAULTS.learning_rate,
     lr_schedule=config.DEFAULTS.lr_schedule,
     seed=config.DEFAULTS.seed,
+    dropout=config.DEFAULTS.dropout,
+    hpo_params=None,
+    epoch_end=None,
 ):
     """Train ``model`` for ``task`` and write ``output`` (.keras), ``metrics`` (JSON) and ``plot`` (PNG).
 
     ``lr_schedule`` is ``constant`` (Adam at ``learning_rate``, as the original) or
     ``cosine`` (cosine decay from ``learning_rate`` to 5% of it over ``epochs``).
-    Resumes from ``checkpoint`` when it exists and was written with the same settings.
-    Raises :class:`TrainingInterrupted` (exit code 3) after saving the checkpoint when a
-    SIGTERM arrives. Returns the metrics dictionary.
+    ``hpo_params``: the best-parameters file of a hyper-parameter search
+    (:func:`inclinet.hpo.training_params`); its learning rate, schedule, batch size and
+    dropout replace the arguments. ``epoch_end(record, net)`` is called after every epoch
+    with the epoch's metrics and the model (the search reports and prunes there; what it
+    raises ends training). Resumes from ``checkpoint`` when it exists and was written with
+    the same settings. Raises :class:`TrainingInterrupted` (exit code 3) after saving the
+    checkpoint when a SIGTERM arrives. Returns the metrics dictionary.
     """
+    searched = None
+    if hpo_params is not None:
+        from inclinet import hpo
+
+        searched = hpo.training_params(hpo_params, model)
+        learning_rate = searched["params"]["learning_rate"]
+        lr_schedule = searched["params"]["lr_schedule"]
+        batch_size = searched["params"]["batch_size"]
+        dropout = searched["params"]["dropout"]
     if model not in inclinet_models.MODEL_NAMES:
         raise invalid("--model", model, "one of " + ", ".join(inclinet_models.MODEL_NAMES))
     if task not in inclinet_models.TASKS:
@@ -478,6 +494,7 @@ def run(
     require_positive("--epochs", epochs)
     require_positive("--batch-size", batch_size)
     require_positive("--learning-rate", learning_rate)
+    config.check("dropout", dropout)
     if early_stopping is not None:
         require_positive("--early-stopping", early_stopping)
     if lr_schedule not in LR_SCHEDULES:
@@ -509,6 +526,9 @@ def run(
             learning_rate=learning_rate,
             lr_schedule=lr_schedule,
             seed=seed,
+            dropout=dropout,
+            searched=searched,
+            epoch_end=epoch_end,
             start_time=start_time,
         )
     finally:
@@ -533,6 +553,9 @@ def _train(
     learning_rate,
     lr_schedule,
     seed,
+    dropout,
+    searched,
+    epoch_end,
     start_time,
 ):
     stream, val_images, val_labels = _read_inputs(model, task, train, validation, batch_size, seed)
@@ -547,6 +570,8 @@ def _train(
     }
     if lr_schedule != "constant":
         signature["epochs"] = int(epochs)
+    if dropout != config.DEFAULTS.dropout:
+        signature["dropout"] = float(dropout)
 
     keras = inclinet_models.import_keras()
     enable_determinism()
@@ -570,6 +595,8 @@ def _train(
             epochs=epochs,
             early_stopping=early_stopping,
         )
+        if epoch_end is not None:
+            epoch_end(state["history"][-1], session.net)
     return _finish(
         session,
         stream,
@@ -585,6 +612,8 @@ def _train(
         learning_rate=learning_rate,
         lr_schedule=lr_schedule,
         seed=seed,
+        dropout=dropout,
+        searched=searched,
         n_validation=len(val_images),
         start_time=start_time,
     )
@@ -643,7 +672,9 @@ def _start_or_resume(keras, checkpoint, signature, stream, probe_images, probe_l
             int(keras.ops.convert_to_numpy(net.optimizer.iterations)),
         )
     else:
-        net = inclinet_models.build_model(model, input_size=stream.image_size, task=task)
+        net = inclinet_models.build_model(
+            model, input_size=stream.image_size, task=task, dropout=signature.get("dropout", config.DEFAULTS.dropout)
+        )
         _compile(keras, net, task, learning_rate, lr_schedule, epochs * stream.steps_per_epoch)
         session = _Session(
             net,
@@ -742,6 +773,8 @@ def _finish(
     learning_rate,
     lr_schedule,
     seed,
+    dropout,
+    searched,
     n_validation,
     start_time,
 ):
@@ -764,6 +797,8 @@ def _finish(
         "batch_size": stream.batch_size,
         "learning_rate": float(learning_rate),
         "lr_schedule": lr_schedule,
+        "dropout": float(dropout),
+        "hpo": searched,
         "epochs_requested": int(epochs),
         "epochs_run": len(history),
         "early_stopping": early_stopping,
@@ -857,6 +892,13 @@ def add_arguments(parser):
         "lr_schedule",
         help="constant (as the original) or cosine decay to 5%% of the rate over the epoch budget",
     )
+    config.add_argument(parser, "dropout")
+    parser.add_argument(
+        "--hpo-params",
+        metavar="BEST.json",
+        help="best parameters of a hyper-parameter search (inclinet-hpo select): its learning rate, "
+        "schedule, batch size and dropout for this --model replace the flags",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -877,6 +919,8 @@ def _run_args(args):
         learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         seed=args.seed,
+        dropout=args.dropout,
+        hpo_params=args.hpo_params,
     )
 
 
