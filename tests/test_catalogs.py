@@ -108,7 +108,7 @@ def test_default_catalogs_in_the_repository_validate(validators):
 
 
 def test_sites_local_points_into_the_run_and_keeps_user_sites(tmp_path):
-    user = catalogs._api_dict(catalogs.default_site_catalog("/elsewhere"))
+    user = catalogs.default_site_catalog("/elsewhere")
     user["sites"].append({"name": "mycluster", "directories": [], "profiles": {"pegasus": {"style": "condor"}}})
     user_file = tmp_path / "my-sites.yml"
     user_file.write_text(yaml.safe_dump(user))

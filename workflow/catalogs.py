@@ -23,6 +23,8 @@ bare on the node, so the container (and its TensorFlow) would be ignored.
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from pathlib import Path
 
@@ -119,10 +121,10 @@ def _dump(data):
 def workflow_yaml(workflow):
     """``workflow.yml`` text of a ``Pegasus.api.Workflow``: what ``Workflow.write`` writes, faster and stable.
 
-    Edges are inferred from the files as ``write`` does; each job's ``uses`` (by LFN) and each
-    job's children are sorted so that the same DAG always gives the same file.
+    ``Workflow.write`` infers the edges from the files (the workflow is built with
+    ``infer_dependencies=True``); each job's ``uses`` (by LFN) and each job's children are
+    sorted so that the same DAG always gives the same file.
     """
-    workflow._infer_dependencies()
     # No user name or clock time: the same flags give the same bytes.
     data = {"x-pegasus": {"createdBy": "inclinet", "apiLang": "python"}}
     data.update(_api_dict(workflow))
@@ -147,11 +149,24 @@ def _load_yaml(path, what):
 
 
 def _api_dict(obj):
-    import json
+    """A Pegasus API catalog or workflow as a dict: what its public ``write`` serialises, as JSON.
 
-    from Pegasus.api.writable import _CustomEncoder
+    ``write`` also adds an ``x-pegasus`` header (user name, clock time), dropped here; a
+    ``Workflow`` infers its edges from the files first.
+    """
+    buffer = io.StringIO()
+    obj.write(buffer, "json")
+    data = json.loads(buffer.getvalue())
+    data.pop("x-pegasus", None)
+    return data
 
-    return json.loads(json.dumps(obj, cls=_CustomEncoder))
+
+def _site_dict(site):
+    """One ``Pegasus.api.Site`` as a dict (a ``Site`` is written as part of a ``SiteCatalog``)."""
+    from Pegasus.api import SiteCatalog
+
+    (data,) = _api_dict(SiteCatalog().add_sites(site))["sites"]
+    return data
 
 
 def user_sites(sites_file=None, run_dir="/tmp/inclinet-run"):
@@ -180,7 +195,7 @@ def run_sites(run_dir, sites_file=None):
     data = user_sites(sites_file, run_dir)
     sites = [{k: v for k, v in s.items() if k != TAGS_KEY} for s in data.get("sites", []) if s.get("name") != "local"]
     data["pegasus"] = str(data.get("pegasus", PEGASUS_VERSION))
-    data["sites"] = [_api_dict(local_site(run_dir))] + sites
+    data["sites"] = [_site_dict(local_site(run_dir))] + sites
     return data
 
 
