@@ -122,6 +122,29 @@ def test_workflow_yml_text_is_unchanged():
     assert catalogs.workflow_yaml(tiny_workflow()) == EXPECTED_WORKFLOW_YML
 
 
+def test_a_user_without_a_name_still_gets_the_same_files(monkeypatch):
+    """``write`` records the user name; under a bare uid (a container) there is none."""
+    import getpass
+    import os
+    import pwd
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    else:
+        raise AssertionError("getpass.getuser found a name")
+    assert catalogs.workflow_yaml(tiny_workflow()) == EXPECTED_WORKFLOW_YML
+    assert "LOGNAME" not in os.environ
+
+
 def test_edges_are_those_the_dag_infers_from_its_files():
     config = dag.WorkflowConfig(synthetic=30, galaxies_per_job=10, size=96, cluster_size=3)
     jobs = dag.build_jobs(config)

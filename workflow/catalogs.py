@@ -23,8 +23,11 @@ bare on the node, so the container (and its TensorFlow) would be ignored.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -155,10 +158,32 @@ def _api_dict(obj):
     ``Workflow`` infers its edges from the files first.
     """
     buffer = io.StringIO()
-    obj.write(buffer, "json")
+    with _named_user():
+        obj.write(buffer, "json")
     data = json.loads(buffer.getvalue())
     data.pop("x-pegasus", None)
     return data
+
+
+@contextlib.contextmanager
+def _named_user():
+    """A user name for ``write`` to record where the user has none (a container run under a bare uid).
+
+    ``write`` asks ``getpass.getuser``, which fails there; ``LOGNAME`` is set for the
+    call only. The name never reaches the files (the header is dropped).
+    """
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    else:
+        yield
+        return
+    os.environ["LOGNAME"] = "inclinet"
+    try:
+        yield
+    finally:
+        os.environ.pop("LOGNAME", None)
 
 
 def _site_dict(site):
