@@ -1,0 +1,349 @@
+"""The hyper-parameter search: search space, DAG and Pegasus files, trial jobs, select, kill and resume, engines."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import build_npz
+from test_catalogs import errors, validators  # noqa: F401 - the fixture is used by name
+
+from inclinet import config, hpo, naming
+from inclinet import stages as registry
+from inclinet.errors import ConfigError, InputError
+from inclinet.stages import hpo as hpo_stage
+from workflow import dag
+from workflow.cli import main as workflow_main
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+N_GALAXIES = 40
+SEED = 5
+#: The tiny search of the tests: 2 trial jobs x 2 trials, 1 epoch each (2 in the kill test).
+TINY = dict(trials=4, models=("model4", "model6"), n_batches=1, per_bin=2, seed=SEED)
+
+
+def tiny_samples(folder, n=N_GALAXIES, size=SIZE):
+    """The full training set's sample of every band (``samples/<TAG>_<S>x<S>_train_000.npz``), as split writes it."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(45, 91, n)
+    pgcs = 2_000_000 + np.arange(n)
+    paths = []
+    for offset, band in enumerate(naming.BANDS):
+        path = Path(folder) / naming.sample(size, band, "train", 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        paths.append(build_npz(path, n=n, size=size, band=band, labels=labels, pgc_ids=pgcs, seed=offset))
+    return paths
+
+
+def trial_argv(samples, folder, job, epochs=1):
+    index, count = job.split("/")
+    name = f"{int(index):02d}of{int(count):02d}"
+    return [
+        "trial",
+        "--train",
+        *map(str, samples),
+        "--models",
+        ",".join(TINY["models"]),
+        "--trials",
+        str(TINY["trials"]),
+        "--job",
+        job,
+        "--epochs",
+        str(epochs),
+        "-b",
+        str(TINY["n_batches"]),
+        "-z",
+        str(TINY["per_bin"]),
+        "--journal",
+        str(Path(folder) / f"trials_{name}.journal"),
+        "--output",
+        str(Path(folder) / f"trials_{name}.json"),
+        "--seed",
+        str(SEED),
+        "-q",
+    ]
+
+
+def finished(record):
+    return {t["trial"]: (t["state"], t["params"], t["value"]) for t in record["trials"] if t["state"] != "FAIL"}
+
+
+# -- without TensorFlow: the search space, the parameters file, the DAG ----------------------
+
+
+def test_chains_are_unchanged_at_one_and_scaled_otherwise():
+    from inclinet.augmentation import COLOUR_CHAIN, GRAY_CHAIN
+
+    assert hpo.chain_parameters(1.0, 1.0) == (COLOUR_CHAIN, GRAY_CHAIN)
+    colour, gray = hpo.chain_parameters(0.5, 2.0)
+    assert colour.scale_range == pytest.approx((0.9, 1.1)) and gray.scale_range == pytest.approx((0.9, 1.1))
+    assert colour.noise_max == 2 * COLOUR_CHAIN.noise_max and gray.noise_max == 2 * GRAY_CHAIN.noise_max
+    assert hpo.chain_parameters(0.0, 0.0)[0].scale_range == (1.0, 1.0)
+
+
+def test_search_space_draws_within_its_bounds_and_the_settings():
+    optuna = hpo.import_optuna()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        params = hpo.suggest(study.ask(), ("model4", "model6"))
+        assert list(params) == [dim.name for dim in hpo.SEARCH_SPACE]
+        assert params["model"] in ("model4", "model6")
+        for key in hpo.TRAINING_KEYS + hpo.AUGMENTATION_KEYS:
+            config.check(key, params[key])  # every value the search draws is one the stages accept
+
+
+def write_best(path, best, by_model=None):
+    path.write_text(json.dumps({"format": hpo.FORMAT, "best": best, "by_model": by_model or {}}))
+    return path
+
+
+def test_training_reads_its_familys_best_trial_or_the_overall_best(tmp_path):
+    params = {
+        "model": "model6",
+        "learning_rate": 0.002,
+        "lr_schedule": "constant",
+        "batch_size": 16,
+        "dropout": 0.1,
+        "aug_scale": 0.5,
+        "aug_noise": 1.5,
+    }
+    best = {"trial": 3, "value": 7.5, "params": params}
+    path = write_best(tmp_path / "best.json", best, {"model6": best})
+    assert hpo.training_params(path, "model6")["params"] == {
+        "learning_rate": 0.002,
+        "lr_schedule": "constant",
+        "batch_size": 16,
+        "dropout": 0.1,
+    }
+    assert "none of this family" in hpo.training_params(path, "model4")["source"]
+    assert hpo.augmentation_params(path) == (0.5, 1.5)
+    bad = write_best(tmp_path / "bad.json", dict(best, params=dict(params, dropout=2.0)))
+    with pytest.raises(InputError, match=r"bad\.json: invalid --dropout: 2\.0"):
+        hpo.read_best(bad)
+    with pytest.raises(InputError, match="no finished trial"):
+        hpo.training_params(write_best(tmp_path / "none.json", None), "model4")
+    (tmp_path / "junk.json").write_text("{")
+    with pytest.raises(InputError, match=r"junk\.json: not a readable best-parameters file"):
+        hpo.read_best(tmp_path / "junk.json")
+
+
+def small_config(**overrides):
+    values = dict(
+        synthetic=40,
+        galaxies_per_job=20,
+        size=32,
+        models=("model4", "model6"),
+        subsamples=1,
+        epochs=2,
+        n_batches=1,
+        per_bin=2,
+        views=1,
+        seed=SEED,
+    )
+    values.update(overrides)
+    return dag.WorkflowConfig(**values)
+
+
+def test_without_a_search_the_dag_is_the_same():
+    plain = dag.build_jobs(small_config())
+    assert not any(job.stage == "hpo" or any("hpo" in str(a) for a in job.args + job.inputs) for job in plain)
+    # Search settings that take effect only with --hpo-trials change nothing.
+    other = dag.build_jobs(small_config(hpo_parallel=3, hpo_epochs=7))
+    assert [dataclasses.asdict(j) for j in other] == [dataclasses.asdict(j) for j in plain]
+    assert dag.expected_job_counts(small_config(), 40) == {
+        "synth": 3,
+        "prep": 8,
+        "compress": 4,
+        "split": 1,
+        "augment": 3,
+        "train": 6,
+        "evaluate": 1,
+    }
+
+
+def test_search_jobs_sit_between_split_and_the_tuned_members():
+    config_ = small_config(hpo_trials=6, hpo_parallel=2, hpo_epochs=2)
+    jobs = {job.id: job for job in dag.build_jobs(config_)}
+    counts = dag.expected_job_counts(config_, 40)
+    assert counts["hpo"] == 3 and len(jobs) == sum(counts.values())
+    trials = [jobs[f"hpo_trial_{k:02d}of02"] for k in (1, 2)]
+    for k, job in enumerate(trials, 1):
+        assert job.parents == ["split"] and job.checkpoint == naming.hpo_journal(k, 2)
+        assert job.outputs == [naming.hpo_trials(k, 2)] and (job.cores, job.gpus) == (2, 1)
+        assert job.inputs == [naming.sample(32, band, "train", 0) for band in config_.bands]
+    select = jobs["hpo_select"]
+    assert select.parents == [job.id for job in trials] and (select.cores, select.gpus) == (1, 0)
+    assert select.outputs == [naming.HPO_BEST_PARAMS, naming.HPO_STUDY, naming.HPO_SUMMARY]
+    # Regression augmentation and training read the best parameters; the binary member does not.
+    for job_id in ("augment_Uset_000", "augment_Uset_001", "train_Uset_000_model4", "train_Uset_001_model6"):
+        assert "hpo_select" in jobs[job_id].parents and naming.HPO_BEST_PARAMS in jobs[job_id].inputs
+        assert jobs[job_id].args[-2:] == ["--hpo-params", naming.HPO_BEST_PARAMS]
+    for job_id in ("augment_Binary", "train_Binary_model4"):
+        assert "hpo_select" not in jobs[job_id].parents and "--hpo-params" not in jobs[job_id].args
+    assert naming.HPO_SUMMARY in jobs["evaluate"].inputs and "--hpo-summary" in jobs["evaluate"].args
+    # Every command line parses with its stage's parser and carries the search's settings.
+    parser = registry.get("hpo").build_parser()
+    for k, job in enumerate(trials, 1):
+        args = parser.parse_args(job.args)
+        assert (args.command, args.job, args.hpo_trials, args.hpo_epochs) == ("trial", f"{k}/2", 6, 2)
+        assert args.models == ("model4", "model6") and args.journal == job.checkpoint
+    assert parser.parse_args(select.args).input == [job.outputs[0] for job in trials]
+    registry.get("train").build_parser().parse_args(jobs["train_Uset_000_model4"].args)
+    registry.get("augment").build_parser().parse_args(jobs["augment_Uset_000"].args)
+    registry.get("evaluate").build_parser().parse_args(jobs["evaluate"].args)
+
+
+def test_search_flags_are_checked():
+    with pytest.raises(ConfigError, match="--hpo-parallel"):
+        small_config(hpo_trials=2, hpo_parallel=3).validate()
+    with pytest.raises(ConfigError, match="--hpo-epochs"):
+        small_config(hpo_trials=2, hpo_epochs=0).validate()
+
+
+def test_pegasus_files_declare_the_journal_as_each_trial_jobs_checkpoint(tmp_path, validators):  # noqa: F811
+    run_dir = tmp_path / "run"
+    flags = ["--synthetic", "40", "--galaxies-per-job", "20", "--size", "32", "--models", "model4"]
+    flags += ["--hpo-trials", "4", "--hpo-parallel", "2", "--hpo-epochs", "1", "--engine", "pegasus"]
+    assert workflow_main([*flags, "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
+    documents = {name: yaml.safe_load((run_dir / name).read_text()) for name in ("workflow.yml", "replicas.yml")}
+    for name, document in documents.items():
+        assert errors(validators[name], document) == [], name
+    jobs = {job["id"]: job for job in documents["workflow.yml"]["jobs"]}
+    for k in (1, 2):
+        uses = {use["lfn"]: use for use in jobs[f"hpo_trial_{k:02d}of02"]["uses"]}
+        journal = uses[naming.hpo_journal(k, 2)]
+        assert journal["type"] == "checkpoint" and journal["stageOut"] is True
+        assert uses[naming.hpo_trials(k, 2)]["stageOut"] is True  # the search's results are kept
+    select = {use["lfn"]: use for use in jobs["hpo_select"]["uses"]}
+    assert all(select[lfn]["type"] == "input" for lfn in (naming.hpo_trials(1, 2), naming.hpo_trials(2, 2)))
+    assert select[naming.HPO_BEST_PARAMS]["registerReplica"] is True
+    # Pegasus finds an (empty) journal before a trial job's first attempt.
+    replicas = {entry["lfn"]: entry for entry in documents["replicas.yml"]["replicas"]}
+    placeholder = Path(replicas[naming.hpo_journal(1, 2)]["pfns"][0]["pfn"].removeprefix("file://"))
+    assert placeholder.is_file() and placeholder.stat().st_size == 0
+    assert "inclinet-hpo" in (run_dir / "transformations.yml").read_text()
+
+
+@pytest.mark.pegasus
+def test_real_planner_plans_the_search(tmp_path, monkeypatch):
+    if not (shutil.which("pegasus-plan") and shutil.which("condor_submit_dag")):
+        message = "pegasus-plan and the HTCondor stand-ins are not on PATH (see ../shared/pegasus-planner)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must install them (.ci/run)")
+        pytest.skip(message)
+    if shutil.which("condor_submit"):
+        pytest.skip("HTCondor is installed here: these tests would submit")
+    from workflow.engines import pegasus
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run_dir = tmp_path / "run"
+    flags = ["--synthetic", "30", "--galaxies-per-job", "10", "--size", "64", "--models", "model4"]
+    flags += ["--hpo-trials", "4", "--hpo-parallel", "2", "--engine", "pegasus", "--output-dir", str(run_dir), "-q"]
+    assert workflow_main(flags) == 0
+    submit_dir = pegasus.find_submit_dir(run_dir)
+    brain = pegasus.read_braindump(submit_dir)
+    lines = (submit_dir / brain["dag"]).read_text().splitlines()
+    planned = {line.split()[1] for line in lines if line.startswith("JOB ")}
+    assert {"inclinet-hpo_hpo_trial_01of02", "inclinet-hpo_hpo_trial_02of02", "inclinet-hpo_hpo_select"} <= planned
+    edges = {tuple(line.split()[1:4:2]) for line in lines if line.startswith("PARENT ")}
+    assert ("inclinet-hpo_hpo_trial_01of02", "inclinet-hpo_hpo_select") in edges
+    (sub,) = submit_dir.glob("**/inclinet-hpo_hpo_trial_01of02.sub")
+    assert "trials_01of02.journal" in sub.read_text()  # the checkpoint travels with every attempt
+
+
+# -- with TensorFlow: trial jobs, select, resume, the engines ----------------------------------
+
+
+@pytest.mark.slow
+def test_two_trial_jobs_select_and_a_killed_job_resumes_to_the_same_trials(tmp_path):
+    samples = tiny_samples(tmp_path / "data")
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "inclinet.stages.hpo", *trial_argv(samples, killed, "1/2", epochs=2)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal = killed / "trials_01of02.journal"
+    optuna = hpo.import_optuna()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if journal.is_file():
+                _, storage = hpo._journal_storage(journal)
+                names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+                study = optuna.load_study(study_name=names[0], storage=storage) if names else None
+                if study and any(t.state.name == "COMPLETE" for t in study.trials):
+                    break
+            time.sleep(0.5)
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        process.send_signal(signal.SIGKILL)  # no handler runs: the trial it was in stays "running"
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # Run again: the finished trial is kept, the abandoned one is marked failed and run again.
+    assert hpo_stage.main(trial_argv(samples, killed, "1/2", epochs=2)) == 0
+    resumed = json.loads((killed / "trials_01of02.json").read_text())
+    assert [t["state"] for t in resumed["trials"]].count("FAIL") == 1
+    assert sorted(finished(resumed)) == [0, 1]
+    # An uninterrupted run of the same job gives the same trials, parameters and scores.
+    assert hpo_stage.main(trial_argv(samples, reference, "1/2", epochs=2)) == 0
+    clean = json.loads((reference / "trials_01of02.json").read_text())
+    assert [t["state"] for t in clean["trials"]] == ["COMPLETE", "COMPLETE"]
+    for number, (state, params, value) in finished(clean).items():
+        again = finished(resumed)[number]
+        assert again[:2] == (state, params) and again[2] == pytest.approx(value, rel=1e-5)
+
+    assert hpo_stage.main(trial_argv(samples, reference, "2/2", epochs=2)) == 0
+    # A job of another search is refused, naming the journal.
+    other = trial_argv(samples, reference, "2/2", epochs=1)
+    assert hpo_stage.main(other) == 2
+    files = [reference / "trials_01of02.json", reference / "trials_02of02.json"]
+    out = tmp_path / "hpo"
+    argv = ["select", "-i", *map(str, files), "--best", str(out / "best.json"), "--study", str(out / "study.journal")]
+    assert hpo_stage.main([*argv, "--summary", str(out / "search.json"), "--seed", str(SEED), "-q"]) == 0
+    summary = hpo.read_summary(out / "search.json")
+    assert [t["trial"] for t in summary["trials"]] == [0, 1, 2, 3] and summary["jobs"] == 2
+    scores = {t["trial"]: t["value"] for t in summary["trials"] if t["state"] == "COMPLETE"}
+    best = hpo.read_best(out / "best.json")
+    assert best["best"]["value"] == min(scores.values())
+    assert summary["importances"] is None and "at least 4 complete trials" in summary["importance_note"] or (
+        summary["importances"] and abs(sum(summary["importances"].values()) - 1) < 1e-6
+    )
+    # The merged study is one Optuna study in one journal file, with every trial.
+    _, storage = hpo._journal_storage(out / "study.journal")
+    study = optuna.load_study(study_name=hpo.STUDY_NAME, storage=storage)
+    assert sorted(t.user_attrs["trial"] for t in study.trials) == [0, 1, 2, 3]
+    assert "Hyper-parameter search" in hpo.html_section(summary)
+    # Select refuses an incomplete set of trial jobs.
+    with pytest.raises(InputError, match="job 1/2"):
+        hpo.select(inputs=files[:1], best=out / "b.json", study=out / "s.journal", summary=out / "s.json")
+
+
+@pytest.mark.slow
+def test_tiny_workflow_with_a_search_on_the_local_engine(tmp_path):
+    run_dir = tmp_path / "run"
+    flags = ["--synthetic", "24", "--synthetic-size", "48", "--size", "32", "--bands", "g,gri"]
+    flags += ["--models", "model4", "--tasks", "regression", "--subsamples", "0", "--galaxies-per-job", "24"]
+    flags += ["--epochs", "1", "--n-batches", "1", "--per-bin", "2", "--batch-size", "16", "--views", "1"]
+    flags += ["--hpo-trials", "4", "--hpo-parallel", "2", "--hpo-epochs", "1", "--max-parallel", "2"]
+    assert workflow_main([*flags, "--seed", str(SEED), "--output-dir", str(run_dir), "-q"]) == 0
+    data = run_dir / "data"
+    best = hpo.read_best(data / naming.HPO_BEST_PARAMS)
+    chosen = best["by_model"]["model4"]["params"]
+    metrics = json.loads((data / naming.training_metrics("model4", 0)).read_text())
+    assert metrics["batch_size"] == min(chosen["batch_size"], metrics["train_images_per_epoch"])
+    assert (metrics["learning_rate"], metrics["dropout"]) == (chosen["learning_rate"], chosen["dropout"])
+    assert metrics["hpo"]["trial"] == best["by_model"]["model4"]["trial"]
+    augment_log = (run_dir / "logs" / "augment_Uset_000.log").read_text()
+    assert "augmentation strength from hpo/best_params.json" in augment_log
+    report = (data / "evaluation" / "report.html").read_text()
+    assert "Hyper-parameter search" in report and "4 trial(s) in 2 job(s)" in report
+    assert json.loads((data / "evaluation" / "metrics.json").read_text())["hpo"]["best"] == best["best"]
