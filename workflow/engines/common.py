@@ -40,17 +40,6 @@ BLOCKED = "blocked"
 CANCELLED = "cancelled"
 LOST = "lost"
 JOB_STATES = (UNSUBMITTED, PENDING, RUNNING, DONE, FAILED, BLOCKED, CANCELLED, LOST)
-STATE_MEANINGS = {
-    UNSUBMITTED: "nothing will start it until 'resume' hands it over: a --dry-run build, a plan not "
-    "submitted, a SLURM submission that stopped part-way, a local run stopped before it started",
-    PENDING: "handed over and waiting: for its parents, a free core, or the batch queue",
-    RUNNING: "started and not ended (retries of a failed attempt included)",
-    DONE: "ended with exit code 0 and its declared outputs present",
-    FAILED: "ended with a non-zero exit code after its retries (or exit code 2, never retried)",
-    BLOCKED: "will not run: a job it depends on failed, was cancelled or was lost",
-    CANCELLED: "stopped by 'cancel' or a signal before it ended; 'resume' runs it again",
-    LOST: "started, but neither the engine nor an exit record tells how it ended; 'resume' runs it again",
-}
 #: States that need 'resume' (after fixing the cause): 'status' exits 1 when a job is in one.
 PROBLEM_STATES = (FAILED, BLOCKED, CANCELLED, LOST)
 #: States in which the engine still works on a job.

@@ -73,7 +73,7 @@ child=""
 previous=""
 record() {
     now
-    local format='{"format": 1, "job": "%s", "attempt": %d, "exit_code": %d, "signal": "%s", '
+    local format='{"format": @RECORD_FORMAT@, "job": "%s", "attempt": %d, "exit_code": %d, "signal": "%s", '
     format+='"host": "%s", "started": %s, "ended": %s, "slurm_job_id": "%s"}\n'
     printf "$format" "$job" "$attempt" "$rc" "$signal" "${HOSTNAME:-}" "$started" "$now" "${SLURM_JOB_ID:-}" \
         >"$record_file"
@@ -121,7 +121,7 @@ done
 record
 echo "=== $job: ended with exit code $rc (attempt $attempt)"
 exit "$rc"
-""".replace("@USAGE_ERROR_EXIT@", str(USAGE_ERROR_EXIT))
+""".replace("@USAGE_ERROR_EXIT@", str(USAGE_ERROR_EXIT)).replace("@RECORD_FORMAT@", str(RECORD_FORMAT))
 
 
 def script_path(run_dir):

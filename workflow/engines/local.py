@@ -59,8 +59,6 @@ from workflow.engines.common import (
 
 logger = logging.getLogger(__name__)
 
-#: What a job's state file records (a subset of :data:`~workflow.engines.common.JOB_STATES`).
-STATES = (PENDING, RUNNING, DONE, FAILED, BLOCKED)
 #: Flags recorded at build (``run.json``) that status/resume/cancel reuse when not given again.
 RECORDED_FLAGS = ("max_parallel",)
 #: Seconds a job gets to save its state after SIGTERM before it is killed.
