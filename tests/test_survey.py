@@ -377,6 +377,7 @@ def test_survey_pegasus_files_validate_and_stage_the_bundle_once(survey_data, tm
             archive,
         }
         assert "--archive" in job["arguments"] and "raw/galaxies" not in job["arguments"]
+        registry.get("measure").build_parser().parse_args([str(a) for a in job["arguments"]])
         assert pack["name"] == "inclinet-measure" and pack["nodeLabel"] == "pack"
         assert pack["profiles"]["selector"] == {"execution.site": "local"}
         assert {u["lfn"]: u["type"] for u in pack["uses"]} == {
