@@ -63,7 +63,7 @@ FORMAT = 1
 HOLDOUT_FRACTION = 0.2
 #: The merged study's name in ``hpo/study.journal``.
 STUDY_NAME = "inclinet-hpo"
-#: Completed trials below which parameter importances are not computed (fANOVA needs a few).
+#: Completed trials below which parameter importances are not computed (the evaluator needs a few).
 MIN_TRIALS_FOR_IMPORTANCE = 4
 #: Trials each job's TPE sampler draws at random before it models the scores.
 TPE_STARTUP_TRIALS = 5
@@ -740,7 +740,7 @@ def select(*, inputs, best, study, summary, seed=config.DEFAULTS.seed):
     optuna = import_optuna()
     with atomic_path(study) as tmp:
         merged = _merged_study(optuna, tmp, common, ordered, failed)
-        importances, note = _importances(optuna, merged, len(complete), seed)
+        importances, note = _importances(optuna, merged, len(complete))
     result = {
         "format": FORMAT,
         "objective": OBJECTIVE,
@@ -814,20 +814,25 @@ def _merged_study(optuna, path, common, ordered, failed):
     return merged
 
 
-def _importances(optuna, study, n_complete, seed):
-    """``({parameter: importance}, note)``: Optuna's fANOVA evaluator, seeded; None and why when it cannot run."""
+def _importances(optuna, study, n_complete):
+    """``({parameter: importance}, note)``: Optuna's PED-ANOVA evaluator; None and why when it cannot run.
+
+    PED-ANOVA (Optuna's default evaluator from version 5) needs no scikit-learn, unlike
+    fANOVA, and draws no random numbers: the same trials give the same importances.
+    """
     if n_complete < MIN_TRIALS_FOR_IMPORTANCE:
         return None, (
             f"parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; "
             f"this search has {n_complete}"
         )
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=derive_seed(seed, "hpo", "importance"))
     try:
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (ValueError, RuntimeError) as exc:
+        found = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+        )
+    except (ValueError, RuntimeError, ImportError) as exc:
         return None, f"parameter importances could not be computed: {exc}"
     return {name: float(value) for name, value in found.items()}, (
-        f"fANOVA (Optuna's FanovaImportanceEvaluator) over {n_complete} complete trials; the values add up to 1"
+        f"PED-ANOVA (Optuna's PedAnovaImportanceEvaluator) over {n_complete} complete trials; the values add up to 1"
     )
 
 
