@@ -555,7 +555,10 @@ def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin,
         if record["epoch"] < epochs and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {record['epoch']} (score {score:.3f} above the median)")
         if stop.requested:
-            raise SearchInterrupted(f"interrupted by SIGTERM in trial {number}; run the same command again to continue")
+            raise SearchInterrupted(
+                f"interrupted by SIGTERM in trial {number}; run the same command again to continue "
+                "(finished trials are kept)"
+            )
         epoch_end.score = score
 
     epoch_end.score = None
@@ -574,7 +577,10 @@ def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin,
             aug_noise=params["aug_noise"],
         )
         if stop.requested:
-            raise SearchInterrupted(f"interrupted by SIGTERM in trial {number}; run the same command again to continue")
+            raise SearchInterrupted(
+                f"interrupted by SIGTERM in trial {number}; run the same command again to continue "
+                "(finished trials are kept)"
+            )
         batches = sorted((folder / "augmented").glob("*.npz"))
         training.run(
             model=params["model"],
@@ -602,11 +608,16 @@ def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin,
         trial.set_user_attr("diverged", True)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         logger.info("trial %d stopped: the loss diverged at epoch %d; %s", number, exc.epoch, _describe(params))
-    except (SearchInterrupted, training.TrainingInterrupted) as exc:
+    except SearchInterrupted:
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except training.TrainingInterrupted:
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise SearchInterrupted(
-            f"trial {number} interrupted by SIGTERM ({exc}); run the same command again to continue"
+            f"interrupted by SIGTERM while training trial {number}; run the same command again to continue "
+            "(finished trials are kept)"
         ) from None
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)

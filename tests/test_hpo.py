@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import build_npz
 from test_catalogs import errors, validators  # noqa: F401 - the fixture is used by name
+from test_slurm import engine_args, our_queue, slurm_cluster  # noqa: F401 - the fixture is used by name
 
 from inclinet import config, hpo, naming
 from inclinet import stages as registry
@@ -347,3 +348,56 @@ def test_tiny_workflow_with_a_search_on_the_local_engine(tmp_path):
     report = (data / "evaluation" / "report.html").read_text()
     assert "Hyper-parameter search" in report and "4 trial(s) in 2 job(s)" in report
     assert json.loads((data / "evaluation" / "metrics.json").read_text())["hpo"]["best"] == best["best"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_search_under_slurm_with_a_trial_job_cancelled_and_resumed(slurm_cluster, tmp_path):  # noqa: F811
+    from workflow.engines import slurm
+
+    samples = tiny_samples(tmp_path / "inputs")
+    search = small_config(models=("model4",), hpo_trials=4, hpo_parallel=2, hpo_epochs=2, size=SIZE)
+    jobs = dag.infer_parents(dag._search_jobs(search, N_GALAXIES))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dag.save_jobs(run_dir, jobs)
+    (run_dir / "run.json").write_text(json.dumps({"format_version": 1, "engine": "slurm"}))
+    replicas = [
+        {"lfn": naming.sample(SIZE, band, "train", 0), "pfns": [{"site": "local", "pfn": f"file://{path}"}]}
+        for band, path in zip(naming.BANDS, samples)
+    ]
+    (run_dir / "replicas.yml").write_text(yaml.safe_dump({"pegasus": "5.0.4", "replicas": replicas}))
+    # small requests, no GPU: both trial jobs fit the CI node at once
+    options = ["--sbatch-option=--mem=1500M", "--sbatch-option=--cpus-per-task=1", "--request-gpus", "no"]
+    assert slurm.run(run_dir, jobs, engine_args(*options)) == 0
+    optuna = hpo.import_optuna()
+    journal = run_dir / "data" / naming.hpo_journal(1, 2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if journal.is_file():
+            _, storage = hpo._journal_storage(journal)
+            summaries = optuna.get_all_study_summaries(storage)
+            if summaries and any(
+                t.state.name == "COMPLETE"
+                for t in optuna.load_study(study_name=summaries[0].study_name, storage=storage).trials
+            ):
+                break
+        time.sleep(1)
+    else:
+        pytest.fail("trial job 1/2 finished no trial within 300 s")
+    first = slurm.submissions(run_dir)["hpo_trial_01of02"]
+    subprocess.run(["scancel", first], check=True)  # SIGTERM through the wrapper: exit 3, trials kept
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first in our_queue(run_dir):
+        time.sleep(1)
+    states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
+    assert states["hpo_trial_01of02"] == "failed" and states["hpo_select"] == "blocked", states
+    record = json.loads((run_dir / "state" / "exit" / "hpo_trial_01of02.json").read_text())
+    assert (record["exit_code"], record["signal"]) == (hpo.EXIT_INTERRUPTED, "TERM")
+    assert workflow_main(["resume", str(run_dir), "--wait", "--poll-interval", "1", "--wait-timeout", "400"]) == 0
+    assert {s.state for s in slurm.collect_status(run_dir, jobs).values()} == {"done"}
+    trials = json.loads((run_dir / "data" / naming.hpo_trials(1, 2)).read_text())["trials"]
+    assert sorted(t["trial"] for t in trials if t["state"] != "FAIL") == [0, 1]
+    summary = hpo.read_summary(run_dir / "data" / naming.HPO_SUMMARY)
+    assert [t["trial"] for t in summary["trials"]] == [0, 1, 2, 3]
+    assert hpo.read_best(run_dir / "data" / naming.HPO_BEST_PARAMS)["best"] is not None
