@@ -137,6 +137,101 @@ def test_training_reads_its_familys_best_trial_or_the_overall_best(tmp_path):
         hpo.read_best(tmp_path / "junk.json")
 
 
+def fake_trials_files(folder, scores, count=2, models=("model4", "model6")):
+    """The trials files of ``count`` jobs of a search whose trial n scored ``scores[n]`` (None: pruned).
+
+    Trial 0 also has a failed attempt before its finished one (a stopped run).
+    """
+    optuna = hpo.import_optuna()
+    n_trials = len(scores)
+    paths = []
+    for index in range(1, count + 1):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=index))
+        for number in hpo.shard_range(n_trials, index, count):
+            attempts = 2 if number == 0 else 1
+            for attempt in range(attempts):
+                trial = study.ask()
+                trial.set_user_attr("trial", number)
+                hpo.suggest(trial, models)
+                trial.report(20.0 - number, 1)
+                if attempt < attempts - 1:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                elif scores[number] is None:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, scores[number])
+        search = dict(
+            hpo._search_identity(
+                models=models,
+                trials=n_trials,
+                index=index,
+                count=count,
+                epochs=1,
+                n_batches=1,
+                per_bin=2,
+                size=SIZE,
+                seed=SEED,
+                foreign=None,
+            )
+        )
+        record = {
+            "format": hpo.FORMAT,
+            "search": search,
+            "trials": [hpo._trial_record(optuna, t, index) for t in study.trials],
+        }
+        path = Path(folder) / naming.hpo_trials(index, count)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        paths.append(path)
+    return paths
+
+
+def test_select_merges_the_jobs_and_the_report_shows_the_search(tmp_path):
+    scores = [9.0, None, 7.5, 8.0, 6.0, 10.0]
+    files = fake_trials_files(tmp_path, scores)
+    out = {key: tmp_path / name for key, name in (("best", "best.json"), ("study", "s.journal"), ("summary", "s.json"))}
+    summary = hpo.select(inputs=files, **out)
+    assert [t["trial"] for t in summary["trials"]] == list(range(6))
+    assert [t["state"] for t in summary["trials"]].count("PRUNED") == 1
+    assert [t["trial"] for t in summary["failed_attempts"]] == [0]
+    best = hpo.read_best(out["best"])
+    assert (best["best"]["trial"], best["best"]["value"]) == (4, 6.0)
+    for model, entry in best["by_model"].items():
+        assert entry["params"]["model"] == model
+        assert entry["value"] == min(
+            v for n, v in enumerate(scores) if v is not None and summary["trials"][n]["params"]["model"] == model
+        )
+    assert summary["importances"] and sum(summary["importances"].values()) == pytest.approx(1)
+    section = hpo.html_section(summary)
+    assert "6 trial(s) in 2 job(s)" in section and "1 pruned" in section and "1 failed attempt(s)" in section
+    assert "PED-ANOVA" in section
+    # The same trials give the same files (the importances draw no random numbers).
+    again = hpo.select(
+        inputs=files, best=tmp_path / "b2.json", study=tmp_path / "s2.journal", summary=tmp_path / "s2.json"
+    )
+    assert again["importances"] == summary["importances"]
+    # Too few complete trials: a clear note instead of importances.
+    few = fake_trials_files(tmp_path / "few", [5.0, None], count=1)
+    small = hpo.select(
+        inputs=few, best=tmp_path / "b3.json", study=tmp_path / "s3.journal", summary=tmp_path / "s3.json"
+    )
+    assert small["importances"] is None and "at least 4 complete trials; this search has 1" in small["importance_note"]
+    # A trial that never finished names the job to run again.
+    broken = json.loads(files[1].read_text())
+    broken["trials"] = [t for t in broken["trials"] if t["trial"] != 5]
+    files[1].write_text(json.dumps(broken))
+    with pytest.raises(InputError, match=r"trial\(s\) 5 did not finish; run trial job\(s\) 2/2 again"):
+        hpo.select(inputs=files, best=tmp_path / "b4.json", study=tmp_path / "s4.journal", summary=tmp_path / "s4.json")
+
+
+def test_an_empty_journal_is_a_new_study(tmp_path):
+    # Pegasus stages an empty placeholder as the checkpoint before a trial job's first attempt.
+    optuna = hpo.import_optuna()
+    (tmp_path / "j.journal").write_text("")
+    _, storage = hpo._journal_storage(tmp_path / "j.journal")
+    assert optuna.create_study(study_name="x", storage=storage, load_if_exists=True).trials == []
+
+
 def small_config(**overrides):
     values = dict(
         synthetic=40,

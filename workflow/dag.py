@@ -161,8 +161,10 @@ def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", membe
         # (4/5 of the full set) and training --hpo-epochs epochs on them, validating on the rest.
         trials = math.ceil(config.hpo_trials / config.hpo_parallel)
         galaxies = n_galaxies * (1 - TEST_FRACTION)
+        # Validation per epoch: the held-out fifth of the galaxies, colour and as many gray images.
+        held_out_images = 2 * 0.2 * galaxies
         per_trial = (augmented / 400 + galaxies * 0.0006) * _pixels(size, 128) + config.hpo_epochs * (
-            augmented + 0.2 * galaxies * 2 * bands / 4
+            augmented + held_out_images
         ) / TRAIN_IMAGES_PER_S[model] * _pixels(size, 64)
         seconds = 60 + trials * (30 + per_trial)
         memory = max(8000, 4000 + galaxies * bands * size * size * 3 * 2 / 1e6)
