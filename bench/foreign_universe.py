@@ -722,8 +722,11 @@ def _integrate_disk(x, y, g, columns, young=True, dust=True):
     half = np.sqrt(np.maximum(r_map * r_map - x * x, 0.0))
     zmax = KZ * hz
     if ti > 1e-9:
-        za = np.maximum((-half - y / ci) / ti, -zmax)
-        zb = np.minimum((half - y / ci) / ti, zmax)
+        # Both ends clipped to the slab |Z| < zmax: a line of sight that misses the disk map
+        # within it gets an empty interval at the slab's surface (zero weights), not an
+        # interval beyond it where exp(-|Z| / h_z) underflows to 0.
+        za = np.clip((-half - y / ci) / ti, -zmax, zmax)
+        zb = np.clip((half - y / ci) / ti, -zmax, zmax)
     else:
         za = np.full_like(x, -zmax)
         zb = np.full_like(x, zmax)
