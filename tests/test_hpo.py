@@ -224,6 +224,20 @@ def test_select_merges_the_jobs_and_the_report_shows_the_search(tmp_path):
         hpo.select(inputs=files, best=tmp_path / "b4.json", study=tmp_path / "s4.journal", summary=tmp_path / "s4.json")
 
 
+def test_foreign_set_is_the_accepted_galaxies_of_a_raw_folder(tiny_universe, tmp_path):
+    files = hpo._foreign_samples(Path(tiny_universe), SIZE, tmp_path / "foreign")
+    bands = set()
+    for path in files:
+        arrays = np.load(path)
+        assert arrays["images"].shape[1:] == (SIZE, SIZE, 3) and len(arrays["images"]) > 0
+        assert ((arrays["labels"] >= 45) & (arrays["labels"] <= 90)).all()
+        bands.add(str(arrays["band"]))
+    assert "gri" in bands
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a raw-layout folder"):
+        hpo._foreign_samples(tmp_path / "empty", SIZE, tmp_path / "nothing")
+
+
 def test_an_empty_journal_is_a_new_study(tmp_path):
     # Pegasus stages an empty placeholder as the checkpoint before a trial job's first attempt.
     optuna = hpo.import_optuna()
