@@ -269,6 +269,21 @@ def test_without_a_search_the_dag_is_the_same():
     # Search settings that take effect only with --hpo-trials change nothing.
     other = dag.build_jobs(small_config(hpo_parallel=3, hpo_epochs=7))
     assert [dataclasses.asdict(j) for j in other] == [dataclasses.asdict(j) for j in plain]
+    # The search adds its jobs and two flags, nothing else: taking them out of a searched DAG
+    # gives back the plain one, job for job and byte for byte.
+    searched = dag.build_jobs(small_config(hpo_trials=4, hpo_parallel=2))
+    stripped = []
+    for job in searched:
+        if job.stage == "hpo":
+            continue
+        args = list(job.args)
+        for flag in ("--hpo-params", "--hpo-summary"):
+            if flag in args:
+                del args[args.index(flag) : args.index(flag) + 2]
+        inputs = [lfn for lfn in job.inputs if not lfn.startswith(naming.HPO_DIR + "/")]
+        stripped.append(dataclasses.replace(job, args=args, inputs=inputs))
+    dag.infer_parents(stripped)
+    assert [dataclasses.asdict(j) for j in stripped] == [dataclasses.asdict(j) for j in plain]
     assert dag.expected_job_counts(small_config(), 40) == {
         "synth": 3,
         "prep": 8,

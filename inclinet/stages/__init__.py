@@ -18,9 +18,9 @@ class Stage:
 
     ``in_dag``: the workflow runs it as jobs (predict applies a finished bundle by hand; the
     survey workflow runs measure, merge and summarize instead of the training stages).
-    ``cores``/``gpus``: what one job of the stage asks for (training and evaluation ask
-    for 2 cores: TensorFlow runs several threads, and on a small machine two such jobs at
-    once would only thrash).
+    ``cores``/``gpus``: what one job of the stage asks for (training, the search's trial
+    jobs and evaluation ask for 2 cores: TensorFlow runs several threads, and on a small
+    machine two such jobs at once would only thrash).
     """
 
     name: str
