@@ -26,9 +26,9 @@ Determinism: the parameters of trial n are drawn by a :class:`optuna.samplers.TP
 seeded from ``(seed, n)``, which sees only the finished trials of its own job's study; the
 pruner (:class:`optuna.pruners.MedianPruner`) also compares within the job; training is
 seeded from the trial number. So the trials, their parameters, scores and the pruned ones
-depend on the seed, N and K (the number of trial jobs: it decides which trials each job's
-sampler sees), and on nothing else, not on timing, the order the jobs run in, or a job
-being killed and resumed. A shared study would let each job's sampler learn from the
+depend on the settings (the seed, N and K among them: K decides which trials each job's
+sampler sees) and the data, and on nothing else, not on timing, the order the jobs run in,
+or a job being killed and resumed. A shared study would let each job's sampler learn from the
 others' trials, but what it saw would then depend on which trials happened to finish
 first. Training itself is bit-identical on one machine (docs/architecture.md,
 "Reproducibility"); across CPU types the scores differ in the last bits, and then TPE may
