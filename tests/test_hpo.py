@@ -327,11 +327,25 @@ def test_search_jobs_sit_between_split_and_the_tuned_members():
     registry.get("evaluate").build_parser().parse_args(jobs["evaluate"].args)
 
 
-def test_search_flags_are_checked():
+def test_search_flags_are_checked(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--hpo-parallel"):
         small_config(hpo_trials=2, hpo_parallel=3).validate()
     with pytest.raises(ConfigError, match="--hpo-epochs"):
         small_config(hpo_trials=2, hpo_epochs=0).validate()
+    flags = ["--synthetic", "20", "--size", "32", "--models", "model4", "--dry-run", "-q"]
+    assert workflow_main([*flags, "--hpo-trials", "2", "--hpo-parallel", "3", "--output-dir", str(tmp_path / "a")]) == 2
+    assert "invalid --hpo-parallel: 3; must be at most --hpo-trials (2)" in capsys.readouterr().err
+    # The search's settings from a --config file (science section), as the flags.
+    settings = tmp_path / "run.yaml"
+    settings.write_text("science:\n  hpo_trials: 3\n  hpo_parallel: 3\n  hpo_epochs: 1\n")
+    assert workflow_main([*flags, "--config", str(settings), "--output-dir", str(tmp_path / "b")]) == 0
+    jobs = dag.load_jobs(tmp_path / "b")
+    assert [job.id for job in jobs if job.stage == "hpo"] == [f"hpo_trial_{k:02d}of03" for k in (1, 2, 3)] + [
+        "hpo_select"
+    ]
+    settings.write_text("science:\n  hpo_trials: -1\n")
+    assert workflow_main([*flags, "--config", str(settings), "--output-dir", str(tmp_path / "c")]) == 2
+    assert "invalid science.hpo_trials: -1; must be an integer >= 0" in capsys.readouterr().err
 
 
 def test_pegasus_files_declare_the_journal_as_each_trial_jobs_checkpoint(tmp_path, validators):  # noqa: F811
