@@ -634,7 +634,12 @@ def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin,
     finally:
         import shutil
 
+        from inclinet.models import import_keras
+
         shutil.rmtree(folder, ignore_errors=True)
+        # Each trial builds a new model in this process: drop the last one's graphs and state,
+        # so that memory does not grow with the trials and each trial starts as the first did.
+        import_keras().backend.clear_session()
 
 
 class _Diverged(Exception):

@@ -418,9 +418,10 @@ def test_two_trial_jobs_select_and_a_killed_job_resumes_to_the_same_trials(tmp_p
                 _, storage = hpo._journal_storage(journal)
                 names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
                 study = optuna.load_study(study_name=names[0], storage=storage) if names else None
-                if study and any(t.state.name == "COMPLETE" for t in study.trials):
+                # Trial 0 finished and trial 1 started: kill it in the middle of trial 1.
+                if study and [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]:
                     break
-            time.sleep(0.5)
+            time.sleep(0.3)
         assert process.poll() is None, process.stderr.read()[-2000:]
         process.send_signal(signal.SIGKILL)  # no handler runs: the trial it was in stays "running"
         process.wait(timeout=60)
@@ -515,14 +516,13 @@ def test_search_under_slurm_with_a_trial_job_cancelled_and_resumed(slurm_cluster
         if journal.is_file():
             _, storage = hpo._journal_storage(journal)
             summaries = optuna.get_all_study_summaries(storage)
-            if summaries and any(
-                t.state.name == "COMPLETE"
-                for t in optuna.load_study(study_name=summaries[0].study_name, storage=storage).trials
-            ):
+            study = optuna.load_study(study_name=summaries[0].study_name, storage=storage) if summaries else None
+            # Trial 0 finished and trial 1 started: stop the job in the middle of trial 1.
+            if study and [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]:
                 break
-        time.sleep(1)
+        time.sleep(0.3)
     else:
-        pytest.fail("trial job 1/2 finished no trial within 300 s")
+        pytest.fail("trial job 1/2 did not reach its second trial within 300 s")
     first = slurm.submissions(run_dir)["hpo_trial_01of02"]
     subprocess.run(["scancel", first], check=True)  # SIGTERM through the wrapper: exit 3, trials kept
     deadline = time.monotonic() + 120
@@ -536,6 +536,8 @@ def test_search_under_slurm_with_a_trial_job_cancelled_and_resumed(slurm_cluster
     assert {s.state for s in slurm.collect_status(run_dir, jobs).values()} == {"done"}
     trials = json.loads((run_dir / "data" / naming.hpo_trials(1, 2)).read_text())["trials"]
     assert sorted(t["trial"] for t in trials if t["state"] != "FAIL") == [0, 1]
+    # The attempt the stop interrupted is kept as failed, and trial 1 ran again.
+    assert [(t["trial"], t["user_attrs"].get("interrupted")) for t in trials if t["state"] == "FAIL"] == [(1, True)]
     summary = hpo.read_summary(run_dir / "data" / naming.HPO_SUMMARY)
     assert [t["trial"] for t in summary["trials"]] == [0, 1, 2, 3]
     assert hpo.read_best(run_dir / "data" / naming.HPO_BEST_PARAMS)["best"] is not None
