@@ -12,6 +12,9 @@ and a colour measurement:
 * ``offset``: distance of the galaxy centroid from the frame centre over the side;
 * ``fill``: fraction of the frame in rotation corners or padding;
 * ``median_level``: the galaxy's median over its 99th percentile (how hard the stretch is);
+* ``asymmetry``, ``edge_flux``: of the normalised image (:func:`inclinet.normalise.image_statistics`):
+  the 180-degree rotational asymmetry of the galaxy region, and the share of the light in the
+  outer ring (stars, neighbours) - what a reject model can mistake for a problem;
 * ``g_r``, ``i_r``: the colour composite's blue/green and red/green ratios of the sky-subtracted
   galaxy light (the composite is R, G, B = i, r, g).
 
@@ -37,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inclinet.images import load_image  # noqa: E402
-from inclinet.normalise import normalise_image  # noqa: E402
+from inclinet.normalise import STATISTICS as IMAGE_STATISTICS  # noqa: E402
+from inclinet.normalise import image_statistics, normalise_image  # noqa: E402
 
-STATISTICS = ("sky", "noise", "contrast", "size", "offset", "fill", "median_level")
+STATISTICS = ("sky", "noise", "contrast", "size", "offset", "fill", "median_level", "asymmetry", "edge_flux")
 COLOUR_STATISTICS = ("g_r", "i_r")
 DEFAULT_REAL = ROOT.parent / "shared" / "reference" / "real-look"
 
@@ -68,7 +72,10 @@ def measure_set(files_gray, files_colour):
     for kind, files in (("gray", files_gray), ("colour", files_colour)):
         for path in files:
             image = load_image(path)
-            _, info = normalise_image(image, 64, with_info=True)
+            normalised, info = normalise_image(image, 64, with_info=True)
+            asymmetry, edge_flux = image_statistics(normalised)[0][
+                [IMAGE_STATISTICS.index(n) for n in ("asymmetry", "edge_flux")]
+            ]
             values = {
                 "sky": info.sky,
                 "noise": info.noise,
@@ -77,6 +84,8 @@ def measure_set(files_gray, files_colour):
                 "offset": info.offset,
                 "fill": info.fill_fraction,
                 "median_level": info.median_level,
+                "asymmetry": float(asymmetry),
+                "edge_flux": float(edge_flux),
             }
             for name in STATISTICS:
                 rows[kind][name].append(values[name])
