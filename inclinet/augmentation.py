@@ -80,12 +80,6 @@ def background(image):
     return np.median(_ring(image), axis=0)
 
 
-def background_noise(image):
-    """Per-channel sky noise: 1.4826 x the median absolute deviation of the outer ring."""
-    ring = _ring(image).astype(np.float64)
-    return 1.4826 * np.median(np.abs(ring - np.median(ring, axis=0)), axis=0)
-
-
 def warp(planes, matrix, offset, rng):
     """Resample float planes ``(C, S, S)`` through the inverse affine map ``matrix``, ``offset``.
 

@@ -468,15 +468,6 @@ def normalise_image(image, size, *, with_info=False):
     return result, info
 
 
-def normalise_batch(images, size):
-    """:func:`normalise_image` of every image of ``uint8 (N, H, W, 3)``; returns ``uint8 (N, size, size, 3)``."""
-    images = np.asarray(images)
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for index, image in enumerate(images):
-        out[index] = normalise_image(image, size)
-    return out
-
-
 def normalise_file_image(image, size, path, *, with_info=False):
     """:func:`normalise_image` of an image read from ``path``: too small an image is an InputError naming the file."""
     if min(image.shape[:2]) < 8:

@@ -223,24 +223,6 @@ def _adaptive_matrix(galsim, array, centre, sigma_guess):
 _PSF_CACHE = {}
 
 
-def psf_image(fwhm_pixels, *, beta=3.0):
-    """A round Moffat PSF of ``fwhm_pixels`` drawn on unit pixels (pixel response included).
-
-    Parameters
-    ----------
-    fwhm_pixels : float
-        Full width at half maximum in pixels.
-    beta : float
-        Moffat index; 3 is a typical ground-based seeing profile.
-
-    Returns
-    -------
-    galsim.ImageD
-        The PSF stamp, odd-sized and at least 15 pixels wide (cached; widths within 1% share one).
-    """
-    return _psf_entry(fwhm_pixels, beta)[0]
-
-
 def _psf_entry(fwhm_pixels, beta=3.0):
     """``(stamp, adaptive moment matrix or None)`` of the Moffat PSF, cached."""
     # Widths within 1% share a stamp (and its measured moments): far below what matters.
