@@ -291,7 +291,8 @@ def _view_counts(views):
     return [n for n in inclinet_models.TTA_VIEW_COUNTS if n <= views and n in (1, 2, views)]
 
 
-def _load_models(members):
+def _load_models(members, size):
+    """Load every member's network; each must take the test images' ``size x size x 3``."""
     keras = inclinet_models.import_keras()
     loaded = {}
     for member in members:
@@ -299,7 +300,159 @@ def _load_models(members):
             loaded[member["name"]] = keras.models.load_model(member["path"], compile=False)
         except (OSError, ValueError) as exc:
             raise InputError(f"{member['path']}: not a readable Keras model ({exc}); re-run its training job") from None
+    for member in members:
+        expected = tuple(loaded[member["name"]].input_shape[1:])
+        if expected != (size, size, 3):
+            raise InputError(f"{member['path']}: model expects inputs {expected}, test images are {size}x{size}x3")
     return loaded
+
+
+def _read_search(hpo_summary):
+    """The hyper-parameter search summary (``hpo/search.json``), or None without one."""
+    if hpo_summary is None:
+        return None
+    from inclinet import hpo
+
+    return hpo.read_summary(hpo_summary)
+
+
+def _split_members(models, identities, views, binary_test):
+    """Check the options and describe the members: ``(all members, regression members, binary members)``."""
+    if views not in inclinet_models.TTA_VIEW_COUNTS:
+        raise invalid("--views", views, "one of " + ", ".join(map(str, inclinet_models.TTA_VIEW_COUNTS)))
+    if not models:
+        raise ConfigError("invalid --models: nothing given; must be one or more trained .keras files")
+    members = describe_members(models, identities)
+    regression = [m for m in members if m["task"] == "regression"]
+    binary = [m for m in members if m["task"] == "binary"]
+    if not regression:
+        raise ConfigError("invalid --models: no regression member (Uset_<jjj>_<model>.keras); must give at least one")
+    if binary and not binary_test:
+        raise ConfigError("invalid --binary-test: nothing given; must be the binary_test files when binary models are")
+    return members, regression, binary
+
+
+def _load_test_data(test, binary_test, *, binary):
+    """Read the regression test files and, with binary members, the binary ones: ``(test_sets, binary_sets)``."""
+    test_sets = load_test_files(test, binary=False)
+    if not test_sets:
+        raise ConfigError("invalid --test: nothing given; must be the test_000 sample of every band")
+    binary_sets = load_test_files(binary_test, binary=True) if binary else []
+    if binary_test and not binary:
+        logger.warning("--binary-test given without binary models: ignored")
+    size = test_sets[0]["images"].shape[1]
+    if binary_sets and binary_sets[0]["images"].shape[1] != size:
+        raise InputError("binary test images and regression test images have different sizes")
+    return test_sets, binary_sets
+
+
+def _metrics_header(members, test_sets, views, seed, search):
+    """The run's description; the tables (regression, tta, binary) are filled in by the later steps."""
+    metrics = {
+        "views": views,
+        "seed": int(seed),
+        "members": [{k: m[k] for k in ("name", "model", "task", "subset")} for m in members],
+        "n_test": {BAND_NAMES[s["band"]]: int(len(s["labels"])) for s in test_sets},
+        "regression": {},
+        "tta": {},
+        "binary": {},
+    }
+    if search is not None:
+        metrics["hpo"] = {
+            key: search[key] for key in ("search", "jobs", "best", "by_model", "importances", "importance_note")
+        }
+    return metrics
+
+
+def _regression_tables(rows, names, columns, bands):
+    """Full regression metrics of every member, ensemble column and the peer, per band."""
+    band_of_row = rows["band_name"]
+    tables = {}
+    for column in names + list(columns["order"]) + ["peer"]:
+        values = columns["values"].get(column, rows.get(column))
+        tables[column] = {
+            band: regression_metrics(rows["truth"][_select(band_of_row, band)], values[_select(band_of_row, band)])
+            for band in bands
+        }
+    return tables
+
+
+def _tta_tables(rows, names, view_counts, bands):
+    """Short metrics of the ensemble mean (per band) and of each member for every number of views."""
+    band_of_row = rows["band_name"]
+    tables = {}
+    for n_views in view_counts:
+        per_view = rows["views"][n_views]
+        ensemble = np.mean(np.stack([per_view[name] for name in names]), axis=0)
+        tables[str(n_views)] = {
+            "ensemble_mean": {
+                band: _short(
+                    regression_metrics(rows["truth"][_select(band_of_row, band)], ensemble[_select(band_of_row, band)])
+                )
+                for band in bands
+            },
+            "members": {name: _short(regression_metrics(rows["truth"], per_view[name])) for name in names},
+        }
+    return tables
+
+
+def _peer_table(rows):
+    """The classical peer: the chosen method, how it was calibrated, and every method's short metrics."""
+    return {
+        "method": rows["peer_method"],
+        "calibration": "q0 and a linear inclination correction per method, fitted 2-fold across galaxies "
+        "(each half calibrated on the other); the method with the lowest RMS is the peer",
+        "methods": {
+            method: _short(regression_metrics(rows["truth"], values)) for method, values in rows["peer_methods"].items()
+        },
+    }
+
+
+def _evaluate_binary(binary, networks, binary_sets, views, batch_size, metrics):
+    """Score the binary members and calibrate P(reject); fills ``metrics``, returns ``(rows, temperatures)``.
+
+    Without binary members: ``(None, {})`` and ``metrics`` unchanged.
+    """
+    if not binary:
+        return None, {}
+    binary_rows = _binary_predictions(binary, networks, binary_sets, views, batch_size)
+    binary_names = [m["name"] for m in binary]
+    metrics["binary"] = _binary_metrics(binary_rows, binary_names)
+    metrics["reject_calibration"], temperatures = _calibrate_rejection(binary_rows, binary_names)
+    return binary_rows, temperatures
+
+
+def _write_evaluation_files(output_dir, rows, names, columns, metrics, test_sets, binary_rows, view_counts, search):
+    """Write ``naming.EVALUATION_FILES`` (predictions, metrics, plots, report) in ``output_dir``; returns the paths."""
+    output_dir = Path(output_dir)
+    paths = {Path(name).name: output_dir / Path(name).name for name in naming.EVALUATION_FILES}
+    _write_predictions(paths["predictions.csv"], rows, names, columns)
+    atomic_write_json(paths["metrics.json"], metrics)
+    _write_plots(paths, rows, columns, metrics, test_sets, binary_rows)
+    _write_html(paths["report.html"], metrics, names, columns["order"], view_counts, search)
+    return list(paths.values())
+
+
+def _log_summary(metrics, rows, test_sets, bundle_dir, elapsed):
+    """One line: what was evaluated, the ensemble and peer scores, where the bundle went, how long it took."""
+    overall = metrics["regression"]["ensemble_mean"]["all"]
+    peer = metrics["regression"]["peer"]["all"]
+    logger.info(
+        "evaluate: %d member(s) (%d binary) on %d test image(s) in %d band(s), %d view(s): ensemble RMS %.2f "
+        "MAE %.2f deg, peer (%s) RMS %s deg; bundle %s; %.1f s, seed %d",
+        len(metrics["members"]),
+        sum(member["task"] == "binary" for member in metrics["members"]),
+        len(rows["truth"]),
+        len(test_sets),
+        metrics["views"],
+        overall.get("rms", float("nan")),
+        overall.get("mae", float("nan")),
+        rows["peer_method"],
+        f"{peer['rms']:.2f}" if "rms" in peer else "n/a",
+        bundle_dir,
+        elapsed,
+        metrics["seed"],
+    )
 
 
 def run(
@@ -324,101 +477,30 @@ def run(
     ``metrics.json``.
     """
     start = time.perf_counter()
-    search = None
-    if hpo_summary is not None:
-        from inclinet import hpo
-
-        search = hpo.read_summary(hpo_summary)
-    if views not in inclinet_models.TTA_VIEW_COUNTS:
-        raise invalid("--views", views, "one of " + ", ".join(map(str, inclinet_models.TTA_VIEW_COUNTS)))
-    if not models:
-        raise ConfigError("invalid --models: nothing given; must be one or more trained .keras files")
-    members = describe_members(models, members)
-    regression = [m for m in members if m["task"] == "regression"]
-    binary = [m for m in members if m["task"] == "binary"]
-    if not regression:
-        raise ConfigError("invalid --models: no regression member (Uset_<jjj>_<model>.keras); must give at least one")
-    if binary and not binary_test:
-        raise ConfigError("invalid --binary-test: nothing given; must be the binary_test files when binary models are")
-    test_sets = load_test_files(test, binary=False)
-    if not test_sets:
-        raise ConfigError("invalid --test: nothing given; must be the test_000 sample of every band")
-    binary_sets = load_test_files(binary_test, binary=True) if binary else []
-    if binary_test and not binary:
-        logger.warning("--binary-test given without binary models: ignored")
+    search = _read_search(hpo_summary)
+    members, regression, binary = _split_members(models, members, views, binary_test)
+    test_sets, binary_sets = _load_test_data(test, binary_test, binary=bool(binary))
     size = test_sets[0]["images"].shape[1]
-    if binary_sets and binary_sets[0]["images"].shape[1] != size:
-        raise InputError("binary test images and regression test images have different sizes")
-
-    networks = _load_models(members)
-    for member in members:
-        expected = tuple(networks[member["name"]].input_shape[1:])
-        if expected != (size, size, 3):
-            raise InputError(f"{member['path']}: model expects inputs {expected}, test images are {size}x{size}x3")
+    networks = _load_models(members, size)
 
     view_counts = _view_counts(views)
     rows = _regression_predictions(regression, networks, test_sets, views, view_counts, batch_size)
-    families = sorted({m["model"] for m in regression})
     names = [m["name"] for m in regression]
-    columns = _ensemble_columns(rows, names, families, regression)
+    columns = _ensemble_columns(rows, names, sorted({m["model"] for m in regression}), regression)
 
-    metrics = {
-        "views": views,
-        "seed": int(seed),
-        "members": [{k: m[k] for k in ("name", "model", "task", "subset")} for m in members],
-        "n_test": {BAND_NAMES[s["band"]]: int(len(s["labels"])) for s in test_sets},
-        "regression": {},
-        "tta": {},
-        "binary": {},
-    }
-    if search is not None:
-        metrics["hpo"] = {
-            key: search[key] for key in ("search", "jobs", "best", "by_model", "importances", "importance_note")
-        }
+    metrics = _metrics_header(members, test_sets, views, seed, search)
     bands = ["all"] + [BAND_NAMES[s["band"]] for s in test_sets]
-    band_of_row = rows["band_name"]
-    for column in names + list(columns["order"]) + ["peer"]:
-        values = columns["values"].get(column, rows.get(column))
-        metrics["regression"][column] = {
-            band: regression_metrics(rows["truth"][_select(band_of_row, band)], values[_select(band_of_row, band)])
-            for band in bands
-        }
-    for n_views in view_counts:
-        per_view = rows["views"][n_views]
-        ensemble = np.mean(np.stack([per_view[name] for name in names]), axis=0)
-        metrics["tta"][str(n_views)] = {
-            "ensemble_mean": {
-                band: _short(
-                    regression_metrics(rows["truth"][_select(band_of_row, band)], ensemble[_select(band_of_row, band)])
-                )
-                for band in bands
-            },
-            "members": {name: _short(regression_metrics(rows["truth"], per_view[name])) for name in names},
-        }
-    metrics["peer"] = {
-        "method": rows["peer_method"],
-        "calibration": "q0 and a linear inclination correction per method, fitted 2-fold across galaxies "
-        "(each half calibrated on the other); the method with the lowest RMS is the peer",
-        "methods": {
-            method: _short(regression_metrics(rows["truth"], values)) for method, values in rows["peer_methods"].items()
-        },
-    }
-    binary_rows, temperatures = None, {}
-    if binary:
-        binary_rows = _binary_predictions(binary, networks, binary_sets, views, batch_size)
-        binary_names = [m["name"] for m in binary]
-        metrics["binary"] = _binary_metrics(binary_rows, binary_names)
-        metrics["reject_calibration"], temperatures = _calibrate_rejection(binary_rows, binary_names)
+    metrics["regression"] = _regression_tables(rows, names, columns, bands)
+    metrics["tta"] = _tta_tables(rows, names, view_counts, bands)
+    metrics["peer"] = _peer_table(rows)
+    binary_rows, temperatures = _evaluate_binary(binary, networks, binary_sets, views, batch_size, metrics)
     ood_reference = reliability.reference_ranges(
         np.concatenate([s["images"] for s in test_sets]), columns["values"]["ensemble_std"]
     )
 
-    output_dir, bundle_dir = Path(output_dir), Path(bundle_dir)
-    paths = {Path(name).name: output_dir / Path(name).name for name in naming.EVALUATION_FILES}
-    _write_predictions(paths["predictions.csv"], rows, names, columns)
-    atomic_write_json(paths["metrics.json"], metrics)
-    _write_plots(paths, rows, columns, metrics, test_sets, binary_rows)
-    _write_html(paths["report.html"], metrics, names, columns["order"], view_counts, search)
+    files = _write_evaluation_files(
+        output_dir, rows, names, columns, metrics, test_sets, binary_rows, view_counts, search
+    )
     manifest = write_bundle(
         bundle_dir,
         members,
@@ -430,25 +512,8 @@ def run(
         reject_temperatures=temperatures,
         ood_reference=ood_reference,
     )
-    check_outputs(list(paths.values()) + [bundle_dir / "manifest.json"])
-    overall = metrics["regression"]["ensemble_mean"]["all"]
-    peer = metrics["regression"]["peer"]["all"]
-    logger.info(
-        "evaluate: %d member(s) (%d binary) on %d test image(s) in %d band(s), %d view(s): ensemble RMS %.2f "
-        "MAE %.2f deg, peer (%s) RMS %s deg; bundle %s; %.1f s, seed %d",
-        len(members),
-        len(binary),
-        len(rows["truth"]),
-        len(test_sets),
-        views,
-        overall.get("rms", float("nan")),
-        overall.get("mae", float("nan")),
-        rows["peer_method"],
-        f"{peer['rms']:.2f}" if "rms" in peer else "n/a",
-        bundle_dir,
-        time.perf_counter() - start,
-        seed,
-    )
+    check_outputs(files + [Path(bundle_dir) / "manifest.json"])
+    _log_summary(metrics, rows, test_sets, Path(bundle_dir), time.perf_counter() - start)
     metrics["bundle"] = manifest
     return metrics
 
