@@ -55,6 +55,10 @@ class Setting:
             raise invalid(flag, value, self._range_text())
         if self.type is float and not isinstance(value, (int, float)):
             raise invalid(flag, value, self._range_text())
+        if self.type is str:
+            if value is not None and not (isinstance(value, str) and value):
+                raise invalid(flag, value, "a non-empty string")
+            return value
         if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
             raise invalid(flag, value, self._range_text())
         return value
@@ -116,6 +120,13 @@ SETTINGS = {
             minimum=1,
         ),
         Setting("hpo_epochs", int, 3, "training epochs of one search trial", minimum=1),
+        Setting(
+            "hpo_foreign",
+            str,
+            None,
+            "raw-layout folder (catalog.csv, galaxies/) of another universe, e.g. bench/foreign_universe.py's "
+            "output: every trial also validates on its accepted galaxies (default: our held-out galaxies only)",
+        ),
         Setting("seed", int, 0, "random seed of the run"),
         # -- execution: how the work is cut and retried ---------------------------------------
         Setting("galaxies_per_job", int, 500, "catalog rows per synth/prep job", minimum=1, science=False),
@@ -156,7 +167,7 @@ def check(name, value, *, flag=None):
 def help_text(name, *, show_default=True):
     """The flag help of setting ``name``, ending with its default."""
     item = SETTINGS[name]
-    return f"{item.help} (default {item.default})" if show_default else item.help
+    return f"{item.help} (default {item.default})" if show_default and item.default is not None else item.help
 
 
 def add_argument(parser, name, *short, default=_UNSET, required=False, help=None, flag=None, metavar=None):
@@ -176,6 +187,8 @@ def add_argument(parser, name, *short, default=_UNSET, required=False, help=None
     else:
         kwargs["default"] = item.default if default is _UNSET else default
         text = f"{help or item.help} (default {item.default})"
+        if item.default is None:  # unset: the help says what that means
+            text = help or item.help
     if metavar is not None:
         kwargs["metavar"] = metavar
     return parser.add_argument(*short, flag or item.flag, dest=name, help=text, **kwargs)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -346,6 +347,117 @@ def test_search_flags_are_checked(tmp_path, capsys):
     settings.write_text("science:\n  hpo_trials: -1\n")
     assert workflow_main([*flags, "--config", str(settings), "--output-dir", str(tmp_path / "c")]) == 2
     assert "invalid science.hpo_trials: -1; must be an integer >= 0" in capsys.readouterr().err
+
+
+def foreign_folder(folder, n=3):
+    """A raw-layout folder as bench/foreign_universe.py writes it (the DAG reads names, not pixels)."""
+    folder = Path(folder)
+    (folder / "galaxies").mkdir(parents=True)
+    (folder / "catalog.csv").write_text("pgc|inc\n")
+    for pgc in range(5_000_000, 5_000_000 + n):
+        for band in ("g", "r", "i"):
+            (folder / "galaxies" / f"pgc{pgc}_d25x2_rot_{band}.png").write_bytes(b"")
+        (folder / "galaxies" / f"pgc{pgc}_d25x2_rot_gri.sdss.jpg").write_bytes(b"")
+    (folder / "galaxies" / ".DS_Store").write_bytes(b"")
+    return folder
+
+
+def test_the_foreign_set_reaches_every_trial_job_and_nothing_else(tmp_path):
+    folder = foreign_folder(tmp_path / "foreign")
+    searched = dag.build_jobs(small_config(hpo_trials=4, hpo_parallel=2))
+    jobs = dag.build_jobs(small_config(hpo_trials=4, hpo_parallel=2, hpo_foreign=str(folder)))
+    parser = registry.get("hpo").build_parser()
+    trials = [job for job in jobs if job.id.startswith("hpo_trial_")]
+    assert len(trials) == 2
+    for job in trials:
+        # An absolute path, whatever the working directory of the job.
+        assert job.args[-2:] == ["--foreign", str(folder.resolve())]
+        assert parser.parse_args(job.args).hpo_foreign == str(folder.resolve())
+    # Only the trial jobs change, by those two words; without the flag the DAG is as before.
+    stripped = [dataclasses.replace(job, args=job.args[:-2]) if job in trials else job for job in jobs]
+    assert [dataclasses.asdict(j) for j in stripped] == [dataclasses.asdict(j) for j in searched]
+
+
+def test_every_job_of_a_search_with_a_foreign_set_parses_with_its_stage_parser(tmp_path):
+    from test_stages_registry import test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values
+
+    folder = str(foreign_folder(tmp_path / "foreign").resolve())
+    test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values(
+        {"hpo_trials": 4, "hpo_parallel": 2, "hpo_epochs": 2, "hpo_foreign": folder}
+    )
+
+
+def test_a_bad_foreign_folder_is_refused_at_build(tmp_path, capsys):
+    flags = ["--synthetic", "20", "--size", "32", "--models", "model4", "--dry-run", "-q"]
+    flags += ["--hpo-trials", "2"]
+    (tmp_path / "no_catalog" / "galaxies").mkdir(parents=True)
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "catalog.csv").write_text("pgc|inc\n")
+    (tmp_path / "no_images" / "galaxies").mkdir()
+    for name, message in (
+        ("missing", "folder not found"),
+        ("no_catalog", "no catalog.csv there"),
+        ("no_images", "no galaxies/ there"),
+    ):
+        run_dir = tmp_path / f"run_{name}"
+        assert workflow_main([*flags, "--hpo-foreign", str(tmp_path / name), "--output-dir", str(run_dir)]) == 2
+        assert f"--hpo-foreign {tmp_path / name}: {message}" in capsys.readouterr().err
+        assert not run_dir.exists()  # refused before anything is written
+    good = foreign_folder(tmp_path / "good")
+    plain = ["--synthetic", "20", "--size", "32", "--models", "model4", "--dry-run", "-q"]
+    assert workflow_main([*plain, "--hpo-foreign", str(good), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "give --hpo-trials N too" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--hpo-foreign"):
+        small_config(hpo_trials=2, hpo_foreign="").validate()
+    # From a --config file (science section), as the flag.
+    settings = tmp_path / "run.yaml"
+    settings.write_text(f"science:\n  hpo_trials: 2\n  hpo_foreign: {good}\n")
+    assert workflow_main([*plain, "--config", str(settings), "--output-dir", str(tmp_path / "y")]) == 0
+    trial = next(job for job in dag.load_jobs(tmp_path / "y") if job.id == "hpo_trial_01of01")
+    assert trial.args[-2:] == ["--foreign", str(good.resolve())]
+    settings.write_text("science:\n  hpo_trials: 2\n  hpo_foreign: 3\n")
+    assert workflow_main([*plain, "--config", str(settings), "--output-dir", str(tmp_path / "z")]) == 2
+    assert "invalid science.hpo_foreign: 3; must be a folder path" in capsys.readouterr().err
+
+
+def test_pegasus_stages_the_foreign_set_to_every_trial_job(tmp_path, validators):  # noqa: F811
+    folder = foreign_folder(tmp_path / "foreign")
+    run_dir = tmp_path / "run"
+    flags = ["--synthetic", "40", "--galaxies-per-job", "20", "--size", "32", "--models", "model4"]
+    flags += ["--hpo-trials", "4", "--hpo-parallel", "2", "--hpo-foreign", str(folder), "--engine", "pegasus"]
+    assert workflow_main([*flags, "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
+    documents = {name: yaml.safe_load((run_dir / name).read_text()) for name in ("workflow.yml", "replicas.yml")}
+    for name, document in documents.items():
+        assert errors(validators[name], document) == [], name
+    # jobs.json (the local and SLURM engines) keeps the absolute path.
+    saved = {job.id: job for job in dag.load_jobs(run_dir)}
+    assert saved["hpo_trial_01of02"].args[-2:] == ["--foreign", str(folder.resolve())]
+    expected = [f"{dag.HPO_FOREIGN_DIR}/catalog.csv"] + sorted(
+        f"{dag.HPO_FOREIGN_DIR}/galaxies/{path.name}" for path in (folder / "galaxies").glob("pgc*")
+    )
+    assert len(expected) == 1 + 4 * 3
+    jobs = {job["id"]: job for job in documents["workflow.yml"]["jobs"]}
+    for k in (1, 2):
+        job = jobs[f"hpo_trial_{k:02d}of02"]
+        inputs = [use["lfn"] for use in job["uses"] if use["type"] == "input"]
+        assert [lfn for lfn in inputs if lfn.startswith(dag.HPO_FOREIGN_DIR + "/")] == expected
+        assert job["arguments"][-2:] == ["--foreign", dag.HPO_FOREIGN_DIR]
+        assert str(folder) not in json.dumps(job)  # nothing of the submit host's paths on the node
+    others = [job for job_id, job in jobs.items() if not job_id.startswith("hpo_trial_")]
+    assert not any(use["lfn"].startswith(dag.HPO_FOREIGN_DIR) for job in others for use in job["uses"])
+    # One regex replica maps every declared file to the folder on the submit host.
+    (entry,) = [e for e in documents["replicas.yml"]["replicas"] if e["lfn"].startswith(dag.HPO_FOREIGN_DIR)]
+    assert entry["regex"] is True and entry["pfns"][0]["site"] == "local"
+    pattern, pfn = re.compile(entry["lfn"]), entry["pfns"][0]["pfn"]
+    for lfn in expected:
+        path = Path(pfn.removeprefix("file://").replace("[1]", pattern.fullmatch(lfn).group(1)))
+        assert path == folder.resolve() / lfn.removeprefix(dag.HPO_FOREIGN_DIR + "/") and path.is_file()
+    # Without the flag the Pegasus files are as before.
+    plain_dir = tmp_path / "plain"
+    plain = [flag for flag in flags if flag not in ("--hpo-foreign", str(folder))]
+    assert workflow_main([*plain, "--output-dir", str(plain_dir), "--dry-run", "-q"]) == 0
+    assert "foreign" not in (plain_dir / "workflow.yml").read_text()
+    assert "foreign" not in (plain_dir / "replicas.yml").read_text()
 
 
 def test_pegasus_files_declare_the_journal_as_each_trial_jobs_checkpoint(tmp_path, validators):  # noqa: F811

@@ -8,7 +8,8 @@ for their cluster and data. :func:`write_run_catalogs` reads them (or files give
 * ``replicas.yml``: the user's entries, plus the raw inputs given by flags (catalog file,
   one regex entry for all raw images, the files of the ``--predict-with`` bundle; for a
   survey over real data the image folder and one regex entry for the catalog slices the
-  builder writes under ``RUN/inputs``), plus an
+  builder writes under ``RUN/inputs``; one regex entry for the search's ``--hpo-foreign``
+  folder, ``hpo/foreign/...``), plus an
   empty placeholder per training checkpoint (with ``condorio`` Pegasus must find a
   checkpoint file before the first attempt);
 * ``transformations.yml``: one transformation per stage, inside the inclinet container,
@@ -291,6 +292,17 @@ def run_replicas(run_dir, jobs, config, replicas_file=None):
 
         for lfn, path in bundle_inputs(config).items():
             generated.append({"lfn": lfn, "pfns": [{"site": "local", "pfn": _file_url(path)}]})
+    if getattr(config, "hpo_foreign", None):
+        # The search's foreign set: its catalog and images, which Pegasus stages for every trial job.
+        from workflow.dag import HPO_FOREIGN_DIR
+
+        generated.append(
+            {
+                "lfn": f"{HPO_FOREIGN_DIR}/(.+)",
+                "pfns": [{"site": "local", "pfn": _file_url(config.hpo_foreign) + "/[1]"}],
+                "regex": True,
+            }
+        )
     placeholders = Path(run_dir).resolve() / "pegasus" / "placeholders"
     for job in jobs:
         if job.checkpoint:

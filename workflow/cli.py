@@ -100,6 +100,7 @@ def add_build_arguments(parser):
     search = parser.add_argument_group("hyper-parameter search (inclinet-hpo; none without --hpo-trials)")
     for name in ("hpo_trials", "hpo_parallel", "hpo_epochs"):
         settings.add_argument(search, name, default=None)
+    settings.add_argument(search, "hpo_foreign", default=None, metavar="DIR")
 
     execution = parser.add_argument_group("execution settings")
     settings.add_argument(execution, "galaxies_per_job", default=None)
@@ -252,6 +253,7 @@ SCIENCE_KEYS = {
             "hpo_epochs",
         )
     },
+    "hpo_foreign": _text("a folder path"),
 }
 #: The keys of its ``slurm:`` mapping inside ``execution:`` (dest ``slurm_<key>``).
 SLURM_KEYS = {

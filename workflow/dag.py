@@ -249,6 +249,8 @@ class WorkflowConfig:
     hpo_trials: int = settings.DEFAULTS.hpo_trials
     hpo_parallel: int = settings.DEFAULTS.hpo_parallel
     hpo_epochs: int = settings.DEFAULTS.hpo_epochs
+    #: A raw-layout folder of another universe every trial also validates on (None: none).
+    hpo_foreign: str | None = settings.DEFAULTS.hpo_foreign
 
     def validate(self):
         """Raise :class:`ConfigError` for flags that cannot make a DAG."""
@@ -282,6 +284,8 @@ class WorkflowConfig:
         resource_overrides(self)
         if self.hpo_trials and self.hpo_parallel > self.hpo_trials:
             raise invalid("--hpo-parallel", self.hpo_parallel, f"at most --hpo-trials ({self.hpo_trials})")
+        if self.hpo_foreign is not None:
+            self._check_foreign()
         if self.predict_with is not None:
             if self.hpo_trials:
                 raise ConfigError("--hpo-trials searches before training: give it without --predict-with")
@@ -296,6 +300,24 @@ class WorkflowConfig:
             raise invalid("--tasks", ",".join(self.tasks), "a list with regression (evaluation needs its test set)")
         settings.check_models_fit(self.models, self.size)
         return self
+
+    def _check_foreign(self):
+        """Refuse a ``--hpo-foreign`` folder without a search, or that is not a raw-layout folder."""
+        folder = Path(self.hpo_foreign)
+        if not self.hpo_trials:
+            raise ConfigError(f"--hpo-foreign {folder}: the foreign set scores search trials; give --hpo-trials N too")
+        if not folder.is_dir():
+            raise InputError(
+                f"--hpo-foreign {folder}: folder not found; give a raw-layout folder (catalog.csv, galaxies/), "
+                "e.g. the output of bench/foreign_universe.py"
+            )
+        checks = (("catalog.csv", (folder / "catalog.csv").is_file()), ("galaxies/", foreign_images(folder)))
+        for name, present in checks:
+            if not present:
+                raise InputError(
+                    f"--hpo-foreign {folder}: no {name} there; give a raw-layout folder (catalog.csv, galaxies/ "
+                    "with the images), e.g. the output of bench/foreign_universe.py"
+                )
 
     def stage_values(self):
         """``{setting: value}`` of the settings a stage flag carries (what the jobs' command lines pass)."""
@@ -631,6 +653,9 @@ def _search_jobs(config, n_galaxies):
             "--seed",
             config.seed,
         ]
+        if config.hpo_foreign:
+            # On Pegasus the folder's files are declared and staged (pegasus_search_jobs).
+            args += ["--foreign", str(Path(config.hpo_foreign).resolve())]
         jobs.append(
             _job(
                 f"hpo_trial_{index:02d}of{count:02d}",
@@ -1074,6 +1099,54 @@ def pegasus_survey_jobs(jobs, config):
     return expanded
 
 
+#: Logical folder of the search's foreign set on Pegasus (``hpo/foreign/catalog.csv``,
+#: ``hpo/foreign/galaxies/<image>``); the replica catalog maps it to ``--hpo-foreign``.
+HPO_FOREIGN_DIR = f"{naming.HPO_DIR}/foreign"
+
+
+def foreign_images(folder):
+    """The sorted names of the regular files in ``folder/galaxies`` (hidden ones left out); [] when none."""
+    images = Path(folder) / "galaxies"
+    if not images.is_dir():
+        return []
+    return sorted(entry.name for entry in images.iterdir() if entry.is_file() and not entry.name.startswith("."))
+
+
+def foreign_inputs(config):
+    """The LFNs of ``config.hpo_foreign``'s files under :data:`HPO_FOREIGN_DIR`: its catalog, then every image."""
+    names = ["catalog.csv", *(f"galaxies/{name}" for name in foreign_images(config.hpo_foreign))]
+    return [f"{HPO_FOREIGN_DIR}/{name}" for name in names]
+
+
+def pegasus_search_jobs(jobs, config):
+    """The search's trial jobs as Pegasus runs them: the foreign set as declared inputs.
+
+    The local and SLURM engines pass ``--hpo-foreign`` to every trial job as an absolute
+    path (``--foreign DIR``). Pegasus stages files, not folders: here each trial job reads
+    the folder's catalog and images under :data:`HPO_FOREIGN_DIR` (``--foreign
+    hpo/foreign``), located on the submit host by the replica catalog, so a compute node
+    gets them in its job directory. A foreign set is meant to be small (hundreds of
+    galaxies): every trial job stages all of it. Other jobs are returned as they are.
+    """
+    if not config.hpo_foreign:
+        return jobs
+    declared = foreign_inputs(config)
+    expanded = []
+    for spec in jobs:
+        if spec.stage != "hpo" or "--foreign" not in spec.args:
+            expanded.append(spec)
+            continue
+        at = spec.args.index("--foreign")
+        expanded.append(
+            dataclasses.replace(
+                spec,
+                args=[*spec.args[: at + 1], HPO_FOREIGN_DIR, *spec.args[at + 2 :]],
+                inputs=[*spec.inputs, *declared],
+            )
+        )
+    return expanded
+
+
 def pegasus_retries(spec):
     """DAGMan retries of a job: its own, plus one per checkpoint stop for checkpointed jobs.
 
@@ -1119,11 +1192,13 @@ def to_pegasus(jobs, config):
     ``label`` profile their JobSpec carries (:func:`cluster_labels`, set by :func:`build_jobs`;
     plan with ``--cluster label``), so ``workflow.yml`` and ``jobs.json`` agree. The one
     difference: the survey's measure jobs read per-chunk image archives made by ``pack``
-    jobs on site ``local`` (:func:`pegasus_survey_jobs`), not the image folder.
+    jobs on site ``local`` (:func:`pegasus_survey_jobs`), not the image folder, and the
+    search's trial jobs read ``--hpo-foreign``'s files as declared inputs
+    (:func:`pegasus_search_jobs`), not the folder.
     """
     from Pegasus.api import File, Job, Namespace, Workflow
 
-    jobs = pegasus_survey_jobs(jobs, config)
+    jobs = pegasus_search_jobs(pegasus_survey_jobs(jobs, config), config)
     keep = set(final_outputs(jobs))
     files = {}
 

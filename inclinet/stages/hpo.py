@@ -65,8 +65,10 @@ def add_arguments(parser):
         "--journal", required=True, metavar="JOURNAL", help="this job's Optuna journal (resumed when present)"
     )
     trial.add_argument("--output", required=True, metavar="TRIALS.json", help="this job's trials as JSON")
-    trial.add_argument(
-        "--foreign",
+    config.add_argument(
+        trial,
+        "hpo_foreign",
+        flag="--foreign",
         metavar="DIR",
         help="also validate on the accepted galaxies of this raw-layout folder (catalog.csv, galaxies/), "
         "e.g. bench/foreign_universe.py's output; the score is then the mean of both RMS values",
@@ -110,7 +112,7 @@ def _run_args(args):
             n_batches=args.n_batches,
             per_bin=args.per_bin,
             seed=args.seed,
-            foreign=args.foreign,
+            foreign=args.hpo_foreign,
             work_dir=args.work_dir,
         )
     else:
