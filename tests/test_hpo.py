@@ -511,6 +511,39 @@ def test_real_planner_plans_the_search(tmp_path, monkeypatch):
     assert "trials_01of02.journal" in sub.read_text()  # the checkpoint travels with every attempt
 
 
+@pytest.mark.pegasus
+def test_real_planner_stages_the_foreign_set_into_each_trial_jobs_directory(tmp_path, monkeypatch):
+    if not (shutil.which("pegasus-plan") and shutil.which("condor_submit_dag")):
+        message = "pegasus-plan and the HTCondor stand-ins are not on PATH (see ../shared/pegasus-planner)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must install them (.ci/run)")
+        pytest.skip(message)
+    if shutil.which("condor_submit"):
+        pytest.skip("HTCondor is installed here: these tests would submit")
+    from workflow.engines import pegasus
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = foreign_folder(tmp_path / "foreign", n=2)
+    run_dir = tmp_path / "run"
+    flags = ["--synthetic", "30", "--galaxies-per-job", "10", "--size", "64", "--models", "model4"]
+    flags += ["--hpo-trials", "4", "--hpo-parallel", "2", "--hpo-foreign", str(folder)]
+    assert workflow_main([*flags, "--engine", "pegasus", "--output-dir", str(run_dir), "-q"]) == 0
+    submit_dir = pegasus.find_submit_dir(run_dir)
+    catalog = f"{dag.HPO_FOREIGN_DIR}/catalog.csv"
+    for k in (1, 2):
+        (sub,) = submit_dir.glob(f"**/inclinet-hpo_hpo_trial_{k:02d}of02.sub")
+        (script,) = submit_dir.glob(f"**/inclinet-hpo_hpo_trial_{k:02d}of02.sh")
+        transferred = next(line for line in sub.read_text().splitlines() if line.startswith("transfer_input_files"))
+        image = f"{dag.HPO_FOREIGN_DIR}/galaxies/pgc5000001_d25x2_rot_gri.sdss.jpg"
+        assert catalog in transferred and image in transferred
+        # pegasus-lite puts each file at its LFN in the job directory, where --foreign hpo/foreign finds it.
+        text = script.read_text()
+        assert f"$PWD/{catalog}" in text and f"--foreign {dag.HPO_FOREIGN_DIR}" in text
+    # The files are staged in from the folder on the submit host.
+    staged = "".join(path.read_text() for path in submit_dir.glob("**/stage_in_*.in"))
+    assert f"file://{folder.resolve()}/catalog.csv" in staged
+
+
 # -- with TensorFlow: trial jobs, select, resume, the engines ----------------------------------
 
 
