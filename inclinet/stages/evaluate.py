@@ -679,12 +679,18 @@ def _save(figure, path):
 
 
 def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
+    """Draw the four figures of the report: predicted vs true, residuals, outlier gallery, binary confusion."""
     plt = _pyplot()
-    truth = rows["truth"]
     ensemble = columns["values"]["ensemble_mean"]
-    peer = rows["peer"]
-    band_names = rows["band_name"]
+    _save(_plot_predicted_vs_true(plt, rows, ensemble, metrics), paths["predicted_vs_true.png"])
+    _save(_plot_residuals(plt, rows["truth"], ensemble, metrics), paths["residuals.png"])
+    _save(_plot_outliers(plt, rows, ensemble), paths["outliers.png"])
+    _save(_plot_binary(plt, metrics, binary_rows), paths["confusion.png"])
 
+
+def _plot_predicted_vs_true(plt, rows, ensemble, metrics):
+    """Ensemble mean and classical peer against the true inclination, side by side, one colour per band."""
+    truth, peer, band_names = rows["truth"], rows["peer"], rows["band_name"]
     figure, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
     peer_title = f"classical peer ({metrics['peer']['method']})"
     for axis, values, title in ((axes[0], ensemble, "CNN ensemble (mean)"), (axes[1], peer, peer_title)):
@@ -700,8 +706,11 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     axes[0].set_ylabel("predicted inclination [deg]")
-    _save(figure, paths["predicted_vs_true.png"])
+    return figure
 
+
+def _plot_residuals(plt, truth, ensemble, metrics):
+    """True - ensemble mean against the true inclination, with the linear bias fit and its window."""
     figure, axis = plt.subplots(figsize=(7, 5))
     delta = truth - ensemble
     axis.plot(truth, delta, ".", alpha=0.5, label="true - ensemble mean")
@@ -714,9 +723,13 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
     axis.set_ylabel("true - predicted [deg]")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
-    _save(figure, paths["residuals.png"])
+    return figure
 
-    worst = np.argsort(-np.abs(delta), kind="mergesort")[:N_OUTLIERS]
+
+def _plot_outliers(plt, rows, ensemble):
+    """The ``N_OUTLIERS`` images with the largest |true - ensemble mean|, titled with truth, CNN and peer."""
+    truth, peer, band_names = rows["truth"], rows["peer"], rows["band_name"]
+    worst = np.argsort(-np.abs(truth - ensemble), kind="mergesort")[:N_OUTLIERS]
     columns_n = 4
     n_rows = max(1, math.ceil(len(worst) / columns_n))
     figure, axes = plt.subplots(n_rows, columns_n, figsize=(3 * columns_n, 3.7 * n_rows), squeeze=False)
@@ -733,27 +746,18 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
         )
     figure.suptitle(f"{len(worst)} worst galaxies by |true - ensemble mean|")
     figure.tight_layout()
-    _save(figure, paths["outliers.png"])
+    return figure
 
+
+def _plot_binary(plt, metrics, binary_rows):
+    """Confusion matrix of the binary ensemble and reliability of P(reject); a note when none was evaluated."""
     figure, (axis, reliability_axis) = plt.subplots(1, 2, figsize=(10, 4.5))
     if binary_rows is None:
         axis.axis("off")
         reliability_axis.axis("off")
         axis.text(0.5, 0.5, "no binary (accept/reject) models\nwere evaluated", ha="center", va="center", fontsize=12)
     else:
-        calibration = metrics["reject_calibration"]
-        for key, label in (
-            ("reliability_raw", f"raw (ECE {calibration['ece_raw']:.3f})"),
-            ("reliability_calibrated", f"calibrated (ECE {calibration['ece_calibrated']:.3f})"),
-        ):
-            table = [row for row in calibration[key] if row[2]]
-            reliability_axis.plot([r[3] for r in table], [r[4] for r in table], "o-", label=label)
-        reliability_axis.plot([0, 1], [0, 1], "k--", lw=1)
-        reliability_axis.set_xlabel("predicted P(reject), ensemble mean")
-        reliability_axis.set_ylabel("observed fraction rejected")
-        reliability_axis.set_title("reliability (calibrated: 2-fold cross-fit)")
-        reliability_axis.legend(fontsize=8)
-        reliability_axis.grid(alpha=0.3)
+        _plot_reliability(reliability_axis, metrics["reject_calibration"])
         counts = metrics["binary"]["ensemble_mean"]["all"]["confusion"]
         matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
         axis.imshow(matrix, cmap="Blues")
@@ -765,7 +769,23 @@ def _write_plots(paths, rows, columns, metrics, test_sets, binary_rows):
         axis.set_ylabel("true")
         axis.set_title("binary confusion matrix")
     figure.tight_layout()
-    _save(figure, paths["confusion.png"])
+    return figure
+
+
+def _plot_reliability(axis, calibration):
+    """Observed fraction rejected against predicted P(reject), raw and calibrated."""
+    for key, label in (
+        ("reliability_raw", f"raw (ECE {calibration['ece_raw']:.3f})"),
+        ("reliability_calibrated", f"calibrated (ECE {calibration['ece_calibrated']:.3f})"),
+    ):
+        table = [row for row in calibration[key] if row[2]]
+        axis.plot([r[3] for r in table], [r[4] for r in table], "o-", label=label)
+    axis.plot([0, 1], [0, 1], "k--", lw=1)
+    axis.set_xlabel("predicted P(reject), ensemble mean")
+    axis.set_ylabel("observed fraction rejected")
+    axis.set_title("reliability (calibrated: 2-fold cross-fit)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
 
 
 def _fmt(value, digits=2):
@@ -773,8 +793,7 @@ def _fmt(value, digits=2):
 
 
 def _write_html(path, metrics, names, ensemble_order, view_counts, search=None):
-    regression = metrics["regression"]
-    bands = list(next(iter(regression.values())).keys())
+    """The evaluation report: one page of tables (regression, peer, TTA, bins, binary) and the four figures."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>inclinet evaluation</title>",
         "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
@@ -782,74 +801,11 @@ def _write_html(path, metrics, names, ensemble_order, view_counts, search=None):
         "<h1>inclinet evaluation</h1>",
         f"<p>{len(names)} regression member(s), {metrics['views']} test-time view(s), seed {metrics['seed']}; "
         f"test images per band: {html.escape(str(metrics['n_test']))}. delta = true - predicted (deg).</p>",
-        "<h2>RMS / MAE / bias by band</h2><table><tr><th>column</th>",
     ]
-    parts += [f"<th>RMS {b}</th><th>MAE {b}</th>" for b in bands]
-    parts.append("<th>bias</th><th>m</th><th>b</th><th>RMS corrected</th></tr>")
-    for column in names + list(ensemble_order) + ["peer"]:
-        entry = regression[column]
-        cells = "".join(f"<td>{_fmt(entry[b].get('rms'))}</td><td>{_fmt(entry[b].get('mae'))}</td>" for b in bands)
-        fit = entry["all"].get("fit", {})
-        parts.append(
-            f"<tr><th>{html.escape(column)}</th>{cells}<td>{_fmt(entry['all'].get('bias'))}</td>"
-            f"<td>{_fmt(fit.get('m'), 4)}</td><td>{_fmt(fit.get('b'))}</td>"
-            f"<td>{_fmt(entry['all'].get('rms_corrected'))}</td></tr>"
-        )
-    peer = metrics["peer"]
-    parts.append(
-        f"</table><h2>The classical peer: {html.escape(peer['method'])}</h2>"
-        f"<p>{html.escape(peer['calibration'])}.</p><table><tr><th>method</th><th>RMS</th><th>MAE</th>"
-        "<th>bias</th><th>N</th></tr>"
-    )
-    for method, entry in peer["methods"].items():
-        parts.append(
-            f"<tr><th>{html.escape(method)}</th><td>{_fmt(entry.get('rms'))}</td>"
-            f"<td>{_fmt(entry.get('mae'))}</td><td>{_fmt(entry.get('bias'))}</td><td>{entry.get('n')}</td></tr>"
-        )
-    parts.append(
-        "</table><h2>Test-time augmentation (ensemble mean, all bands)</h2><table><tr><th>views</th>"
-        "<th>RMS</th><th>MAE</th></tr>"
-    )
-    for n_views in view_counts:
-        entry = metrics["tta"][str(n_views)]["ensemble_mean"]["all"]
-        parts.append(f"<tr><td>{n_views}</td><td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>")
-    parts.append(
-        "</table><h2>Residuals of the ensemble mean by 5-degree bin</h2><table>"
-        "<tr><th>bin</th><th>N</th><th>bias</th><th>RMS</th><th>MAE</th></tr>"
-    )
-    for entry in regression["ensemble_mean"]["all"].get("bins", []):
-        parts.append(
-            f"<tr><td>{entry['bin']}</td><td>{entry['n']}</td><td>{_fmt(entry['bias'])}</td>"
-            f"<td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>"
-        )
-    parts.append("</table>")
-    if metrics["binary"]:
-        parts.append(
-            "<h2>Binary (positive = reject)</h2><table><tr><th>member</th><th>precision</th>"
-            "<th>recall</th><th>accuracy</th><th>AUC</th></tr>"
-        )
-        for name, entry in metrics["binary"].items():
-            entry = entry["all"]
-            parts.append(
-                f"<tr><th>{html.escape(name)}</th><td>{_fmt(entry['precision'], 3)}</td>"
-                f"<td>{_fmt(entry['recall'], 3)}</td><td>{_fmt(entry['accuracy'], 3)}</td>"
-                f"<td>{_fmt(entry['auc'], 3)}</td></tr>"
-            )
-        parts.append("</table>")
-        calibration = metrics.get("reject_calibration")
-        if calibration:
-            rate_raw = calibration["rejection_rate_of_accepted_raw"]
-            rate_cal = calibration["rejection_rate_of_accepted_calibrated"]
-            parts.append(
-                f"<p>Calibration of P(reject) by a temperature per member: expected calibration error "
-                f"{_fmt(calibration['ece_raw'], 3)} raw, {_fmt(calibration['ece_calibrated'], 3)} calibrated "
-                f"(2-fold cross-fit); accepted galaxies rejected at 50%: {_fmt(rate_raw, 3)} raw, "
-                f"{_fmt(rate_cal, 3)} calibrated. Temperatures: "
-                + html.escape(", ".join(f"{k} {v:.2f}" for k, v in calibration["temperatures"].items()))
-                + ".</p>"
-            )
-    else:
-        parts.append("<p>No binary models were evaluated.</p>")
+    parts += _html_regression(metrics["regression"], names + list(ensemble_order) + ["peer"])
+    parts += _html_peer(metrics["peer"])
+    parts += _html_tta_and_bins(metrics, view_counts)
+    parts += _html_binary(metrics)
     for image, caption in (
         ("predicted_vs_true.png", "Predicted vs true"),
         ("residuals.png", "Residuals with the linear bias fit"),
@@ -863,6 +819,92 @@ def _write_html(path, metrics, names, ensemble_order, view_counts, search=None):
         parts.append(hpo.html_section(search))
     parts.append("</body></html>\n")
     atomic_write_text(path, "\n".join(parts))
+
+
+def _html_regression(regression, columns):
+    """RMS and MAE per band, bias, linear fit and corrected RMS of every column (table left open)."""
+    bands = list(next(iter(regression.values())).keys())
+    parts = ["<h2>RMS / MAE / bias by band</h2><table><tr><th>column</th>"]
+    parts += [f"<th>RMS {b}</th><th>MAE {b}</th>" for b in bands]
+    parts.append("<th>bias</th><th>m</th><th>b</th><th>RMS corrected</th></tr>")
+    for column in columns:
+        entry = regression[column]
+        cells = "".join(f"<td>{_fmt(entry[b].get('rms'))}</td><td>{_fmt(entry[b].get('mae'))}</td>" for b in bands)
+        fit = entry["all"].get("fit", {})
+        parts.append(
+            f"<tr><th>{html.escape(column)}</th>{cells}<td>{_fmt(entry['all'].get('bias'))}</td>"
+            f"<td>{_fmt(fit.get('m'), 4)}</td><td>{_fmt(fit.get('b'))}</td>"
+            f"<td>{_fmt(entry['all'].get('rms_corrected'))}</td></tr>"
+        )
+    return parts
+
+
+def _html_peer(peer):
+    """The classical peer's method, its calibration and the scores of every method (table left open)."""
+    parts = [
+        f"</table><h2>The classical peer: {html.escape(peer['method'])}</h2>"
+        f"<p>{html.escape(peer['calibration'])}.</p><table><tr><th>method</th><th>RMS</th><th>MAE</th>"
+        "<th>bias</th><th>N</th></tr>"
+    ]
+    for method, entry in peer["methods"].items():
+        parts.append(
+            f"<tr><th>{html.escape(method)}</th><td>{_fmt(entry.get('rms'))}</td>"
+            f"<td>{_fmt(entry.get('mae'))}</td><td>{_fmt(entry.get('bias'))}</td><td>{entry.get('n')}</td></tr>"
+        )
+    return parts
+
+
+def _html_tta_and_bins(metrics, view_counts):
+    """Ensemble-mean scores by number of test-time views, then its residuals by 5-degree bin."""
+    parts = [
+        "</table><h2>Test-time augmentation (ensemble mean, all bands)</h2><table><tr><th>views</th>"
+        "<th>RMS</th><th>MAE</th></tr>"
+    ]
+    for n_views in view_counts:
+        entry = metrics["tta"][str(n_views)]["ensemble_mean"]["all"]
+        parts.append(f"<tr><td>{n_views}</td><td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>")
+    parts.append(
+        "</table><h2>Residuals of the ensemble mean by 5-degree bin</h2><table>"
+        "<tr><th>bin</th><th>N</th><th>bias</th><th>RMS</th><th>MAE</th></tr>"
+    )
+    for entry in metrics["regression"]["ensemble_mean"]["all"].get("bins", []):
+        parts.append(
+            f"<tr><td>{entry['bin']}</td><td>{entry['n']}</td><td>{_fmt(entry['bias'])}</td>"
+            f"<td>{_fmt(entry['rms'])}</td><td>{_fmt(entry['mae'])}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _html_binary(metrics):
+    """Precision, recall, accuracy and AUC of the binary members and ensembles, and the reject calibration."""
+    if not metrics["binary"]:
+        return ["<p>No binary models were evaluated.</p>"]
+    parts = [
+        "<h2>Binary (positive = reject)</h2><table><tr><th>member</th><th>precision</th>"
+        "<th>recall</th><th>accuracy</th><th>AUC</th></tr>"
+    ]
+    for name, entry in metrics["binary"].items():
+        entry = entry["all"]
+        parts.append(
+            f"<tr><th>{html.escape(name)}</th><td>{_fmt(entry['precision'], 3)}</td>"
+            f"<td>{_fmt(entry['recall'], 3)}</td><td>{_fmt(entry['accuracy'], 3)}</td>"
+            f"<td>{_fmt(entry['auc'], 3)}</td></tr>"
+        )
+    parts.append("</table>")
+    calibration = metrics.get("reject_calibration")
+    if calibration:
+        rate_raw = calibration["rejection_rate_of_accepted_raw"]
+        rate_cal = calibration["rejection_rate_of_accepted_calibrated"]
+        parts.append(
+            f"<p>Calibration of P(reject) by a temperature per member: expected calibration error "
+            f"{_fmt(calibration['ece_raw'], 3)} raw, {_fmt(calibration['ece_calibrated'], 3)} calibrated "
+            f"(2-fold cross-fit); accepted galaxies rejected at 50%: {_fmt(rate_raw, 3)} raw, "
+            f"{_fmt(rate_cal, 3)} calibrated. Temperatures: "
+            + html.escape(", ".join(f"{k} {v:.2f}" for k, v in calibration["temperatures"].items()))
+            + ".</p>"
+        )
+    return parts
 
 
 def add_arguments(parser):
