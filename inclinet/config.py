@@ -164,12 +164,6 @@ def check(name, value, *, flag=None):
     return SETTINGS[name].check(value, flag=flag)
 
 
-def help_text(name, *, show_default=True):
-    """The flag help of setting ``name``, ending with its default."""
-    item = SETTINGS[name]
-    return f"{item.help} (default {item.default})" if show_default and item.default is not None else item.help
-
-
 def add_argument(parser, name, *short, default=_UNSET, required=False, help=None, flag=None, metavar=None):
     """Add the flag of setting ``name`` (plus ``short`` aliases) to ``parser``; its dest is ``name``.
 
