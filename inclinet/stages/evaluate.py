@@ -527,6 +527,7 @@ def _short(metrics):
 
 
 def _regression_predictions(members, networks, test_sets, views, view_counts, batch_size):
+    """Per-image rows of every test set: identity, truth, each member's inclination per view count, the peer."""
     rows = {
         "pgc": np.concatenate([s["pgc"] for s in test_sets]),
         "band": np.concatenate([np.full(len(s["labels"]), s["band"]) for s in test_sets]),
@@ -555,6 +556,7 @@ def _regression_predictions(members, networks, test_sets, views, view_counts, ba
 
 
 def _ensemble_columns(rows, names, families, members):
+    """Ensemble columns (mean, median, std over all members; mean and median per family; per-galaxy median)."""
     stack = np.stack([rows[name] for name in names])
     values = {
         "ensemble_mean": stack.mean(axis=0),
@@ -578,6 +580,7 @@ def _ensemble_columns(rows, names, families, members):
 
 
 def _binary_predictions(members, networks, binary_sets, views, batch_size):
+    """Per-image rows of the binary test sets: identity, label and each binary member's P(reject)."""
     rows = {
         "pgc": np.concatenate([s["pgc"] for s in binary_sets]),
         "band_name": np.concatenate([np.full(len(s["labels"]), BAND_NAMES[s["band"]]) for s in binary_sets]),
@@ -621,6 +624,7 @@ def _calibrate_rejection(rows, names):
 
 
 def _binary_metrics(rows, names):
+    """Binary metrics of each member per band, and of the mean and median ensembles (all bands)."""
     result = {}
     bands = ["all"] + sorted(set(rows["band_name"]))
     for name in names:
