@@ -378,6 +378,14 @@ def test_the_foreign_set_reaches_every_trial_job_and_nothing_else(tmp_path):
     assert [dataclasses.asdict(j) for j in stripped] == [dataclasses.asdict(j) for j in searched]
 
 
+def test_the_trial_command_hands_its_foreign_folder_to_the_search(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(hpo, "run_trials", lambda **kwargs: seen.update(kwargs))
+    argv = trial_argv(["a.npz", "b.npz"], tmp_path, "1/2")
+    assert hpo_stage.main(argv) == 0 and seen["foreign"] is None
+    assert hpo_stage.main([*argv, "--foreign", "hpo/foreign"]) == 0 and seen["foreign"] == "hpo/foreign"
+
+
 def test_every_job_of_a_search_with_a_foreign_set_parses_with_its_stage_parser(tmp_path):
     from test_stages_registry import test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values
 
