@@ -166,17 +166,25 @@ def chain_parameters(aug_scale=1.0, aug_noise=1.0):
 # -- the best-parameters file ---------------------------------------------------------------
 
 
+def _load_json(path, what, *, missing, unreadable):
+    """The JSON document at ``path``; :class:`InputError` naming it (``what``) and the fix otherwise."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found; {missing}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable {what} ({exc}); {unreadable}") from None
+
+
 def read_best(path):
     """The best-parameters file written by :func:`select`, checked; :class:`InputError` naming it otherwise."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: best-parameters file not found; run inclinet-hpo select first") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{path}: not a readable best-parameters file ({exc}); run inclinet-hpo select again"
-        ) from None
+    data = _load_json(
+        path,
+        "best-parameters file",
+        missing="run inclinet-hpo select first",
+        unreadable="run inclinet-hpo select again",
+    )
     if not isinstance(data, dict) or data.get("format") != FORMAT or "best" not in data:
         raise InputError(f"{path}: not a best-parameters file of format {FORMAT}; run inclinet-hpo select again")
     for entry in [data["best"], *(data.get("by_model") or {}).values()]:
@@ -695,12 +703,9 @@ OBJECTIVE = (
 
 def _read_trials_file(path):
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: trials file not found; run its inclinet-hpo trial job first") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable trials file ({exc}); run its trial job again") from None
+    data = _load_json(
+        path, "trials file", missing="run its inclinet-hpo trial job first", unreadable="run its trial job again"
+    )
     if not isinstance(data, dict) or data.get("format") != FORMAT or "search" not in data or "trials" not in data:
         raise InputError(f"{path}: not a trials file of format {FORMAT} (written by inclinet-hpo trial)")
     return data
@@ -858,12 +863,9 @@ def _importances(optuna, study, n_complete):
 def read_summary(path):
     """The search summary written by :func:`select` (``hpo/search.json``)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: search summary not found; run inclinet-hpo select first") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable search summary ({exc}); run inclinet-hpo select again") from None
+    data = _load_json(
+        path, "search summary", missing="run inclinet-hpo select first", unreadable="run inclinet-hpo select again"
+    )
     if not isinstance(data, dict) or data.get("format") != FORMAT or "trials" not in data:
         raise InputError(f"{path}: not a search summary of format {FORMAT} (written by inclinet-hpo select)")
     return data
