@@ -163,6 +163,37 @@ def test_container_wraps_the_bare_executable(tmp_path):
     assert "--nv" not in slurm.job_command(job, tmp_path, options, use_gpus=False)
 
 
+def test_container_binds_the_host_folders_a_job_reads(tmp_path):
+    # --data-path images linked into RUN/data and --foreign folders given by absolute path lie
+    # outside the run directory: the container must see them at the same path, read-only.
+    run = (tmp_path / "run").resolve()
+    images = (tmp_path / "survey" / "images").resolve()
+    foreign = (tmp_path / "foreign").resolve()
+    nested = images / "sub"
+    for folder in (nested, foreign, run / "data" / "raw" / "galaxies"):
+        folder.mkdir(parents=True)
+    (images / "pgc1_d25x2_rot_g.png").write_bytes(b"x")
+    (nested / "pgc2_d25x2_rot_g.png").write_bytes(b"x")
+    (run / "data" / "raw" / "galaxies" / "pgc1_d25x2_rot_g.png").symlink_to(images / "pgc1_d25x2_rot_g.png")
+    (run / "data" / "raw" / "galaxies" / "pgc2_d25x2_rot_g.png").symlink_to(nested / "pgc2_d25x2_rot_g.png")
+    (run / "data" / "local.npz").write_bytes(b"x")
+    job = JobSpec(
+        id="trial_00",
+        stage="hpo",
+        executable="inclinet-hpo",
+        args=["trial", "--foreign", str(foreign), "--out", str(run / "data" / "x.json"), "--missing", "/no/such"],
+        inputs=["raw/galaxies/pgc1_d25x2_rot_g.png", "raw/galaxies/pgc2_d25x2_rot_g.png", "local.npz"],
+        outputs=[],
+    )
+    assert slurm.external_folders(job, run) == sorted([images, foreign])
+    command = slurm.job_command(job, run, slurm.SlurmOptions(container="/images/inclinet.sif"))
+    binds = [command[i + 1] for i, a in enumerate(command) if a == "--bind"]
+    assert binds == [str(run), *sorted(f"{f}:{f}:ro" for f in (images, foreign))]
+    assert command[command.index("--pwd") + 1] == f"{run}/data"
+    # Without a container nothing changes.
+    assert "--bind" not in slurm.job_command(job, run, slurm.SlurmOptions())
+
+
 def test_options_from_flags_keep_stored_values():
     stored = slurm.SlurmOptions(partition="long", account="astro", sbatch_options=["--qos=x"])
     options = slurm.SlurmOptions.from_args(engine_args("--partition", "short"), stored)
@@ -613,9 +644,14 @@ echo "fake-apptainer: $*"
 shift
 [ "$1" = --nv ] && shift
 [ "$1" = --bind ] || exit 64
-[ "$3" = --pwd ] || exit 64
-cd "$4" || exit 65
-shift 5
+while [ "$1" = --bind ]; do
+    # Every bound host folder must exist (apptainer refuses a missing bind source).
+    [ -d "${2%%:*}" ] || exit 66
+    shift 2
+done
+[ "$1" = --pwd ] || exit 64
+cd "$2" || exit 65
+shift 3
 exec "$@"
 """
 
@@ -635,6 +671,22 @@ def test_container_option_runs_jobs_through_the_runtime(slurm_cluster, tmp_path,
             shell_job("b", "cat a.txt > b.txt", ["a.txt"], ["b.txt"]),
         ],
     )
+    # A job reading a host folder outside the run (as --hpo-foreign does) gets it bound read-only.
+    outside = (tmp_path / "foreign").resolve()
+    outside.mkdir()
+    (outside / "catalog.csv").write_text("pgc\n1\n")
+    jobs.append(
+        JobSpec(
+            id="c",
+            stage="test",
+            executable="sh",
+            args=["-c", 'cat "$0/catalog.csv" > c.txt', str(outside)],
+            inputs=["b.txt"],
+            outputs=["c.txt"],
+        )
+    )
+    infer_parents(jobs)
+    save_jobs(run_dir, jobs)
     args = engine_args(
         "--container", "/images/inclinet.sif", "--wait", "--poll-interval", "0.5", "--wait-timeout", "60"
     )
@@ -643,7 +695,10 @@ def test_container_option_runs_jobs_through_the_runtime(slurm_cluster, tmp_path,
     for job_id in "ab":
         log = (run_dir / "logs" / f"{job_id}.log").read_text()
         assert f"fake-apptainer: exec --bind {run} --pwd {run}/data /images/inclinet.sif sh -c" in log
+    log = (run_dir / "logs" / "c.log").read_text()
+    assert f"fake-apptainer: exec --bind {run} --bind {outside}:{outside}:ro --pwd {run}/data" in log
     assert (run_dir / "data" / "b.txt").read_text() == "a\n"
+    assert (run_dir / "data" / "c.txt").read_text() == "pgc\n1\n"
 
 
 @pytest.mark.slurm

@@ -353,15 +353,64 @@ def _format_time(seconds):
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _outermost(folders):
+    """``folders`` without those inside another of them, sorted."""
+    kept = []
+    for folder in sorted(set(folders), key=lambda f: (len(f.parts), str(f))):
+        if not any(folder == k or k in folder.parents for k in kept):
+            kept.append(folder)
+    return sorted(kept)
+
+
+def external_folders(job, run_dir):
+    """Host folders outside ``run_dir`` that ``job`` reads: what a container must bind besides the run.
+
+    Two kinds: the targets of the raw-input links in ``RUN/data`` (``--data-path`` images, a
+    bundle given by path), and absolute paths among the job's arguments that exist on the
+    submit host (``--foreign /abs/folder``, ``--pack ... -p /abs/images``). A file gives its
+    folder, a folder itself; nested folders are bound once, through the outermost.
+    """
+    run_dir = Path(run_dir).resolve()
+    base = common.data_dir(run_dir)
+    found = []
+
+    def outside(path):
+        return path != run_dir and run_dir not in path.parents
+
+    for lfn in job.inputs:
+        link = base / lfn
+        if link.is_symlink():
+            target = link.resolve()
+            if outside(target):
+                found.append(target if target.is_dir() else target.parent)
+    for arg in job.args:
+        text = str(arg)
+        if not text.startswith("/"):
+            continue
+        path = Path(text)
+        if path.exists():
+            path = path.resolve()
+            if outside(path):
+                found.append(path if path.is_dir() else path.parent)
+    return _outermost(found)
+
+
 def job_command(job, run_dir, options, *, use_gpus=False):
-    """The command the wrapper runs: the job's executable, inside the container if asked for."""
+    """The command the wrapper runs: the job's executable, inside the container if asked for.
+
+    In a container the run directory is bound read-write, and every host folder outside it
+    that the job reads (:func:`external_folders`) is bound read-only at the same path.
+    """
     if not options.container:
         return common.job_command(job)
     run_dir = Path(run_dir).resolve()
     wrapper = [options.container_runtime, "exec"]
     if use_gpus and job.gpus:
         wrapper.append("--nv")
-    wrapper += ["--bind", str(run_dir), "--pwd", str(common.data_dir(run_dir)), options.container]
+    wrapper += ["--bind", str(run_dir)]
+    for folder in external_folders(job, run_dir):
+        wrapper += ["--bind", f"{folder}:{folder}:ro"]
+    wrapper += ["--pwd", str(common.data_dir(run_dir)), options.container]
     # Inside the image the executables are on PATH; host paths of a virtualenv would not exist.
     return wrapper + [job.executable, *job.args]
 
