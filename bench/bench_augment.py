@@ -2,9 +2,10 @@
 
 Both versions augment (and re-normalise) the same batch of normalised synthetic galaxies,
 half colour and half gray, as inclinet-augment does: ``augment_batch`` per view, and its
-two parts apart (the augmentation chain alone; ``normalise_image`` alone on the same
-augmented views). The older version is read from git (``--before``, default the commit
-before the speed-up) into a temporary module, so the two run side by side in one process;
+two parts apart (the augmentation chain alone; the normalisation alone on the same augmented
+views: ``normalise_batch`` where the version has it, else ``normalise_image`` per view). The
+older version is read from git (``--before``, default the commit before the batch normaliser)
+into a temporary module, so the two run side by side in one process;
 runs alternate (before, after, before, ...) and the median of ``--repeats`` is reported, in
 CPU time (the per-core figure on a shared machine) and wall time. Thread pools are pinned
 to one thread. Run from a git checkout:
@@ -31,7 +32,7 @@ import numpy as np  # noqa: E402
 from inclinet import augmentation, normalise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE = "25bda18"  # the last commit before the augmentation and normalisation speed-up
+BEFORE = "684627b"  # the last commit before the batch normaliser (25bda18: before the first speed-up)
 
 
 def load_before(commit, folder):
@@ -83,6 +84,12 @@ def chain_only(module, images, codes, rng):
     return out
 
 
+def normalise_views(module, views, size):
+    if hasattr(module, "normalise_batch"):
+        return module.normalise_batch(np.stack(views), size)
+    return [module.normalise_image(view, size) for view in views]
+
+
 def timed(function, *args):
     wall, cpu = time.perf_counter(), time.process_time()
     function(*args)
@@ -109,9 +116,7 @@ def main(argv=None):
                 rng = np.random.default_rng(repeat)
                 results[name, "augment_batch"].append(timed(aug.augment_batch, images, codes, rng))
                 results[name, "chain"].append(timed(chain_only, aug, images, codes, rng))
-                results[name, "normalise"].append(
-                    timed(lambda n=norm, v=views[name]: [n.normalise_image(view, args.size) for view in v])
-                )
+                results[name, "normalise"].append(timed(normalise_views, norm, views[name], args.size))
 
     per_image = {
         key: (

@@ -9,10 +9,11 @@ with the image's own background and sky noise (measured on its outer ring), so n
 random-valued frames appear. Photometry: gamma, contrast, brightness offset, Gaussian noise,
 blur and (colour only) partial desaturation. Geometry is applied first, then photometry (a fixed order, where the
 original drew a random order per image). Every augmented image then goes through the
-canonical normalisation (:func:`inclinet.normalise.normalise_image`), exactly as prep and
-predict do, so what the models train on is what they are later shown. The normalisation
-unifies polarity (galaxies bright on a dark sky), so the original's inversion of half the
-gray images is gone: it would be undone.
+canonical normalisation (:func:`inclinet.normalise.normalise_image`; for many views at once,
+:func:`inclinet.normalise.normalise_batch`, the same outputs), exactly as prep and predict do,
+so what the models train on is what they are later shown. The normalisation unifies polarity
+(galaxies bright on a dark sky), so the original's inversion of half the gray images is gone:
+it would be undone.
 
 All functions take a ``numpy.random.Generator`` and draw from it in a fixed order, so a
 batch is reproducible from its seed (noise is drawn in single precision, as the images are
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inclinet.normalise import normalise_image
+from inclinet.normalise import BATCH_CHUNK, normalise_batch
 
 COLOUR_CODE = "c"
 
@@ -213,8 +214,9 @@ def augment_batch(images, filters, rng, *, colour_params=COLOUR_CHAIN, gray_para
     """Augment a mixed batch: rows whose filter is ``c`` get the colour chain, the others the gray one.
 
     ``filters`` holds one code per row (``c``, ``g``, ``r``, ``i``; str or bytes). Each
-    augmented row is normalised again (:func:`inclinet.normalise.normalise_image`). Rows
-    are processed in order, so the result depends only on the generator's state. ``out``
+    augmented row is normalised again (:func:`inclinet.normalise.normalise_batch`, the
+    canonical normalisation of :data:`inclinet.normalise.BATCH_CHUNK` views at a time). Rows
+    are augmented in order, so the result depends only on the generator's state. ``out``
     (may be ``images`` itself) receives the result instead of a new array, which halves the
     memory of large batches.
     """
@@ -227,10 +229,14 @@ def augment_batch(images, filters, rng, *, colour_params=COLOUR_CHAIN, gray_para
     elif out.shape != images.shape or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 {images.shape}, got {out.dtype} {out.shape}")
     size = images.shape[1]
-    for index, (image, code) in enumerate(zip(images, codes)):
-        if code == COLOUR_CODE:
-            augmented = augment_colour(image[np.newaxis], rng, params=colour_params)[0]
-        else:
-            augmented = augment_gray(image[np.newaxis], rng, params=gray_params)[0]
-        out[index] = normalise_image(augmented, size)
+    # The views of a chunk are drawn in row order, then normalised together (which draws nothing).
+    for start in range(0, len(images), BATCH_CHUNK):
+        stop = min(start + BATCH_CHUNK, len(images))
+        views = np.empty((stop - start, size, size, 3), dtype=np.uint8)
+        for index in range(start, stop):
+            if codes[index] == COLOUR_CODE:
+                views[index - start] = augment_colour(images[index][np.newaxis], rng, params=colour_params)[0]
+            else:
+                views[index - start] = augment_gray(images[index][np.newaxis], rng, params=gray_params)[0]
+        out[start:stop] = normalise_batch(views, size)
     return out

@@ -43,6 +43,7 @@ import math
 import zlib
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -184,6 +185,22 @@ def _median(values):
     return (low + high) / 2
 
 
+def _percentile_99(values):
+    """``np.percentile(values, 99.0, axis=-1)`` (linear interpolation), the same values from one partition."""
+    count = values.shape[-1]
+    virtual = (count - 1) * np.true_divide(99.0, 100)
+    low = int(math.floor(virtual))
+    if virtual >= count - 1:
+        return np.partition(values, count - 1, axis=-1)[..., count - 1]
+    parted = np.partition(values, (low, low + 1), axis=-1)
+    below, above = parted[..., low], parted[..., low + 1]
+    weight = float(virtual - low)
+    # NumPy's interpolation, from whichever neighbour is nearer.
+    if weight >= 0.5:
+        return above - (above - below) * (1 - weight)
+    return below + (above - below) * weight
+
+
 def _robust_sigma(values):
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
@@ -194,7 +211,7 @@ def _robust_sigma(values):
 def _robust_sigmas(planes, where):
     """:func:`_robust_sigma` of every plane of ``planes`` (C, H, W) over the pixels ``where``."""
     values = planes[:, where]
-    return np.array([_robust_sigma(row) for row in values]) if values.shape[1] else np.zeros(len(planes))
+    return _robust_sigma_rows(values) if values.shape[1] else np.zeros(len(planes))
 
 
 def _plane_through(x, y, values):
@@ -232,22 +249,53 @@ def _fit_sky_plane(plane, ring_sample, coords):
     return coefficients, _robust_sigma(residual[keep] if keep.sum() >= 8 else residual)
 
 
+def _gaussian_kernel(sigma):
+    """``scipy.ndimage.gaussian_filter``'s kernel for ``sigma`` (radius 4 sigma)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return kernel / kernel.sum()
+
+
+_BORDERS = {"nearest": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT}
+
+
+def _smoothed(planes, sigma, mode):
+    """``ndimage.gaussian_filter(plane, sigma, mode=mode)`` of every float32 plane of ``planes`` (..., H, W).
+
+    The same values as SciPy's (each pass sums in double precision and stores single, rows
+    first), from OpenCV's separable filter in a fraction of the time.
+    """
+    kernel, one, border = _gaussian_kernel(sigma), np.ones(1), _BORDERS[mode]
+    flat = planes.reshape(-1, *planes.shape[-2:])
+    out = np.empty(flat.shape, dtype=np.float32)
+    for index, plane in enumerate(flat):
+        rows = cv2.sepFilter2D(plane.astype(np.float64), cv2.CV_64F, one, kernel, borderType=border)
+        rows = rows.astype(np.float32).astype(np.float64)
+        out[index] = cv2.sepFilter2D(rows, cv2.CV_64F, kernel, one, borderType=border)
+    return out.reshape(planes.shape)
+
+
 def _central_object(signal, noise, smooth_sigma):
     """Mask of the connected object at (or nearest to) the centre; None when nothing stands out."""
-    smooth = ndimage.gaussian_filter(signal, smooth_sigma, mode="nearest")
+    smooth = _smoothed(signal, smooth_sigma, "nearest")
     # Smoothing by a Gaussian of sigma s lowers white noise by 2 s sqrt(pi).
     smooth_noise = noise / max(1.0, 2.0 * smooth_sigma * math.sqrt(math.pi))
-    mask = smooth > DETECTION_SIGMA * max(smooth_noise, 1e-3)
+    return _object_at_centre(smooth > DETECTION_SIGMA * max(smooth_noise, 1e-3), smooth)
+
+
+def _object_at_centre(mask, smooth):
+    """The connected region of ``mask`` at the centre, else the brightest (in ``smooth``) near it; None if none."""
     labels, count = ndimage.label(mask)
     if count == 0:
         return None
-    height, width = signal.shape
+    height, width = mask.shape
     centre = (height // 2, width // 2)
     chosen = labels[centre]
     if chosen == 0:
         index = np.arange(1, count + 1)
         flux = np.asarray(ndimage.sum(np.clip(smooth, 0, None), labels, index=index))
-        yy, xx = np.indices(signal.shape)
+        yy, xx = np.indices(mask.shape)
         distance = np.hypot(yy - centre[0], xx - centre[1])
         nearest = np.asarray(ndimage.minimum(distance, labels, index=index))
         central = nearest <= min(height, width) / 4
@@ -258,11 +306,13 @@ def _central_object(signal, noise, smooth_sigma):
 
 
 def _binned(plane, factor):
-    """Mean over ``factor`` x ``factor`` blocks (the ragged edge is dropped)."""
+    """Mean over ``factor`` x ``factor`` blocks of the last two axes (the ragged edge is dropped)."""
     if factor == 1:
         return plane
-    height, width = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
-    return plane[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+    height, width = (plane.shape[-2] // factor) * factor, (plane.shape[-1] // factor) * factor
+    lead = plane.shape[:-2]
+    blocks = plane[..., :height, :width].reshape(*lead, height // factor, factor, width // factor, factor)
+    return blocks.mean(axis=(-3, -1))
 
 
 def _moments(weights):
@@ -306,6 +356,41 @@ def _resample(planes, centre, window, size):
     return out
 
 
+def _lanczos_coverage(in_size, pad, start, stop, size):
+    """Pillow's Lanczos resize of a frame's coverage along one axis: the output weight inside the frame.
+
+    The axis has ``in_size`` pixels and ``pad`` zero pixels on each side; the box is
+    ``[start, stop)`` of the padded axis, resized to ``size`` pixels. Pillow's
+    coefficients (``precompute_coeffs``): Lanczos-3 widened by the downscaling factor,
+    clipped to the padded axis and normalised to a sum of 1.
+    """
+    scale = (stop - start) / size
+    filter_scale = max(scale, 1.0)
+    support = 3.0 * filter_scale
+    centre = start + (np.arange(size) + 0.5) * scale
+    first = np.maximum((centre - support + 0.5).astype(int), 0)
+    last = np.minimum((centre + support + 0.5).astype(int), in_size + 2 * pad)
+    taps = first[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
+    x = (taps - centre[:, None] + 0.5) * (1.0 / filter_scale)
+    weights = np.where((taps < last[:, None]) & (x >= -3.0) & (x < 3.0), np.sinc(x) * np.sinc(x / 3), 0.0)
+    total = weights.sum(axis=1)
+    inside = (taps >= pad) & (taps < pad + in_size)
+    return np.where(inside, weights, 0.0).sum(axis=1) / np.where(total != 0.0, total, 1.0)
+
+
+def _covered(shape, centre, window, size):
+    """``_resample`` of an all-ones plane of ``shape`` > 0.5: the output pixels inside the frame."""
+    height, width = shape
+    x0, y0 = centre
+    half = window / 2.0
+    left, top = x0 + 0.5 - half, y0 + 0.5 - half
+    right, bottom = left + window, top + window
+    pad = int(math.ceil(max(0.0, -left, -top, right - width, bottom - height))) + 2
+    columns = _lanczos_coverage(width, pad, left + pad, right + pad, size).astype(np.float32)
+    rows = _lanczos_coverage(height, pad, top + pad, bottom + pad, size)
+    return (rows[:, None] * columns[None, :]).astype(np.float32) > 0.5
+
+
 @functools.lru_cache(maxsize=8)
 def _output_grids(size):
     """The galaxy region of the output frame (within 3 target sigmas of its centre); read-only."""
@@ -333,9 +418,68 @@ def _stretch(values, median_level):
             else:
                 high = middle
         beta = math.exp(0.5 * (low + high))
-        return np.arcsinh(values / beta) / math.asinh(1.0 / beta)
+        stretched = values / beta
+        np.arcsinh(stretched, out=stretched)
+        stretched /= math.asinh(1.0 / beta)
+        return stretched
     power = math.log(MEDIAN_TARGET) / math.log(m)
-    return np.sign(values) * np.power(np.abs(values), power)
+    stretched = np.abs(values)
+    np.power(stretched, power, out=stretched)
+    stretched *= np.sign(values)
+    return stretched
+
+
+def _photometry(outs, covered, noise, gray, images, size):
+    """Steps 5 and 6 on resampled images ``outs`` (N, C, size, size): ``uint8 (N, size, size, 3)`` and median levels.
+
+    ``covered`` (N, size, size) marks the output pixels inside the source frame, ``noise``
+    (N) is each source's sky noise (used when too little sky is covered), ``images`` the
+    ``uint8`` inputs (their bytes seed the noise). ``gray``: one plane per image, C = 1.
+    """
+    count = len(outs)
+    luminance = outs.mean(axis=1)
+    region = _output_grids(size)
+    sky_pixels = covered & ~region
+    sky_counts = sky_pixels.sum(axis=(1, 2))
+    out_noise = np.array(
+        [
+            max(_robust_sigma(luminance[row][sky_pixels[row]]) if sky_counts[row] >= 16 else noise[row], 1e-3)
+            for row in range(count)
+        ]
+    )
+    # Python floats compared with float32 pixels are rounded to float32 first: the same here.
+    threshold = (DETECTION_SIGMA * out_noise / 3.5).astype(np.float32)
+    galaxy = region & (_smoothed(luminance, 1.0, "reflect") > threshold[:, None, None])
+    galaxy[galaxy.sum(axis=(1, 2)) < 4] = region
+    peaks = np.empty(outs.shape[:2])
+    for row in range(count):
+        if gray or outs.shape[1] == 1:
+            peaks[row] = max(float(_percentile_99(luminance[row][galaxy[row]])), 1e-3)
+        else:
+            peaks[row] = np.maximum(_percentile_99(outs[row][:, galaxy[row]]).astype(np.float64), 1e-3)
+    scaled = outs / peaks[:, :, None, None]
+    mean_scaled = scaled.mean(axis=1)
+    median_levels = [float(_median(mean_scaled[row][galaxy[row]])) for row in range(count)]
+    levels = scaled  # in place
+    for row in range(count):
+        np.multiply(_stretch(scaled[row], median_levels[row]), GALAXY_LEVEL - SKY_LEVEL, out=levels[row])
+        levels[row] += SKY_LEVEL
+        rng = np.random.default_rng(zlib.crc32(images[row].tobytes()) ^ (size << 20))
+        sky = sky_pixels[row] if sky_counts[row] else ~region
+        channel_noise = _robust_sigmas(levels[row], sky)
+        if not covered[row].all():
+            # Outside the source frame (or in its fill): sky with the image's own noise, not a flat frame.
+            missing = ~covered[row]
+            draws = rng.normal(0.0, 1.0, size=(len(levels[row]), int(missing.sum()))).astype(np.float32)
+            levels[row][:, missing] = SKY_LEVEL + draws * channel_noise[:, None]
+        levels_noise = float(np.mean(channel_noise))
+        if levels_noise < NOISE_FLOOR:
+            extra = math.sqrt(NOISE_FLOOR**2 - levels_noise**2)
+            levels[row] += rng.normal(0.0, extra, size=(len(levels[row]), size, size)).astype(np.float32)
+    np.rint(levels, out=levels)
+    result = np.clip(levels, 0, 255, out=levels).astype(np.uint8)
+    result = np.repeat(result, 3, axis=1) if gray else result
+    return np.ascontiguousarray(np.moveaxis(result, 1, -1)), median_levels
 
 
 def normalise_image(image, size, *, with_info=False):
@@ -400,7 +544,7 @@ def normalise_image(image, size, *, with_info=False):
         sigma_major = math.sqrt(max(b_sigma**2 - 1.0 / 12.0, 0.0) * factor**2 + 1.0 / 12.0)
         window = sigma_major / TARGET_SIGMA
         detected = True
-        peak = float(np.percentile(binned[mask], 99.0))
+        peak = float(_percentile_99(binned[mask]))
     else:
         x0, y0 = (width - 1) / 2.0, (height - 1) / 2.0
         sigma_major, axial_ratio, window, detected, peak = float("nan"), float("nan"), plain_window, False, 0.0
@@ -414,41 +558,8 @@ def normalise_image(image, size, *, with_info=False):
     out = _resample(coverage, (x0, y0), window, size)
     out, covered = out[:-1], out[-1] > 0.5
 
-    # Photometry on the output grid.
-    out_luminance = out.mean(axis=0)
-    region = _output_grids(size)
-    outer = covered & ~region
-    out_noise = max(_robust_sigma(out_luminance[outer]) if outer.sum() >= 16 else noise, 1e-3)
-    galaxy = region & (ndimage.gaussian_filter(out_luminance, 1.0) > DETECTION_SIGMA * out_noise / 3.5)
-    if galaxy.sum() < 4:
-        galaxy = region
-    if gray or len(out) == 1:
-        peaks = np.full(len(out), max(float(np.percentile(out_luminance[galaxy], 99.0)), 1e-3))
-    else:
-        peaks = np.maximum(np.percentile(out[:, galaxy], 99.0, axis=1).astype(np.float64), 1e-3)
-    scaled = out / peaks[:, None, None]
-    median_level = float(_median(scaled.mean(axis=0)[galaxy]))
-    stretched = _stretch(scaled, median_level)
-    levels = SKY_LEVEL + (GALAXY_LEVEL - SKY_LEVEL) * stretched
-    rng = np.random.default_rng(zlib.crc32(image.tobytes()) ^ (size << 20))
-    sky_pixels = covered & ~region
-    if not sky_pixels.any():
-        sky_pixels = ~region
-    channel_noise = _robust_sigmas(levels, sky_pixels)
-    if not covered.all():
-        # Outside the source frame (or in its fill): sky with the image's own noise, not a flat frame.
-        missing = ~covered
-        draws = rng.normal(0.0, 1.0, size=(len(levels), int(missing.sum()))).astype(np.float32)
-        if gray:
-            draws = draws[:1]
-        levels[:, missing] = SKY_LEVEL + draws * channel_noise[:, None]
-    levels_noise = float(np.mean(channel_noise))
-    if levels_noise < NOISE_FLOOR:
-        extra = math.sqrt(NOISE_FLOOR**2 - levels_noise**2)
-        levels = levels + rng.normal(0.0, extra, size=(1 if gray else len(levels), size, size)).astype(np.float32)
-    result = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
-    result = np.repeat(result, 3, axis=0) if gray else result
-    result = np.ascontiguousarray(np.moveaxis(result, 0, -1))
+    result, (median_level,) = _photometry(out[None], covered[None], [noise], gray, image[None], size)
+    result = result[0]
     if not with_info:
         return result
     info = NormalisationInfo(
@@ -466,6 +577,201 @@ def normalise_image(image, size, *, with_info=False):
         axial_ratio=float(axial_ratio),
     )
     return result, info
+
+
+#: Images normalised together by :func:`normalise_batch` (bounds its working memory).
+BATCH_CHUNK = 64
+# Connectivity of ndimage.label within each image of a stack, never across images.
+_STACK_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _medians(values):
+    """:func:`_median` of every row of ``values`` (..., M), M > 0: the same values, in one partition."""
+    size = values.shape[-1]
+    half = size // 2
+    if size % 2:
+        return np.partition(values, half, axis=-1)[..., half]
+    parted = np.partition(values, (half - 1, half), axis=-1)
+    return (parted[..., half - 1] + parted[..., half]) / 2
+
+
+def _robust_sigma_rows(values):
+    """:func:`_robust_sigma` of every row of ``values`` (..., M) (float64)."""
+    values = np.asarray(values, dtype=np.float64)
+    return 1.4826 * _medians(np.abs(values - _medians(values)[..., None]))
+
+
+def _fit_sky_planes(planes, ring_sample, coords):
+    """The coefficients of :func:`_fit_sky_plane` for every plane of ``planes`` (K, H, W) at once, (K, 3)."""
+    yy, xx = coords
+    values = planes.reshape(len(planes), -1)[:, ring_sample].astype(np.float64)
+    # First pass: every sampled pixel, so one normal matrix for all planes.
+    coefficients = _plane_through_rows(xx, yy, values, None)
+    residual = values - (coefficients[:, :1] + coefficients[:, 1:2] * xx + coefficients[:, 2:] * yy)
+    sigma = _robust_sigma_rows(residual)
+    keep = np.abs(residual) < 3.0 * sigma[:, None]
+    # Second pass on the unclipped pixels, where the first pass measured a noise and kept at least 8.
+    refit = (sigma > 0) & (keep.sum(axis=1) >= 8)
+    if refit.any():
+        coefficients[refit] = _plane_through_rows(xx, yy, values[refit], keep[refit])
+    return coefficients
+
+
+def _plane_through_rows(x, y, values, keep):
+    """:func:`_plane_through` of every row of ``values`` (K, M) over the pixels ``keep`` (K, M; None: all)."""
+    if keep is None:
+        sx, sy, sxy = x.sum(), y.sum(), (x * y).sum()
+        normal = np.array([[values.shape[1], sx, sy], [sx, (x * x).sum(), sxy], [sy, sxy, (y * y).sum()]])
+        rhs = np.stack([values.sum(axis=1), (x * values).sum(axis=1), (y * values).sum(axis=1)], axis=1)
+        return np.linalg.solve(normal, rhs.T).T
+    # The weighted sums of 1, x, y and their products, as sums of products (no BLAS).
+    basis = np.stack([np.ones_like(x), x, y])
+    weights = keep.astype(np.float64)
+    normal = np.einsum("km,jm->kj", weights, (basis[:, None] * basis[None]).reshape(9, -1)).reshape(-1, 3, 3)
+    rhs = np.einsum("km,jm->kj", weights * values, basis)
+    return np.linalg.solve(normal, rhs[..., None])[..., 0]
+
+
+def _as_rgb_stack(images):
+    """:func:`_as_rgb` of every image of a stack (N, H, W[, C])."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[3] not in (1, 3, 4):
+        raise ValueError(f"images of shape {images.shape} are not (N, H, W), (N, H, W, 3) or (N, H, W, 4)")
+    if images.shape[3] == 1:
+        images = np.repeat(images, 3, axis=3)
+    images = images[..., :3]
+    if images.shape[1] < 8 or images.shape[2] < 8:
+        raise ValueError(f"images of shape {images.shape[1:3]} are too small to normalise (at least 8 x 8 pixels)")
+    if images.dtype != np.uint8:
+        images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    return images
+
+
+def _may_have_fill(images):
+    """The images of a stack (N, H, W, 3) for which :func:`_fill_mask` looks further than its first two checks."""
+    red, green, blue = images[..., 0], images[..., 1], images[..., 2]
+    flat = ((red == 0) & (green == 0) & (blue == 0)) | ((red >= 248) & (green >= 248) & (blue >= 248))
+    enough = flat.sum(axis=(1, 2)) >= max(16, flat[0].size // 1000)
+    edge = flat[:, 0].any(axis=1) | flat[:, -1].any(axis=1) | flat[:, :, 0].any(axis=1) | flat[:, :, -1].any(axis=1)
+    return enough & edge
+
+
+def _normalise_group(images, size, gray):
+    """:func:`normalise_image` of images (N, H, W, 3) without fill regions, all gray or all colour.
+
+    Returns ``(uint8 (N, size, size, 3), done)``; the rows not ``done`` (nothing at the
+    centre stands out) are left to :func:`normalise_image`.
+    """
+    count, height, width = images.shape[:3]
+    planes = np.ascontiguousarray(np.moveaxis(images[..., :1] if gray else images, -1, 1), dtype=np.float32)
+    n_channels = planes.shape[1]
+    luminance = planes.mean(axis=1)
+    ring = _ring_mask((height, width), np.ones((height, width), dtype=bool))
+    ring_sample = np.flatnonzero(ring)[:: max(1, int(ring.sum()) // 4000)]
+    sky_level = _medians(luminance.reshape(count, -1)[:, ring_sample]).astype(np.float64)
+
+    box = (slice(None), slice(height // 4, height - height // 4), slice(width // 4, width - width // 4))
+    low, high = np.percentile(luminance[box].reshape(count, -1), (0.5, 99.5), axis=1).astype(np.float64)
+    dark_on_light = sky_level - low > high - sky_level
+    planes[dark_on_light] = 255.0 - planes[dark_on_light]
+
+    ys = (np.arange(height, dtype=np.float32) / height - 0.5)[:, None]
+    xs = (np.arange(width, dtype=np.float32) / width - 0.5)[None, :]
+    coords = (ys[:, 0][ring_sample // width].astype(np.float64), xs[0][ring_sample % width].astype(np.float64))
+    fits = _fit_sky_planes(planes.reshape(-1, height, width), ring_sample, coords)
+    fits = fits.astype(np.float32).reshape(count, n_channels, 3, 1, 1)
+    planes -= fits[:, :, 0] + fits[:, :, 1] * xs + fits[:, :, 2] * ys
+    signal = planes.mean(axis=1)
+    noise = np.maximum(_robust_sigma_rows(signal.reshape(count, -1)[:, ring_sample]), 0.3)
+
+    factor = max(1, int(max(height, width) // 128))
+    binned, binned_ring = _binned(signal, factor), _binned(ring.astype(np.float32), factor) > 0.99
+    if factor == 1 and len(ring_sample) == ring.sum():
+        binned_noise = noise  # the same pixels
+    elif binned_ring.sum() >= 16:
+        binned_noise = _robust_sigma_rows(binned[:, binned_ring])
+    else:
+        binned_noise = noise / factor
+    binned_noise = np.maximum(binned_noise, 0.3 / factor)
+    # _central_object on every image (smoothing sigma 1), the object at the centre only.
+    smooth = _smoothed(binned, 1.0, "nearest")
+    smooth_noise = binned_noise / max(1.0, 2.0 * math.sqrt(math.pi))
+    # Python floats compared with float32 pixels are rounded to float32 first: the same here.
+    threshold = (DETECTION_SIGMA * np.maximum(smooth_noise, 1e-3)).astype(np.float32)
+    detected = smooth > threshold[:, None, None]
+    labels, _ = ndimage.label(detected, structure=_STACK_STRUCTURE)
+    chosen = labels[:, binned.shape[1] // 2, binned.shape[2] // 2]
+    objects = labels == chosen[:, None, None]
+    found = chosen > 0
+    for row in np.flatnonzero(~found):
+        mask = _object_at_centre(detected[row], smooth[row])
+        if mask is not None:
+            objects[row], found[row] = mask, True
+    weights = np.where(objects, np.clip(binned, 0, None), 0.0)
+    # Float32 sums, as _moments takes them.
+    total = weights.sum(axis=(1, 2)).astype(np.float64)
+    done = found & (total > 0)
+    total = np.where(done, total, 1.0)
+    columns, rows = weights.sum(axis=1), weights.sum(axis=2)
+    bxs = np.arange(binned.shape[2], dtype=np.float64)
+    bys = np.arange(binned.shape[1], dtype=np.float64)
+    bx, by = columns @ bxs / total, rows @ bys / total
+    dx, dy = bxs - bx[:, None], bys - by[:, None]
+    mxx = np.einsum("ij,ij->i", columns, dx * dx) / total
+    myy = np.einsum("ij,ij->i", rows, dy * dy) / total
+    mxy = np.einsum("ij,ij->i", dy, np.matmul(weights, dx[:, :, None])[:, :, 0]) / total
+    mean = 0.5 * (mxx + myy)
+    half = np.hypot(0.5 * (mxx - myy), mxy)
+    b_sigma = np.sqrt(mean + half + 1.0 / 12.0)
+    x0, y0 = bx * factor + (factor - 1) / 2.0, by * factor + (factor - 1) / 2.0
+    sigma_major = np.sqrt(np.maximum(b_sigma**2 - 1.0 / 12.0, 0.0) * factor**2 + 1.0 / 12.0)
+    plain_window = float(max(height, width))
+    window = np.clip(sigma_major / TARGET_SIGMA, plain_window / ZOOM_LIMITS[1], plain_window / ZOOM_LIMITS[0])
+
+    resampled = np.zeros((count, n_channels, size, size), dtype=np.float32)
+    covered = np.zeros((count, size, size), dtype=bool)
+    for row in np.flatnonzero(done):
+        centre = (x0[row], y0[row])
+        resampled[row] = _resample(planes[row], centre, window[row], size)
+        covered[row] = _covered((height, width), centre, window[row], size)
+    outputs = np.zeros((count, size, size, 3), dtype=np.uint8)
+    if done.any():
+        outputs[done] = _photometry(resampled[done], covered[done], noise[done], gray, images[done], size)[0]
+    return outputs, done
+
+
+def normalise_batch(images, size):
+    """:func:`normalise_image` of every image of a stack ``(N, H, W[, C])``: ``uint8 (N, size, size, 3)``.
+
+    The same computation, with the measurements that do not depend on an image's own pixel
+    selection (polarity, sky plane, noise, detection, moments) made for all images at once
+    (:data:`BATCH_CHUNK` at a time). Images with fill regions, or in which nothing stands out
+    at the centre, go through :func:`normalise_image` one by one. The outputs equal
+    :func:`normalise_image`'s up to float rounding (within 1 grey level).
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"invalid size: {size!r}; must be an integer number of pixels >= 8")
+    size = int(size)
+    images = _as_rgb_stack(images)
+    result = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(images), BATCH_CHUNK):
+        chunk = images[start : start + BATCH_CHUNK]
+        gray = (chunk[..., 0] == chunk[..., 1]).all(axis=(1, 2)) & (chunk[..., 0] == chunk[..., 2]).all(axis=(1, 2))
+        alone = _may_have_fill(chunk)
+        for row in np.flatnonzero(alone):
+            alone[row] = _fill_mask(chunk[row]).any()
+        for group_gray in (True, False):
+            rows = np.flatnonzero((gray == group_gray) & ~alone)
+            if len(rows):
+                outputs, done = _normalise_group(chunk[rows], size, group_gray)
+                result[start + rows[done]] = outputs[done]
+                alone[rows[~done]] = True
+        for row in np.flatnonzero(alone):
+            result[start + row] = normalise_image(chunk[row], size)
+    return result
 
 
 def normalise_file_image(image, size, path, *, with_info=False):

@@ -214,3 +214,23 @@ def test_empty_band_is_an_input_error(samples, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no usable galaxies" in err and str(empty) in err
+
+
+def test_augment_batch_is_the_chain_then_the_canonical_normalisation(samples, monkeypatch):
+    """augment_batch draws the views row by row and normalises them together: the same images as
+    augmenting and normalising one row at a time (within 1 grey level), whatever the chunking."""
+    from inclinet.normalise import normalise_image
+
+    rows = [dict(np.load(samples[band])) for band in ("gri", "g", "r")]
+    images = np.concatenate([row["images"][:5] for row in rows])
+    filters = ["c"] * 5 + ["g"] * 5 + ["r"] * 5
+    order = np.random.default_rng(2).permutation(len(images))
+    images, filters = images[order], [filters[i] for i in order]
+    got = augmentation.augment_batch(images, filters, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    for image, code, out in zip(images, filters, got):
+        chain = augmentation.augment_colour if code == "c" else augmentation.augment_gray
+        expected = normalise_image(chain(image[None], rng)[0], SIZE)
+        assert np.abs(expected.astype(int) - out.astype(int)).max() <= 1
+    monkeypatch.setattr(augmentation, "BATCH_CHUNK", 4)
+    assert np.array_equal(augmentation.augment_batch(images, filters, np.random.default_rng(7)), got)

@@ -228,3 +228,60 @@ def test_median_helper_is_np_median(n, dtype):
     got, expected = normalise._median(values), np.median(values)
     assert got == expected and got.dtype == expected.dtype
     assert np.isnan(normalise._median(np.zeros(0)))
+
+
+def test_batch_outputs_match_normalise_image(monkeypatch):
+    """normalise_batch (what augmentation calls) gives normalise_image's outputs: the reference inputs
+    stacked by shape, gray and colour mixed as in an augmented batch, including the fill, blank and
+    star-field cases it hands to normalise_image one by one; every pixel within 1 grey level, and
+    the result does not depend on how the stack is cut into chunks.
+    """
+    by_shape = {}
+    for image in _reference_cases():
+        by_shape.setdefault(image.shape, []).append(image)
+    assert any(len(images) > 10 for images in by_shape.values())
+    differing = total = 0
+    for size in (64, 128):
+        for images in by_shape.values():
+            got = normalise.normalise_batch(np.stack(images), size)
+            assert got.shape == (len(images), size, size, 3) and got.dtype == np.uint8
+            for index, (image, out) in enumerate(zip(images, got)):
+                difference = np.abs(normalise_image(image, size).astype(int) - out.astype(int))
+                assert difference.max() <= 1, (size, image.shape, index, difference.max())
+                assert (difference > 0).mean() <= 0.02, (size, image.shape, index)
+                differing += int((difference > 0).sum())
+                total += difference.size
+            monkeypatch.setattr(normalise, "BATCH_CHUNK", 5)
+            assert np.array_equal(normalise.normalise_batch(np.stack(images), size), got)
+            monkeypatch.undo()
+    assert differing <= total / 1_000, (differing, total)
+    with pytest.raises(ValueError, match="size"):
+        normalise.normalise_batch(np.zeros((2, 32, 32, 3), np.uint8), 4)
+    with pytest.raises(ValueError, match="shape"):
+        normalise.normalise_batch(np.zeros((2, 32, 32, 2), np.uint8), 32)
+
+
+def test_batch_helpers_compute_what_they_replace():
+    """The batch path's shortcuts give the values of the calls they stand for, exactly."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 7, 100, 101, 4321]:
+        for dtype in (np.float32, np.float64):
+            values = (rng.normal(size=(3, n)) * 50).astype(dtype)
+            expected = np.percentile(values, 99.0, axis=1)
+            got = normalise._percentile_99(values)
+            assert np.array_equal(got, expected) and got.dtype == expected.dtype
+            assert normalise._percentile_99(values[0]) == np.percentile(values[0], 99.0)
+    planes = (rng.normal(size=(4, 40, 33)) * 10).astype(np.float32)
+    for mode in ("nearest", "reflect"):
+        expected = np.stack([ndimage.gaussian_filter(plane, 1.0, mode=mode) for plane in planes])
+        assert np.array_equal(normalise._smoothed(planes, 1.0, mode), expected)
+    for _ in range(200):
+        height, width = (int(side) for side in rng.integers(16, 200, size=2))
+        size = int(rng.choice([32, 64, 128]))
+        centre = (rng.uniform(0, width), rng.uniform(0, height))
+        window = rng.uniform(max(height, width) / 4, 2 * max(height, width))
+        ones = np.ones((1, height, width), np.float32)
+        expected = normalise._resample(ones, centre, window, size)[0] > 0.5
+        assert np.array_equal(normalise._covered((height, width), centre, window, size), expected)
