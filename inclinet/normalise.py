@@ -347,7 +347,8 @@ def _resample(planes, centre, window, size):
     left, top = x0 + 0.5 - half, y0 + 0.5 - half
     right, bottom = left + window, top + window
     pad = int(math.ceil(max(0.0, -left, -top, right - width, bottom - height))) + 2
-    padded = np.pad(planes.astype(np.float32, copy=False), ((0, 0), (pad, pad), (pad, pad)), mode="constant")
+    padded = np.zeros((n_channels, height + 2 * pad, width + 2 * pad), dtype=np.float32)
+    padded[:, pad:-pad, pad:-pad] = planes
     box = (left + pad, top + pad, right + pad, bottom + pad)
     out = np.empty((n_channels, size, size), dtype=np.float32)
     for channel in range(n_channels):
@@ -359,36 +360,40 @@ def _resample(planes, centre, window, size):
 def _lanczos_coverage(in_size, pad, start, stop, size):
     """Pillow's Lanczos resize of a frame's coverage along one axis: the output weight inside the frame.
 
-    The axis has ``in_size`` pixels and ``pad`` zero pixels on each side; the box is
-    ``[start, stop)`` of the padded axis, resized to ``size`` pixels. Pillow's
-    coefficients (``precompute_coeffs``): Lanczos-3 widened by the downscaling factor,
-    clipped to the padded axis and normalised to a sum of 1.
+    For each image (arrays of N): the axis has ``in_size`` pixels and ``pad`` zero pixels on
+    each side, the box is ``[start, stop)`` of the padded axis, resized to ``size`` pixels;
+    returns (N, size). Pillow's coefficients (``precompute_coeffs``): Lanczos-3 widened by
+    the downscaling factor, clipped to the padded axis and normalised to a sum of 1.
     """
     scale = (stop - start) / size
-    filter_scale = max(scale, 1.0)
+    filter_scale = np.maximum(scale, 1.0)
     support = 3.0 * filter_scale
-    centre = start + (np.arange(size) + 0.5) * scale
-    first = np.maximum((centre - support + 0.5).astype(int), 0)
-    last = np.minimum((centre + support + 0.5).astype(int), in_size + 2 * pad)
-    taps = first[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
-    x = (taps - centre[:, None] + 0.5) * (1.0 / filter_scale)
-    weights = np.where((taps < last[:, None]) & (x >= -3.0) & (x < 3.0), np.sinc(x) * np.sinc(x / 3), 0.0)
-    total = weights.sum(axis=1)
-    inside = (taps >= pad) & (taps < pad + in_size)
-    return np.where(inside, weights, 0.0).sum(axis=1) / np.where(total != 0.0, total, 1.0)
+    centre = start[:, None] + (np.arange(size) + 0.5) * scale[:, None]
+    # C's (int) truncates towards zero, as astype does.
+    first = np.maximum((centre - support[:, None] + 0.5).astype(int), 0)
+    last = np.minimum((centre + support[:, None] + 0.5).astype(int), (in_size + 2 * pad)[:, None])
+    taps = first[..., None] + np.arange(int(math.ceil(support.max())) * 2 + 1)
+    x = (taps - centre[..., None] + 0.5) * (1.0 / filter_scale)[:, None, None]
+    weights = np.where((taps < last[..., None]) & (x >= -3.0) & (x < 3.0), np.sinc(x) * np.sinc(x / 3), 0.0)
+    total = weights.sum(axis=-1)
+    inside = (taps >= pad[:, None, None]) & (taps < (pad + in_size)[:, None, None])
+    return np.where(inside, weights, 0.0).sum(axis=-1) / np.where(total != 0.0, total, 1.0)
 
 
-def _covered(shape, centre, window, size):
-    """``_resample`` of an all-ones plane of ``shape`` > 0.5: the output pixels inside the frame."""
+def _covered(shape, x0, y0, window, size):
+    """``_resample`` of an all-ones plane of ``shape`` > 0.5 for each centre and window (arrays of N): (N, size, size).
+
+    The output pixels inside the frame; the plane is separable, so two 1-D resizes give it.
+    """
     height, width = shape
-    x0, y0 = centre
     half = window / 2.0
     left, top = x0 + 0.5 - half, y0 + 0.5 - half
     right, bottom = left + window, top + window
-    pad = int(math.ceil(max(0.0, -left, -top, right - width, bottom - height))) + 2
-    columns = _lanczos_coverage(width, pad, left + pad, right + pad, size).astype(np.float32)
-    rows = _lanczos_coverage(height, pad, top + pad, bottom + pad, size)
-    return (rows[:, None] * columns[None, :]).astype(np.float32) > 0.5
+    overhang = np.max([np.zeros_like(left), -left, -top, right - width, bottom - height], axis=0)
+    pad = np.ceil(overhang).astype(int) + 2
+    columns = _lanczos_coverage(np.full_like(pad, width), pad, left + pad, right + pad, size).astype(np.float32)
+    rows = _lanczos_coverage(np.full_like(pad, height), pad, top + pad, bottom + pad, size)
+    return (rows[:, :, None] * columns[:, None, :]).astype(np.float32) > 0.5
 
 
 @functools.lru_cache(maxsize=8)
@@ -652,11 +657,19 @@ def _as_rgb_stack(images):
 
 def _may_have_fill(images):
     """The images of a stack (N, H, W, 3) for which :func:`_fill_mask` looks further than its first two checks."""
-    red, green, blue = images[..., 0], images[..., 1], images[..., 2]
-    flat = ((red == 0) & (green == 0) & (blue == 0)) | ((red >= 248) & (green >= 248) & (blue >= 248))
-    enough = flat.sum(axis=(1, 2)) >= max(16, flat[0].size // 1000)
-    edge = flat[:, 0].any(axis=1) | flat[:, -1].any(axis=1) | flat[:, :, 0].any(axis=1) | flat[:, :, -1].any(axis=1)
-    return enough & edge
+
+    def flat(pixels):
+        red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        return ((red == 0) & (green == 0) & (blue == 0)) | ((red >= 248) & (green >= 248) & (blue >= 248))
+
+    # A flat pixel on the frame's edge first (cheap), then enough flat pixels.
+    edges = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    candidates = np.flatnonzero(flat(edges).any(axis=1))
+    result = np.zeros(len(images), dtype=bool)
+    if len(candidates):
+        counts = flat(images[candidates]).sum(axis=(1, 2))
+        result[candidates] = counts >= max(16, images.shape[1] * images.shape[2] // 1000)
+    return result
 
 
 def _normalise_group(images, size, gray):
@@ -734,9 +747,9 @@ def _normalise_group(images, size, gray):
     resampled = np.zeros((count, n_channels, size, size), dtype=np.float32)
     covered = np.zeros((count, size, size), dtype=bool)
     for row in np.flatnonzero(done):
-        centre = (x0[row], y0[row])
-        resampled[row] = _resample(planes[row], centre, window[row], size)
-        covered[row] = _covered((height, width), centre, window[row], size)
+        resampled[row] = _resample(planes[row], (x0[row], y0[row]), window[row], size)
+    if done.any():
+        covered[done] = _covered((height, width), x0[done], y0[done], window[done], size)
     outputs = np.zeros((count, size, size, 3), dtype=np.uint8)
     if done.any():
         outputs[done] = _photometry(resampled[done], covered[done], noise[done], gray, images[done], size)[0]
