@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inclinet.normalise import BATCH_CHUNK, normalise_batch
+from inclinet.normalise import BATCH_CHUNK, _medians, normalise_batch
 
 COLOUR_CODE = "c"
 
@@ -97,8 +97,8 @@ def _warp_image(image, matrix, offset, rng):
     """:func:`warp` of one image laid out ``(S, S, C)`` float32 (OpenCV's layout: all channels in one pass)."""
     height, width, n_channels = image.shape
     ring = np.ascontiguousarray(_ring(image).T)  # (C, n): medians along contiguous rows
-    fills = np.median(ring, axis=1)
-    noises = 1.4826 * np.median(np.abs(ring - fills[:, None]), axis=1)
+    fills = _medians(ring)  # np.median's values, faster
+    noises = 1.4826 * _medians(np.abs(ring - fills[:, None]))
     # OpenCV maps (x, y) = (column, row): the same inverse map with its axes swapped.
     cv_matrix = np.array([[matrix[1][1], matrix[1][0], offset[1]], [matrix[0][1], matrix[0][0], offset[0]]])
     border = tuple(float(value) for value in fills) + (0.0,) * (4 - n_channels)

@@ -178,11 +178,22 @@ def _median(values):
     """``np.median`` of a 1-D array without NaNs (the same value, without its overhead)."""
     if values.size == 0:
         return np.nan
-    half = values.size // 2
-    if values.size % 2:
-        return np.partition(values, half)[half]
-    low, high = np.partition(values, (half - 1, half))[half - 1 : half + 1]
-    return (low + high) / 2
+    return _medians(values)
+
+
+def _medians(values):
+    """``np.median(values, axis=-1)`` of an array without NaNs with M > 0 values per row: the same values, faster.
+
+    One selection of the upper middle value; for an even M the lower one is the largest
+    value below it. (A partition at two positions at once takes NumPy's generic path, about
+    four times slower than its vectorised one.)
+    """
+    size = values.shape[-1]
+    half = size // 2
+    parted = np.partition(values, half, axis=-1)
+    if size % 2:
+        return parted[..., half]
+    return (parted[..., :half].max(axis=-1) + parted[..., half]) / 2
 
 
 def _percentile_99(values):
@@ -192,8 +203,8 @@ def _percentile_99(values):
     low = int(math.floor(virtual))
     if virtual >= count - 1:
         return np.partition(values, count - 1, axis=-1)[..., count - 1]
-    parted = np.partition(values, (low, low + 1), axis=-1)
-    below, above = parted[..., low], parted[..., low + 1]
+    parted = np.partition(values, low + 1, axis=-1)
+    below, above = parted[..., : low + 1].max(axis=-1), parted[..., low + 1]
     weight = float(virtual - low)
     # NumPy's interpolation, from whichever neighbour is nearer.
     if weight >= 0.5:
@@ -589,16 +600,6 @@ BATCH_CHUNK = 64
 # Connectivity of ndimage.label within each image of a stack, never across images.
 _STACK_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
-
-
-def _medians(values):
-    """:func:`_median` of every row of ``values`` (..., M), M > 0: the same values, in one partition."""
-    size = values.shape[-1]
-    half = size // 2
-    if size % 2:
-        return np.partition(values, half, axis=-1)[..., half]
-    parted = np.partition(values, (half - 1, half), axis=-1)
-    return (parted[..., half - 1] + parted[..., half]) / 2
 
 
 def _robust_sigma_rows(values):
