@@ -83,6 +83,14 @@ SETTINGS = {
         Setting("binary_test_fraction", float, 0.1, "fraction of all galaxies held out for the binary task, per class"),
         Setting("n_batches", int, 5, "augmented batches per training subset", minimum=1),
         Setting("per_bin", int, 100, "augmented colour images per 5-degree bin and batch", minimum=1),
+        Setting(
+            "binary_per_bin",
+            int,
+            0,
+            "augmented colour images per class and batch of the binary (reject) task; 0: a batch as "
+            "large as a regression batch (4.5 x per_bin, rounded up)",
+            minimum=0,
+        ),
         Setting("epochs", int, 10, "training epochs", minimum=1),
         Setting("batch_size", int, 64, "training batch size (images per step)", minimum=1),
         Setting("learning_rate", float, 1e-3, "Adam learning rate", minimum=0.0),

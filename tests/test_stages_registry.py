@@ -96,7 +96,12 @@ def test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values(
             # prep and compress accept --seed but draw no random numbers: the DAG passes none.
             if hasattr(args, name) and not (name == "seed" and job.stage in ("prep", "compress")):
                 value = getattr(args, name)
-                assert value == expected[name] or (name == "size" and job.stage == "synth"), (job.id, name, value)
+                wanted = expected[name]
+                if name == "per_bin" and args.task == "binary":
+                    # The binary task's classes get a batch as large as the regression's 9 bins.
+                    wanted = dag.binary_per_class(workflow_config)
+                    assert wanted == -(-9 * workflow_config.per_bin // 2)
+                assert value == wanted or (name == "size" and job.stage == "synth"), (job.id, name, value)
                 carried.setdefault(job.stage, set()).add(name)
         if job.stage == "synth":
             assert args.size == workflow_config.synthetic_size
@@ -114,6 +119,12 @@ def test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values(
     assert {"size", "subsamples", "seed"} <= carried["split"]
     assert {"views", "seed"} <= carried["evaluate"]
     assert {"size"} <= carried["prep"]
+
+
+def test_binary_per_bin_sets_the_binary_batches_only():
+    _, jobs = _all_jobs(binary_per_bin=5)
+    per_bin = {job.id: job.args[job.args.index("-z") + 1] for job in jobs if job.stage == "augment"}
+    assert per_bin.pop("augment_Binary") == "5" and set(per_bin.values()) == {"9"}
 
 
 def test_model5_minimum_comes_from_the_model():

@@ -44,10 +44,10 @@ COMMANDS = ("status", "resume", "cancel")
 #: to one family, model4 (the fastest), as two bagged members (full set + 1 subsample)
 #: trained long enough to learn, rather than to more families trained too little to.
 DEMO = {
-    "synthetic": 500,
+    "synthetic": 1500,
     "synthetic_size": 128,
     "size": 64,
-    "galaxies_per_job": 125,
+    "galaxies_per_job": 375,
     "subsamples": 1,
     "models": ("model4",),
     "tasks": ("regression", "binary"),
@@ -86,7 +86,7 @@ def add_build_arguments(parser):
     data.add_argument(
         "--demo",
         action="store_true",
-        help="the embedded default: 500 synthetic galaxies, 64 px, two model4 members + binary, local engine",
+        help="the embedded default: 1,500 synthetic galaxies, 64 px, two model4 members + binary, local engine",
     )
 
     science = parser.add_argument_group("science settings")
@@ -94,7 +94,16 @@ def add_build_arguments(parser):
     settings.add_argument(science, "size", default=None)
     science.add_argument("--models", type=_csv_list, help="comma list of model4,model5,model6 (default all)")
     science.add_argument("--tasks", type=_csv_list, help="comma list of regression,binary (default both)")
-    for name in ("subsamples", "epochs", "batch_size", "lr_schedule", "n_batches", "per_bin", "views"):
+    for name in (
+        "subsamples",
+        "epochs",
+        "batch_size",
+        "lr_schedule",
+        "n_batches",
+        "per_bin",
+        "binary_per_bin",
+        "views",
+    ):
         settings.add_argument(science, name, default=None)
 
     search = parser.add_argument_group("hyper-parameter search (inclinet-hpo; none without --hpo-trials)")
@@ -246,6 +255,7 @@ SCIENCE_KEYS = {
             "lr_schedule",
             "n_batches",
             "per_bin",
+            "binary_per_bin",
             "views",
             "seed",
             "hpo_trials",

@@ -125,6 +125,17 @@ def _deadline(seconds):
     return max(RUNTIME_FLOOR_S, 60 * math.ceil(RUNTIME_SAFETY * seconds / 60))
 
 
+def binary_per_class(config):
+    """Augmented colour images per class and batch of the binary task (``--binary-per-bin``).
+
+    0 (the default) gives the binary task batches as large as the regression's: its two
+    classes take the images of the regression's nine 5-degree bins.
+    """
+    if config.binary_per_bin:
+        return int(config.binary_per_bin)
+    return math.ceil(IMAGES_PER_BIN * config.per_bin / 4)
+
+
 def sized_resources(stage, config, *, n_galaxies, items=0, model="model4", members=1):
     """Resources of one job of ``stage`` from the work it does (the rule above).
 
@@ -232,6 +243,7 @@ class WorkflowConfig:
     lr_schedule: str = settings.DEFAULTS.lr_schedule
     n_batches: int = settings.DEFAULTS.n_batches
     per_bin: int = settings.DEFAULTS.per_bin
+    binary_per_bin: int = settings.DEFAULTS.binary_per_bin
     views: int = settings.DEFAULTS.views
     seed: int = settings.DEFAULTS.seed
     retries: int = settings.DEFAULTS.retries
@@ -551,7 +563,7 @@ def build_jobs(config, *, missing=None):
                     "-b",
                     config.n_batches,
                     "-z",
-                    config.per_bin,
+                    config.per_bin if task == "regression" else binary_per_class(config),
                     "--report",
                     report,
                     "--seed",
