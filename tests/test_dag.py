@@ -240,7 +240,7 @@ def test_demo_preset_and_overrides(tmp_path):
     run_dir = tmp_path / "demo"
     assert main(["--demo", "--epochs", "1", "--output-dir", str(run_dir), "--dry-run", "-q"]) == 0
     config = json.loads((run_dir / "run.json").read_text())["config"]
-    assert config["synthetic"] == 500 and config["size"] == 64 and config["models"] == ["model4"]
+    assert config["synthetic"] == 1500 and config["size"] == 64 and config["models"] == ["model4"]
     assert config["lr_schedule"] == "cosine"
     assert config["epochs"] == 1
 
