@@ -595,8 +595,11 @@ def normalise_image(image, size, *, with_info=False):
     return result, info
 
 
-#: Images normalised together by :func:`normalise_batch` (bounds its working memory).
+#: At most this many images are normalised together by :func:`normalise_batch` ...
 BATCH_CHUNK = 64
+#: ... and at most this many pixels (input or output side, whichever is larger): with the
+#: float64 photometry about 60 MB of working memory, whatever the image size.
+BATCH_PIXELS = 1 << 20
 # Connectivity of ndimage.label within each image of a stack, never across images.
 _STACK_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
@@ -760,19 +763,23 @@ def _normalise_group(images, size, gray):
 def normalise_batch(images, size):
     """:func:`normalise_image` of every image of a stack ``(N, H, W[, C])``: ``uint8 (N, size, size, 3)``.
 
-    The same computation, with the measurements that do not depend on an image's own pixel
-    selection (polarity, sky plane, noise, detection, moments) made for all images at once
-    (:data:`BATCH_CHUNK` at a time). Images with fill regions, or in which nothing stands out
-    at the centre, go through :func:`normalise_image` one by one. The outputs equal
-    :func:`normalise_image`'s up to float rounding (within 1 grey level).
+    The same computation, with the measurements on pixel sets common to all images
+    (polarity, sky planes, noise, detection, moments, frame coverage, smoothing) made for a
+    chunk of images at once (:data:`BATCH_CHUNK` images, :data:`BATCH_PIXELS` pixels); the
+    resize and the photometry on each image's own pixel selection stay per image. Images
+    with fill regions, or in which nothing stands out at the centre, go through
+    :func:`normalise_image` one by one. The outputs are :func:`normalise_image`'s (bit for bit
+    on the test inputs; the batched sums round differently, which can at most tip a value by
+    one grey level).
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"invalid size: {size!r}; must be an integer number of pixels >= 8")
     size = int(size)
     images = _as_rgb_stack(images)
     result = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for start in range(0, len(images), BATCH_CHUNK):
-        chunk = images[start : start + BATCH_CHUNK]
+    step = max(1, min(BATCH_CHUNK, BATCH_PIXELS // max(images.shape[1] * images.shape[2], size * size)))
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
         gray = (chunk[..., 0] == chunk[..., 1]).all(axis=(1, 2)) & (chunk[..., 0] == chunk[..., 2]).all(axis=(1, 2))
         alone = _may_have_fill(chunk)
         for row in np.flatnonzero(alone):
