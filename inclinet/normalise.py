@@ -2,7 +2,8 @@
 
 Prep (raw file -> resized npz), augmentation (after every augmented view), evaluation and
 ``inclinet-predict`` all call this function, so a user's image looks like training data
-whatever its origin. The steps, in order:
+whatever its origin (augmentation through :func:`normalise_batch`, the same function over a
+stack of images, with the same outputs). The steps, in order:
 
 1. **Fill masking.** Pixels at exactly 0 or 255 in every channel that form regions touching
    the frame (the corners left by rotating a cutout, padding) are not sky: they are ignored
@@ -693,7 +694,7 @@ def _normalise_group(images, size, gray):
     box = (slice(None), slice(height // 4, height - height // 4), slice(width // 4, width - width // 4))
     low, high = np.percentile(luminance[box].reshape(count, -1), (0.5, 99.5), axis=1).astype(np.float64)
     dark_on_light = sky_level - low > high - sky_level
-    planes[dark_on_light] = 255.0 - planes[dark_on_light]
+    np.subtract(255.0, planes, out=planes, where=dark_on_light[:, None, None, None])
 
     ys = (np.arange(height, dtype=np.float32) / height - 0.5)[:, None]
     xs = (np.arange(width, dtype=np.float32) / width - 0.5)[None, :]
