@@ -15,6 +15,10 @@ and a colour measurement:
 * ``asymmetry``, ``edge_flux``: of the normalised image (:func:`inclinet.normalise.image_statistics`):
   the 180-degree rotational asymmetry of the galaxy region, and the share of the light in the
   outer ring (stars, neighbours) - what a reject model can mistake for a problem;
+* ``concentration``, ``galaxy_area``: also of the normalised image: the light within one
+  target sigma of the centre over that within three, and the fraction of the frame more
+  than 5 noise levels above the sky (how much of the frame the galaxy fills at a fixed rms
+  radius: a less concentrated profile fills more);
 * ``g_r``, ``i_r``: the colour composite's blue/green and red/green ratios of the sky-subtracted
   galaxy light (the composite is R, G, B = i, r, g).
 
@@ -43,7 +47,19 @@ from inclinet.images import load_image  # noqa: E402
 from inclinet.normalise import STATISTICS as IMAGE_STATISTICS  # noqa: E402
 from inclinet.normalise import image_statistics, normalise_image  # noqa: E402
 
-STATISTICS = ("sky", "noise", "contrast", "size", "offset", "fill", "median_level", "asymmetry", "edge_flux")
+STATISTICS = (
+    "sky",
+    "noise",
+    "contrast",
+    "size",
+    "offset",
+    "fill",
+    "median_level",
+    "asymmetry",
+    "edge_flux",
+    "concentration",
+    "galaxy_area",
+)
 COLOUR_STATISTICS = ("g_r", "i_r")
 DEFAULT_REAL = ROOT.parent / "shared" / "reference" / "real-look"
 
@@ -73,8 +89,8 @@ def measure_set(files_gray, files_colour):
         for path in files:
             image = load_image(path)
             normalised, info = normalise_image(image, 64, with_info=True)
-            asymmetry, edge_flux = image_statistics(normalised)[0][
-                [IMAGE_STATISTICS.index(n) for n in ("asymmetry", "edge_flux")]
+            asymmetry, edge_flux, concentration, area = image_statistics(normalised)[0][
+                [IMAGE_STATISTICS.index(n) for n in ("asymmetry", "edge_flux", "concentration", "galaxy_area")]
             ]
             values = {
                 "sky": info.sky,
@@ -86,6 +102,8 @@ def measure_set(files_gray, files_colour):
                 "median_level": info.median_level,
                 "asymmetry": float(asymmetry),
                 "edge_flux": float(edge_flux),
+                "concentration": float(concentration),
+                "galaxy_area": float(area),
             }
             for name in STATISTICS:
                 rows[kind][name].append(values[name])
