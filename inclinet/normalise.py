@@ -279,15 +279,14 @@ def _smoothed(planes, sigma, mode):
     first), from OpenCV's separable filter in a fraction of the time.
     """
     kernel, one, border = _gaussian_kernel(sigma), np.ones(1), _BORDERS[mode]
-    height, width = planes.shape[-2:]
-    flat = planes.reshape(-1, height, width)
-    # Each pass filters along the lines of one tall image: the planes' columns (transposed),
-    # then their rows, so no line crosses from one plane into the next.
-    columns = np.ascontiguousarray(flat.transpose(0, 2, 1), dtype=np.float64).reshape(-1, height)
-    columns = cv2.sepFilter2D(columns, cv2.CV_64F, kernel, one, borderType=border).astype(np.float32)
-    rows = np.ascontiguousarray(columns.reshape(-1, width, height).transpose(0, 2, 1), dtype=np.float64)
-    rows = cv2.sepFilter2D(rows.reshape(-1, width), cv2.CV_64F, kernel, one, borderType=border)
-    return rows.astype(np.float32).reshape(planes.shape)
+    flat = planes.reshape(-1, *planes.shape[-2:])
+    out = np.empty(flat.shape, dtype=np.float32)
+    # One plane at a time: faster than the planes as lines of one tall image.
+    for index, plane in enumerate(flat):
+        rows = cv2.sepFilter2D(plane.astype(np.float64), cv2.CV_64F, one, kernel, borderType=border)
+        rows = rows.astype(np.float32).astype(np.float64)
+        out[index] = cv2.sepFilter2D(rows, cv2.CV_64F, kernel, one, borderType=border)
+    return out.reshape(planes.shape)
 
 
 def _central_object(signal, noise, smooth_sigma):
