@@ -3,12 +3,13 @@
 Both versions augment (and re-normalise) the same batch of normalised synthetic galaxies,
 half colour and half gray, as inclinet-augment does: ``augment_batch`` per view, and its
 two parts apart (the augmentation chain alone; the normalisation alone on the same augmented
-views: ``normalise_batch`` where the version has it, else ``normalise_image`` per view). The
-older version is read from git (``--before``, default the commit before the batch normaliser)
-into a temporary module, so the two run side by side in one process;
-runs alternate (before, after, before, ...) and the median of ``--repeats`` is reported, in
-CPU time (the per-core figure on a shared machine) and wall time. Thread pools are pinned
-to one thread. Run from a git checkout:
+views: ``normalise_batch`` where the version has it, else ``normalise_image`` per view), and
+``normalise_image`` per view (the single-image path of prep and predict). The older version
+is read from git (``--before``, default the commit before the batch normaliser) into a
+temporary module, so the two run side by side in one process; runs alternate (before,
+after, before, ...) and the median of ``--repeats`` is reported, in CPU time (the per-core
+figure on a shared machine) and wall time. Thread pools are pinned to one thread. Run from a
+git checkout:
 
     nice -n 10 .venv/bin/python bench/bench_augment.py --size 128 --n-images 90 --repeats 5
 """
@@ -110,13 +111,17 @@ def main(argv=None):
         before_augmentation, before_normalise = load_before(args.before, folder)
         versions = {"before": (before_augmentation, before_normalise), "after": (augmentation, normalise)}
         views = {name: chain_only(mod[0], images, codes, np.random.default_rng(1)) for name, mod in versions.items()}
-        results = {(name, part): [] for name in versions for part in ("augment_batch", "chain", "normalise")}
+        parts = ("augment_batch", "chain", "normalise", "normalise_image")
+        results = {(name, part): [] for name in versions for part in parts}
         for repeat in range(args.repeats):
             for name, (aug, norm) in versions.items():
                 rng = np.random.default_rng(repeat)
                 results[name, "augment_batch"].append(timed(aug.augment_batch, images, codes, rng))
                 results[name, "chain"].append(timed(chain_only, aug, images, codes, rng))
                 results[name, "normalise"].append(timed(normalise_views, norm, views[name], args.size))
+                results[name, "normalise_image"].append(
+                    timed(lambda n=norm, v=views[name]: [n.normalise_image(view, args.size) for view in v])
+                )
 
     per_image = {
         key: (
@@ -131,7 +136,7 @@ def main(argv=None):
     )
     print("| part | before ms/image CPU (wall) | after ms/image CPU (wall) | speed-up (CPU) |")
     print("|---|---|---|---|")
-    for part in ("augment_batch", "chain", "normalise"):
+    for part in parts:
         before, after = per_image["before", part], per_image["after", part]
         print(
             f"| {part} | {before[0]:.2f} ({before[1]:.2f}) | {after[0]:.2f} ({after[1]:.2f}) | "
