@@ -101,14 +101,9 @@ def _as_rgb(image):
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"image of shape {image.shape} is not (H, W), (H, W, 3) or (H, W, 4)")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    image = image[:, :, :3]
     if image.shape[0] < 8 or image.shape[1] < 8:
         raise ValueError(f"image of shape {image.shape[:2]} is too small to normalise (at least 8 x 8 pixels)")
-    if image.dtype != np.uint8:
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return image
+    return _as_rgb_stack(image[None])[0]
 
 
 def _fill_mask(image):

@@ -66,6 +66,20 @@ _CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(dag.WorkflowConfig) if 
 _BUILD_KEYS = {*_CONFIG_FLAGS, "seed", "demo", "verbose", "quiet", "config"}
 
 
+#: Settings of the registry that are flags of the "science settings" group and keys of the
+#: config file's ``science:`` mapping alike.
+_TRAINING_SETTINGS = (
+    "subsamples",
+    "epochs",
+    "batch_size",
+    "lr_schedule",
+    "n_batches",
+    "per_bin",
+    "binary_per_bin",
+    "views",
+)
+
+
 def _csv_list(text):
     return tuple(item.strip() for item in str(text).split(",") if item.strip())
 
@@ -94,16 +108,7 @@ def add_build_arguments(parser):
     settings.add_argument(science, "size", default=None)
     science.add_argument("--models", type=_csv_list, help="comma list of model4,model5,model6 (default all)")
     science.add_argument("--tasks", type=_csv_list, help="comma list of regression,binary (default both)")
-    for name in (
-        "subsamples",
-        "epochs",
-        "batch_size",
-        "lr_schedule",
-        "n_batches",
-        "per_bin",
-        "binary_per_bin",
-        "views",
-    ):
+    for name in _TRAINING_SETTINGS:
         settings.add_argument(science, name, default=None)
 
     search = parser.add_argument_group("hyper-parameter search (inclinet-hpo; none without --hpo-trials)")
@@ -249,14 +254,7 @@ SCIENCE_KEYS = {
         for name in (
             "size",
             "synthetic_size",
-            "subsamples",
-            "epochs",
-            "batch_size",
-            "lr_schedule",
-            "n_batches",
-            "per_bin",
-            "binary_per_bin",
-            "views",
+            *_TRAINING_SETTINGS,
             "seed",
             "hpo_trials",
             "hpo_parallel",
