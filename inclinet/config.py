@@ -95,6 +95,13 @@ SETTINGS = {
         Setting("batch_size", int, 64, "training batch size (images per step)", minimum=1),
         Setting("learning_rate", float, 1e-3, "Adam learning rate", minimum=0.0),
         Setting(
+            "binary_learning_rate",
+            float,
+            3e-4,
+            "Adam learning rate of the binary (reject) members in the workflow (at 1e-3 they can stay at chance)",
+            minimum=0.0,
+        ),
+        Setting(
             "lr_schedule",
             str,
             "cosine",

@@ -127,6 +127,16 @@ def test_binary_per_bin_sets_the_binary_batches_only():
     assert per_bin.pop("augment_Binary") == "5" and set(per_bin.values()) == {"9"}
 
 
+def test_binary_members_train_at_their_own_learning_rate():
+    _, jobs = _all_jobs(binary_learning_rate=2e-4)
+    rates = {job.id: job.args for job in jobs if job.stage == "train"}
+    for job_id, args in rates.items():
+        if "Binary" in job_id:
+            assert args[args.index("--learning-rate") + 1] == "0.0002"
+        else:
+            assert "--learning-rate" not in args  # the regression members keep the stage's (or the search's) rate
+
+
 def test_model5_minimum_comes_from_the_model():
     from inclinet.errors import ConfigError
     from inclinet.models import minimum_input_size

@@ -76,6 +76,7 @@ _TRAINING_SETTINGS = (
     "n_batches",
     "per_bin",
     "binary_per_bin",
+    "binary_learning_rate",
     "views",
 )
 

@@ -244,6 +244,7 @@ class WorkflowConfig:
     n_batches: int = settings.DEFAULTS.n_batches
     per_bin: int = settings.DEFAULTS.per_bin
     binary_per_bin: int = settings.DEFAULTS.binary_per_bin
+    binary_learning_rate: float = settings.DEFAULTS.binary_learning_rate
     views: int = settings.DEFAULTS.views
     seed: int = settings.DEFAULTS.seed
     retries: int = settings.DEFAULTS.retries
@@ -606,6 +607,7 @@ def build_jobs(config, *, missing=None):
                 config.batch_size,
                 "--lr-schedule",
                 config.lr_schedule,
+                *(["--learning-rate", config.binary_learning_rate] if task == "binary" else []),
                 "--seed",
                 config.seed,
                 *tuned,
