@@ -97,7 +97,7 @@ def test_every_job_parses_with_its_stage_parser_and_carries_the_workflow_values(
             if hasattr(args, name) and not (name == "seed" and job.stage in ("prep", "compress")):
                 value = getattr(args, name)
                 wanted = expected[name]
-                if name == "per_bin" and args.task == "binary":
+                if name == "per_bin" and getattr(args, "task", None) == "binary":
                     # The binary task's classes get a batch as large as the regression's 9 bins.
                     wanted = dag.binary_per_class(workflow_config)
                     assert wanted == -(-9 * workflow_config.per_bin // 2)
