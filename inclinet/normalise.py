@@ -210,9 +210,7 @@ def _percentile_99(values):
 
 def _robust_sigma(values):
     values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        return 0.0
-    return float(1.4826 * _median(np.abs(values - _median(values))))
+    return float(_robust_sigma_rows(values)) if values.size else 0.0
 
 
 def _robust_sigmas(planes, where):
@@ -227,10 +225,7 @@ def _plane_through(x, y, values):
     With x, y in [-0.5, 0.5) the system is well conditioned, so this agrees with an SVD
     solution (``np.linalg.lstsq``) to ~1e-13, in a fraction of its time.
     """
-    sx, sy = x.sum(), y.sum()
-    sxy = (x * y).sum()
-    normal = np.array([[len(values), sx, sy], [sx, (x * x).sum(), sxy], [sy, sxy, (y * y).sum()]])
-    return np.linalg.solve(normal, np.array([values.sum(), (x * values).sum(), (y * values).sum()]))
+    return _plane_through_rows(x, y, values[None], None)[0]
 
 
 def _fit_sky_plane(plane, ring_sample, coords):
