@@ -1,0 +1,258 @@
+"""A ten-minute probe of the reject model across universes: train small, score on three sets.
+
+Trains one model4 binary classifier (the workflow's reject member, Adam at the workflow's
+binary learning rate, class-balanced weights, a random rotation/flip per batch) on the
+canonical 64-px images of a universe drawn by ``inclinet-synth``, then scores it with four
+test-time views on
+
+* another draw of our universe (``--own``): AUC and the share of accepted galaxies rejected;
+* the foreign universe (``--foreign``, ``bench/foreign_universe.py``): the same, which
+  should match ``--own`` if the reject model is calibrated across renderers;
+* real cutouts (``--real``, e.g. ``../shared/reference/real-look``, no labels): how many
+  images get P(reject) > 0.5.
+
+The share of accepted galaxies rejected is also broken down by true inclination, to tell
+the face-on boundary (45 deg) from the rest. ``--labels j`` trains on the ``J`` causes alone
+(``F`` counted as accepted), ``--labels jf`` on the workflow's labels (``J`` or ``F``).
+``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
+four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
+shapes unchanged, the light profile's shape removed).
+
+The model is far from the workflow's training volume (a few thousand images, a few
+epochs): only the contrasts between sets mean something, not the absolute rates.
+
+Usage::
+
+    inclinet-synth -n 2400 --size 128 --seed 5151 -o /tmp/syn/train
+    inclinet-synth -n 400 --size 128 --seed 4242 -o /tmp/syn/own
+    python bench/foreign_universe.py -o /tmp/syn/foreign -n 400 --size 128 --seed 77
+    nice python bench/reject_probe.py --train /tmp/syn/train --own /tmp/syn/own \\
+        --foreign /tmp/syn/foreign --real ../shared/reference/real-look --labels jf \\
+        --work /tmp/reject_probe [--epochs 5] [--remap-quantiles] [--out results.json]
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from inclinet import naming  # noqa: E402
+from inclinet.images import load_image  # noqa: E402
+from inclinet.normalise import TARGET_SIGMA, normalise_image  # noqa: E402
+
+SIZE = 64
+BANDS = ("g", "r", "i", "gri")
+INCLINATION_BINS = ((45, 55), (55, 65), (65, 75), (75, 91))
+REMAP_QUANTILES = (50.0, 75.0, 90.0, 97.0)
+#: Grey levels the quantiles go to: about the median real-look r image's (bench_look).
+REMAP_LEVELS = (18.0, 27.0, 75.0, 160.0)
+
+
+def _region():
+    yy, xx = np.indices((SIZE, SIZE))
+    return np.hypot(yy - (SIZE - 1) / 2, xx - (SIZE - 1) / 2) <= 3.0 * TARGET_SIGMA * SIZE
+
+
+def remap_quantiles(image, region):
+    """The ``--remap-quantiles`` experiment: a monotonic grey-level map fixing four quantiles of ``region``."""
+    quantiles = np.percentile(image.mean(axis=2)[region], REMAP_QUANTILES)
+    # Strictly increasing knots above the sky level (16), whatever the image.
+    knots = np.maximum.accumulate(np.maximum(quantiles, 16.5) + np.arange(len(quantiles)) * 1e-3)
+    xs = np.concatenate([[0.0, 16.0], knots, [255.0]])
+    ys = np.concatenate([[0.0, 16.0], REMAP_LEVELS, [255.0]])
+    table = np.rint(np.interp(np.arange(256), xs, ys)).astype(np.uint8)
+    return table[image]
+
+
+def _truth(folder):
+    with open(Path(folder) / "truth.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def load_universe(folder, remap):
+    """Canonical images of every galaxy and band of an ``inclinet-synth``-layout folder, with labels."""
+    region = _region()
+    images, labels, inclinations, bands = [], [], [], []
+    for row in _truth(folder):
+        for band in BANDS:
+            path = Path(folder) / naming.raw_image(int(row["pgc"]), band)
+            image = normalise_image(load_image(path), SIZE)
+            images.append(remap_quantiles(image, region) if remap else image)
+            labels.append(row["label"])
+            inclinations.append(float(row["true_inc"] or "nan"))
+            bands.append(band)
+    return {
+        "images": np.stack(images),
+        "labels": np.array(labels),
+        "inclinations": np.array(inclinations),
+        "bands": np.array(bands),
+    }
+
+
+def load_real(folder, remap):
+    """Canonical images of the real cutouts (every band file present) and their bands."""
+    region = _region()
+    images, bands = [], []
+    for band in BANDS:
+        suffix = "_d25x2_rot_gri.sdss.jpg" if band == "gri" else f"_d25x2_rot_{band}.png"
+        for path in sorted(Path(folder).glob(f"pgc*{suffix}")):
+            image = normalise_image(load_image(path), SIZE)
+            images.append(remap_quantiles(image, region) if remap else image)
+            bands.append(band)
+    return {"images": np.stack(images), "bands": np.array(bands)}
+
+
+def cached(work, name, loader):
+    path = work / f"{name}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+    data = loader()
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, **data)
+    os.replace(temporary, path)
+    return data
+
+
+def rejected_target(labels, scheme):
+    return labels == "J" if scheme == "j" else labels != "A"
+
+
+def roc_auc(positive, scores):
+    """Area under the ROC curve (ties counted half)."""
+    from inclinet.stages.evaluate import roc_auc as auc
+
+    return auc(positive.astype(int), scores)
+
+
+def train(data, scheme, epochs, seed, learning_rate):
+    import keras
+
+    from inclinet.models import build_model, scale_pixels
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    images = data["images"]
+    target = rejected_target(data["labels"], scheme).astype(np.int64)
+    share = target.mean()
+    weights = np.where(target == 1, 0.5 / share, 0.5 / (1.0 - share)).astype(np.float32)
+    model = build_model("model4", input_size=SIZE, task="binary")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    history = []
+    for epoch in range(epochs):
+        start = time.time()
+        order = rng.permutation(len(images))
+        losses = []
+        for first in range(0, len(order) - 63, 64):
+            rows = order[first : first + 64]
+            batch = np.rot90(images[rows], k=int(rng.integers(4)), axes=(1, 2))
+            if rng.integers(2):
+                batch = batch[:, :, ::-1]
+            losses.append(float(model.train_on_batch(scale_pixels(batch), target[rows], sample_weight=weights[rows])))
+        seconds = round(time.time() - start, 1)
+        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
+        print(json.dumps(history[-1]), flush=True)
+    return model, history
+
+
+def p_reject(model, images):
+    from inclinet.models import predict_views
+
+    return predict_views(model, images, 4)[0][:, 1]
+
+
+def score_universe(model, data, scheme):
+    scores = p_reject(model, data["images"])
+    positive = rejected_target(data["labels"], scheme)
+    accepted = data["labels"] == "A"
+    # J-only models are scored on J against A (F is neither what they learn nor accepted).
+    scored = np.ones(len(scores), dtype=bool) if scheme == "jf" else data["labels"] != "F"
+    result = {"bands": {}, "accepted_rejected_by_inclination": {}}
+    for band in BANDS:
+        rows = data["bands"] == band
+        result["bands"][band] = {
+            "auc": round(roc_auc(positive[rows & scored], scores[rows & scored]), 3),
+            "accepted_rejected": round(float((scores[rows & accepted] > 0.5).mean()), 3),
+            "n_accepted": int((rows & accepted).sum()),
+        }
+    for low, high in INCLINATION_BINS:
+        rows = accepted & (data["inclinations"] >= low) & (data["inclinations"] < high)
+        result["accepted_rejected_by_inclination"][f"{low}-{min(high, 90)}"] = {
+            "n": int(rows.sum()),
+            "rejected": round(float((scores[rows] > 0.5).mean()), 3) if rows.any() else None,
+        }
+    return result
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=Path, required=True, help="inclinet-synth folder to train on")
+    parser.add_argument("--own", type=Path, required=True, help="another draw of our universe")
+    parser.add_argument("--foreign", type=Path, required=True, help="bench/foreign_universe.py folder")
+    parser.add_argument("--real", type=Path, help="folder of real cutouts (no labels)")
+    parser.add_argument("--labels", choices=("j", "jf"), default="jf")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--remap-quantiles", action="store_true")
+    parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    variant = "remapped" if args.remap_quantiles else "canonical"
+    work = args.work / variant
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    sets = {
+        name: cached(work, name, lambda folder=folder: load_universe(folder, args.remap_quantiles))
+        for name, folder in (("train", args.train), ("own", args.own), ("foreign", args.foreign))
+    }
+    if args.real:
+        sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
+    normalised = time.time() - start
+    model, history = train(sets["train"], args.labels, args.epochs, args.seed, args.learning_rate)
+    result = {
+        "variant": variant,
+        "labels": args.labels,
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "n_train_images": int(len(sets["train"]["images"])),
+        "normalise_seconds": round(normalised, 1),
+        "history": history,
+        "own": score_universe(model, sets["own"], args.labels),
+        "foreign": score_universe(model, sets["foreign"], args.labels),
+    }
+    if args.real:
+        scores = p_reject(model, sets["real"]["images"])
+        result["real"] = {
+            band: {
+                "rejected": int((scores[sets["real"]["bands"] == band] > 0.5).sum()),
+                "n": int((sets["real"]["bands"] == band).sum()),
+            }
+            for band in BANDS
+        }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
