@@ -23,7 +23,8 @@ method measures the *raw* images at their full resolution, PSF-corrected with th
 PSF, calibrated (q0 and a linear correction) on ``--n-peer-train`` labelled galaxies of
 the training split, and the best method on those is the peer. The reject member reports
 its AUC and the fraction of accepted galaxies it rejects (P > 0.5, calibrated with the
-temperature from evaluation). Also measures the training throughput of the tf.data
+temperature from evaluation), also by bin of true inclination (is it the face-on boundary?),
+like the ensemble's RMS and bias. Also measures the training throughput of the tf.data
 pipeline against the same model fed from in-memory tensors.
 
 Every stage's outputs are kept under ``--work`` and reused when present, so a rerun with
@@ -271,6 +272,8 @@ def evaluate_members(args, work, data, trained):
 # -- scoring on our universe, the foreign universe and the real-look galaxies -----------------
 
 BAND_LABELS = {"gri": "colour", "g": "g", "r": "r", "i": "i"}
+#: Bins of true inclination (deg) for the breakdowns of the ensemble and the reject member.
+INCLINATION_BINS = ((45, 55), (55, 65), (65, 75), (75, 91))
 
 
 def _read_truth(path):
@@ -369,6 +372,19 @@ def _auc(labels, scores):
     return roc_auc(labels, scores)
 
 
+def _inclination_bins(inclinations, rows=None):
+    """``(name, selection)`` for each bin of :data:`INCLINATION_BINS`: boolean masks over ``inclinations``.
+
+    Only galaxies within ``rows`` (a boolean mask) are selected when it is given.
+    """
+    import numpy as np
+
+    inclinations = np.asarray(inclinations, dtype=float)
+    within = np.ones(len(inclinations), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    for low, high in INCLINATION_BINS:
+        yield f"{low}-{min(high, 90)}", within & (inclinations >= low) & (inclinations < high)
+
+
 def score_universe(name, raw, sets, networks, manifest, calibrations, args):
     """Metrics of every member, the ensemble, the peer and the reject member on one labelled universe."""
     import numpy as np
@@ -394,6 +410,9 @@ def score_universe(name, raw, sets, networks, manifest, calibrations, args):
             entry[member] = _scores(predictions[member], truth[accepted])
         ensemble = np.mean(np.stack([predictions[m] for m in regression]), axis=0)
         entry["ensemble"] = _scores(ensemble, truth[accepted])
+        entry["ensemble_by_inclination"] = {
+            name: _scores(ensemble[rows], truth[accepted][rows]) for name, rows in _inclination_bins(truth[accepted])
+        }
         # Peer: raw images at full resolution with the known PSF, calibrated on our training galaxies.
         accepted_pgcs = pgcs[accepted].tolist()
         psf = np.array([_psf_pixels(truth_table[p], args.raw_size) for p in accepted_pgcs])
@@ -419,6 +438,11 @@ def score_universe(name, raw, sets, networks, manifest, calibrations, args):
                 "auc": _auc(binary_labels, reject) if 0 < binary_labels.sum() < len(binary_labels) else None,
                 "rejected_accepted": float((reject[binary_labels == 0] > 0.5).mean()),
                 "rejected_rejects": float((reject[binary_labels == 1] > 0.5).mean()) if binary_labels.any() else None,
+                # Where the accepted galaxies it rejects lie: near the face-on boundary (45 deg) or not.
+                "rejected_accepted_by_inclination": {
+                    name: {"n": int(rows.sum()), "rejected": float((reject[rows] > 0.5).mean()) if rows.any() else None}
+                    for name, rows in _inclination_bins(truth, accepted)
+                },
             }
         result["bands"][BAND_LABELS[band]] = entry
         logger.info(
