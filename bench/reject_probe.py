@@ -13,7 +13,9 @@ test-time views on
 
 The share of accepted galaxies rejected is also broken down by true inclination, to tell
 the face-on boundary (45 deg) from the rest. ``--labels j`` trains on the ``J`` causes alone
-(``F`` counted as accepted), ``--labels jf`` on the workflow's labels (``J`` or ``F``).
+(``F`` counted as accepted), ``--labels jf`` on the workflow's labels (``J`` or ``F``),
+``--labels j:CAUSE`` on one cause (``star``, ``multiple``, ``faint``, ``not_spiral``) against
+``A`` and ``F``, the other ``J`` galaxies left out.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
 shapes unchanged, the light profile's shape removed).
@@ -125,8 +127,24 @@ def cached(work, name, loader):
     return data
 
 
-def rejected_target(labels, scheme):
-    return labels == "J" if scheme == "j" else labels != "A"
+def causes_of(folder):
+    """The reject cause of every image :func:`load_universe` returns (its galaxy's, '' for none)."""
+    return np.repeat([row["cause"] for row in _truth(folder)], len(BANDS))
+
+
+def rejected_target(data, scheme):
+    """``(positive, used)``: which images count as rejects under ``scheme``, and which take part at all.
+
+    ``j``: ``J`` against ``A`` and ``F``; ``jf``: ``J`` or ``F`` against ``A``; ``j:CAUSE``:
+    the ``J`` galaxies of one cause against ``A`` and ``F`` (other ``J`` galaxies left out).
+    """
+    labels = data["labels"]
+    if scheme == "jf":
+        return labels != "A", np.ones(len(labels), dtype=bool)
+    if scheme == "j":
+        return labels == "J", np.ones(len(labels), dtype=bool)
+    positive = data["causes"] == scheme.split(":", 1)[1]
+    return positive, positive | (labels != "J")
 
 
 def roc_auc(positive, scores):
@@ -143,8 +161,9 @@ def train(data, scheme, epochs, seed, learning_rate):
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    images = data["images"]
-    target = rejected_target(data["labels"], scheme).astype(np.int64)
+    positive, used = rejected_target(data, scheme)
+    images = data["images"][used]
+    target = positive[used].astype(np.int64)
     share = target.mean()
     weights = np.where(target == 1, 0.5 / share, 0.5 / (1.0 - share)).astype(np.float32)
     model = build_model("model4", input_size=SIZE, task="binary")
@@ -174,10 +193,10 @@ def p_reject(model, images):
 
 def score_universe(model, data, scheme):
     scores = p_reject(model, data["images"])
-    positive = rejected_target(data["labels"], scheme)
+    positive, used = rejected_target(data, scheme)
     accepted = data["labels"] == "A"
     # J-only models are scored on J against A (F is neither what they learn nor accepted).
-    scored = np.ones(len(scores), dtype=bool) if scheme == "jf" else data["labels"] != "F"
+    scored = used if scheme == "jf" else used & (data["labels"] != "F")
     result = {"bands": {}, "accepted_rejected_by_inclination": {}}
     for band in BANDS:
         rows = data["bands"] == band
@@ -201,7 +220,12 @@ def parse_args(argv=None):
     parser.add_argument("--own", type=Path, required=True, help="another draw of our universe")
     parser.add_argument("--foreign", type=Path, required=True, help="bench/foreign_universe.py folder")
     parser.add_argument("--real", type=Path, help="folder of real cutouts (no labels)")
-    parser.add_argument("--labels", choices=("j", "jf"), default="jf")
+    parser.add_argument(
+        "--labels",
+        choices=("j", "jf", "j:star", "j:multiple", "j:faint", "j:not_spiral"),
+        default="jf",
+        help="rejects: J, J or F, or the J galaxies of one cause",
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=7)
@@ -221,6 +245,8 @@ def main(argv=None):
         name: cached(work, name, lambda folder=folder: load_universe(folder, args.remap_quantiles))
         for name, folder in (("train", args.train), ("own", args.own), ("foreign", args.foreign))
     }
+    for name, folder in (("train", args.train), ("own", args.own), ("foreign", args.foreign)):
+        sets[name]["causes"] = causes_of(folder)
     if args.real:
         sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
     normalised = time.time() - start
