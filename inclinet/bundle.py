@@ -24,6 +24,8 @@ BUNDLE_FORMAT_VERSION = 2
 MANIFEST = Path(naming.bundle_manifest()).name
 FAMILY_GROUPS = {"model4": "Group_0", "model5": "Group_1", "model6": "Group_2"}
 GROUP_ORDER = ("Group_0", "Group_1", "Group_2")
+#: Decimals of the reported rejection likelihoods (percent) and member spread (deg).
+REPORTED_DECIMALS = 2
 
 
 def summary(values):
@@ -223,11 +225,15 @@ class Bundle:
                     inclinations[group][name] = degrees
                     values.append(degrees)
             inclinations["summary"] = summary(values)
-            answer = {"inclinations": inclinations, "member_spread": float(spreads[index])}
+            # Float32 outputs can differ in their last place with the batch they ran in: rounding
+            # what is reported (like the degrees above) keeps answers independent of batching.
+            answer = {"inclinations": inclinations, "member_spread": round(float(spreads[index]), REPORTED_DECIMALS)}
             if peer_values is not None:
                 answer["peer"] = {"method": peer_values[0], "inclination": _rounded(peer_values[1][index])}
             if self.binary_members():
-                rejection = {name: float(100.0 * outputs[name][index]) for name in self.binary_members()}
+                rejection = {}
+                for name in self.binary_members():
+                    rejection[name] = round(float(100.0 * outputs[name][index]), REPORTED_DECIMALS)
                 rejection["summary"] = summary(list(rejection.values()))
                 answer["rejection_likelihood"] = rejection
             answers.append(answer)

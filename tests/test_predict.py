@@ -101,7 +101,8 @@ def test_prediction_equals_the_models_on_the_prepared_pixels(bundle, tmp_path):
     expected = float(np.round(models.target_to_inclination(mean[0, 0])))
     assert answer["inclinations"]["Group_0"]["model42"] == expected
     mean, _ = models.predict_views(loaded.network("model6-binary"), padded[None], 2)
-    assert answer["rejection_likelihood"]["model6-binary"] == pytest.approx(100 * mean[0, 1], rel=1e-5)
+    reported = answer["rejection_likelihood"]["model6-binary"]
+    assert reported == round(reported, 2) and reported == pytest.approx(100 * mean[0, 1], abs=0.01)  # to 0.01 %
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert written == [answer]
 
@@ -208,5 +209,5 @@ def test_rejection_likelihood_uses_the_members_temperature(bundle, reference_bun
     from inclinet.reliability import apply_temperature
 
     expected = 100 * apply_temperature(plain["model4-binary"] / 100, 2.0)
-    assert warmed["model4-binary"] == pytest.approx(float(expected), rel=1e-4)
-    assert warmed["model6-binary"] == pytest.approx(plain["model6-binary"], rel=1e-6)
+    assert warmed["model4-binary"] == pytest.approx(float(expected), abs=0.01)  # both reported to 0.01 %
+    assert warmed["model6-binary"] == pytest.approx(plain["model6-binary"], abs=0.01)

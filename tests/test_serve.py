@@ -315,8 +315,9 @@ def test_concurrent_requests_share_one_copy_of_the_models(client, served):
     assert loads == []
     assert all(a["status"] == "success" for a in answers)
     for index, answer in enumerate(answers):
-        # Batched with others, float32 arithmetic may differ in the 7th digit; never more.
-        assert flat(answer) == pytest.approx(flat(answers[index % 4]), rel=1e-5, abs=1e-4)
+        # Batched with others, float32 arithmetic may differ in the 7th digit; never more (the
+        # likelihoods are reported to 0.01 percent, so one may differ by that step).
+        assert flat(answer) == pytest.approx(flat(answers[index % 4]), rel=1e-5, abs=0.011)
     after = client.get("/api/health").json()
     assert after["answered"] - before["answered"] == 64
     assert after["batches"] - before["batches"] <= 64
