@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from inclinet import naming  # noqa: E402
+from inclinet import naming, normalise  # noqa: E402
 from inclinet.images import load_image  # noqa: E402
-from inclinet.normalise import TARGET_SIGMA, normalise_image  # noqa: E402
+from inclinet.io import atomic_path  # noqa: E402
 
 SIZE = 64
 BANDS = ("g", "r", "i", "gri")
@@ -61,14 +61,10 @@ REMAP_QUANTILES = (50.0, 75.0, 90.0, 97.0)
 REMAP_LEVELS = (18.0, 27.0, 75.0, 160.0)
 
 
-def _region():
-    yy, xx = np.indices((SIZE, SIZE))
-    return np.hypot(yy - (SIZE - 1) / 2, xx - (SIZE - 1) / 2) <= 3.0 * TARGET_SIGMA * SIZE
-
-
-def remap_quantiles(image, region):
-    """The ``--remap-quantiles`` experiment: a monotonic grey-level map fixing four quantiles of ``region``."""
-    quantiles = np.percentile(image.mean(axis=2)[region], REMAP_QUANTILES)
+def remap_quantiles(image):
+    """The ``--remap-quantiles`` experiment: a monotonic grey-level map fixing four quantiles of the galaxy region."""
+    # The normaliser's galaxy region: within 3 target sigmas of the centre.
+    quantiles = np.percentile(image.mean(axis=2)[normalise._output_grids(SIZE)], REMAP_QUANTILES)
     # Strictly increasing knots above the sky level (16), whatever the image.
     knots = np.maximum.accumulate(np.maximum(quantiles, 16.5) + np.arange(len(quantiles)) * 1e-3)
     xs = np.concatenate([[0.0, 16.0], knots, [255.0]])
@@ -82,21 +78,26 @@ def _truth(folder):
         return list(csv.DictReader(handle))
 
 
+def canonical(path, remap):
+    """The image at ``path`` as the models see it (and remapped with ``remap``)."""
+    image = normalise.normalise_image(load_image(path), SIZE)
+    return remap_quantiles(image) if remap else image
+
+
 def load_universe(folder, remap):
-    """Canonical images of every galaxy and band of an ``inclinet-synth``-layout folder, with labels."""
-    region = _region()
-    images, labels, inclinations, bands = [], [], [], []
+    """Canonical images of every galaxy and band of an ``inclinet-synth``-layout folder, with labels and causes."""
+    images, labels, causes, inclinations, bands = [], [], [], [], []
     for row in _truth(folder):
         for band in BANDS:
-            path = Path(folder) / naming.raw_image(int(row["pgc"]), band)
-            image = normalise_image(load_image(path), SIZE)
-            images.append(remap_quantiles(image, region) if remap else image)
+            images.append(canonical(Path(folder) / naming.raw_image(int(row["pgc"]), band), remap))
             labels.append(row["label"])
+            causes.append(row["cause"])
             inclinations.append(float(row["true_inc"] or "nan"))
             bands.append(band)
     return {
         "images": np.stack(images),
         "labels": np.array(labels),
+        "causes": np.array(causes),
         "inclinations": np.array(inclinations),
         "bands": np.array(bands),
     }
@@ -104,13 +105,11 @@ def load_universe(folder, remap):
 
 def load_real(folder, remap):
     """Canonical images of the real cutouts (every band file present) and their bands."""
-    region = _region()
     images, bands = [], []
     for band in BANDS:
         suffix = "_d25x2_rot_gri.sdss.jpg" if band == "gri" else f"_d25x2_rot_{band}.png"
         for path in sorted(Path(folder).glob(f"pgc*{suffix}")):
-            image = normalise_image(load_image(path), SIZE)
-            images.append(remap_quantiles(image, region) if remap else image)
+            images.append(canonical(path, remap))
             bands.append(band)
     return {"images": np.stack(images), "bands": np.array(bands)}
 
@@ -121,15 +120,9 @@ def cached(work, name, loader):
         with np.load(path) as stored:
             return {key: stored[key] for key in stored.files}
     data = loader()
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, **data)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        np.savez(temporary, **data)
     return data
-
-
-def causes_of(folder):
-    """The reject cause of every image :func:`load_universe` returns (its galaxy's, '' for none)."""
-    return np.repeat([row["cause"] for row in _truth(folder)], len(BANDS))
 
 
 def rejected_target(data, scheme):
@@ -245,8 +238,6 @@ def main(argv=None):
         name: cached(work, name, lambda folder=folder: load_universe(folder, args.remap_quantiles))
         for name, folder in (("train", args.train), ("own", args.own), ("foreign", args.foreign))
     }
-    for name, folder in (("train", args.train), ("own", args.own), ("foreign", args.foreign)):
-        sets[name]["causes"] = causes_of(folder)
     if args.real:
         sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
     normalised = time.time() - start

@@ -227,13 +227,11 @@ class Bundle:
             inclinations["summary"] = summary(values)
             # Float32 outputs can differ in their last place with the batch they ran in: rounding
             # what is reported (like the degrees above) keeps answers independent of batching.
-            answer = {"inclinations": inclinations, "member_spread": round(float(spreads[index]), REPORTED_DECIMALS)}
+            answer = {"inclinations": inclinations, "member_spread": _reported(spreads[index])}
             if peer_values is not None:
                 answer["peer"] = {"method": peer_values[0], "inclination": _rounded(peer_values[1][index])}
             if self.binary_members():
-                rejection = {}
-                for name in self.binary_members():
-                    rejection[name] = round(float(100.0 * outputs[name][index]), REPORTED_DECIMALS)
+                rejection = {name: _reported(100.0 * outputs[name][index]) for name in self.binary_members()}
                 rejection["summary"] = summary(list(rejection.values()))
                 answer["rejection_likelihood"] = rejection
             answers.append(answer)
@@ -253,6 +251,11 @@ class Bundle:
     def _run(self, name, images):
         mean, _ = inclinet_models.predict_views(self.network(name), images, self.views)
         return mean
+
+
+def _reported(value):
+    """A float32 model output as reported: rounded to :data:`REPORTED_DECIMALS`."""
+    return round(float(value), REPORTED_DECIMALS)
 
 
 def _rounded(value):

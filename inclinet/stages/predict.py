@@ -10,8 +10,8 @@ Prints one JSON object per image, as the original web API's ``/api/file`` answer
 Regression values are degrees rounded to integers (half to even, as ``np.round``), the
 binary values are P(reject) in percent to 0.01 (float32 outputs can differ in their last
 place with the batch they ran in; rounding keeps answers independent of it), after the
-member's calibration temperature from evaluation (:mod:`inclinet.reliability`); ``stdev`` is the population standard
-deviation. Groups (and ``rejection_likelihood``) appear only for members in the bundle.
+member's calibration temperature from evaluation (:mod:`inclinet.reliability`); ``stdev`` is
+the population standard deviation. Groups (and ``rejection_likelihood``) appear only for members in the bundle.
 Beyond the original's keys every answer carries ``member_spread`` (standard deviation of the
 regression members, deg), ``peer`` (``{"method", "inclination"}``: the bundle's calibrated
 classical axial-ratio measurement of the same normalised image), ``out_of_distribution``
