@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the main job end to end on the embedded default: a few hundred synthetic galaxies
+# Run the main job end to end on the embedded default: 1,500 synthetic galaxies
 # through the whole workflow on the local engine. Extra arguments go to run_workflow.py.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
