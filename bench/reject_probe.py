@@ -16,6 +16,9 @@ the face-on boundary (45 deg) from the rest. ``--labels j`` trains on the ``J`` 
 (``F`` counted as accepted), ``--labels jf`` on the workflow's labels (``J`` or ``F``),
 ``--labels j:CAUSE`` on one cause (``star``, ``multiple``, ``faint``, ``not_spiral``) against
 ``A`` and ``F``, the other ``J`` galaxies left out.
+``--stretch-augment G`` is another: every training image gets its own random grey-level
+curve after normalisation (levels above the sky raised to a power drawn log-uniformly in
+[1/G, G]), so that the light profile the stretch leaves is no cue to the label.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
 shapes unchanged, the light profile's shape removed).
@@ -147,7 +150,18 @@ def roc_auc(positive, scores):
     return auc(positive.astype(int), scores)
 
 
-def train(data, scheme, epochs, seed, learning_rate):
+def stretch_batch(batch, rng, spread):
+    """``--stretch-augment``: a random power curve per image on the levels above the sky."""
+    sky = normalise.SKY_LEVEL
+    levels = np.clip((np.arange(256, dtype=np.float64) - sky) / (255.0 - sky), 0.0, 1.0)
+    out = np.empty_like(batch)
+    for row, power in enumerate(np.exp(rng.uniform(-np.log(spread), np.log(spread), len(batch)))):
+        table = np.where(np.arange(256) <= sky, np.arange(256), sky + (255.0 - sky) * levels**power)
+        out[row] = np.rint(table).astype(np.uint8)[batch[row]]
+    return out
+
+
+def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None):
     import keras
 
     from inclinet.models import build_model, scale_pixels
@@ -171,6 +185,8 @@ def train(data, scheme, epochs, seed, learning_rate):
             batch = np.rot90(images[rows], k=int(rng.integers(4)), axes=(1, 2))
             if rng.integers(2):
                 batch = batch[:, :, ::-1]
+            if stretch_spread:
+                batch = stretch_batch(batch, rng, stretch_spread)
             losses.append(float(model.train_on_batch(scale_pixels(batch), target[rows], sample_weight=weights[rows])))
         seconds = round(time.time() - start, 1)
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
@@ -223,6 +239,9 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--remap-quantiles", action="store_true")
+    parser.add_argument(
+        "--stretch-augment", type=float, metavar="G", help="random power curve per training image, in [1/G, G]"
+    )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
@@ -241,13 +260,14 @@ def main(argv=None):
     if args.real:
         sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
     normalised = time.time() - start
-    model, history = train(sets["train"], args.labels, args.epochs, args.seed, args.learning_rate)
+    model, history = train(sets["train"], args.labels, args.epochs, args.seed, args.learning_rate, args.stretch_augment)
     result = {
         "variant": variant,
         "labels": args.labels,
         "epochs": args.epochs,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
+        "stretch_augment": args.stretch_augment,
         "n_train_images": int(len(sets["train"]["images"])),
         "normalise_seconds": round(normalised, 1),
         "history": history,
