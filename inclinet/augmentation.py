@@ -171,18 +171,25 @@ def _augment_image(image, rng, params, colour):
         # Reflecting border, as scipy.ndimage's default; the kernel reaches 4 sigma.
         image = cv2.GaussianBlur(image, (0, 0), blur_sigma, borderType=cv2.BORDER_REFLECT).reshape(image.shape)
     image = _gamma(image, np.float32(gamma))
-    image = image * contrast + offsets
+    image *= contrast
+    image += offsets
     if noise_sigma > 0:
         noise_shape = image.shape if per_channel else image.shape[:2] + (1,)
         image += rng.standard_normal(noise_shape, dtype=np.float32) * np.float32(noise_sigma)
     if desaturate > 0:
         gray = image.mean(axis=-1, keepdims=True)
         image = np.float32(1.0 - desaturate) * image + np.float32(desaturate) * gray
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    np.rint(image, out=image)
+    return np.clip(image, 0, 255, out=image).astype(np.uint8)
 
 
 def _gamma(values, gamma):
-    return 255.0 * np.power(np.clip(values, 0.0, 255.0) / np.float32(255.0), gamma)
+    """``255 (clip(values, 0, 255) / 255) ** gamma``, in place on the float32 array ``values``."""
+    np.clip(values, 0.0, 255.0, out=values)
+    np.divide(values, np.float32(255.0), out=values)
+    np.power(values, gamma, out=values)
+    np.multiply(values, np.float32(255.0), out=values)
+    return values
 
 
 def _check_images(images):
