@@ -25,13 +25,15 @@ Usage::
         [--batch-sizes 16 32 64] [--schedules constant cosine] [--epochs 8] \\
         [--targets 6 5 4] [--out bench/results/time_to_accuracy.json]
 
-Prints a Markdown table; ``--out`` writes every curve as JSON.
+Prints a Markdown table; ``--out`` writes every curve as JSON. The prepared data under
+``--work`` are reused; the trained members of a setting are not (each run trains anew).
 """
 
 import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,7 +82,10 @@ def train_setting(args, work, data, test, batch_size, schedule):
 
     images, _, _ = test
     folder = work / "settings" / f"b{batch_size}-{schedule}"
-    folder.mkdir(parents=True, exist_ok=True)
+    # Every epoch must be trained (and scored) again: a checkpoint left by an earlier run
+    # would resume past the epochs whose predictions the curve needs.
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     curves = []
     for model, subset in args.members:
         seconds, predictions = [], []
