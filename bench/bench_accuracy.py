@@ -176,30 +176,40 @@ def prepare_data(args, work):
     return {"batches": batches, "tests": tests, "binary_tests": binary_tests, "timings": timings}
 
 
-def train_members(args, work, data):
+def train_member(args, folder, data, model, subset, *, batch_size, lr_schedule, epoch_end=None):
+    """Train one member (``subset`` "binary": the reject member) with the training stage into ``folder``.
+
+    Epochs, learning rate and seed come from ``args``; returns the stage's metrics.
+    """
     from inclinet.stages import train
 
+    task = "binary" if subset == "binary" else "regression"
+    stem = Path(folder) / naming.model_stem(model, subset)
+    return train.run(
+        model=model,
+        task=task,
+        train=data["batches"][subset],
+        validation=data["binary_tests"] if task == "binary" else data["tests"],
+        output=Path(folder) / naming.trained_model(model, subset),
+        checkpoint=Path(folder) / naming.training_checkpoint(model, subset),
+        metrics=f"{stem}.metrics.json",
+        plot=f"{stem}.metrics.png",
+        epochs=args.epochs,
+        batch_size=batch_size,
+        learning_rate=args.learning_rate,
+        lr_schedule=lr_schedule,
+        seed=args.seed,
+        epoch_end=epoch_end,
+    )
+
+
+def train_members(args, work, data):
     results, timings = {}, {}
     members = list(args.members) + ([(args.binary_model, "binary")] if args.binary_model else [])
     for model, subset in members:
-        stem = f"{work}/{naming.model_stem(model, subset)}"
-        output = Path(naming.trained_model(model, subset))
         start = time.perf_counter()
-        task = "binary" if subset == "binary" else "regression"
-        metrics = train.run(
-            model=model,
-            task=task,
-            train=data["batches"][subset],
-            validation=data["binary_tests"] if task == "binary" else data["tests"],
-            output=work / output,
-            checkpoint=work / naming.training_checkpoint(model, subset),
-            metrics=f"{stem}.metrics.json",
-            plot=f"{stem}.metrics.png",
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            lr_schedule=args.lr_schedule,
-            seed=args.seed,
+        metrics = train_member(
+            args, work, data, model, subset, batch_size=args.batch_size, lr_schedule=args.lr_schedule
         )
         name = naming.member_name(model, subset)
         timings[name] = time.perf_counter() - start
@@ -208,7 +218,7 @@ def train_members(args, work, data):
             "images_per_epoch": metrics["train_images_per_epoch"],
             "images_per_second": metrics["images_per_second"],
             "final_val_mae_deg": metrics["history"][-1].get("val_mae_deg"),
-            "path": str(work / output),
+            "path": str(work / naming.trained_model(model, subset)),
         }
     return results, timings
 

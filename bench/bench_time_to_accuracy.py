@@ -77,8 +77,9 @@ def ensemble_scores(predictions, truth, pgcs):
 
 def train_setting(args, work, data, test, batch_size, schedule):
     """Train every member at one setting; returns per-member per-epoch seconds and predictions."""
+    from bench_accuracy import train_member
+
     from inclinet import models
-    from inclinet.stages import train
 
     images, _, _ = test
     folder = work / "settings" / f"b{batch_size}-{schedule}"
@@ -95,23 +96,8 @@ def train_setting(args, work, data, test, batch_size, schedule):
             mean, _ = models.predict_views(net, images, 1)
             predictions.append(models.target_to_inclination(mean[:, 0]))
 
-        stem = folder / naming.model_stem(model, subset)
-        checkpoint = folder / naming.training_checkpoint(model, subset)
-        train.run(
-            model=model,
-            task="regression",
-            train=data["batches"][subset],
-            validation=data["tests"],
-            output=folder / naming.trained_model(model, subset),
-            checkpoint=checkpoint,
-            metrics=f"{stem}.metrics.json",
-            plot=f"{stem}.metrics.png",
-            epochs=args.epochs,
-            batch_size=batch_size,
-            learning_rate=args.learning_rate,
-            lr_schedule=schedule,
-            seed=args.seed,
-            epoch_end=epoch_end,
+        train_member(
+            args, folder, data, model, subset, batch_size=batch_size, lr_schedule=schedule, epoch_end=epoch_end
         )
         curves.append({"member": naming.member_name(model, subset), "seconds": seconds, "predictions": predictions})
     return curves
