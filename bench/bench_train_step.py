@@ -88,7 +88,7 @@ def tf_keras_model(keras, name, size):
         elif kind == "pool":
             x = keras.layers.MaxPooling2D(pool_size=arg, strides=arg)(x)
         elif kind == "dropout":
-            x = keras.layers.Dropout(arg)(x)
+            x = keras.layers.Dropout(models.DROPOUT)(x)
         else:
             x = keras.layers.BatchNormalization(axis=-1)(x)
     x = keras.layers.Flatten()(x)

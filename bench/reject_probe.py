@@ -19,6 +19,11 @@ the face-on boundary (45 deg) from the rest. ``--labels j`` trains on the ``J`` 
 ``--stretch-augment G`` is another: every training image gets its own random grey-level
 curve after normalisation (levels above the sky raised to a power drawn log-uniformly in
 [1/G, G]), so that the light profile the stretch leaves is no cue to the label.
+Several ``--seed`` values train one member per seed and score their mean P(reject) (a deep
+ensemble, the usual remedy for over-confidence on shifted data); each member's own
+rejection rates are reported beside the ensemble's.
+``--augment`` trains on the workflow's augmentation instead (the colour or gray chain of
+``inclinet.augmentation`` per image, re-normalised, as the binary batches of a run).
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
 shapes unchanged, the light profile's shape removed).
@@ -52,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from inclinet import naming, normalise  # noqa: E402
+from inclinet import augmentation, naming, normalise  # noqa: E402
 from inclinet.images import load_image  # noqa: E402
 from inclinet.io import atomic_path  # noqa: E402
 
@@ -161,7 +166,7 @@ def stretch_batch(batch, rng, spread):
     return out
 
 
-def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None):
+def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augment=False):
     import keras
 
     from inclinet.models import build_model, scale_pixels
@@ -170,6 +175,7 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None):
     rng = np.random.default_rng(seed)
     positive, used = rejected_target(data, scheme)
     images = data["images"][used]
+    bands = data["bands"][used]
     target = positive[used].astype(np.int64)
     share = target.mean()
     weights = np.where(target == 1, 0.5 / share, 0.5 / (1.0 - share)).astype(np.float32)
@@ -187,6 +193,10 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None):
                 batch = batch[:, :, ::-1]
             if stretch_spread:
                 batch = stretch_batch(batch, rng, stretch_spread)
+            if augment:
+                # The workflow's chains (colour or gray by band) and re-normalisation.
+                codes = ["c" if band == "gri" else band for band in bands[rows]]
+                batch = augmentation.augment_batch(np.ascontiguousarray(batch), codes, rng)
             losses.append(float(model.train_on_batch(scale_pixels(batch), target[rows], sample_weight=weights[rows])))
         seconds = round(time.time() - start, 1)
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
@@ -194,14 +204,16 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None):
     return model, history
 
 
-def p_reject(model, images):
+def p_reject(models, images):
+    """Mean P(reject) of ``models`` (one or several members), four views each."""
     from inclinet.models import predict_views
 
-    return predict_views(model, images, 4)[0][:, 1]
+    return np.mean([predict_views(model, images, 4)[0][:, 1] for model in models], axis=0)
 
 
-def score_universe(model, data, scheme):
-    scores = p_reject(model, data["images"])
+def score_universe(models, data, scheme, scores=None):
+    if scores is None:
+        scores = p_reject(models, data["images"])
     positive, used = rejected_target(data, scheme)
     accepted = data["labels"] == "A"
     # J-only models are scored on J against A (F is neither what they learn nor accepted).
@@ -237,10 +249,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[7], help="one member per seed; several: their mean P(reject)"
+    )
     parser.add_argument("--remap-quantiles", action="store_true")
     parser.add_argument(
         "--stretch-augment", type=float, metavar="G", help="random power curve per training image, in [1/G, G]"
+    )
+    parser.add_argument(
+        "--augment", action="store_true", help="the workflow's augmentation chains on every training batch"
     )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)
@@ -260,22 +277,31 @@ def main(argv=None):
     if args.real:
         sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
     normalised = time.time() - start
-    model, history = train(sets["train"], args.labels, args.epochs, args.seed, args.learning_rate, args.stretch_augment)
+    models, histories = [], []
+    for seed in args.seed:
+        model, history = train(
+            sets["train"], args.labels, args.epochs, seed, args.learning_rate, args.stretch_augment, args.augment
+        )
+        models.append(model)
+        histories.append(history)
     result = {
         "variant": variant,
         "labels": args.labels,
         "epochs": args.epochs,
         "learning_rate": args.learning_rate,
-        "seed": args.seed,
+        "seed": args.seed[0] if len(args.seed) == 1 else args.seed,
         "stretch_augment": args.stretch_augment,
+        "augment": args.augment,
         "n_train_images": int(len(sets["train"]["images"])),
         "normalise_seconds": round(normalised, 1),
-        "history": history,
-        "own": score_universe(model, sets["own"], args.labels),
-        "foreign": score_universe(model, sets["foreign"], args.labels),
+        "history": histories[0] if len(models) == 1 else histories,
     }
+    names = ["own", "foreign"] + (["real"] if args.real else [])
+    member_scores = {name: [p_reject([model], sets[name]["images"]) for model in models] for name in names}
+    for name in ("own", "foreign"):
+        result[name] = score_universe(models, sets[name], args.labels, np.mean(member_scores[name], axis=0))
     if args.real:
-        scores = p_reject(model, sets["real"]["images"])
+        scores = np.mean(member_scores["real"], axis=0)
         result["real"] = {
             band: {
                 "rejected": int((scores[sets["real"]["bands"] == band] > 0.5).sum()),
@@ -283,6 +309,18 @@ def main(argv=None):
             }
             for band in BANDS
         }
+    if len(models) > 1:
+        result["members"] = [
+            {
+                "seed": seed,
+                **{
+                    name: score_universe([model], sets[name], args.labels, member_scores[name][k])["bands"]
+                    for name in ("own", "foreign")
+                },
+                **({"real_rejected": int((member_scores["real"][k] > 0.5).sum())} if args.real else {}),
+            }
+            for k, (seed, model) in enumerate(zip(args.seed, models))
+        ]
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -184,10 +184,18 @@ def _augment_image(image, rng, params, colour):
 
 
 def _gamma(values, gamma):
-    """``255 (clip(values, 0, 255) / 255) ** gamma``, in place on the float32 array ``values``."""
+    """``255 (clip(values, 0, 255) / 255) ** gamma``, in place on the float32 array ``values``.
+
+    As ``exp(gamma log(v))``: NumPy's vectorised single-precision log and exp take less than
+    half the time of its ``power``, and agree with it to about 1e-7 of full scale (a level
+    within ~3e-5 of a half can round the other way).
+    """
     np.clip(values, 0.0, 255.0, out=values)
-    np.divide(values, np.float32(255.0), out=values)
-    np.power(values, gamma, out=values)
+    np.multiply(values, np.float32(1.0 / 255.0), out=values)
+    with np.errstate(divide="ignore"):  # log(0) = -inf, and exp(-inf) = 0 = 0 ** gamma
+        np.log(values, out=values)
+    np.multiply(values, gamma, out=values)
+    np.exp(values, out=values)
     np.multiply(values, np.float32(255.0), out=values)
     return values
 

@@ -214,9 +214,12 @@ def _robust_sigma(values):
 
 
 def _robust_sigmas(planes, where):
-    """:func:`_robust_sigma` of every plane of ``planes`` (C, H, W) over the pixels ``where``."""
+    """:func:`_robust_sigma` of every plane of ``planes`` (C, H, W) over the pixels ``where``, in their precision."""
     values = planes[:, where]
-    return _robust_sigma_rows(values) if values.shape[1] else np.zeros(len(planes))
+    if not values.shape[1]:
+        return np.zeros(len(planes))
+    deviations = np.abs(values - _medians(values)[:, None])
+    return 1.4826 * _medians(deviations).astype(np.float64)
 
 
 def _plane_through(x, y, values):
@@ -459,19 +462,23 @@ def _photometry(outs, covered, noise, gray, images, size):
     threshold = (DETECTION_SIGMA * out_noise / 3.5).astype(np.float32)
     galaxy = region & (_smoothed(luminance, 1.0, "reflect") > threshold[:, None, None])
     galaxy[galaxy.sum(axis=(1, 2)) < 4] = region
-    peaks = np.empty(outs.shape[:2])
+    # Single precision from here (the resampled planes are float32): every step is a
+    # selection or a pointwise map, so the output levels are those of a float64 computation
+    # up to rounding (a value within ~1e-5 of a half level can tip by one).
+    peaks = np.empty(outs.shape[:2], dtype=np.float32)
     for row in range(count):
         if gray or outs.shape[1] == 1:
             peaks[row] = max(float(_percentile_99(luminance[row][galaxy[row]])), 1e-3)
         else:
-            peaks[row] = np.maximum(_percentile_99(outs[row][:, galaxy[row]]).astype(np.float64), 1e-3)
-    scaled = outs / peaks[:, :, None, None]
-    mean_scaled = scaled.mean(axis=1)
+            peaks[row] = np.maximum(_percentile_99(outs[row][:, galaxy[row]]), np.float32(1e-3))
+    levels = np.divide(outs, peaks[:, :, None, None], out=outs if outs.flags.writeable else None)
+    mean_scaled = levels.mean(axis=1)
     median_levels = [float(_median(mean_scaled[row][galaxy[row]])) for row in range(count)]
-    levels = scaled  # in place
+    span, sky_level = np.float32(GALAXY_LEVEL - SKY_LEVEL), np.float32(SKY_LEVEL)
     for row in range(count):
-        np.multiply(_stretch(scaled[row], median_levels[row]), GALAXY_LEVEL - SKY_LEVEL, out=levels[row])
-        levels[row] += SKY_LEVEL
+        stretched = _stretch(levels[row], median_levels[row])
+        np.multiply(stretched, span, out=levels[row])
+        levels[row] += sky_level
         rng = np.random.default_rng(zlib.crc32(images[row].tobytes()) ^ (size << 20))
         sky = sky_pixels[row] if sky_counts[row] else ~region
         channel_noise = _robust_sigmas(levels[row], sky)
@@ -479,15 +486,17 @@ def _photometry(outs, covered, noise, gray, images, size):
             # Outside the source frame (or in its fill): sky with the image's own noise, not a flat frame.
             missing = ~covered[row]
             draws = rng.normal(0.0, 1.0, size=(len(levels[row]), int(missing.sum()))).astype(np.float32)
-            levels[row][:, missing] = SKY_LEVEL + draws * channel_noise[:, None]
+            levels[row][:, missing] = sky_level + draws * channel_noise[:, None].astype(np.float32)
         levels_noise = float(np.mean(channel_noise))
         if levels_noise < NOISE_FLOOR:
             extra = math.sqrt(NOISE_FLOOR**2 - levels_noise**2)
             levels[row] += rng.normal(0.0, extra, size=(len(levels[row]), size, size)).astype(np.float32)
     np.rint(levels, out=levels)
-    result = np.clip(levels, 0, 255, out=levels).astype(np.uint8)
-    result = np.repeat(result, 3, axis=1) if gray else result
-    return np.ascontiguousarray(np.moveaxis(result, 1, -1)), median_levels
+    np.clip(levels, 0, 255, out=levels)
+    result = np.empty((count, size, size, 3), dtype=np.uint8)
+    # Channels last; a gray image's one plane goes to all three.
+    result[...] = np.moveaxis(levels, 1, -1)
+    return result, median_levels
 
 
 def normalise_image(image, size, *, with_info=False):
