@@ -169,6 +169,7 @@ def prepare_data(args, work):
                 n_batches=args.n_batches,
                 per_bin=args.per_bin * 9 // 2,
                 seed=args.seed,
+                binary_views=args.binary_views,
             )
         timings["augment binary"] = time.perf_counter() - start
     tests = [work / naming.sample(args.size, band, "test", 0) for band in naming.BANDS]
@@ -196,7 +197,7 @@ def train_member(args, folder, data, model, subset, *, batch_size, lr_schedule, 
         plot=f"{stem}.metrics.png",
         epochs=args.epochs,
         batch_size=batch_size,
-        learning_rate=args.learning_rate,
+        learning_rate=args.binary_learning_rate if task == "binary" else args.learning_rate,
         lr_schedule=lr_schedule,
         seed=args.seed,
         epoch_end=epoch_end,
@@ -677,6 +678,18 @@ def main(argv=None):
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--binary-model", default="model4", help="reject member's model ('' for none)")
+    parser.add_argument(
+        "--binary-views",
+        choices=("dihedral", "chain"),
+        default="dihedral",
+        help="how the reject member's batches vary the images (inclinet-augment --binary-views)",
+    )
+    parser.add_argument(
+        "--binary-learning-rate",
+        type=float,
+        default=None,
+        help="the reject member's learning rate (default: --learning-rate, as the presets were measured)",
+    )
     parser.add_argument("--n-foreign", type=int, default=500, help="galaxies of the foreign universe (0: none)")
     parser.add_argument(
         "--n-peer-train", type=int, default=600, help="labelled training galaxies the classical peer is calibrated on"
@@ -685,6 +698,8 @@ def main(argv=None):
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--stop-after", choices=["data", "train"], default=None)
     args = parser.parse_args(argv)
+    if args.binary_learning_rate is None:
+        args.binary_learning_rate = args.learning_rate
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work

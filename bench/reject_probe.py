@@ -22,8 +22,15 @@ curve after normalisation (levels above the sky raised to a power drawn log-unif
 Several ``--seed`` values train one member per seed and score their mean P(reject) (a deep
 ensemble, the usual remedy for over-confidence on shifted data); each member's own
 rejection rates are reported beside the ensemble's.
-``--augment`` trains on the workflow's augmentation instead (the colour or gray chain of
-``inclinet.augmentation`` per image, re-normalised, as the binary batches of a run).
+``--augment full`` trains on the workflow's augmentation instead (the colour or gray chain of
+``inclinet.augmentation`` per image, re-normalised, as the binary batches of a run);
+``--augment geometry`` and ``--augment photometry`` keep only the chains' geometric steps
+(rotation, flips, shift, scale) or photometric ones (gamma, contrast, offset, noise, blur,
+desaturation), each view re-normalised as in a run; ``--augment renormalise`` keeps none of
+them (every training image normalised a second time, nothing else).
+``--texture-augment BLUR NOISE`` blurs each training image by a Gaussian of sigma drawn in
+[0, BLUR] px and adds white noise of sigma drawn in [0, NOISE] grey levels (no resampling,
+no re-normalisation), so that pixel texture is no cue to the label.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
 shapes unchanged, the light profile's shape removed).
@@ -166,7 +173,47 @@ def stretch_batch(batch, rng, spread):
     return out
 
 
-def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augment=False):
+#: ``--augment`` variants: the workflow's chains, or only their geometric or photometric steps.
+_GEOMETRY_OFF = {"rotation_degrees": 0.0, "flip_probability": 0.0, "max_shift": 0.0, "scale_range": (1.0, 1.0)}
+_PHOTOMETRY_OFF = {
+    "gamma_range": (1.0, 1.0),
+    "contrast_range": (1.0, 1.0),
+    "offset_range": (0, 0),
+    "noise_max": 0.0,
+    "blur_probability": 0.0,
+    "desaturate_probability": 0.0,
+}
+AUGMENT_PARTS = {
+    "full": {},
+    "geometry": _PHOTOMETRY_OFF,
+    "photometry": _GEOMETRY_OFF,
+    "renormalise": {**_GEOMETRY_OFF, **_PHOTOMETRY_OFF},
+}
+
+
+def _chains(part):
+    from dataclasses import replace
+
+    changes = AUGMENT_PARTS[part]
+    return replace(augmentation.COLOUR_CHAIN, **changes), replace(augmentation.GRAY_CHAIN, **changes)
+
+
+def texture_batch(batch, rng, max_blur, max_noise):
+    """``--texture-augment``: per image a Gaussian blur (sigma U[0, max_blur] px) and white noise (U[0, max_noise])."""
+    import cv2
+
+    out = np.empty_like(batch)
+    for row, image in enumerate(batch):
+        sigma, noise = rng.uniform(0.0, max_blur), rng.uniform(0.0, max_noise)
+        values = image.astype(np.float32)
+        if sigma > 0.05:
+            values = cv2.GaussianBlur(values, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(values.shape)
+        values += rng.standard_normal(values.shape[:2] + (1,), dtype=np.float32) * np.float32(noise)
+        out[row] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return out
+
+
+def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augment=None, texture=None):
     import keras
 
     from inclinet.models import build_model, scale_pixels
@@ -193,10 +240,15 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augmen
                 batch = batch[:, :, ::-1]
             if stretch_spread:
                 batch = stretch_batch(batch, rng, stretch_spread)
+            if texture:
+                batch = texture_batch(batch, rng, *texture)
             if augment:
                 # The workflow's chains (colour or gray by band) and re-normalisation.
                 codes = ["c" if band == "gri" else band for band in bands[rows]]
-                batch = augmentation.augment_batch(np.ascontiguousarray(batch), codes, rng)
+                colour_chain, gray_chain = _chains(augment)
+                batch = augmentation.augment_batch(
+                    np.ascontiguousarray(batch), codes, rng, colour_params=colour_chain, gray_params=gray_chain
+                )
             losses.append(float(model.train_on_batch(scale_pixels(batch), target[rows], sample_weight=weights[rows])))
         seconds = round(time.time() - start, 1)
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
@@ -257,7 +309,17 @@ def parse_args(argv=None):
         "--stretch-augment", type=float, metavar="G", help="random power curve per training image, in [1/G, G]"
     )
     parser.add_argument(
-        "--augment", action="store_true", help="the workflow's augmentation chains on every training batch"
+        "--augment",
+        choices=sorted(AUGMENT_PARTS),
+        help="the workflow's augmentation chains on every training batch: all of them, or their geometric or "
+        "photometric steps alone",
+    )
+    parser.add_argument(
+        "--texture-augment",
+        nargs=2,
+        type=float,
+        metavar=("BLUR", "NOISE"),
+        help="per training image a Gaussian blur of sigma U[0, BLUR] px and noise of sigma U[0, NOISE] levels",
     )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)
@@ -280,7 +342,14 @@ def main(argv=None):
     models, histories = [], []
     for seed in args.seed:
         model, history = train(
-            sets["train"], args.labels, args.epochs, seed, args.learning_rate, args.stretch_augment, args.augment
+            sets["train"],
+            args.labels,
+            args.epochs,
+            seed,
+            args.learning_rate,
+            args.stretch_augment,
+            args.augment,
+            args.texture_augment,
         )
         models.append(model)
         histories.append(history)
@@ -292,6 +361,7 @@ def main(argv=None):
         "seed": args.seed[0] if len(args.seed) == 1 else args.seed,
         "stretch_augment": args.stretch_augment,
         "augment": args.augment,
+        "texture_augment": args.texture_augment,
         "n_train_images": int(len(sets["train"]["images"])),
         "normalise_seconds": round(normalised, 1),
         "history": histories[0] if len(models) == 1 else histories,

@@ -11,7 +11,13 @@ blur and (colour only) partial desaturation. Geometry is applied first, then pho
 original drew a random order per image). Every augmented image then goes through the
 canonical normalisation (:func:`inclinet.normalise.normalise_image`; for many views at once,
 :func:`inclinet.normalise.normalise_batch`, the same outputs), exactly as prep and predict do,
-so what the models train on is what they are later shown. The normalisation unifies polarity
+so what the models train on is what they are later shown.
+
+The chain and the second normalisation smooth the pixel texture (each resamples: in the
+workflow's 64-px views the Laplacian variance falls to about 0.4 of a canonical image's, the
+sky noise staying the same), so a classifier trained on such views reads the sharper
+canonical images it is shown later as something else. :func:`dihedral_views` is the
+augmentation without resampling (the reject members' batches use it). The normalisation unifies polarity
 (galaxies bright on a dark sky), so the original's inversion of half the gray images is gone:
 it would be undone.
 
@@ -222,6 +228,23 @@ def augment_colour(images, rng, *, params=COLOUR_CHAIN):
     out = np.empty_like(images, dtype=np.uint8)
     for index, image in enumerate(images):
         out[index] = _augment_image(image.astype(np.float32), rng, params, colour=True)
+    return out
+
+
+def dihedral_views(images, rng, *, out=None):
+    """Each image ``uint8 (N, S, S, 3)`` turned by a random multiple of 90 degrees and flipped with probability 1/2.
+
+    The eight symmetries of the pixel grid move pixels without resampling, so a canonical
+    image stays canonical bit for bit (no re-normalisation, the texture unchanged). Two draws
+    per row, in row order. ``out`` (may be ``images``) receives the result.
+    """
+    images = _check_images(images)
+    if out is None:
+        out = np.empty_like(images, dtype=np.uint8)
+    for index in range(len(images)):
+        turns, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+        view = np.rot90(images[index], turns)
+        out[index] = view[:, ::-1] if flip else view
     return out
 
 

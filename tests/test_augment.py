@@ -106,6 +106,29 @@ def test_binary_task_balances_classes(tmp_path):
     for is_colour in (True, False):
         assert np.bincount(batch["labels"][colour == is_colour], minlength=2).tolist() == [6, 6]
     assert set(batch["filter"].astype(str)) == {"c", "r"}
+    # Dihedral views (the default): every image is its sample row turned and flipped, pixel for pixel.
+    sources = {
+        code: dict(zip(np.load(path)["pgcIDs"].tolist(), np.load(path)["images"]))
+        for code, path in (("c", paths[0]), ("r", paths[1]))
+    }
+
+    def symmetries(image):
+        turns = [np.rot90(image, k) for k in range(4)]
+        return turns + [turn[:, ::-1] for turn in turns]
+
+    def is_dihedral_view(image, code, pgc):
+        return any(np.array_equal(image, view) for view in symmetries(sources[code][pgc]))
+
+    rows = list(zip(batch["images"], batch["filter"].astype(str), batch["pgcIDs"].tolist()))
+    assert all(is_dihedral_view(*row) for row in rows)
+    # Not all the identity: the views are drawn.
+    assert not all(np.array_equal(image, sources[code][pgc]) for image, code, pgc in rows)
+    chained = tmp_path / "Binary_chain_npz"
+    args = ["-i", *map(str, paths), "-o", str(chained), "-s", str(SIZE), "--task", "binary", "-b", "1", "-z", "6"]
+    assert augment.main([*args, "--binary-views", "chain", "-q"]) == 0
+    chain_batch = _batches(chained, 1)[0]
+    rows = zip(chain_batch["images"], chain_batch["filter"].astype(str), chain_batch["pgcIDs"].tolist())
+    assert not any(is_dihedral_view(*row) for row in rows)
 
 
 def _elongated(colour=False):

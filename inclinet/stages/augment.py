@@ -2,8 +2,10 @@
 
 Regression: nine 5-degree inclination bins ([45, 50], (50, 55], ..., (85, 90]), each
 filled in every batch with ``per_bin`` colour and ``per_bin`` grayscale images (the gray
-band g, r or i drawn with equal probability). Binary:
-the same with the two classes accept (0) and reject (1) in place of the bins. Galaxies of
+band g, r or i drawn with equal probability), each image through the augmentation chain and
+the canonical normalisation. Binary: the same with the two classes accept (0) and reject (1)
+in place of the bins, each image turned by a random multiple of 90 degrees and flipped
+(``--binary-views dihedral``, no resampling; ``chain`` for the regression's). Galaxies of
 a bin are used in turn (a fresh permutation each pass), so all are used about equally.
 Each batch is seeded by ``derive_seed(seed, subset, batch)``: batches are independent and
 memory holds one batch, whatever the number of galaxies or batches.
@@ -22,7 +24,7 @@ import numpy as np
 
 from inclinet import config, naming
 from inclinet._helpers import rng_for
-from inclinet.augmentation import augment_batch
+from inclinet.augmentation import augment_batch, dihedral_views
 from inclinet.cli import add_common_arguments, run_main
 from inclinet.errors import InputError, invalid
 from inclinet.io import check_outputs
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 BIN_EDGES = tuple(range(45, 95, 5))  # 45, 50, ..., 90: nine bins
 N_BINS = len(BIN_EDGES) - 1
 BINARY_CLASSES = (0, 1)
+#: How the binary task's images are varied (``--binary-views``); the first is the default.
+BINARY_VIEWS = ("dihedral", "chain")
 
 
 def inclination_bin(inclination):
@@ -120,6 +124,7 @@ def run(
     aug_scale=config.DEFAULTS.aug_scale,
     aug_noise=config.DEFAULTS.aug_noise,
     hpo_params=None,
+    binary_views="dihedral",
 ):
     """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
 
@@ -128,7 +133,10 @@ def run(
     report (default ``<output_dir>.report.csv``), as are galaxies missing from some band.
     ``aug_scale`` and ``aug_noise`` scale the chains' scale range and noise level
     (:func:`inclinet.hpo.chain_parameters`); ``hpo_params``, the best-parameters file of a
-    hyper-parameter search, replaces both with the search's values.
+    hyper-parameter search, replaces both with the search's values. ``binary_views``: how the
+    binary task's images are varied, ``dihedral`` (the default: a random turn by a multiple
+    of 90 degrees and flip, no resampling, so the reject member trains on canonical images
+    as it is later shown them) or ``chain`` (the regression's chains and re-normalisation).
     """
     from inclinet import hpo
 
@@ -137,6 +145,10 @@ def run(
     if hpo_params is not None:
         aug_scale, aug_noise = hpo.augmentation_params(hpo_params)
     chains = hpo.chain_parameters(config.check("aug_scale", aug_scale), config.check("aug_noise", aug_noise))
+    if binary_views not in BINARY_VIEWS:
+        raise invalid("binary views", binary_views, " or ".join(BINARY_VIEWS))
+    if task == "binary" and binary_views == "dihedral":
+        chains = None  # dihedral views, see _write_batch
     output_dir = Path(output_dir)
     subset = subset or subset_name(inputs, output_dir)
     report_path = Path(report) if report else Path(naming.report_for(output_dir))
@@ -303,7 +315,10 @@ def _write_batch(path, batch, samples, readers, pools, task, per_bin, seed, subs
     labels = np.array([samples[band]["labels"][row] for band, row in entries], dtype=np.int32)
     pgcs = np.array([samples[band]["pgcs"][row] for band, row in entries], dtype=np.int32)
     filters = np.array([naming.filter_code(band) for band, _ in entries], dtype="S1")
-    augment_batch(images, filters, rng, colour_params=chains[0], gray_params=chains[1], out=images)
+    if chains is None:
+        dihedral_views(images, rng, out=images)
+    else:
+        augment_batch(images, filters, rng, colour_params=chains[0], gray_params=chains[1], out=images)
     with NpzWriter(path, (size, size, 3), n_rows=len(entries)) as writer:
         writer.append(images)
         writer.set(labels=labels, pgcIDs=pgcs, filter=filters)
@@ -336,6 +351,15 @@ def add_arguments(parser):
     parser.add_argument("--report", default=None, help="skip report CSV (default: OUT_DIR.report.csv)")
     config.add_argument(parser, "aug_scale")
     config.add_argument(parser, "aug_noise")
+    parser.add_argument(
+        "--binary-views",
+        choices=BINARY_VIEWS,
+        default=BINARY_VIEWS[0],
+        help="binary task: 'dihedral' (default) turns each image by a random multiple of 90 degrees and "
+        "flips it, without resampling (canonical images stay canonical); 'chain' uses the regression's "
+        "augmentation chains and re-normalisation, whose smoothing made the reject member reject sharper "
+        "canonical images",
+    )
     parser.add_argument(
         "--hpo-params",
         metavar="BEST.json",
@@ -371,6 +395,7 @@ def main(argv=None):
             aug_scale=args.aug_scale,
             aug_noise=args.aug_noise,
             hpo_params=args.hpo_params,
+            binary_views=args.binary_views,
         )
 
     return run_main(parser, _run, argv)
