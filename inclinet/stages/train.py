@@ -186,31 +186,40 @@ class BatchStream:
                 step += 1
             left_images, left_labels = images[n_full * self.batch_size :], labels[n_full * self.batch_size :]
 
-    def file_rows(self, epoch, start_step=0):
-        """The rows of :meth:`batches` in the same order, one file's share at a time: (uint8 images, targets)."""
+    def _file_plan(self, epoch, start_step=0):
+        """``[(file index, row order)]`` of :meth:`file_rows`, without reading any file."""
         rng = rng_for(self.seed, "train-order", epoch)
         file_order = rng.permutation(len(self.paths))
         row_orders = [rng.permutation(self.rows[i]) for i in range(len(self.paths))]
         first_row = start_step * self.batch_size
         wanted = max(0, self.steps_per_epoch - start_step) * self.batch_size
-        seen = 0
+        seen, plan = 0, []
         for index in file_order:
             if wanted <= 0:
-                return
+                break
             if seen + self.rows[index] <= first_row:
                 seen += self.rows[index]
                 continue
-            arrays = load_npz(self.paths[index], required=("images", "labels"))
             order = row_orders[index][max(0, first_row - seen) :][:wanted]
             seen += self.rows[index]
             wanted -= len(order)
-            yield arrays["images"][order], _targets(arrays["labels"][order], self.task)
+            plan.append((int(index), order))
+        return plan
+
+    def _read_rows(self, index, order):
+        arrays = load_npz(self.paths[index], required=("images", "labels"))
+        return arrays["images"][order], _targets(arrays["labels"][order], self.task)
+
+    def file_rows(self, epoch, start_step=0):
+        """The rows of :meth:`batches` in the same order, one file's share at a time: (uint8 images, targets)."""
+        for index, order in self._file_plan(epoch, start_step):
+            yield self._read_rows(index, order)
 
     def dataset(self, epoch, start_step=0, *, prefetch=PREFETCH_BATCHES):
         """A ``tf.data.Dataset`` of the batches of :meth:`batches` (the same values), read ahead while the model
         trains.
 
-        Python hands over one file's rows at a time as uint8 and TensorFlow cuts them into
+        Python reads one file's rows at a time as uint8 and TensorFlow cuts them into
         batches and scales them (``x / 255`` in single precision, as :func:`inclinet.models.scale_pixels`):
         per step no Python runs, which at small batch sizes was most of the step time. The
         read-ahead is fixed (``prefetch`` batches) and tf.data's autotuning is off: with
@@ -223,10 +232,23 @@ class BatchStream:
         label_spec = (
             tf.TensorSpec((None,), tf.float32) if self.task == "regression" else tf.TensorSpec((None,), tf.int32)
         )
-        dataset = tf.data.Dataset.from_generator(
-            lambda: self.file_rows(epoch, start_step),
-            output_signature=(tf.TensorSpec((None, size, size, 3), tf.uint8), label_spec),
+        # One tf.py_function call per file share (tf.data.Dataset.from_generator, the same
+        # reads, made every training step 25-35% slower on two free cores: see BENCHMARKS.md).
+        plan = self._file_plan(epoch, start_step)
+        target_type = label_spec.dtype
+
+        def read(position):
+            index, order = plan[int(position)]
+            images, targets = self._read_rows(index, order)
+            return images, targets.astype(target_type.as_numpy_dtype)
+
+        def typed(images, targets):
+            return tf.ensure_shape(images, (None, size, size, 3)), tf.ensure_shape(targets, (None,))
+
+        dataset = tf.data.Dataset.range(len(plan)).map(
+            lambda position: tf.py_function(read, [position], (tf.uint8, target_type))
         )
+        dataset = dataset.map(typed)
         scale = tf.constant(inclinet_models.PIXEL_SCALE, tf.float32)
         dataset = dataset.unbatch().batch(self.batch_size, drop_remainder=True)
         dataset = dataset.map(lambda images, targets: (tf.cast(images, tf.float32) / scale, targets))
