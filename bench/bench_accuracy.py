@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inclinet import naming  # noqa: E402
+from inclinet.stages.augment import BINARY_VIEWS  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
 
@@ -680,8 +681,8 @@ def main(argv=None):
     parser.add_argument("--binary-model", default="model4", help="reject member's model ('' for none)")
     parser.add_argument(
         "--binary-views",
-        choices=("dihedral", "chain"),
-        default="dihedral",
+        choices=BINARY_VIEWS,
+        default=BINARY_VIEWS[0],
         help="how the reject member's batches vary the images (inclinet-augment --binary-views)",
     )
     parser.add_argument(

@@ -226,6 +226,7 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augmen
     target = positive[used].astype(np.int64)
     share = target.mean()
     weights = np.where(target == 1, 0.5 / share, 0.5 / (1.0 - share)).astype(np.float32)
+    colour_chain, gray_chain = _chains(augment) if augment else (None, None)
     model = build_model("model4", input_size=SIZE, task="binary")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
     history = []
@@ -245,7 +246,6 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augmen
             if augment:
                 # The workflow's chains (colour or gray by band) and re-normalisation.
                 codes = ["c" if band == "gri" else band for band in bands[rows]]
-                colour_chain, gray_chain = _chains(augment)
                 batch = augmentation.augment_batch(
                     np.ascontiguousarray(batch), codes, rng, colour_params=colour_chain, gray_params=gray_chain
                 )

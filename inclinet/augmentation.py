@@ -11,15 +11,15 @@ blur and (colour only) partial desaturation. Geometry is applied first, then pho
 original drew a random order per image). Every augmented image then goes through the
 canonical normalisation (:func:`inclinet.normalise.normalise_image`; for many views at once,
 :func:`inclinet.normalise.normalise_batch`, the same outputs), exactly as prep and predict do,
-so what the models train on is what they are later shown.
+so what the models train on is what they are later shown. The normalisation unifies polarity
+(galaxies bright on a dark sky), so the original's inversion of half the gray images is gone:
+it would be undone.
 
 The chain and the second normalisation smooth the pixel texture (each resamples: in the
 workflow's 64-px views the Laplacian variance falls to about 0.4 of a canonical image's, the
 sky noise staying the same), so a classifier trained on such views reads the sharper
 canonical images it is shown later as something else. :func:`dihedral_views` is the
-augmentation without resampling (the reject members' batches use it). The normalisation unifies polarity
-(galaxies bright on a dark sky), so the original's inversion of half the gray images is gone:
-it would be undone.
+augmentation without resampling (the reject members' batches use it).
 
 All functions take a ``numpy.random.Generator`` and draw from it in a fixed order, so a
 batch is reproducible from its seed (noise is drawn in single precision, as the images are

@@ -218,8 +218,7 @@ def _robust_sigmas(planes, where):
     values = planes[:, where]
     if not values.shape[1]:
         return np.zeros(len(planes))
-    deviations = np.abs(values - _medians(values)[:, None])
-    return 1.4826 * _medians(deviations).astype(np.float64)
+    return _robust_sigma_rows(values, dtype=None)
 
 
 def _plane_through(x, y, values):
@@ -606,10 +605,10 @@ _STACK_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
 
 
-def _robust_sigma_rows(values):
-    """:func:`_robust_sigma` of every row of ``values`` (..., M) (float64)."""
-    values = np.asarray(values, dtype=np.float64)
-    return 1.4826 * _medians(np.abs(values - _medians(values)[..., None]))
+def _robust_sigma_rows(values, dtype=np.float64):
+    """:func:`_robust_sigma` of every row of ``values`` (..., M) as float64, computed in ``dtype`` (None: theirs)."""
+    values = np.asarray(values, dtype=dtype)
+    return 1.4826 * _medians(np.abs(values - _medians(values)[..., None])).astype(np.float64)
 
 
 def _fit_sky_planes(planes, ring_sample, coords):

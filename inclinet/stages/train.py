@@ -161,30 +161,17 @@ class BatchStream:
 
     def batches(self, epoch, start_step=0):
         """Yield (scaled images, targets) for the steps ``start_step..steps_per_epoch-1`` of ``epoch``."""
-        rng = rng_for(self.seed, "train-order", epoch)
-        file_order = rng.permutation(len(self.paths))
-        row_orders = [rng.permutation(self.rows[i]) for i in range(len(self.paths))]
-        first_row = start_step * self.batch_size
-        step, seen = start_step, 0
+        # file_rows gives exactly the rows of these steps; batches may span two files.
         left_images = np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
-        left_labels = np.zeros((0,), np.int32)
-        for index in file_order:
-            if seen + self.rows[index] <= first_row:
-                seen += self.rows[index]
-                continue
-            arrays = load_npz(self.paths[index], required=("images", "labels"))
-            order = row_orders[index][max(0, first_row - seen) :]
-            seen += self.rows[index]
-            images = np.concatenate([left_images, arrays["images"][order]])
-            labels = np.concatenate([left_labels, arrays["labels"][order]])
-            n_full = len(labels) // self.batch_size
+        left_targets = _targets(np.zeros(0, np.int32), self.task)
+        for file_images, file_targets in self.file_rows(epoch, start_step):
+            images = np.concatenate([left_images, file_images])
+            targets = np.concatenate([left_targets, file_targets])
+            n_full = len(targets) // self.batch_size
             for batch in range(n_full):
-                if step >= self.steps_per_epoch:
-                    return
                 rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-                yield inclinet_models.scale_pixels(images[rows]), _targets(labels[rows], self.task)
-                step += 1
-            left_images, left_labels = images[n_full * self.batch_size :], labels[n_full * self.batch_size :]
+                yield inclinet_models.scale_pixels(images[rows]), targets[rows]
+            left_images, left_targets = images[n_full * self.batch_size :], targets[n_full * self.batch_size :]
 
     def _file_plan(self, epoch, start_step=0):
         """``[(file index, row order)]`` of :meth:`file_rows`, without reading any file."""
