@@ -144,15 +144,26 @@ def rejected_target(data, scheme):
     """``(positive, used)``: which images count as rejects under ``scheme``, and which take part at all.
 
     ``j``: ``J`` against ``A`` and ``F``; ``jf``: ``J`` or ``F`` against ``A``; ``j:CAUSE``:
-    the ``J`` galaxies of one cause against ``A`` and ``F`` (other ``J`` galaxies left out).
+    the ``J`` galaxies of one cause against ``A`` and ``F`` (other ``J`` galaxies left out);
+    ``multi``: scored as ``jf`` (the model learns each class apart, :data:`MULTI_CLASSES`).
     """
     labels = data["labels"]
-    if scheme == "jf":
+    if scheme in ("jf", "multi"):
         return labels != "A", np.ones(len(labels), dtype=bool)
     if scheme == "j":
         return labels == "J", np.ones(len(labels), dtype=bool)
     positive = data["causes"] == scheme.split(":", 1)[1]
     return positive, positive | (labels != "J")
+
+
+#: Classes of ``--labels multi``: accepted, face-on and each rejection cause.
+MULTI_CLASSES = ("A", "F", "star", "multiple", "faint", "not_spiral")
+
+
+def multi_target(data):
+    """Class index of every image under ``multi`` (``A``, ``F``, then the ``J`` cause)."""
+    names = np.where(data["labels"] == "J", data["causes"], data["labels"])
+    return np.array([MULTI_CLASSES.index(name) for name in names], dtype=np.int64)
 
 
 def roc_auc(positive, scores):
@@ -228,6 +239,15 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augmen
     weights = np.where(target == 1, 0.5 / share, 0.5 / (1.0 - share)).astype(np.float32)
     colour_chain, gray_chain = _chains(augment) if augment else (None, None)
     model = build_model("model4", input_size=SIZE, task="binary")
+    if scheme == "multi":
+        # Half the weight on accepted images, the other half shared equally by the five other
+        # classes: the same accept/reject balance as ``jf``, each cause learnt apart.
+        target = multi_target(data)[used]
+        shares = np.bincount(target, minlength=len(MULTI_CLASSES)) / len(target)
+        per_class = np.where(np.arange(len(MULTI_CLASSES)) == 0, 0.5, 0.5 / (len(MULTI_CLASSES) - 1))
+        weights = (per_class[target] / shares[target]).astype(np.float32)
+        head = keras.layers.Dense(len(MULTI_CLASSES), activation="softmax", name="fc_out_multi")
+        model = keras.Model(model.input, head(model.get_layer("fc_out2").input), name="model4_multi")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
     history = []
     for epoch in range(epochs):
@@ -260,7 +280,8 @@ def p_reject(models, images):
     """Mean P(reject) of ``models`` (one or several members), four views each."""
     from inclinet.models import predict_views
 
-    return np.mean([predict_views(model, images, 4)[0][:, 1] for model in models], axis=0)
+    # P(reject) = 1 - P(accepted): column 1 of the binary head, 1 - column 0 of the multi-class one.
+    return np.mean([1.0 - predict_views(model, images, 4)[0][:, 0] for model in models], axis=0)
 
 
 def score_universe(models, data, scheme, scores=None):
@@ -269,7 +290,7 @@ def score_universe(models, data, scheme, scores=None):
     positive, used = rejected_target(data, scheme)
     accepted = data["labels"] == "A"
     # J-only models are scored on J against A (F is neither what they learn nor accepted).
-    scored = used if scheme == "jf" else used & (data["labels"] != "F")
+    scored = used if scheme in ("jf", "multi") else used & (data["labels"] != "F")
     result = {"bands": {}, "accepted_rejected_by_inclination": {}}
     for band in BANDS:
         rows = data["bands"] == band
@@ -295,9 +316,10 @@ def parse_args(argv=None):
     parser.add_argument("--real", type=Path, help="folder of real cutouts (no labels)")
     parser.add_argument(
         "--labels",
-        choices=("j", "jf", "j:star", "j:multiple", "j:faint", "j:not_spiral"),
+        choices=("j", "jf", "multi", "j:star", "j:multiple", "j:faint", "j:not_spiral"),
         default="jf",
-        help="rejects: J, J or F, or the J galaxies of one cause",
+        help="rejects: J, J or F, or the J galaxies of one cause; multi: J or F, learnt as six classes "
+        "(accepted, face-on, each cause)",
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
