@@ -213,9 +213,18 @@ def _robust_sigma(values):
     return float(_robust_sigma_rows(values)) if values.size else 0.0
 
 
+def _masked(planes, mask):
+    """``planes[:, mask]`` for planes (K, H, W) and a mask (H, W): the same values in the same order.
+
+    NumPy's mixed slice-and-mask indexing takes a slow general path (about 15 times slower
+    on a 128-px colour image); a gather by flat indices does not.
+    """
+    return np.take(planes.reshape(len(planes), -1), np.flatnonzero(mask), axis=1)
+
+
 def _robust_sigmas(planes, where):
     """:func:`_robust_sigma` of every plane of ``planes`` (C, H, W) over the pixels ``where``, in their precision."""
-    values = planes[:, where]
+    values = _masked(planes, where)
     if not values.shape[1]:
         return np.zeros(len(planes))
     return _robust_sigma_rows(values, dtype=None)
@@ -469,8 +478,9 @@ def _photometry(outs, covered, noise, gray, images, size):
         if gray or outs.shape[1] == 1:
             peaks[row] = max(float(_percentile_99(luminance[row][galaxy[row]])), 1e-3)
         else:
-            peaks[row] = np.maximum(_percentile_99(outs[row][:, galaxy[row]]), np.float32(1e-3))
+            peaks[row] = np.maximum(_percentile_99(_masked(outs[row], galaxy[row])), np.float32(1e-3))
     levels = np.divide(outs, peaks[:, :, None, None], out=outs if outs.flags.writeable else None)
+    levels = np.ascontiguousarray(levels)  # (it is: its rows' reshapes below are views)
     mean_scaled = levels.mean(axis=1)
     median_levels = [float(_median(mean_scaled[row][galaxy[row]])) for row in range(count)]
     span, sky_level = np.float32(GALAXY_LEVEL - SKY_LEVEL), np.float32(SKY_LEVEL)
@@ -483,9 +493,11 @@ def _photometry(outs, covered, noise, gray, images, size):
         channel_noise = _robust_sigmas(levels[row], sky)
         if not covered[row].all():
             # Outside the source frame (or in its fill): sky with the image's own noise, not a flat frame.
-            missing = ~covered[row]
-            draws = rng.normal(0.0, 1.0, size=(len(levels[row]), int(missing.sum()))).astype(np.float32)
-            levels[row][:, missing] = sky_level + draws * channel_noise[:, None].astype(np.float32)
+            missing = np.flatnonzero(~covered[row])
+            draws = rng.normal(0.0, 1.0, size=(len(levels[row]), len(missing))).astype(np.float32)
+            levels[row].reshape(len(levels[row]), -1)[:, missing] = (
+                sky_level + draws * channel_noise[:, None].astype(np.float32)
+            )
         levels_noise = float(np.mean(channel_noise))
         if levels_noise < NOISE_FLOOR:
             extra = math.sqrt(NOISE_FLOOR**2 - levels_noise**2)
@@ -709,7 +721,7 @@ def _normalise_group(images, size, gray):
     if factor == 1 and len(ring_sample) == ring.sum():
         binned_noise = noise  # the same pixels
     elif binned_ring.sum() >= 16:
-        binned_noise = _robust_sigma_rows(binned[:, binned_ring])
+        binned_noise = _robust_sigma_rows(_masked(binned, binned_ring))
     else:
         binned_noise = noise / factor
     binned_noise = np.maximum(binned_noise, 0.3 / factor)
