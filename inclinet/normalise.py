@@ -633,7 +633,7 @@ def _robust_sigma_rows(values, dtype=np.float64):
 def _fit_sky_planes(planes, ring_sample, coords):
     """The coefficients of :func:`_fit_sky_plane` for every plane of ``planes`` (K, H, W) at once, (K, 3)."""
     yy, xx = coords
-    values = planes.reshape(len(planes), -1)[:, ring_sample].astype(np.float64)
+    values = np.take(planes.reshape(len(planes), -1), ring_sample, axis=1).astype(np.float64)
     # First pass: every sampled pixel, so one normal matrix for all planes.
     coefficients = _plane_through_rows(xx, yy, values, None)
     residual = values - (coefficients[:, :1] + coefficients[:, 1:2] * xx + coefficients[:, 2:] * yy)
@@ -707,7 +707,7 @@ def _normalise_group(images, size, gray):
     luminance = planes.mean(axis=1)
     ring = _ring_mask((height, width), np.ones((height, width), dtype=bool))
     ring_sample = np.flatnonzero(ring)[:: max(1, int(ring.sum()) // 4000)]
-    sky_level = _medians(luminance.reshape(count, -1)[:, ring_sample]).astype(np.float64)
+    sky_level = _medians(np.take(luminance.reshape(count, -1), ring_sample, axis=1)).astype(np.float64)
 
     box = (slice(None), slice(height // 4, height - height // 4), slice(width // 4, width - width // 4))
     low, high = np.percentile(luminance[box].reshape(count, -1), (0.5, 99.5), axis=1).astype(np.float64)
@@ -721,7 +721,7 @@ def _normalise_group(images, size, gray):
     fits = fits.astype(np.float32).reshape(count, n_channels, 3, 1, 1)
     planes -= fits[:, :, 0] + fits[:, :, 1] * xs + fits[:, :, 2] * ys
     signal = planes.mean(axis=1)
-    noise = np.maximum(_robust_sigma_rows(signal.reshape(count, -1)[:, ring_sample]), 0.3)
+    noise = np.maximum(_robust_sigma_rows(np.take(signal.reshape(count, -1), ring_sample, axis=1)), 0.3)
 
     factor = max(1, int(max(height, width) // 128))
     binned, binned_ring = _binned(signal, factor), _binned(ring.astype(np.float32), factor) > 0.99
