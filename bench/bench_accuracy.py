@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from inclinet import naming  # noqa: E402
-from inclinet.stages.augment import BINARY_VIEWS  # noqa: E402
+from inclinet.stages.augment import BINARY_VIEWS, REGRESSION_VIEWS  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
 
@@ -148,6 +148,7 @@ def prepare_data(args, work):
                     n_batches=args.n_batches,
                     per_bin=args.per_bin,
                     seed=args.seed,
+                    regression_views=args.regression_views,
                 )
             )
     if calls:
@@ -684,6 +685,12 @@ def main(argv=None):
         choices=BINARY_VIEWS,
         default=BINARY_VIEWS[0],
         help="how the reject member's batches vary the images (inclinet-augment --binary-views)",
+    )
+    parser.add_argument(
+        "--regression-views",
+        choices=REGRESSION_VIEWS,
+        default=REGRESSION_VIEWS[0],
+        help="how the regression members' batches vary the images (inclinet-augment --regression-views)",
     )
     parser.add_argument(
         "--binary-learning-rate",

@@ -88,6 +88,31 @@ def test_deterministic_and_seed_dependent(samples, tmp_path):
     assert not np.array_equal(a[0]["images"], a[1]["images"])
 
 
+def test_regression_views_chain_by_default_or_dihedral(samples, tmp_path):
+    args = ["-i", *map(str, samples.values()), "-s", str(SIZE), "-b", "1", "-z", "2", "--seed", "3", "-q"]
+    sources = {
+        ("c" if band == "gri" else band): dict(zip(np.load(path)["pgcIDs"].tolist(), np.load(path)["images"]))
+        for band, path in samples.items()
+    }
+
+    def is_dihedral_view(image, code, pgc):
+        source = sources[code][pgc]
+        turns = [np.rot90(source, k) for k in range(4)]
+        return any(np.array_equal(image, view) for view in turns + [turn[:, ::-1] for turn in turns])
+
+    def rows(folder):
+        batch = _batches(folder, 1)[0]
+        assert np.bincount(augment.inclination_bin(batch["labels"]), minlength=9).tolist() == [4] * 9
+        return list(zip(batch["images"], batch["filter"].astype(str), batch["pgcIDs"].tolist()))
+
+    assert augment.main([*args, "-o", str(tmp_path / "dihedral"), "--regression-views", "dihedral"]) == 0
+    viewed = rows(tmp_path / "dihedral")
+    assert all(is_dihedral_view(*row) for row in viewed)
+    assert not all(np.array_equal(image, sources[code][pgc]) for image, code, pgc in viewed)
+    assert augment.main([*args, "-o", str(tmp_path / "chain")]) == 0
+    assert not any(is_dihedral_view(*row) for row in rows(tmp_path / "chain"))
+
+
 def test_binary_task_balances_classes(tmp_path):
     pgcs = np.arange(1, 21)
     labels = np.array([1] * 5 + [0] * 15)  # 1 = reject

@@ -38,6 +38,8 @@ N_BINS = len(BIN_EDGES) - 1
 BINARY_CLASSES = (0, 1)
 #: How the binary task's images are varied (``--binary-views``); the first is the default.
 BINARY_VIEWS = ("dihedral", "chain")
+#: How the regression task's images are varied (``--regression-views``); the first is the default.
+REGRESSION_VIEWS = ("chain", "dihedral")
 
 
 def inclination_bin(inclination):
@@ -125,6 +127,7 @@ def run(
     aug_noise=config.DEFAULTS.aug_noise,
     hpo_params=None,
     binary_views="dihedral",
+    regression_views="chain",
 ):
     """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
 
@@ -137,6 +140,7 @@ def run(
     binary task's images are varied, ``dihedral`` (the default: a random turn by a multiple
     of 90 degrees and flip, no resampling, so the reject member trains on canonical images
     as it is later shown them) or ``chain`` (the regression's chains and re-normalisation).
+    ``regression_views``: the same choice for the regression task, ``chain`` by default.
     """
     from inclinet import hpo
 
@@ -147,7 +151,9 @@ def run(
     chains = hpo.chain_parameters(config.check("aug_scale", aug_scale), config.check("aug_noise", aug_noise))
     if binary_views not in BINARY_VIEWS:
         raise invalid("binary views", binary_views, " or ".join(BINARY_VIEWS))
-    if task == "binary" and binary_views == "dihedral":
+    if regression_views not in REGRESSION_VIEWS:
+        raise invalid("regression views", regression_views, " or ".join(REGRESSION_VIEWS))
+    if (binary_views if task == "binary" else regression_views) == "dihedral":
         chains = None  # dihedral views, see _write_batch
     output_dir = Path(output_dir)
     subset = subset or subset_name(inputs, output_dir)
@@ -361,6 +367,13 @@ def add_arguments(parser):
         "canonical images",
     )
     parser.add_argument(
+        "--regression-views",
+        choices=REGRESSION_VIEWS,
+        default=REGRESSION_VIEWS[0],
+        help="regression task: 'chain' (default) the augmentation chains and re-normalisation; 'dihedral' "
+        "turns and flips only, as --binary-views",
+    )
+    parser.add_argument(
         "--hpo-params",
         metavar="BEST.json",
         help="best parameters of a hyper-parameter search (inclinet-hpo select): its augmentation "
@@ -396,6 +409,7 @@ def main(argv=None):
             aug_noise=args.aug_noise,
             hpo_params=args.hpo_params,
             binary_views=args.binary_views,
+            regression_views=args.regression_views,
         )
 
     return run_main(parser, _run, argv)
