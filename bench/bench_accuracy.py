@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from inclinet import naming  # noqa: E402
+from inclinet import config, naming  # noqa: E402
 from inclinet.stages.augment import BINARY_VIEWS, REGRESSION_VIEWS  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
@@ -689,7 +689,7 @@ def main(argv=None):
     parser.add_argument(
         "--regression-views",
         choices=REGRESSION_VIEWS,
-        default=REGRESSION_VIEWS[0],
+        default=config.DEFAULTS.regression_views,
         help="how the regression members' batches vary the images (inclinet-augment --regression-views)",
     )
     parser.add_argument(

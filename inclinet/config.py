@@ -113,6 +113,15 @@ SETTINGS = {
         Setting("views", int, 8, "augmented views per test image in evaluation", choices=TTA_VIEW_COUNTS),
         Setting("dropout", float, DROPOUT, "dropout rate of every dropout layer", minimum=0.0, maximum=0.95),
         Setting(
+            "regression_views",
+            str,
+            "chain",
+            "how the regression members' training images are varied: 'chain' (rotation, shift, scale, gamma, "
+            "contrast, noise, blur, then the canonical normalisation again) or 'dihedral' (turns by multiples of "
+            "90 degrees and flips only, nothing resampled: the canonical images as evaluation and predict see them)",
+            choices=("chain", "dihedral"),
+        ),
+        Setting(
             "aug_scale",
             float,
             1.0,

@@ -77,6 +77,7 @@ _TRAINING_SETTINGS = (
     "per_bin",
     "binary_per_bin",
     "binary_learning_rate",
+    "regression_views",
     "views",
 )
 

@@ -245,6 +245,7 @@ class WorkflowConfig:
     per_bin: int = settings.DEFAULTS.per_bin
     binary_per_bin: int = settings.DEFAULTS.binary_per_bin
     binary_learning_rate: float = settings.DEFAULTS.binary_learning_rate
+    regression_views: str = settings.DEFAULTS.regression_views
     views: int = settings.DEFAULTS.views
     seed: int = settings.DEFAULTS.seed
     retries: int = settings.DEFAULTS.retries
@@ -569,6 +570,7 @@ def build_jobs(config, *, missing=None):
                     report,
                     "--seed",
                     config.seed,
+                    *(["--regression-views", config.regression_views] if task == "regression" else []),
                     *tuned,
                 ],
                 train_samples + tuned[1:],

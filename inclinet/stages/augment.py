@@ -38,8 +38,8 @@ N_BINS = len(BIN_EDGES) - 1
 BINARY_CLASSES = (0, 1)
 #: How the binary task's images are varied (``--binary-views``); the first is the default.
 BINARY_VIEWS = ("dihedral", "chain")
-#: How the regression task's images are varied (``--regression-views``); the first is the default.
-REGRESSION_VIEWS = ("chain", "dihedral")
+#: How the regression task's images are varied (``--regression-views``; default :mod:`inclinet.config`'s).
+REGRESSION_VIEWS = config.setting("regression_views").choices
 
 
 def inclination_bin(inclination):
@@ -127,7 +127,7 @@ def run(
     aug_noise=config.DEFAULTS.aug_noise,
     hpo_params=None,
     binary_views="dihedral",
-    regression_views="chain",
+    regression_views=config.DEFAULTS.regression_views,
 ):
     """Write ``n_batches`` augmented batches of one subset into ``output_dir``; returns a summary dict.
 
@@ -140,7 +140,7 @@ def run(
     binary task's images are varied, ``dihedral`` (the default: a random turn by a multiple
     of 90 degrees and flip, no resampling, so the reject member trains on canonical images
     as it is later shown them) or ``chain`` (the regression's chains and re-normalisation).
-    ``regression_views``: the same choice for the regression task, ``chain`` by default.
+    ``regression_views``: the same choice for the regression task (default: the setting's).
     """
     from inclinet import hpo
 
@@ -366,13 +366,7 @@ def add_arguments(parser):
         "augmentation chains and re-normalisation, whose smoothing made the reject member reject sharper "
         "canonical images",
     )
-    parser.add_argument(
-        "--regression-views",
-        choices=REGRESSION_VIEWS,
-        default=REGRESSION_VIEWS[0],
-        help="regression task: 'chain' (default) the augmentation chains and re-normalisation; 'dihedral' "
-        "turns and flips only, as --binary-views",
-    )
+    config.add_argument(parser, "regression_views")
     parser.add_argument(
         "--hpo-params",
         metavar="BEST.json",
