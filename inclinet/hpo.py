@@ -104,6 +104,18 @@ TRAINING_KEYS = ("learning_rate", "lr_schedule", "batch_size", "dropout")
 AUGMENTATION_KEYS = ("aug_scale", "aug_noise")
 
 
+def search_space(regression_views=config.DEFAULTS.regression_views):
+    """The dimensions searched: all of :data:`SEARCH_SPACE`, less the chains' strengths with dihedral views.
+
+    With ``regression_views`` ``dihedral`` the regression batches go through no chain, so
+    ``aug_scale`` and ``aug_noise`` would change nothing: they are not searched.
+    """
+    config.check("regression_views", regression_views)
+    if regression_views == "chain":
+        return SEARCH_SPACE
+    return tuple(dim for dim in SEARCH_SPACE if dim.name not in AUGMENTATION_KEYS)
+
+
 def import_optuna():
     """Import Optuna with its per-trial log lines silenced (the trial jobs log one line per trial)."""
     try:
@@ -116,11 +128,11 @@ def import_optuna():
     return optuna
 
 
-def distributions(models):
-    """``{name: optuna distribution}`` of :data:`SEARCH_SPACE` for a search over ``models``."""
+def distributions(models, regression_views=config.DEFAULTS.regression_views):
+    """``{name: optuna distribution}`` of :func:`search_space` for a search over ``models``."""
     optuna = import_optuna()
     found = {}
-    for dim in SEARCH_SPACE:
+    for dim in search_space(regression_views):
         if dim.kind == "categorical":
             found[dim.name] = optuna.distributions.CategoricalDistribution(
                 tuple(models) if dim.name == "model" else dim.choices
@@ -130,10 +142,10 @@ def distributions(models):
     return found
 
 
-def suggest(trial, models):
-    """The parameters of one trial, drawn in the order of :data:`SEARCH_SPACE`."""
+def suggest(trial, models, regression_views=config.DEFAULTS.regression_views):
+    """The parameters of one trial, drawn in the order of :func:`search_space`."""
     params = {}
-    for dim in SEARCH_SPACE:
+    for dim in search_space(regression_views):
         if dim.kind == "categorical":
             params[dim.name] = trial.suggest_categorical(
                 dim.name, tuple(models) if dim.name == "model" else dim.choices
@@ -187,20 +199,19 @@ def read_best(path):
     )
     if not isinstance(data, dict) or data.get("format") != FORMAT or "best" not in data:
         raise InputError(f"{path}: not a best-parameters file of format {FORMAT}; run inclinet-hpo select again")
+    search = data.get("search") if isinstance(data.get("search"), dict) else {}
+    # A search with dihedral views has no chain strengths (search_space).
+    searched = AUGMENTATION_KEYS if search.get("regression_views", "chain") == "chain" else ()
     for entry in [data["best"], *(data.get("by_model") or {}).values()]:
         if entry is None:
             continue
         params = entry.get("params", {}) if isinstance(entry, dict) else {}
-        for key in TRAINING_KEYS + AUGMENTATION_KEYS:
+        for key in TRAINING_KEYS + searched:
             if key not in params:
                 raise InputError(f"{path}: a parameter set lacks {key}; run inclinet-hpo select again")
         try:
-            config.check("learning_rate", params["learning_rate"])
-            config.check("lr_schedule", params["lr_schedule"])
-            config.check("batch_size", params["batch_size"])
-            config.check("dropout", params["dropout"])
-            config.check("aug_scale", params["aug_scale"])
-            config.check("aug_noise", params["aug_noise"])
+            for key in TRAINING_KEYS + searched:
+                config.check(key, params[key])
         except ConfigError as exc:
             raise InputError(f"{path}: {exc}") from None
     return data
@@ -233,6 +244,9 @@ def augmentation_params(path):
     if data["best"] is None:
         raise InputError(f"{path}: the search has no finished trial; augment without --hpo-params or search again")
     params = data["best"]["params"]
+    if not all(key in params for key in AUGMENTATION_KEYS):
+        # A search with dihedral views does not vary the chains: they stay as defined.
+        return 1.0, 1.0
     logger.info(
         "augmentation strength from %s (trial %s): scale x%.3f, noise x%.3f",
         path,
@@ -268,9 +282,23 @@ def _journal_storage(path):
         ) from None
 
 
-def _search_identity(*, models, trials, index, count, epochs, n_batches, per_bin, size, seed, foreign):
+def _search_identity(
+    *,
+    models,
+    trials,
+    index,
+    count,
+    epochs,
+    n_batches,
+    per_bin,
+    size,
+    seed,
+    foreign,
+    regression_views=config.DEFAULTS.regression_views,
+):
     """What a study is a search of; a journal made for another search is refused."""
     return {
+        "regression_views": regression_views,
         "format": FORMAT,
         "models": list(models),
         "trials": int(trials),
@@ -315,6 +343,7 @@ def run_trials(
     seed=config.DEFAULTS.seed,
     foreign=None,
     work_dir=None,
+    regression_views=config.DEFAULTS.regression_views,
 ):
     """Run this job's share of a search of ``trials`` trials; write its trials as JSON to ``output``.
 
@@ -331,6 +360,7 @@ def run_trials(
             raise invalid("--models", model, "one of " + ", ".join(naming.MODELS))
     config.check("hpo_trials", trials, flag="--trials")
     config.check("hpo_epochs", epochs, flag="--epochs")
+    config.check("regression_views", regression_views)
     if trials < count:
         raise invalid("--trials", trials, f"at least the number of trial jobs ({count})")
     start = time.perf_counter()
@@ -350,6 +380,7 @@ def run_trials(
         size=size,
         seed=seed,
         foreign=foreign,
+        regression_views=regression_views,
     )
     optuna, storage = _journal_storage(journal)
     study = optuna.create_study(
@@ -405,6 +436,7 @@ def run_trials(
                         size=size,
                         scratch=scratch,
                         stop=stop,
+                        regression_views=regression_views,
                     )
     finally:
         if previous is not None:
@@ -532,7 +564,9 @@ def _foreign_samples(folder, size, out_dir):
     return files
 
 
-def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin, seed, size, scratch, stop):
+def _run_one(
+    optuna, study, number, data, *, models, epochs, n_batches, per_bin, seed, size, scratch, stop, regression_views
+):
     """Run trial ``number``: augment, train with per-epoch reports (pruned by the median rule), tell the study."""
     from inclinet.stages import augment
     from inclinet.stages import train as training
@@ -544,7 +578,7 @@ def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin,
     )
     trial = study.ask()
     trial.set_user_attr("trial", number)
-    params = suggest(trial, models)
+    params = suggest(trial, models, regression_views)
     started = time.perf_counter()
     folder = scratch / f"trial_{number:04d}"
     foreign_set = _validation_arrays(data["foreign"]) if data["foreign"] else None
@@ -581,8 +615,9 @@ def _run_one(optuna, study, number, data, *, models, epochs, n_batches, per_bin,
             seed=seed,
             subset="HPO",
             report=folder / "augmented.report.csv",
-            aug_scale=params["aug_scale"],
-            aug_noise=params["aug_noise"],
+            aug_scale=params.get("aug_scale", 1.0),
+            aug_noise=params.get("aug_noise", 1.0),
+            regression_views=regression_views,
         )
         if stop.requested:
             raise SearchInterrupted(
@@ -773,7 +808,10 @@ def select(*, inputs, best, study, summary, seed=config.DEFAULTS.seed):
     atomic_write_json(best, result)
     summary_data = dict(
         result,
-        space=[dataclasses.asdict(dim) for dim in SEARCH_SPACE],
+        space=[
+            dataclasses.asdict(dim)
+            for dim in search_space(common.get("regression_views", config.DEFAULTS.regression_views))
+        ],
         trials=[_summary_record(r) for r in ordered],
         failed_attempts=[_summary_record(r) for r in failed],
         importances=importances,

@@ -138,6 +138,27 @@ def test_training_reads_its_familys_best_trial_or_the_overall_best(tmp_path):
         hpo.read_best(tmp_path / "junk.json")
 
 
+def test_dihedral_views_leave_the_chains_out_of_the_search(tmp_path):
+    names = [dim.name for dim in hpo.search_space("dihedral")]
+    assert "aug_scale" not in names and "aug_noise" not in names and "learning_rate" in names
+    assert hpo.search_space("chain") == hpo.SEARCH_SPACE
+    optuna = hpo.import_optuna()
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    params = hpo.suggest(trial, ("model4",), "dihedral")
+    assert set(params) == set(names)
+    assert set(hpo.distributions(("model4",), "dihedral")) == set(names)
+    best = {"trial": 0, "value": 6.0, "params": params}
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"format": hpo.FORMAT, "search": {"regression_views": "dihedral"}, "best": best}))
+    assert hpo.training_params(path, "model4")["params"]["learning_rate"] == params["learning_rate"]
+    assert hpo.augmentation_params(path) == (1.0, 1.0)  # the chains as defined (unused with dihedral views)
+    # A chain search's file must carry the strengths.
+    with pytest.raises(InputError, match="lacks aug_scale"):
+        hpo.read_best(write_best(tmp_path / "chain.json", best))
+    with pytest.raises(ConfigError, match="regression.views"):
+        hpo.search_space("bilinear")
+
+
 def fake_trials_files(folder, scores, count=2, models=("model4", "model6")):
     """The trials files of ``count`` jobs of a search whose trial n scored ``scores[n]`` (None: pruned).
 

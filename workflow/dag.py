@@ -668,6 +668,8 @@ def _search_jobs(config, n_galaxies):
             out,
             "--seed",
             config.seed,
+            "--regression-views",
+            config.regression_views,
         ]
         if config.hpo_foreign:
             # On Pegasus the folder's files are declared and staged (pegasus_search_jobs).

@@ -73,6 +73,12 @@ def add_arguments(parser):
         help="also validate on the accepted galaxies of this raw-layout folder (catalog.csv, galaxies/), "
         "e.g. bench/foreign_universe.py's output; the score is then the mean of both RMS values",
     )
+    config.add_argument(
+        trial,
+        "regression_views",
+        help="how each trial's training images are varied (as inclinet-augment --regression-views); with "
+        "'dihedral' the chains' strengths are not searched",
+    )
     trial.add_argument("--work-dir", metavar="DIR", help="scratch folder for the trials' files (default: TMPDIR)")
     add_common_arguments(trial)
 
@@ -114,6 +120,7 @@ def _run_args(args):
             seed=args.seed,
             foreign=args.hpo_foreign,
             work_dir=args.work_dir,
+            regression_views=args.regression_views,
         )
     else:
         run("select", inputs=args.input, best=args.best, study=args.study, summary=args.summary, seed=args.seed)
