@@ -125,7 +125,8 @@ SETTINGS = {
             "aug_scale",
             float,
             1.0,
-            "factor on the half-width of the augmentation's scale range (1: the chains' own 0.8..1.2)",
+            "factor on the half-width of the augmentation's scale range (1: the chains' own 0.8..1.2; chain "
+            "views only)",
             minimum=0.0,
             maximum=4.0,
         ),
@@ -133,7 +134,7 @@ SETTINGS = {
             "aug_noise",
             float,
             1.0,
-            "factor on the augmentation's Gaussian noise level (1: the chains' own)",
+            "factor on the augmentation's Gaussian noise level (1: the chains' own; chain views only)",
             minimum=0.0,
         ),
         # The hyper-parameter search (inclinet-hpo; run_workflow.py --hpo-trials N).

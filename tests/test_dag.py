@@ -124,6 +124,21 @@ def test_training_jobs_carry_gpu_checkpoint_and_retries():
         assert job.retries == 1
 
 
+@pytest.mark.parametrize("views", ["chain", "dihedral"])
+def test_regression_views_reach_the_regression_augment_and_search_jobs(views):
+    jobs = dag.build_jobs(synthetic(regression_views=views, hpo_trials=2))
+    augment = {job.id: job.args for job in jobs if job.stage == "augment"}
+    for name, args in augment.items():
+        if "Binary" in name:
+            assert "--regression-views" not in args
+        else:
+            assert args[args.index("--regression-views") + 1] == views
+    trials = [job.args for job in jobs if job.stage == "hpo" and job.args[0] == "trial"]
+    assert trials and all(args[args.index("--regression-views") + 1] == views for args in trials)
+    with pytest.raises(ConfigError, match="regression.views"):
+        synthetic(regression_views="bilinear").validate()
+
+
 def test_jobs_round_trip_through_jobs_json(tmp_path):
     jobs = dag.build_jobs(synthetic())
     dag.save_jobs(tmp_path, jobs)
