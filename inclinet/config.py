@@ -115,11 +115,11 @@ SETTINGS = {
         Setting(
             "regression_views",
             str,
-            "chain",
+            "dihedral",
             "how the regression members' training images are varied: 'chain' (rotation, shift, scale, gamma, "
             "contrast, noise, blur, then the canonical normalisation again) or 'dihedral' (turns by multiples of "
             "90 degrees and flips only, nothing resampled: the canonical images as evaluation and predict see them)",
-            choices=("chain", "dihedral"),
+            choices=("dihedral", "chain"),
         ),
         Setting(
             "aug_scale",

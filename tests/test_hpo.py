@@ -95,11 +95,12 @@ def test_chains_are_unchanged_at_one_and_scaled_otherwise():
 def test_search_space_draws_within_its_bounds_and_the_settings():
     optuna = hpo.import_optuna()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    for _ in range(20):
-        params = hpo.suggest(study.ask(), ("model4", "model6"))
-        assert list(params) == [dim.name for dim in hpo.SEARCH_SPACE]
+    for index in range(20):
+        views = ("chain", "dihedral")[index % 2]
+        params = hpo.suggest(study.ask(), ("model4", "model6"), views)
+        assert list(params) == [dim.name for dim in hpo.search_space(views)]
         assert params["model"] in ("model4", "model6")
-        for key in hpo.TRAINING_KEYS + hpo.AUGMENTATION_KEYS:
+        for key in hpo.TRAINING_KEYS + (hpo.AUGMENTATION_KEYS if views == "chain" else ()):
             config.check(key, params[key])  # every value the search draws is one the stages accept
 
 
@@ -648,6 +649,7 @@ def test_tiny_workflow_with_a_search_on_the_local_engine(tmp_path):
     flags += ["--models", "model4", "--tasks", "regression", "--subsamples", "0", "--galaxies-per-job", "24"]
     flags += ["--epochs", "1", "--n-batches", "1", "--per-bin", "2", "--batch-size", "16", "--views", "1"]
     flags += ["--hpo-trials", "4", "--hpo-parallel", "2", "--hpo-epochs", "1", "--max-parallel", "2"]
+    flags += ["--regression-views", "chain"]  # the search also tunes the chains' strengths
     assert workflow_main([*flags, "--seed", str(SEED), "--output-dir", str(run_dir), "-q"]) == 0
     data = run_dir / "data"
     best = hpo.read_best(data / naming.HPO_BEST_PARAMS)

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 COMMANDS = ("status", "resume", "cancel")
 
 #: The embedded default (--demo): 1,500 synthetic galaxies through the whole DAG
-#: on the local engine in about half an hour on 2 CPU cores. 64 px keeps training fast on
+#: on the local engine in 20-30 minutes on 2 CPU cores. 64 px keeps training fast on
 #: a CPU, which rules out model5 (its convolutions need >= 76 px); the training budget goes
 #: to one family, model4 (the fastest), as two bagged members (full set + 1 subsample)
 #: trained long enough to learn, rather than to more families trained too little to.

@@ -2,10 +2,12 @@
 
 Regression: nine 5-degree inclination bins ([45, 50], (50, 55], ..., (85, 90]), each
 filled in every batch with ``per_bin`` colour and ``per_bin`` grayscale images (the gray
-band g, r or i drawn with equal probability), each image through the augmentation chain and
-the canonical normalisation. Binary: the same with the two classes accept (0) and reject (1)
-in place of the bins, each image turned by a random multiple of 90 degrees and flipped
-(``--binary-views dihedral``, no resampling; ``chain`` for the regression's). Galaxies of
+band g, r or i drawn with equal probability). Binary: the same with the two classes accept
+(0) and reject (1) in place of the bins. Each image is turned by a random multiple of 90
+degrees and flipped, nothing resampled (``--regression-views dihedral`` and
+``--binary-views dihedral``, the defaults: the canonical images as evaluation and predict see
+them), or with ``chain`` sent through the augmentation chain and the canonical
+normalisation again. Galaxies of
 a bin are used in turn (a fresh permutation each pass), so all are used about equally.
 Each batch is seeded by ``derive_seed(seed, subset, batch)``: batches are independent and
 memory holds one batch, whatever the number of galaxies or batches.
