@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 
-from inclinet import naming  # noqa: E402
+from inclinet import config, naming  # noqa: E402
 
 logger = logging.getLogger("bench_time_to_accuracy")
 
@@ -178,6 +178,12 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--schedules", nargs="+", choices=["constant", "cosine"], default=["constant", "cosine"])
     parser.add_argument("--targets", type=float, nargs="+", default=[6.0, 5.0, 4.0], help="per-galaxy RMS, deg")
+    parser.add_argument(
+        "--regression-views",
+        choices=config.setting("regression_views").choices,
+        default=config.DEFAULTS.regression_views,
+        help="how the members' training images are varied (inclinet-augment --regression-views)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     # What bench_accuracy.prepare_data reads besides the above: no reject member here.
