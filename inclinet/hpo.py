@@ -810,7 +810,7 @@ def select(*, inputs, best, study, summary, seed=config.DEFAULTS.seed):
         result,
         space=[
             dataclasses.asdict(dim)
-            for dim in search_space(common.get("regression_views", config.DEFAULTS.regression_views))
+            for dim in search_space(common.get("regression_views", "chain"))  # older searches: chain
         ],
         trials=[_summary_record(r) for r in ordered],
         failed_attempts=[_summary_record(r) for r in failed],
