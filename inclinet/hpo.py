@@ -116,6 +116,11 @@ def search_space(regression_views=config.DEFAULTS.regression_views):
     return tuple(dim for dim in SEARCH_SPACE if dim.name not in AUGMENTATION_KEYS)
 
 
+def _searched_views(search):
+    """The regression views of a search identity (a search that records none is older: chain)."""
+    return search.get("regression_views", "chain")
+
+
 def import_optuna():
     """Import Optuna with its per-trial log lines silenced (the trial jobs log one line per trial)."""
     try:
@@ -201,7 +206,7 @@ def read_best(path):
         raise InputError(f"{path}: not a best-parameters file of format {FORMAT}; run inclinet-hpo select again")
     search = data.get("search") if isinstance(data.get("search"), dict) else {}
     # A search with dihedral views has no chain strengths (search_space).
-    searched = AUGMENTATION_KEYS if search.get("regression_views", "chain") == "chain" else ()
+    searched = AUGMENTATION_KEYS if _searched_views(search) == "chain" else ()
     for entry in [data["best"], *(data.get("by_model") or {}).values()]:
         if entry is None:
             continue
@@ -246,7 +251,7 @@ def augmentation_params(path):
     params = data["best"]["params"]
     if not all(key in params for key in AUGMENTATION_KEYS):
         # A search with dihedral views does not vary the chains: they stay as defined.
-        return 1.0, 1.0
+        return config.DEFAULTS.aug_scale, config.DEFAULTS.aug_noise
     logger.info(
         "augmentation strength from %s (trial %s): scale x%.3f, noise x%.3f",
         path,
@@ -615,8 +620,8 @@ def _run_one(
             seed=seed,
             subset="HPO",
             report=folder / "augmented.report.csv",
-            aug_scale=params.get("aug_scale", 1.0),
-            aug_noise=params.get("aug_noise", 1.0),
+            aug_scale=params.get("aug_scale", config.DEFAULTS.aug_scale),
+            aug_noise=params.get("aug_noise", config.DEFAULTS.aug_noise),
             regression_views=regression_views,
         )
         if stop.requested:
@@ -808,10 +813,7 @@ def select(*, inputs, best, study, summary, seed=config.DEFAULTS.seed):
     atomic_write_json(best, result)
     summary_data = dict(
         result,
-        space=[
-            dataclasses.asdict(dim)
-            for dim in search_space(common.get("regression_views", "chain"))  # older searches: chain
-        ],
+        space=[dataclasses.asdict(dim) for dim in search_space(_searched_views(common))],
         trials=[_summary_record(r) for r in ordered],
         failed_attempts=[_summary_record(r) for r in failed],
         importances=importances,

@@ -153,8 +153,7 @@ def run(
     chains = hpo.chain_parameters(config.check("aug_scale", aug_scale), config.check("aug_noise", aug_noise))
     if binary_views not in BINARY_VIEWS:
         raise invalid("binary views", binary_views, " or ".join(BINARY_VIEWS))
-    if regression_views not in REGRESSION_VIEWS:
-        raise invalid("regression views", regression_views, " or ".join(REGRESSION_VIEWS))
+    config.check("regression_views", regression_views)
     if (binary_views if task == "binary" else regression_views) == "dihedral":
         chains = None  # dihedral views, see _write_batch
     output_dir = Path(output_dir)

@@ -216,18 +216,13 @@ class BatchStream:
         import tensorflow as tf
 
         size = self.image_size
-        label_spec = (
-            tf.TensorSpec((None,), tf.float32) if self.task == "regression" else tf.TensorSpec((None,), tf.int32)
-        )
         # One tf.py_function call per file share (tf.data.Dataset.from_generator, the same
         # reads, made every training step 25-35% slower on two free cores: see BENCHMARKS.md).
         plan = self._file_plan(epoch, start_step)
-        target_type = label_spec.dtype
+        target_type = tf.float32 if self.task == "regression" else tf.int32  # what _targets returns
 
         def read(position):
-            index, order = plan[int(position)]
-            images, targets = self._read_rows(index, order)
-            return images, targets.astype(target_type.as_numpy_dtype)
+            return self._read_rows(*plan[int(position)])
 
         def typed(images, targets):
             return tf.ensure_shape(images, (None, size, size, 3)), tf.ensure_shape(targets, (None,))
