@@ -148,7 +148,7 @@ def rejected_target(data, scheme):
     ``multi``: scored as ``jf`` (the model learns each class apart, :data:`MULTI_CLASSES`).
     """
     labels = data["labels"]
-    if scheme in ("jf", "multi"):
+    if scheme in ("jf", "multi", "heads", "heads:fj"):
         return labels != "A", np.ones(len(labels), dtype=bool)
     if scheme == "j":
         return labels == "J", np.ones(len(labels), dtype=bool)
@@ -164,6 +164,21 @@ def multi_target(data):
     """Class index of every image under ``multi`` (``A``, ``F``, then the ``J`` cause)."""
     names = np.where(data["labels"] == "J", data["causes"], data["labels"])
     return np.array([MULTI_CLASSES.index(name) for name in names], dtype=np.int64)
+
+
+#: Outputs of ``--labels heads``: one independent sigmoid per reject class (face-on, each cause).
+HEAD_CLASSES = MULTI_CLASSES[1:]
+
+
+def heads_target(data, scheme):
+    """Which reject head each image belongs to (none for accepted), float32.
+
+    ``heads``: (N, 5), one column per class of :data:`HEAD_CLASSES`; ``heads:fj``: (N, 2),
+    face-on and rejected (any cause): what a catalog's ``fon`` and ``inc_flg`` give.
+    """
+    if scheme == "heads:fj":
+        return np.stack([data["labels"] == "F", data["labels"] == "J"], axis=1).astype(np.float32)
+    return (multi_target(data)[:, None] == np.arange(1, len(MULTI_CLASSES))[None, :]).astype(np.float32)
 
 
 def roc_auc(positive, scores):
@@ -224,7 +239,30 @@ def texture_batch(batch, rng, max_blur, max_noise):
     return out
 
 
-def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augment=None, texture=None):
+def init_from_regression(model, path, freeze):
+    """Copy every layer but the head from the regression member at ``path``; ``freeze``: train the head alone."""
+    import keras
+
+    source = keras.models.load_model(path, compile=False)
+    for layer in model.layers:
+        if layer.name == "fc_out2" or not layer.weights:
+            continue
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+        layer.trainable = not freeze
+
+
+def train(
+    data,
+    scheme,
+    epochs,
+    seed,
+    learning_rate,
+    stretch_spread=None,
+    augment=None,
+    texture=None,
+    init_from=None,
+    freeze=False,
+):
     import keras
 
     from inclinet.models import build_model, scale_pixels
@@ -239,6 +277,8 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augmen
     weights = np.where(target == 1, 0.5 / share, 0.5 / (1.0 - share)).astype(np.float32)
     colour_chain, gray_chain = _chains(augment) if augment else (None, None)
     model = build_model("model4", input_size=SIZE, task="binary")
+    if init_from:
+        init_from_regression(model, init_from, freeze)
     if scheme == "multi":
         # Half the weight on accepted images, the other half shared equally by the five other
         # classes: the same accept/reject balance as ``jf``, each cause learnt apart.
@@ -248,7 +288,16 @@ def train(data, scheme, epochs, seed, learning_rate, stretch_spread=None, augmen
         weights = (per_class[target] / shares[target]).astype(np.float32)
         head = keras.layers.Dense(len(MULTI_CLASSES), activation="softmax", name="fc_out_multi")
         model = keras.Model(model.input, head(model.get_layer("fc_out2").input), name="model4_multi")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    loss = "sparse_categorical_crossentropy"
+    if scheme.startswith("heads"):
+        # One sigmoid per reject class, each learnt against everything else at its natural
+        # frequency (no class weights): a galaxy is rejected only for looking like one of them.
+        target = heads_target(data, scheme)[used]
+        weights = np.ones(len(target), dtype=np.float32)
+        head = keras.layers.Dense(target.shape[1], activation="sigmoid", name="fc_out_heads")
+        model = keras.Model(model.input, head(model.get_layer("fc_out2").input), name="model4_heads")
+        loss = "binary_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     history = []
     for epoch in range(epochs):
         start = time.time()
@@ -280,8 +329,15 @@ def p_reject(models, images):
     """Mean P(reject) of ``models`` (one or several members), four views each."""
     from inclinet.models import predict_views
 
-    # P(reject) = 1 - P(accepted): column 1 of the binary head, 1 - column 0 of the multi-class one.
-    return np.mean([1.0 - predict_views(model, images, 4)[0][:, 0] for model in models], axis=0)
+    # P(reject) = 1 - P(accepted): column 1 of the binary head, 1 - column 0 of the multi-class
+    # one; for independent heads, 1 - the product of (1 - P(class)) over the reject classes.
+    def one(model):
+        mean = predict_views(model, images, 4)[0]
+        if model.name == "model4_heads":
+            return 1.0 - np.prod(1.0 - mean, axis=1)
+        return 1.0 - mean[:, 0]
+
+    return np.mean([one(model) for model in models], axis=0)
 
 
 def score_universe(models, data, scheme, scores=None):
@@ -290,7 +346,7 @@ def score_universe(models, data, scheme, scores=None):
     positive, used = rejected_target(data, scheme)
     accepted = data["labels"] == "A"
     # J-only models are scored on J against A (F is neither what they learn nor accepted).
-    scored = used if scheme in ("jf", "multi") else used & (data["labels"] != "F")
+    scored = used if scheme in ("jf", "multi", "heads", "heads:fj") else used & (data["labels"] != "F")
     result = {"bands": {}, "accepted_rejected_by_inclination": {}}
     for band in BANDS:
         rows = data["bands"] == band
@@ -316,10 +372,11 @@ def parse_args(argv=None):
     parser.add_argument("--real", type=Path, help="folder of real cutouts (no labels)")
     parser.add_argument(
         "--labels",
-        choices=("j", "jf", "multi", "j:star", "j:multiple", "j:faint", "j:not_spiral"),
+        choices=("j", "jf", "multi", "heads", "heads:fj", "j:star", "j:multiple", "j:faint", "j:not_spiral"),
         default="jf",
         help="rejects: J, J or F, or the J galaxies of one cause; multi: J or F, learnt as six classes "
-        "(accepted, face-on, each cause)",
+        "(accepted, face-on, each cause); heads: J or F, one independent sigmoid per reject class "
+        "(heads:fj: one for F, one for J)",
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
@@ -343,8 +400,20 @@ def parse_args(argv=None):
         metavar=("BLUR", "NOISE"),
         help="per training image a Gaussian blur of sigma U[0, BLUR] px and noise of sigma U[0, NOISE] levels",
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="KERAS",
+        help="start from a trained model4 regression member's weights (every layer but the head)",
+    )
+    parser.add_argument(
+        "--freeze", action="store_true", help="with --init-from: train the head alone on the member's features"
+    )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--save-scores", type=Path, metavar="NPZ", help="write each image's mean P(reject) per set (own, foreign, real)"
+    )
     return parser.parse_args(argv)
 
 
@@ -372,6 +441,8 @@ def main(argv=None):
             args.stretch_augment,
             args.augment,
             args.texture_augment,
+            args.init_from,
+            args.freeze,
         )
         models.append(model)
         histories.append(history)
@@ -384,6 +455,8 @@ def main(argv=None):
         "stretch_augment": args.stretch_augment,
         "augment": args.augment,
         "texture_augment": args.texture_augment,
+        "init_from": str(args.init_from) if args.init_from else None,
+        "freeze": args.freeze,
         "n_train_images": int(len(sets["train"]["images"])),
         "normalise_seconds": round(normalised, 1),
         "history": histories[0] if len(models) == 1 else histories,
@@ -413,6 +486,10 @@ def main(argv=None):
             }
             for k, (seed, model) in enumerate(zip(args.seed, models))
         ]
+    if args.save_scores:
+        args.save_scores.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.save_scores) as temporary:
+            np.savez(temporary, **{name: np.mean(member_scores[name], axis=0) for name in names})
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
