@@ -31,6 +31,11 @@ them (every training image normalised a second time, nothing else).
 ``--texture-augment BLUR NOISE`` blurs each training image by a Gaussian of sigma drawn in
 [0, BLUR] px and adds white noise of sigma drawn in [0, NOISE] grey levels (no resampling,
 no re-normalisation), so that pixel texture is no cue to the label.
+``--labels heads`` learns one independent sigmoid per reject class (face-on and each cause;
+``heads:fj``: face-on and rejected) and scores P(reject) = 1 - prod(1 - P(class)).
+``--init-from KERAS`` starts from a trained model4 regression member's weights (every layer
+but the head), fine-tuned, or with ``--freeze`` only the head learns on the member's features.
+``--save-scores NPZ`` keeps every image's P(reject) per set.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
 shapes unchanged, the light profile's shape removed).
