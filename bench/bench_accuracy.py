@@ -188,6 +188,11 @@ def train_member(args, folder, data, model, subset, *, batch_size, lr_schedule, 
 
     task = "binary" if subset == "binary" else "regression"
     stem = Path(folder) / naming.model_stem(model, subset)
+    trunk = None
+    if task == "binary" and args.binary_trunk == "regression":
+        # As the workflow: the trunk of this model's first regression member (subset 0 there).
+        subsets = sorted(s for m, s in args.members if m == model)
+        trunk = Path(folder) / naming.trained_model(model, subsets[0])
     return train.run(
         model=model,
         task=task,
@@ -203,6 +208,7 @@ def train_member(args, folder, data, model, subset, *, batch_size, lr_schedule, 
         lr_schedule=lr_schedule,
         seed=args.seed,
         epoch_end=epoch_end,
+        init_trunk=trunk,
     )
 
 
@@ -698,6 +704,13 @@ def main(argv=None):
         default=None,
         help="the reject member's learning rate (default: --learning-rate, as the presets were measured)",
     )
+    parser.add_argument(
+        "--binary-trunk",
+        choices=config.setting("binary_trunk").choices,
+        default="scratch",
+        help="the reject member from scratch (default, as the presets were measured) or on the frozen trunk of "
+        "its model's first regression member (regression: the workflow's default, run_workflow.py --binary-trunk)",
+    )
     parser.add_argument("--n-foreign", type=int, default=500, help="galaxies of the foreign universe (0: none)")
     parser.add_argument(
         "--n-peer-train", type=int, default=600, help="labelled training galaxies the classical peer is calibrated on"
@@ -708,6 +721,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.binary_learning_rate is None:
         args.binary_learning_rate = args.learning_rate
+    regression_models = {model for model, _ in args.members}
+    if args.binary_model and args.binary_trunk == "regression" and args.binary_model not in regression_models:
+        parser.error(f"--binary-trunk regression needs a regression member of {args.binary_model} in --members")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work

@@ -34,7 +34,8 @@ no re-normalisation), so that pixel texture is no cue to the label.
 ``--labels heads`` learns one independent sigmoid per reject class (face-on and each cause;
 ``heads:fj``: face-on and rejected) and scores P(reject) = 1 - prod(1 - P(class)).
 ``--init-from KERAS`` starts from a trained model4 regression member's weights (every layer
-but the head), fine-tuned, or with ``--freeze`` only the head learns on the member's features.
+but the head), fine-tuned, or with ``--freeze`` only the head learns on the member's features
+(``--freeze conv``: the dense layers and the head, on its convolutional trunk).
 ``--save-scores NPZ`` keeps every image's P(reject) per set.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
@@ -245,7 +246,11 @@ def texture_batch(batch, rng, max_blur, max_noise):
 
 
 def init_from_regression(model, path, freeze):
-    """Copy every layer but the head from the regression member at ``path``; ``freeze``: train the head alone."""
+    """Copy every layer but the head from the regression member at ``path``.
+
+    ``freeze``: None trains every layer; ``trunk`` the head alone; ``conv`` the dense layers
+    and the head (the convolutional trunk and its batch normalisations kept as learnt).
+    """
     import keras
 
     source = keras.models.load_model(path, compile=False)
@@ -253,7 +258,8 @@ def init_from_regression(model, path, freeze):
         if layer.name == "fc_out2" or not layer.weights:
             continue
         layer.set_weights(source.get_layer(layer.name).get_weights())
-        layer.trainable = not freeze
+        frozen = freeze == "trunk" or (freeze == "conv" and not isinstance(layer, keras.layers.Dense))
+        layer.trainable = not frozen
 
 
 def train(
@@ -266,7 +272,7 @@ def train(
     augment=None,
     texture=None,
     init_from=None,
-    freeze=False,
+    freeze=None,
 ):
     import keras
 
@@ -412,7 +418,11 @@ def parse_args(argv=None):
         help="start from a trained model4 regression member's weights (every layer but the head)",
     )
     parser.add_argument(
-        "--freeze", action="store_true", help="with --init-from: train the head alone on the member's features"
+        "--freeze",
+        nargs="?",
+        const="trunk",
+        choices=("trunk", "conv"),
+        help="with --init-from: train the head alone (trunk, the default) or the dense layers and the head (conv)",
     )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)

@@ -104,6 +104,15 @@ SETTINGS = {
             minimum=0.0,
         ),
         Setting(
+            "binary_trunk",
+            str,
+            "regression",
+            "what the binary (reject) members start from in the workflow: 'regression' (the convolutional trunk "
+            "of the same model's regression member on the full training set, frozen; the dense layers and head "
+            "learn) or 'scratch' (every layer learns from random weights)",
+            choices=("regression", "scratch"),
+        ),
+        Setting(
             "lr_schedule",
             str,
             "constant",

@@ -170,6 +170,34 @@ def build_model(name, *, input_size=DEFAULT_INPUT_SIZE, task="regression", dropo
     return keras.Model(inputs, outputs, name=f"{name}_{task}")
 
 
+def adopt_trunk(net, source):
+    """Copy the convolutional trunk of ``source`` into ``net`` and freeze it there.
+
+    Every layer of ``net`` that holds weights and is not a dense layer (the convolutions
+    and batch normalisations) takes the weights of ``source``'s layer of the same name and
+    stops learning (frozen batch normalisations use the source's moving statistics); the
+    dense layers and the head keep their own initial weights and learn. Both models must be
+    the same architecture at the same input size (a ``ValueError`` names the first layer
+    that differs). Returns the names of the layers copied.
+    """
+    keras = import_keras()
+    copied = []
+    for layer in net.layers:
+        if not layer.weights or isinstance(layer, keras.layers.Dense):
+            continue
+        try:
+            donor = source.get_layer(layer.name)
+        except ValueError:
+            raise ValueError(f"layer {layer.name!r} is missing from {source.name}") from None
+        weights = donor.get_weights()
+        if [w.shape for w in weights] != [tuple(v.shape) for v in layer.weights]:
+            raise ValueError(f"layer {layer.name!r} of {source.name} has other shapes than {net.name}'s")
+        layer.set_weights(weights)
+        layer.trainable = False
+        copied.append(layer.name)
+    return copied
+
+
 def scale_pixels(images):
     """uint8 (or any numeric) pixels -> float32 in [0, 1]: ``x / 255``."""
     return np.asarray(images, dtype=np.float32) / np.float32(PIXEL_SCALE)

@@ -262,3 +262,19 @@ def test_demo_preset_and_overrides(tmp_path):
 
 def test_root_names_real_images_only(tmp_path):
     assert main(["--synthetic", "20", "--root", "other", "--output-dir", str(tmp_path / "x"), "--dry-run"]) == 2
+
+
+def test_reject_members_start_from_their_models_regression_trunk():
+    jobs = {job.id: job for job in dag.build_jobs(synthetic(models=("model4", "model6")))}
+    for model in ("model4", "model6"):
+        binary = jobs[f"train_Binary_{model}"]
+        trunk = f"models/Uset_000_{model}.keras"
+        assert binary.args[binary.args.index("--init-trunk") + 1] == trunk
+        assert trunk in binary.inputs and f"train_Uset_000_{model}" in binary.parents
+    for job in jobs.values():
+        if job.stage == "train" and "Binary" not in job.id:
+            assert "--init-trunk" not in job.args
+    binary = {job.id: job for job in dag.build_jobs(synthetic(binary_trunk="scratch"))}["train_Binary_model4"]
+    assert "--init-trunk" not in binary.args and not any(p.startswith("train_") for p in binary.parents)
+    with pytest.raises(ConfigError, match="binary.trunk"):
+        synthetic(binary_trunk="imagenet").validate()

@@ -77,6 +77,7 @@ _TRAINING_SETTINGS = (
     "per_bin",
     "binary_per_bin",
     "binary_learning_rate",
+    "binary_trunk",
     "regression_views",
     "views",
 )

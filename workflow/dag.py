@@ -245,6 +245,7 @@ class WorkflowConfig:
     per_bin: int = settings.DEFAULTS.per_bin
     binary_per_bin: int = settings.DEFAULTS.binary_per_bin
     binary_learning_rate: float = settings.DEFAULTS.binary_learning_rate
+    binary_trunk: str = settings.DEFAULTS.binary_trunk
     regression_views: str = settings.DEFAULTS.regression_views
     views: int = settings.DEFAULTS.views
     seed: int = settings.DEFAULTS.seed
@@ -586,6 +587,10 @@ def build_jobs(config, *, missing=None):
                 naming.training_plot(model, subset),
             ]
             checkpoint = naming.training_checkpoint(model, subset)
+            # A reject member starts from its model's regression member on the full set (its
+            # convolutional trunk, frozen): that member's job is then a parent of this one.
+            on_trunk = task == "binary" and config.binary_trunk == "regression"
+            trunk = [naming.trained_model(model, 0)] if on_trunk else []
             args = [
                 "--model",
                 model,
@@ -610,6 +615,7 @@ def build_jobs(config, *, missing=None):
                 "--lr-schedule",
                 config.lr_schedule,
                 *(["--learning-rate", config.binary_learning_rate] if task == "binary" else []),
+                *(["--init-trunk", *trunk] if trunk else []),
                 "--seed",
                 config.seed,
                 *tuned,
@@ -619,7 +625,7 @@ def build_jobs(config, *, missing=None):
                     f"train_{naming.uset(subset)}_{model}",
                     "train",
                     args,
-                    batches + validation + tuned[1:],
+                    batches + validation + tuned[1:] + trunk,
                     outputs,
                     config,
                     checkpoint=checkpoint,

@@ -27,6 +27,7 @@ Exit codes: 0 done, 1 runtime failure, 2 bad input/flags, **3 interrupted by SIG
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -469,6 +470,7 @@ def run(
     dropout=config.DEFAULTS.dropout,
     hpo_params=None,
     epoch_end=None,
+    init_trunk=None,
 ):
     """Train ``model`` for ``task`` and write ``output`` (.keras), ``metrics`` (JSON) and ``plot`` (PNG).
 
@@ -478,9 +480,12 @@ def run(
     (:func:`inclinet.hpo.training_params`); its learning rate, schedule, batch size and
     dropout replace the arguments. ``epoch_end(record, net)`` is called after every epoch
     with the epoch's metrics and the model (the search reports and prunes there; what it
-    raises ends training). Resumes from ``checkpoint`` when it exists and was written with
-    the same settings. Raises :class:`TrainingInterrupted` (exit code 3) after saving the
-    checkpoint when a SIGTERM arrives. Returns the metrics dictionary.
+    raises ends training). ``init_trunk`` (binary task only): a trained regression member
+    of the same model and input size whose convolutional trunk the new member starts from,
+    frozen (:func:`inclinet.models.adopt_trunk`); its dense layers and head learn. Resumes
+    from ``checkpoint`` when it exists and was written with the same settings. Raises
+    :class:`TrainingInterrupted` (exit code 3) after saving the checkpoint when a SIGTERM
+    arrives. Returns the metrics dictionary.
     """
     searched = None
     if hpo_params is not None:
@@ -505,6 +510,17 @@ def run(
         raise invalid("--lr-schedule", lr_schedule, "one of " + ", ".join(LR_SCHEDULES))
     if not train:
         raise ConfigError("invalid --train: nothing given; must be one or more augmented batch files")
+    if init_trunk is not None:
+        if task != "binary":
+            raise ConfigError(
+                f"invalid --init-trunk: {str(init_trunk)!r} with --task {task}; must go with --task binary "
+                "(a reject member on a regression member's trunk)"
+            )
+        if not Path(init_trunk).is_file():
+            raise InputError(
+                f"cannot read --init-trunk {str(init_trunk)!r}: no such file; train the regression member "
+                "first (the workflow does) or leave --init-trunk out to train the reject member from scratch"
+            )
     start_time = time.perf_counter()
     # The handler goes in before the slow start-up (reading batches, importing TensorFlow),
     # so that a SIGTERM then still ends the job with exit 3 (rerun, no retry used).
@@ -534,6 +550,7 @@ def run(
             searched=searched,
             epoch_end=epoch_end,
             start_time=start_time,
+            init_trunk=init_trunk,
         )
     finally:
         if previous_handler is not None:
@@ -561,6 +578,7 @@ def _train(
     searched,
     epoch_end,
     start_time,
+    init_trunk,
 ):
     stream, val_images, val_labels = _read_inputs(model, task, train, validation, batch_size, seed)
     signature = {
@@ -576,6 +594,9 @@ def _train(
         signature["epochs"] = int(epochs)
     if dropout != config.DEFAULTS.dropout:
         signature["dropout"] = float(dropout)
+    if init_trunk is not None:
+        # The trunk's bytes, not its name: a retrained regression member is another start.
+        signature["init_trunk"] = hashlib.sha256(Path(init_trunk).read_bytes()).hexdigest()
 
     keras = inclinet_models.import_keras()
     enable_determinism()
@@ -584,7 +605,15 @@ def _train(
     # the member too, so that bagged members of one model start from different weights.
     keras.utils.set_random_seed(derive_seed(seed, "train", model, task, Path(output).stem))
     session = _start_or_resume(
-        keras, checkpoint, signature, stream, val_images[:1], val_labels[:1], learning_rate=learning_rate, epochs=epochs
+        keras,
+        checkpoint,
+        signature,
+        stream,
+        val_images[:1],
+        val_labels[:1],
+        learning_rate=learning_rate,
+        epochs=epochs,
+        init_trunk=init_trunk,
     )
     validation_set = (inclinet_models.scale_pixels(val_images), _targets(val_labels, task))
     state = session.state
@@ -620,6 +649,7 @@ def _train(
         searched=searched,
         n_validation=len(val_images),
         start_time=start_time,
+        init_trunk=init_trunk,
     )
 
 
@@ -649,7 +679,28 @@ class _Session:
         self.resume_metrics = resume_metrics
 
 
-def _start_or_resume(keras, checkpoint, signature, stream, probe_images, probe_labels, *, learning_rate, epochs):
+def _load_trunk(keras, path, model, image_size):
+    """The regression member at ``path``, checked to be ``model`` at ``image_size`` px."""
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise InputError(
+            f"cannot read --init-trunk {str(path)!r} as a Keras model ({type(error).__name__}: {error}); "
+            "give the .keras file of a trained regression member"
+        ) from None
+    expected = f"{model}_regression"
+    shape = tuple(source.input_shape[1:]) if hasattr(source, "input_shape") else None
+    if source.name != expected or shape != (image_size, image_size, 3):
+        raise InputError(
+            f"invalid --init-trunk {str(path)!r}: it is {source.name} for {shape} inputs; must be a {model} "
+            f"regression member for {image_size} px images (the same --model and --size as this member)"
+        )
+    return source
+
+
+def _start_or_resume(
+    keras, checkpoint, signature, stream, probe_images, probe_labels, *, learning_rate, epochs, init_trunk=None
+):
     """A :class:`_Session` from ``checkpoint`` when it holds one for this ``signature``, else a new model."""
     model, task, lr_schedule = signature["model"], signature["task"], signature["lr_schedule"]
     # An empty file is no checkpoint: Pegasus (condorio) stages an empty placeholder
@@ -679,6 +730,9 @@ def _start_or_resume(keras, checkpoint, signature, stream, probe_images, probe_l
         net = inclinet_models.build_model(
             model, input_size=stream.image_size, task=task, dropout=signature.get("dropout", config.DEFAULTS.dropout)
         )
+        if init_trunk is not None:
+            copied = inclinet_models.adopt_trunk(net, _load_trunk(keras, init_trunk, model, stream.image_size))
+            logger.info("starting from the trunk of %s (%d layers, frozen)", init_trunk, len(copied))
         _compile(keras, net, task, learning_rate, lr_schedule, epochs * stream.steps_per_epoch)
         session = _Session(
             net,
@@ -781,6 +835,7 @@ def _finish(
     searched,
     n_validation,
     start_time,
+    init_trunk=None,
 ):
     """Write the model (best epoch's weights with early stopping), the metrics JSON and the plot; log and
     return the metrics."""
@@ -803,6 +858,8 @@ def _finish(
         "lr_schedule": lr_schedule,
         "dropout": float(dropout),
         "hpo": searched,
+        "init_trunk": str(init_trunk) if init_trunk is not None else None,
+        "trainable_parameters": int(sum(np.prod(v.shape) for v in net.trainable_weights)),
         "epochs_requested": int(epochs),
         "epochs_run": len(history),
         "early_stopping": early_stopping,
@@ -903,6 +960,12 @@ def add_arguments(parser):
         help="best parameters of a hyper-parameter search (inclinet-hpo select): its learning rate, "
         "schedule, batch size and dropout for this --model replace the flags",
     )
+    parser.add_argument(
+        "--init-trunk",
+        metavar="MEMBER.keras",
+        help="binary task: start from the convolutional trunk of this trained regression member (same --model "
+        "and image size), frozen; only the dense layers and the head learn",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -925,6 +988,7 @@ def _run_args(args):
         seed=args.seed,
         dropout=args.dropout,
         hpo_params=args.hpo_params,
+        init_trunk=args.init_trunk,
     )
 
 
