@@ -146,6 +146,10 @@ def cached(work, name, loader):
     return data
 
 
+#: Label schemes whose rejects are ``J`` or ``F`` (scored on every image, face-on included).
+JF_SCHEMES = ("jf", "multi", "heads", "heads:fj")
+
+
 def rejected_target(data, scheme):
     """``(positive, used)``: which images count as rejects under ``scheme``, and which take part at all.
 
@@ -154,7 +158,7 @@ def rejected_target(data, scheme):
     ``multi``: scored as ``jf`` (the model learns each class apart, :data:`MULTI_CLASSES`).
     """
     labels = data["labels"]
-    if scheme in ("jf", "multi", "heads", "heads:fj"):
+    if scheme in JF_SCHEMES:
         return labels != "A", np.ones(len(labels), dtype=bool)
     if scheme == "j":
         return labels == "J", np.ones(len(labels), dtype=bool)
@@ -248,18 +252,23 @@ def texture_batch(batch, rng, max_blur, max_noise):
 def init_from_regression(model, path, freeze):
     """Copy every layer but the head from the regression member at ``path``.
 
-    ``freeze``: None trains every layer; ``trunk`` the head alone; ``conv`` the dense layers
-    and the head (the convolutional trunk and its batch normalisations kept as learnt).
+    The convolutional trunk goes over as the workflow's ``--init-trunk`` takes it
+    (:func:`inclinet.models.adopt_trunk`); the dense layers below the head are copied too (the
+    workflow's reject member starts them afresh). ``freeze``: None trains every layer;
+    ``trunk`` the head alone; ``conv`` the dense layers and the head.
     """
     import keras
 
+    from inclinet.models import adopt_trunk
+
     source = keras.models.load_model(path, compile=False)
+    trunk = set(adopt_trunk(model, source))
     for layer in model.layers:
-        if layer.name == "fc_out2" or not layer.weights:
-            continue
-        layer.set_weights(source.get_layer(layer.name).get_weights())
-        frozen = freeze == "trunk" or (freeze == "conv" and not isinstance(layer, keras.layers.Dense))
-        layer.trainable = not frozen
+        if layer.name in trunk:
+            layer.trainable = freeze is None
+        elif layer.weights and layer.name != "fc_out2":
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+            layer.trainable = freeze != "trunk"
 
 
 def train(
@@ -357,7 +366,7 @@ def score_universe(models, data, scheme, scores=None):
     positive, used = rejected_target(data, scheme)
     accepted = data["labels"] == "A"
     # J-only models are scored on J against A (F is neither what they learn nor accepted).
-    scored = used if scheme in ("jf", "multi", "heads", "heads:fj") else used & (data["labels"] != "F")
+    scored = used if scheme in JF_SCHEMES else used & (data["labels"] != "F")
     result = {"bands": {}, "accepted_rejected_by_inclination": {}}
     for band in BANDS:
         rows = data["bands"] == band
