@@ -701,12 +701,15 @@ def test_search_under_slurm_with_a_trial_job_cancelled_and_resumed(slurm_cluster
         pytest.fail("trial job 1/2 did not reach its second trial within 300 s")
     first = slurm.submissions(run_dir)["hpo_trial_01of02"]
     subprocess.run(["scancel", first], check=True)  # SIGTERM through the wrapper: exit 3, trials kept
+    exit_record = run_dir / "state" / "exit" / "hpo_trial_01of02.json"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first in our_queue(run_dir):
+    # SLURM may list the job as ended before its wrapper has written the exit record (the trial
+    # saves its study first): wait for both.
+    while time.monotonic() < deadline and (first in our_queue(run_dir) or not exit_record.is_file()):
         time.sleep(1)
     states = {k: v.state for k, v in slurm.collect_status(run_dir, jobs).items()}
     assert states["hpo_trial_01of02"] == "failed" and states["hpo_select"] == "blocked", states
-    record = json.loads((run_dir / "state" / "exit" / "hpo_trial_01of02.json").read_text())
+    record = json.loads(exit_record.read_text())
     assert (record["exit_code"], record["signal"]) == (hpo.EXIT_INTERRUPTED, "TERM")
     assert workflow_main(["resume", str(run_dir), "--wait", "--poll-interval", "1", "--wait-timeout", "400"]) == 0
     assert {s.state for s in slurm.collect_status(run_dir, jobs).values()} == {"done"}
