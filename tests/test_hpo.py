@@ -703,7 +703,7 @@ def test_search_under_slurm_with_a_trial_job_cancelled_and_resumed(slurm_cluster
     subprocess.run(["scancel", first], check=True)  # SIGTERM through the wrapper: exit 3, trials kept
     exit_record = run_dir / "state" / "exit" / "hpo_trial_01of02.json"
     deadline = time.monotonic() + 120
-    # SLURM may list the job as ended before its wrapper has written the exit record (the trial
+    # SLURM lists the job as ended before its wrapper has written the exit record (the trial
     # saves its study first): wait for both.
     while time.monotonic() < deadline and (first in our_queue(run_dir) or not exit_record.is_file()):
         time.sleep(1)

@@ -122,7 +122,9 @@ SchedulerType=sched/backfill
 # React within a second or two: the tests submit, wait and check small DAGs.
 SchedulerParameters=sched_interval=2,bf_interval=1,default_queue_depth=1000
 MinJobAge=300
-KillWait=5
+# Time between scancel's SIGTERM and SIGKILL (SLURM's default): a job saves its checkpoint or its
+# search state on SIGTERM and writes its exit record, which took over 5 s on a loaded 2-core machine.
+KillWait=30
 InactiveLimit=0
 Waittime=0
 ReturnToService=2
