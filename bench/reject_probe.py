@@ -36,6 +36,14 @@ no re-normalisation), so that pixel texture is no cue to the label.
 ``--init-from KERAS`` starts from a trained model4 regression member's weights (every layer
 but the head), fine-tuned, or with ``--freeze`` only the head learns on the member's features
 (``--freeze conv``: the dense layers and the head, on its convolutional trunk).
+``--freeze workflow`` is the workflow's reject member: the convolutions copied and frozen, the
+dense layers from fresh weights.
+``--pretrain KIND EPOCHS`` first trains that regression member here, one per seed, on the
+``--train`` images (``narrow``: accepted galaxies, 45-90 deg, the workflow's; ``censored``:
+accepted galaxies and face-on ones as "below 45 deg", all a catalog says of them; ``wide``:
+both at their true inclination), then the reject member on its frozen convolutions; for
+``censored`` and ``wide`` the report adds how the regression member alone sorts galaxies at 45
+deg (``pretrain_face_on``).
 ``--save-scores NPZ`` keeps every image's P(reject) per set.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
@@ -255,7 +263,8 @@ def init_from_regression(model, path, freeze):
     The convolutional trunk goes over as the workflow's ``--init-trunk`` takes it
     (:func:`inclinet.models.adopt_trunk`); the dense layers below the head are copied too (the
     workflow's reject member starts them afresh). ``freeze``: None trains every layer;
-    ``trunk`` the head alone; ``conv`` the dense layers and the head.
+    ``trunk`` the head alone; ``conv`` the dense layers and the head; ``workflow`` the same as
+    ``conv`` but with the dense layers from fresh weights, as the workflow's reject member.
     """
     import keras
 
@@ -266,9 +275,99 @@ def init_from_regression(model, path, freeze):
     for layer in model.layers:
         if layer.name in trunk:
             layer.trainable = freeze is None
-        elif layer.weights and layer.name != "fc_out2":
+        elif layer.weights and layer.name != "fc_out2" and freeze != "workflow":
             layer.set_weights(source.get_layer(layer.name).get_weights())
             layer.trainable = freeze != "trunk"
+
+
+#: ``--pretrain`` trunks: which images the regression member learns from, and how.
+PRETRAIN_KINDS = ("narrow", "censored", "wide")
+
+
+def pretrain_targets(data, kind):
+    """``(rows, target, bound)`` of a ``--pretrain`` regression member on ``data``.
+
+    ``narrow``: the workflow's regression member, accepted galaxies, ``(inc - 67.5) / 22.5``.
+    ``censored``: accepted galaxies at ``(inc - 45) / 45`` (0 to 1) and face-on ones as an upper
+    bound only (``target <= 0``, i.e. below 45 deg: all a catalog's ``F`` flag says).
+    ``wide``: accepted and face-on galaxies at their true inclination, ``(inc - 45) / 45``
+    (-1 to 1); only a synthetic universe knows a face-on galaxy's inclination.
+    """
+    labels, inclinations = data["labels"], data["inclinations"]
+    if kind == "narrow":
+        rows = labels == "A"
+        return rows, ((inclinations[rows] - 67.5) / 22.5).astype(np.float32), np.zeros(rows.sum(), np.float32)
+    rows = (labels == "A") | (labels == "F")
+    target = ((inclinations[rows] - 45.0) / 45.0).astype(np.float32)
+    bound = np.zeros(rows.sum(), np.float32)
+    if kind == "censored":
+        face_on = labels[rows] == "F"
+        target[face_on] = 0.0
+        bound[face_on] = 1.0
+    return rows, target, bound
+
+
+def censored_mse(y_true, y_pred):
+    """Squared error; where ``y_true[:, 1]`` is 1, ``y_true[:, 0]`` is an upper bound only."""
+    import keras
+
+    ops = keras.ops
+    target, bound = y_true[:, 0], y_true[:, 1]
+    error = y_pred[:, 0] - target
+    error = ops.where(bound > 0.5, ops.maximum(error, 0.0), error)
+    return ops.square(error)
+
+
+def pretrain(data, kind, epochs, seed, path, learning_rate=1e-3, batch_size=32):
+    """Train a model4 regression member on ``data`` (``kind``: :data:`PRETRAIN_KINDS`), save it at ``path``."""
+    import keras
+
+    from inclinet.models import build_model, scale_pixels
+
+    keras.utils.set_random_seed(seed + 1000)
+    rng = np.random.default_rng(seed + 1000)
+    rows, target, bound = pretrain_targets(data, kind)
+    images = data["images"][rows]
+    truth = np.stack([target, bound], axis=1)
+    model = build_model("model4", input_size=SIZE, task="regression")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=censored_mse)
+    history = []
+    for epoch in range(epochs):
+        start = time.time()
+        order = rng.permutation(len(images))
+        losses = []
+        for first in range(0, len(order) - batch_size + 1, batch_size):
+            picked = order[first : first + batch_size]
+            batch = np.rot90(images[picked], k=int(rng.integers(4)), axes=(1, 2))
+            if rng.integers(2):
+                batch = batch[:, :, ::-1]
+            losses.append(float(model.train_on_batch(scale_pixels(batch), truth[picked])))
+        seconds = round(time.time() - start, 1)
+        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
+        print(json.dumps({"pretrain": kind, **history[-1]}), flush=True)
+    model.save(path)
+    return history
+
+
+def face_on_by_regression(path, data):
+    """How a ``censored``/``wide`` regression member alone sorts galaxies at 45 deg (four views).
+
+    The share of face-on galaxies it reads below 45 deg, and of accepted ones per inclination bin.
+    """
+    import keras
+
+    from inclinet.models import predict_views
+
+    model = keras.models.load_model(path, compile=False)
+    used = (data["labels"] == "A") | (data["labels"] == "F")
+    below = np.zeros(len(used), dtype=bool)
+    below[used] = predict_views(model, data["images"][used], 4)[0][:, 0] < 0.0
+    result = {"face_on_below_45": round(float(below[data["labels"] == "F"].mean()), 3)}
+    accepted = data["labels"] == "A"
+    for low, high in INCLINATION_BINS:
+        rows = accepted & (data["inclinations"] >= low) & (data["inclinations"] < high)
+        result[f"accepted_{low}-{min(high, 90)}_below_45"] = round(float(below[rows].mean()), 3) if rows.any() else None
+    return result
 
 
 def train(
@@ -430,8 +529,17 @@ def parse_args(argv=None):
         "--freeze",
         nargs="?",
         const="trunk",
-        choices=("trunk", "conv"),
-        help="with --init-from: train the head alone (trunk, the default) or the dense layers and the head (conv)",
+        choices=("trunk", "conv", "workflow"),
+        help="with --init-from: train the head alone (trunk, the default), the dense layers and the head (conv), "
+        "or those from fresh weights on the frozen convolutions (workflow: the workflow's reject member)",
+    )
+    parser.add_argument(
+        "--pretrain",
+        nargs=2,
+        metavar=("KIND", "EPOCHS"),
+        help="first train a model4 regression member per seed on --train (KIND: narrow = accepted galaxies, "
+        "45-90 deg; censored = accepted ones and face-on ones as 'below 45 deg'; wide = both at their true "
+        "inclination) and start the reject member on its frozen convolutions (as --freeze workflow)",
     )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)
@@ -455,7 +563,18 @@ def main(argv=None):
         sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
     normalised = time.time() - start
     models, histories = [], []
+    pretrained = []
+    if args.pretrain:
+        kind, pre_epochs = args.pretrain[0], int(args.pretrain[1])
+        if kind not in PRETRAIN_KINDS:
+            raise SystemExit(f"reject_probe: --pretrain KIND must be one of {', '.join(PRETRAIN_KINDS)}, not {kind!r}")
+        args.freeze = "workflow"
     for seed in args.seed:
+        init_from = args.init_from
+        if args.pretrain:
+            init_from = work / f"pretrain_{kind}_{pre_epochs}_{seed}.keras"
+            if not init_from.is_file():
+                pretrained.append(pretrain(sets["train"], kind, pre_epochs, seed, init_from))
         model, history = train(
             sets["train"],
             args.labels,
@@ -465,7 +584,7 @@ def main(argv=None):
             args.stretch_augment,
             args.augment,
             args.texture_augment,
-            args.init_from,
+            init_from,
             args.freeze,
         )
         models.append(model)
@@ -481,6 +600,8 @@ def main(argv=None):
         "texture_augment": args.texture_augment,
         "init_from": str(args.init_from) if args.init_from else None,
         "freeze": args.freeze,
+        "pretrain": args.pretrain,
+        "pretrain_history": pretrained,
         "n_train_images": int(len(sets["train"]["images"])),
         "normalise_seconds": round(normalised, 1),
         "history": histories[0] if len(models) == 1 else histories,
@@ -510,6 +631,11 @@ def main(argv=None):
             }
             for k, (seed, model) in enumerate(zip(args.seed, models))
         ]
+    if args.pretrain and kind != "narrow":
+        result["pretrain_face_on"] = {
+            name: face_on_by_regression(work / f"pretrain_{kind}_{pre_epochs}_{args.seed[0]}.keras", sets[name])
+            for name in ("own", "foreign")
+        }
     if args.save_scores:
         args.save_scores.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(args.save_scores) as temporary:
