@@ -44,6 +44,8 @@ accepted galaxies and face-on ones as "below 45 deg", all a catalog says of them
 both at their true inclination), then the reject member on its frozen convolutions; for
 ``censored`` and ``wide`` the report adds how the regression member alone sorts galaxies at 45
 deg (``pretrain_face_on``).
+Several ``--train`` folders pool their galaxies (the cache keeps the pool: use a new
+``--work`` per combination).
 ``--save-scores NPZ`` keeps every image's P(reject) per set.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
@@ -130,6 +132,11 @@ def load_universe(folder, remap):
         "inclinations": np.array(inclinations),
         "bands": np.array(bands),
     }
+
+
+def pool(universes):
+    """Several :func:`load_universe` results as one training set (arrays concatenated in order)."""
+    return {key: np.concatenate([universe[key] for universe in universes]) for key in universes[0]}
 
 
 def load_real(folder, remap):
@@ -485,7 +492,14 @@ def score_universe(models, data, scheme, scores=None):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=Path, required=True, help="inclinet-synth folder to train on")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="inclinet-synth folder(s) to train on (several: their galaxies pooled, e.g. a second look "
+        "drawn by bench/foreign_universe.py with another seed)",
+    )
     parser.add_argument("--own", type=Path, required=True, help="another draw of our universe")
     parser.add_argument("--foreign", type=Path, required=True, help="bench/foreign_universe.py folder")
     parser.add_argument("--real", type=Path, help="folder of real cutouts (no labels)")
@@ -557,8 +571,11 @@ def main(argv=None):
     start = time.time()
     sets = {
         name: cached(work, name, lambda folder=folder: load_universe(folder, args.remap_quantiles))
-        for name, folder in (("train", args.train), ("own", args.own), ("foreign", args.foreign))
+        for name, folder in (("own", args.own), ("foreign", args.foreign))
     }
+    sets["train"] = cached(
+        work, "train", lambda: pool([load_universe(folder, args.remap_quantiles) for folder in args.train])
+    )
     if args.real:
         sets["real"] = cached(work, "real", lambda: load_real(args.real, args.remap_quantiles))
     normalised = time.time() - start

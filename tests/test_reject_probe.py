@@ -51,3 +51,12 @@ def test_censored_loss_is_zero_below_the_bound_and_squared_above():
     y_pred = np.array([[-0.4], [0.3], [0.2], [0.9]], dtype=np.float32)
     loss = np.asarray(rp.censored_mse(y_true, y_pred))
     np.testing.assert_allclose(loss, [0.0, 0.09, 0.09, 0.16], atol=1e-6)
+
+
+def test_several_training_folders_are_pooled_in_order():
+    first = {"images": np.zeros((2, 4, 4, 3), np.uint8), "labels": np.array(["A", "J"])}
+    second = {"images": np.ones((1, 4, 4, 3), np.uint8), "labels": np.array(["F"])}
+    pooled = rp.pool([first, second])
+    assert pooled["images"].shape == (3, 4, 4, 3)
+    assert pooled["images"][2].min() == 1
+    assert pooled["labels"].tolist() == ["A", "J", "F"]
