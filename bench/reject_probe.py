@@ -80,7 +80,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from inclinet import augmentation, naming, normalise  # noqa: E402
+from inclinet import augmentation, naming, normalise, reliability  # noqa: E402
 from inclinet.images import load_image  # noqa: E402
 from inclinet.io import atomic_path  # noqa: E402
 
@@ -466,7 +466,29 @@ def p_reject(models, images):
     return np.mean([one(model) for model in models], axis=0)
 
 
-def score_universe(models, data, scheme, scores=None):
+def pooled_reliability(scores, positive, temperature):
+    """All bands pooled: prevalence of rejects, mean P(reject), rejects caught at 0.5, and the ECE.
+
+    The ECE is that of the raw P(reject) and, where ``temperature`` is given, of the
+    probabilities rescaled by it (:func:`inclinet.reliability.apply_temperature`), the
+    evaluation's calibration, fitted on the own universe's labels (a temperature leaves the
+    0.5 point, and so every rejection rate, where it is).
+    """
+    result = {
+        "n": int(len(scores)),
+        "prevalence": round(float(positive.mean()), 3),
+        "mean_p": round(float(scores.mean()), 3),
+        "rejects_caught": round(float((scores[positive] > 0.5).mean()), 3) if positive.any() else None,
+        "ece": round(reliability.reliability_table(scores, positive)[1], 3),
+    }
+    if temperature is not None:
+        calibrated = reliability.apply_temperature(scores, temperature)
+        result["temperature"] = round(float(temperature), 3)
+        result["ece_temperature"] = round(reliability.reliability_table(calibrated, positive)[1], 3)
+    return result
+
+
+def score_universe(models, data, scheme, scores=None, temperature=None):
     if scores is None:
         scores = p_reject(models, data["images"])
     positive, used = rejected_target(data, scheme)
@@ -481,6 +503,7 @@ def score_universe(models, data, scheme, scores=None):
             "accepted_rejected": round(float((scores[rows & accepted] > 0.5).mean()), 3),
             "n_accepted": int((rows & accepted).sum()),
         }
+    result["pooled"] = pooled_reliability(scores[scored], positive[scored], temperature)
     for low, high in INCLINATION_BINS:
         rows = accepted & (data["inclinations"] >= low) & (data["inclinations"] < high)
         result["accepted_rejected_by_inclination"][f"{low}-{min(high, 90)}"] = {
@@ -625,8 +648,16 @@ def main(argv=None):
     }
     names = ["own", "foreign"] + (["real"] if args.real else [])
     member_scores = {name: [p_reject([model], sets[name]["images"]) for model in models] for name in names}
+    # The evaluation's calibration: one temperature fitted on the own universe's labels.
+    own_positive, own_used = rejected_target(sets["own"], args.labels)
+    own_scored = own_used if args.labels in JF_SCHEMES else own_used & (sets["own"]["labels"] != "F")
+    temperature = reliability.fit_temperature(
+        np.mean(member_scores["own"], axis=0)[own_scored], own_positive[own_scored]
+    )
     for name in ("own", "foreign"):
-        result[name] = score_universe(models, sets[name], args.labels, np.mean(member_scores[name], axis=0))
+        result[name] = score_universe(
+            models, sets[name], args.labels, np.mean(member_scores[name], axis=0), temperature
+        )
     if args.real:
         scores = np.mean(member_scores["real"], axis=0)
         result["real"] = {

@@ -60,3 +60,18 @@ def test_several_training_folders_are_pooled_in_order():
     assert pooled["images"].shape == (3, 4, 4, 3)
     assert pooled["images"][2].min() == 1
     assert pooled["labels"].tolist() == ["A", "J", "F"]
+
+
+def test_pooled_reliability_counts_rejects_caught_and_the_calibration_error():
+    scores = np.array([0.95, 0.85, 0.35, 0.15, 0.65])
+    positive = np.array([True, True, True, False, False])
+    result = rp.pooled_reliability(scores, positive, None)
+    assert result["n"] == 5
+    assert result["prevalence"] == 0.6
+    assert result["rejects_caught"] == round(2 / 3, 3)
+    # One image per bin: the ECE is the mean |p - label|.
+    assert result["ece"] == round(float(np.mean(np.abs(scores - positive))), 3)
+    assert "ece_temperature" not in result
+    with_temperature = rp.pooled_reliability(scores, positive, 2.0)
+    assert with_temperature["temperature"] == 2.0
+    assert with_temperature["ece_temperature"] != result["ece"]
