@@ -341,13 +341,8 @@ def pretrain(data, kind, epochs, seed, path, learning_rate=1e-3, batch_size=32):
     history = []
     for epoch in range(epochs):
         start = time.time()
-        order = rng.permutation(len(images))
         losses = []
-        for first in range(0, len(order) - batch_size + 1, batch_size):
-            picked = order[first : first + batch_size]
-            batch = np.rot90(images[picked], k=int(rng.integers(4)), axes=(1, 2))
-            if rng.integers(2):
-                batch = batch[:, :, ::-1]
+        for picked, batch in dihedral_batches(images, batch_size, rng):
             losses.append(float(model.train_on_batch(scale_pixels(batch), truth[picked])))
         seconds = round(time.time() - start, 1)
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
@@ -427,13 +422,8 @@ def train(
     history = []
     for epoch in range(epochs):
         start = time.time()
-        order = rng.permutation(len(images))
         losses = []
-        for first in range(0, len(order) - 63, 64):
-            rows = order[first : first + 64]
-            batch = np.rot90(images[rows], k=int(rng.integers(4)), axes=(1, 2))
-            if rng.integers(2):
-                batch = batch[:, :, ::-1]
+        for rows, batch in dihedral_batches(images, 64, rng):
             if stretch_spread:
                 batch = stretch_batch(batch, rng, stretch_spread)
             if texture:
@@ -449,6 +439,20 @@ def train(
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": seconds})
         print(json.dumps(history[-1]), flush=True)
     return model, history
+
+
+def dihedral_batches(images, batch_size, rng):
+    """One epoch of full batches in a random order, each turned by a random multiple of 90 deg and maybe flipped.
+
+    Yields ``(rows, batch)``; the last partial batch is dropped.
+    """
+    order = rng.permutation(len(images))
+    for first in range(0, len(order) - batch_size + 1, batch_size):
+        rows = order[first : first + batch_size]
+        batch = np.rot90(images[rows], k=int(rng.integers(4)), axes=(1, 2))
+        if rng.integers(2):
+            batch = batch[:, :, ::-1]
+        yield rows, batch
 
 
 def p_reject(models, images):
