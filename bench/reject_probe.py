@@ -46,6 +46,8 @@ both at their true inclination), then the reject member on its frozen convolutio
 deg (``pretrain_face_on``).
 Several ``--train`` folders pool their galaxies (the cache keeps the pool: use a new
 ``--work`` per combination).
+``--aperture R`` shows the reject member only the galaxy's body: every pixel farther than R px
+from the centre of the 64-px image is set to the sky level, in training and scoring alike.
 ``--save-scores NPZ`` keeps every image's P(reject) per set.
 ``--remap-quantiles`` is an experiment: after the canonical normaliser, a monotonic map sends
 four quantiles of the galaxy region (50, 75, 90 and 97%) to fixed grey levels (isophote
@@ -132,6 +134,16 @@ def load_universe(folder, remap):
         "inclinations": np.array(inclinations),
         "bands": np.array(bands),
     }
+
+
+def aperture(images, radius):
+    """Copies of canonical images with every pixel farther than ``radius`` px from the centre set to the sky level."""
+    centre = (SIZE - 1) / 2.0
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    outside = (yy - centre) ** 2 + (xx - centre) ** 2 > radius**2
+    masked = images.copy()
+    masked[:, outside] = np.uint8(normalise.SKY_LEVEL)
+    return masked
 
 
 def pool(universes):
@@ -582,6 +594,13 @@ def parse_args(argv=None):
         "45-90 deg; censored = accepted ones and face-on ones as 'below 45 deg'; wide = both at their true "
         "inclination) and start the reject member on its frozen convolutions (as --freeze workflow)",
     )
+    parser.add_argument(
+        "--aperture",
+        type=float,
+        metavar="R",
+        help="the reject member sees only the pixels within R px of the centre of the 64-px image "
+        "(the rest at the sky level), in training and scoring; the trunk's pretraining sees all",
+    )
     parser.add_argument("--work", type=Path, required=True, help="cache of normalised images")
     parser.add_argument("--out", type=Path)
     parser.add_argument(
@@ -613,6 +632,11 @@ def main(argv=None):
         if kind not in PRETRAIN_KINDS:
             raise SystemExit(f"reject_probe: --pretrain KIND must be one of {', '.join(PRETRAIN_KINDS)}, not {kind!r}")
         args.freeze = "workflow"
+    # The reject member's view of every set (``--aperture``: the galaxy's body only); the
+    # trunk's pretraining sees the whole frame, as the workflow's regression members do.
+    seen = dict(sets)
+    if args.aperture:
+        seen = {name: {**data, "images": aperture(data["images"], args.aperture)} for name, data in sets.items()}
     for seed in args.seed:
         init_from = args.init_from
         if args.pretrain:
@@ -620,7 +644,7 @@ def main(argv=None):
             if not init_from.is_file():
                 pretrained.append(pretrain(sets["train"], kind, pre_epochs, seed, init_from))
         model, history = train(
-            sets["train"],
+            seen["train"],
             args.labels,
             args.epochs,
             seed,
@@ -645,13 +669,14 @@ def main(argv=None):
         "init_from": str(args.init_from) if args.init_from else None,
         "freeze": args.freeze,
         "pretrain": args.pretrain,
+        "aperture": args.aperture,
         "pretrain_history": pretrained,
         "n_train_images": int(len(sets["train"]["images"])),
         "normalise_seconds": round(normalised, 1),
         "history": histories[0] if len(models) == 1 else histories,
     }
     names = ["own", "foreign"] + (["real"] if args.real else [])
-    member_scores = {name: [p_reject([model], sets[name]["images"]) for model in models] for name in names}
+    member_scores = {name: [p_reject([model], seen[name]["images"]) for model in models] for name in names}
     # The evaluation's calibration: one temperature fitted on the own universe's labels.
     own_positive, own_used = rejected_target(sets["own"], args.labels)
     own_scored = own_used if args.labels in JF_SCHEMES else own_used & (sets["own"]["labels"] != "F")

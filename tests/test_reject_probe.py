@@ -75,3 +75,13 @@ def test_pooled_reliability_counts_rejects_caught_and_the_calibration_error():
     with_temperature = rp.pooled_reliability(scores, positive, 2.0)
     assert with_temperature["temperature"] == 2.0
     assert with_temperature["ece_temperature"] != result["ece"]
+
+
+def test_aperture_sets_the_sky_level_outside_the_radius_only():
+    images = np.full((2, rp.SIZE, rp.SIZE, 3), 200, dtype=np.uint8)
+    masked = rp.aperture(images, 12)
+    centre = rp.SIZE // 2
+    assert (masked[:, centre, centre] == 200).all()
+    assert (masked[:, centre, centre + 11] == 200).all()
+    assert (masked[:, 0, 0] == 16).all() and (masked[:, centre, centre + 14] == 16).all()
+    assert (images == 200).all()  # the input is left as it was
