@@ -504,13 +504,20 @@ def pooled_reliability(scores, positive, temperature):
     return result
 
 
+def scored_target(data, scheme):
+    """``(positive, scored)``: the rejects under ``scheme`` and the images a member is scored on.
+
+    J-only schemes are scored on ``J`` against ``A`` (``F`` is neither what they learn nor accepted).
+    """
+    positive, used = rejected_target(data, scheme)
+    return positive, used if scheme in JF_SCHEMES else used & (data["labels"] != "F")
+
+
 def score_universe(models, data, scheme, scores=None, temperature=None):
     if scores is None:
         scores = p_reject(models, data["images"])
-    positive, used = rejected_target(data, scheme)
+    positive, scored = scored_target(data, scheme)
     accepted = data["labels"] == "A"
-    # J-only models are scored on J against A (F is neither what they learn nor accepted).
-    scored = used if scheme in JF_SCHEMES else used & (data["labels"] != "F")
     result = {"bands": {}, "accepted_rejected_by_inclination": {}}
     for band in BANDS:
         rows = data["bands"] == band
@@ -678,8 +685,7 @@ def main(argv=None):
     names = ["own", "foreign"] + (["real"] if args.real else [])
     member_scores = {name: [p_reject([model], seen[name]["images"]) for model in models] for name in names}
     # The evaluation's calibration: one temperature fitted on the own universe's labels.
-    own_positive, own_used = rejected_target(sets["own"], args.labels)
-    own_scored = own_used if args.labels in JF_SCHEMES else own_used & (sets["own"]["labels"] != "F")
+    own_positive, own_scored = scored_target(sets["own"], args.labels)
     temperature = reliability.fit_temperature(
         np.mean(member_scores["own"], axis=0)[own_scored], own_positive[own_scored]
     )
